@@ -1,0 +1,73 @@
+"""Resizing with PyTorch's exact conventions, NHWC.
+
+`jax.image.resize` uses half-pixel centres and antialiases when it
+downsamples, which matches neither `F.interpolate(..., align_corners=True)`
+nor PyTorch's plain bilinear downsampling. Checkpoint parity needs both, so
+each convention gets a small interpolation matrix applied with einsum (cheap
+on TPU/GPU: two small matmuls).
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+import numpy as np
+
+
+def _interp_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
+  """[out_size, in_size] linear-interpolation weights, PyTorch semantics."""
+  dst = np.arange(out_size, dtype=np.float64)
+  if align_corners:
+    if out_size == 1:
+      src = np.zeros_like(dst)
+    else:
+      src = dst * (in_size - 1) / (out_size - 1)
+  else:
+    src = (dst + 0.5) * (in_size / out_size) - 0.5
+    src = np.maximum(src, 0.0)  # PyTorch clamps negative source coordinates
+  lo = np.minimum(np.floor(src).astype(np.int64), in_size - 1)
+  hi = np.minimum(lo + 1, in_size - 1)
+  frac = src - lo
+  w = np.zeros((out_size, in_size), np.float64)
+  np.add.at(w, (np.arange(out_size), lo), 1.0 - frac)
+  np.add.at(w, (np.arange(out_size), hi), frac)
+  return w
+
+
+def resize_bilinear(x: jnp.ndarray, size: tuple[int, int], *,
+                    align_corners: bool) -> jnp.ndarray:
+  """Bilinear resize of `x [B, H, W, C]` to `size=(h, w)` like PyTorch.
+
+  align_corners=True: `F.interpolate(mode="bilinear", align_corners=True)`.
+  align_corners=False: `F.interpolate(mode="bilinear", align_corners=False)`
+  (no antialiasing, also when downsampling).
+  """
+  h, w = int(size[0]), int(size[1])
+  if x.ndim != 4:
+    raise ValueError(f"resize_bilinear expects [B, H, W, C], got shape {x.shape}")
+  if (x.shape[1], x.shape[2]) == (h, w):
+    return x
+  wh = jnp.asarray(_interp_matrix(x.shape[1], h, align_corners), x.dtype)
+  ww = jnp.asarray(_interp_matrix(x.shape[2], w, align_corners), x.dtype)
+  x = jnp.einsum("oh,bhwc->bowc", wh, x)
+  return jnp.einsum("pw,bowc->bopc", ww, x)
+
+
+def nearest_indices(in_size: int, out_size: int) -> np.ndarray:
+  """PyTorch `nearest` source indices: floor(dst * in / out), clipped."""
+  scale = in_size / out_size
+  return np.minimum(np.floor(np.arange(out_size) * scale).astype(np.int64), in_size - 1)
+
+
+def resize_nearest(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
+  """PyTorch `F.interpolate(mode="nearest")` on `x [B, H, W, ...]` (labels too)."""
+  h, w = int(size[0]), int(size[1])
+  if (x.shape[1], x.shape[2]) == (h, w):
+    return x
+  x = jnp.take(x, jnp.asarray(nearest_indices(x.shape[1], h)), axis=1)
+  return jnp.take(x, jnp.asarray(nearest_indices(x.shape[2], w)), axis=2)
+
+
+def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = 1e-12) -> jnp.ndarray:
+  """`F.normalize(x, p=2, dim=axis)`: x / max(|x|, eps)."""
+  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+  return x / jnp.maximum(norm, eps)

@@ -1,0 +1,45 @@
+"""Test setup shared by all test files."""
+
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+import types
+from unittest import mock
+
+# Tests run on the CPU; keep TF from grabbing anything and from logging noise.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+
+class _InertTorchvision(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+  """Stand-in for `torchvision` so that timm imports without it.
+
+  timm declares torchvision as a dependency, but the only build of it that
+  pip can get here is a CUDA one that breaks `import timm`. timm's model code
+  (what the parity tests use) never calls torchvision; it only imports a few
+  names at module level (FrozenBatchNorm2d, transforms). Every torchvision.*
+  module here is an empty module whose attributes are inert mocks. Only
+  installed when the real torchvision is absent.
+  """
+
+  def find_spec(self, name, path, target=None):
+    if name == "torchvision" or name.startswith("torchvision."):
+      return importlib.machinery.ModuleSpec(name, self, is_package=True)
+    return None
+
+  def create_module(self, spec):
+    mod = types.ModuleType(spec.name)
+    mod.__path__ = []
+    mod.__getattr__ = lambda attr: mock.MagicMock(name=f"{spec.name}.{attr}")
+    return mod
+
+  def exec_module(self, module):
+    pass
+
+
+try:
+  import torchvision  # noqa: F401
+except Exception:  # absent (expected) or broken
+  sys.modules.pop("torchvision", None)
+  sys.meta_path.append(_InertTorchvision())
