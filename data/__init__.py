@@ -1,0 +1,67 @@
+"""TFDS builders for the segmentation datasets (one sub-package per dataset).
+
+The builders are not put in TFDS's global registry (TFDS ships unrelated
+builders under some of these names); get them through `get_builder`:
+
+  builder = data.get_builder("ade20k", data_dir="~/tensorflow_datasets")
+  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+      manual_dir="~/Downloads"))     # or: python -m data.prepare ade20k ...
+
+Dataset names (config.dataset.name) -> builder modules:
+  demo            data.demo            (procedural, builds itself, no download)
+  ade20k          data.ade20k          ADEChallengeData2016.zip
+  cityscapes      data.cityscapes      leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip
+  coco_stuff164k  data.coco_stuff164k  stuffthingmaps_trainval2017.zip, train2017.zip, val2017.zip
+  coco_stuff10k   data.coco_stuff10k   cocostuff-10k-v1.1.zip
+pascal_context59 is not provided: see docs/datasets.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+
+DATASETS = {
+    "demo": "data.demo",
+    "ade20k": "data.ade20k",
+    "cityscapes": "data.cityscapes",
+    "coco_stuff164k": "data.coco_stuff164k",
+    "coco_stuff10k": "data.coco_stuff10k",
+}
+# Splits of each dataset (TFDS names).
+SPLITS = {
+    "demo": ("train", "validation"),
+    "ade20k": ("train", "validation"),
+    "cityscapes": ("train", "validation", "test"),
+    "coco_stuff164k": ("train", "validation"),
+    "coco_stuff10k": ("train", "test"),
+}
+
+
+def builder_class(name: str):
+  """The TFDS builder class of dataset `name` (a key of DATASETS)."""
+  if name not in DATASETS:
+    if name == "pascal_context59":
+      raise ValueError(
+          "pascal_context59 is not provided yet: see docs/datasets.md for why. "
+          f"Available datasets: {sorted(DATASETS)}.")
+    raise ValueError(f"Unknown dataset {name!r}; expected one of {sorted(DATASETS)}.")
+  return importlib.import_module(DATASETS[name]).Builder
+
+
+def get_builder(name: str, data_dir: str | None = None, config: str | None = None):
+  """A builder instance of dataset `name` reading/writing under `data_dir`.
+
+  Args:
+    name: a key of DATASETS.
+    data_dir: TFDS data dir; None = TFDS's default (~/tensorflow_datasets or
+      $TFDS_DATA_DIR).
+    config: builder config name (the demo has 'default' and 'tiny').
+  """
+  cls = builder_class(name)
+  if data_dir is not None:
+    data_dir = os.path.expanduser(os.fspath(data_dir))
+  kwargs = {"data_dir": data_dir}
+  if config is not None:
+    kwargs["config"] = config
+  return cls(**kwargs)

@@ -1,0 +1,5 @@
+"""The ade20k dataset builder."""
+
+from data.ade20k.builder import Builder
+
+__all__ = ["Builder"]

@@ -1,0 +1,68 @@
+"""COCO-Stuff 10k (cocostuff-10k-v1.1), 9000 train / 1000 test, 171 classes.
+
+Labels come from the 'S' array of annotations/<name>.mat (1-based ids, 0 =
+unlabelled); the split lists are imageLists/train.txt and test.txt. Reading
+the .mat files needs scipy.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from data import common
+from data import coco_stuff
+
+ARCHIVE = "cocostuff-10k-v1.1.zip"
+SPLITS = {"train": "train", "test": "test"}
+
+INSTRUCTIONS = f"""\
+Download {ARCHIVE} (https://github.com/nightrome/cocostuff10k,
+http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/{ARCHIVE})
+and put it, or its extracted contents images/*.jpg, annotations/*.mat,
+imageLists/{{train,test}}.txt, in the manual_dir. Then run
+  python -m data.prepare coco_stuff10k --manual_dir=<manual_dir> [--data_dir=<data_dir>]
+"""
+
+
+def read_mat_labels(data: bytes) -> np.ndarray:
+  """The 'S' array of a cocostuff-10k annotation .mat file as uint8 [H, W]."""
+  try:
+    from scipy import io as sio  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ImportError("coco_stuff10k needs scipy to read its .mat labels: pip install scipy") from e
+  s = np.asarray(sio.loadmat(io.BytesIO(data))["S"])
+  if s.ndim != 2 or s.min() < 0 or s.max() > 255:
+    raise ValueError(f"Unexpected 'S' array: shape {s.shape}, range {s.min()}..{s.max()}.")
+  return s.astype(np.uint8)
+
+
+class Builder(common.SegmentationBuilder, skip_registration=True):
+  """COCO-Stuff 10k, 171 classes: `data.get_builder('coco_stuff10k')`."""
+
+  name = "coco_stuff10k"
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+  CLASS_NAMES = coco_stuff.CLASS_NAMES
+  PALETTE = coco_stuff.PALETTE
+  IMAGE_FORMAT = "jpeg"
+  DESCRIPTION = __doc__ + "\n" + coco_stuff.__doc__
+  HOMEPAGE = "https://github.com/nightrome/cocostuff10k"
+
+  def _split_generators(self, dl_manager):
+    files = common.ManualFiles(dl_manager.manual_dir, {ARCHIVE: ""})
+    return {split: self._generate_examples(files, lst) for split, lst in SPLITS.items()}
+
+  def _generate_examples(self, files: common.ManualFiles, list_name: str):
+    list_path = f"imageLists/{list_name}.txt"
+    if not files.exists(list_path):
+      common.require([], list_path, files.root, INSTRUCTIONS)
+    names = [n.strip() for n in files.read(list_path).decode().splitlines() if n.strip()]
+    for stem in names:
+      raw = read_mat_labels(files.read(f"annotations/{stem}.mat"))
+      image = common.rgb_image_bytes(files.read(f"images/{stem}.jpg"), "jpeg")
+      yield stem, common.make_example(
+          stem, image, coco_stuff.LUT_10K[raw], len(coco_stuff.CLASS_NAMES))

@@ -1,0 +1,56 @@
+"""COCO-Stuff 164k (COCO 2017 images, stuffthingmaps labels), 171 classes."""
+
+from __future__ import annotations
+
+import os
+
+import tensorflow_datasets as tfds
+
+from data import common
+from data import coco_stuff
+
+LABELS_ZIP = "stuffthingmaps_trainval2017.zip"
+IMAGE_ZIPS = {"train": "train2017.zip", "validation": "val2017.zip"}
+SPLITS = {"train": "train2017", "validation": "val2017"}
+
+INSTRUCTIONS = f"""\
+Download {LABELS_ZIP} (https://github.com/nightrome/cocostuff, 'Downloads':
+http://calvin.inf.ed.ac.uk/wp-content/uploads/data/cocostuffdataset/{LABELS_ZIP})
+and the COCO 2017 images train2017.zip and val2017.zip
+(http://images.cocodataset.org/zips/train2017.zip, .../val2017.zip). Put the
+three zips in the manual_dir, or their extracted contents as
+images/{{train2017,val2017}}/*.jpg and annotations/{{train2017,val2017}}/*.png.
+Then run
+  python -m data.prepare coco_stuff164k --manual_dir=<manual_dir> [--data_dir=<data_dir>]
+"""
+
+
+class Builder(common.SegmentationBuilder, skip_registration=True):
+  """COCO-Stuff 164k, 171 classes: `data.get_builder('coco_stuff164k')`."""
+
+  name = "coco_stuff164k"
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+  CLASS_NAMES = coco_stuff.CLASS_NAMES
+  PALETTE = coco_stuff.PALETTE
+  IMAGE_FORMAT = "jpeg"
+  DESCRIPTION = __doc__ + "\n" + coco_stuff.__doc__
+  HOMEPAGE = "https://github.com/nightrome/cocostuff"
+
+  def _split_generators(self, dl_manager):
+    archives = {LABELS_ZIP: "annotations"}
+    archives.update({name: "images" for name in IMAGE_ZIPS.values()})
+    files = common.ManualFiles(dl_manager.manual_dir, archives)
+    return {split: self._generate_examples(files, folder) for split, folder in SPLITS.items()}
+
+  def _generate_examples(self, files: common.ManualFiles, folder: str):
+    labels = common.require(
+        files.list(f"annotations/{folder}", ".png"), f"{folder}/*.png of {LABELS_ZIP}",
+        files.root, INSTRUCTIONS)
+    for path in labels:
+      stem = os.path.basename(path)[:-len(".png")]
+      raw = common.decode_label_png(files.read(path))
+      image = common.rgb_image_bytes(files.read(f"images/{folder}/{stem}.jpg"), "jpeg")
+      yield stem, common.make_example(
+          stem, image, coco_stuff.LUT_164K[raw], len(coco_stuff.CLASS_NAMES))

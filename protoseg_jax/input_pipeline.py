@@ -1,0 +1,562 @@
+"""tf.data input pipelines: decode, augment (mmsegmentation recipe), batch, shard.
+
+Training (per example, in mmseg's order):
+  decode -> keep-ratio rescale with a ratio drawn in `ratio_range` of `scale`
+  -> random crop of `crop_size` (retried up to 10 times so that no class fills
+  more than `cat_max_ratio` of the labelled crop pixels) -> horizontal flip
+  -> PhotoMetricDistortion -> normalise -> pad to `crop_size` (0 image, 255
+  label). Labels are always resized with nearest neighbour.
+
+Determinism and resuming: each process reads its slice of the split in the
+stored order (TFDS shuffles examples when preparing), epoch `e` is shuffled
+with a buffer seeded by (seed, e), and the augmentation randomness of an
+example is drawn from stateless RNGs keyed by (seed, e, example index). A
+run resumed with `start_step=k` starts at epoch k*B/N and skips the encoded
+records before its position, so it yields exactly the batches an
+uninterrupted run yields from step k, without decoding what it skips.
+
+Evaluation: one pass over the eval split; every process pads its slice with
+masked rows so that all processes run the same number of batches and every
+example is counted exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+import data as datasets
+
+try:  # tf.data must not take accelerator memory.
+  tf.config.set_visible_devices([], "GPU")
+except (RuntimeError, ValueError):  # pragma: no cover - devices already initialised
+  pass
+
+IGNORE_INDEX = 255
+_MAX_EPOCHS = 1 << 40
+_IMAGENET_MEAN = (123.675, 116.28, 103.53)
+_IMAGENET_STD = (58.395, 57.12, 57.375)
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  """A real dataset has not been prepared in the TFDS data_dir."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  name: str
+  num_classes: int
+  ignore_index: int
+  class_names: tuple[str, ...]
+  palette: tuple[tuple[int, int, int], ...]
+  num_train_examples: int
+  num_eval_examples: int
+
+
+# ---------------------------------------------------------------------------
+# Config access.
+
+
+def _get(cfg, key: str, default=None):
+  """cfg.key, or `default` when the key is absent or None."""
+  try:
+    value = cfg[key] if isinstance(cfg, Mapping) else getattr(cfg, key)
+  except (KeyError, AttributeError):
+    return default
+  return default if value is None else value
+
+
+def _dataset_cfg(config):
+  ds = _get(config, "dataset")
+  if ds is None:
+    raise ValueError("config.dataset is missing: expected a ConfigDict with at least `name`.")
+  return ds
+
+
+def _pair(value, what: str) -> tuple[int, int]:
+  value = tuple(int(v) for v in (value if isinstance(value, (tuple, list)) else (value, value)))
+  if len(value) != 2 or min(value) <= 0:
+    raise ValueError(f"config.dataset.{what} must be two positive ints, got {value}.")
+  return value
+
+
+def _builder_config_name(ds_cfg) -> str | None:
+  return _get(ds_cfg, "builder_config")
+
+
+# ---------------------------------------------------------------------------
+# Builders and info.
+
+
+def check_prepared(config):
+  """Returns the prepared TFDS builder of config.dataset, preparing the demo if needed.
+
+  Raises:
+    DatasetNotPreparedError: a real dataset is not prepared in the data_dir;
+      the message says which files to download, where to put them and the
+      command that prepares them.
+  """
+  ds_cfg = _dataset_cfg(config)
+  name = _get(ds_cfg, "name")
+  builder = datasets.get_builder(name, data_dir=_get(ds_cfg, "data_dir"),
+                                 config=_builder_config_name(ds_cfg))
+  if builder.is_prepared():
+    return builder
+  if name == "demo":
+    builder.download_and_prepare()
+    return builder
+  raise DatasetNotPreparedError(
+      f"Dataset {name!r} is not prepared: nothing at {builder.data_dir}.\n"
+      f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+      f"(use the same --data_dir as config.dataset.data_dir="
+      f"{_get(ds_cfg, 'data_dir')!r}; None means TFDS's default, "
+      f"{builder.data_dir_root}).")
+
+
+def _split_size(builder, split: str) -> int:
+  try:
+    return int(builder.info.splits[split].num_examples)
+  except KeyError as e:
+    raise ValueError(f"Dataset {builder.name} has no split {split!r}; it has "
+                     f"{sorted(builder.info.splits.keys())}.") from e
+
+
+def get_dataset_info(config) -> DatasetInfo:
+  """Class count, ignore index, names, palette and split sizes of config.dataset."""
+  ds_cfg = _dataset_cfg(config)
+  builder = check_prepared(config)
+  meta = builder.info.metadata
+  return DatasetInfo(
+      name=str(_get(ds_cfg, "name")),
+      num_classes=int(meta["num_classes"]),
+      ignore_index=int(meta["ignore_index"]),
+      class_names=tuple(meta["class_names"]),
+      palette=tuple(tuple(int(v) for v in c) for c in meta["palette"]),
+      num_train_examples=_split_size(builder, _get(ds_cfg, "train_split", "train")),
+      num_eval_examples=_split_size(builder, _get(ds_cfg, "eval_split", "validation")),
+  )
+
+
+# ---------------------------------------------------------------------------
+# Geometry helpers (tf, per example).
+
+
+def _decode(image_bytes, label_bytes):
+  """-> uint8 [H, W, 3], uint8 [H, W]."""
+  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+  label = tf.io.decode_png(label_bytes, channels=1)[..., 0]
+  return image, label
+
+
+def rescale_size(hw, scale, ratio=1.0):
+  """mmcv keep-ratio rescale: size fitting (long, short) = scale * ratio.
+
+  Args:
+    hw: int32 [2] (h, w).
+    scale: (a, b): the long side goes to at most max(a, b), the short side to
+      at most min(a, b); mmseg takes int(a * ratio), int(b * ratio).
+    ratio: float scalar.
+  Returns:
+    int32 [2] new (h, w) = int(h * f + 0.5), int(w * f + 0.5).
+  """
+  hw_f = tf.cast(hw, tf.float32)
+  ratio = tf.cast(ratio, tf.float32)
+  long_t = tf.floor(float(max(scale)) * ratio)
+  short_t = tf.floor(float(min(scale)) * ratio)
+  factor = tf.minimum(long_t / tf.reduce_max(hw_f), short_t / tf.reduce_min(hw_f))
+  return tf.cast(tf.floor(hw_f * factor + 0.5), tf.int32)
+
+
+def resize_label_nearest(label, size):
+  """cv2 INTER_NEAREST: out[i, j] = in[floor(i * H / h), floor(j * W / w)].
+
+  Args:
+    label: [H, W] any dtype.
+    size: int32 [2] (h, w).
+  """
+  in_hw = tf.shape(label)
+  rows = _nearest_index(in_hw[0], size[0])
+  cols = _nearest_index(in_hw[1], size[1])
+  return tf.gather(tf.gather(label, rows, axis=0), cols, axis=1)
+
+
+def _nearest_index(n_in, n_out):
+  scale = tf.cast(n_in, tf.float64) / tf.cast(n_out, tf.float64)
+  idx = tf.cast(tf.floor(tf.cast(tf.range(n_out), tf.float64) * scale), tf.int32)
+  return tf.minimum(idx, n_in - 1)
+
+
+def crop_is_acceptable(label_crop, cat_max_ratio: float, ignore_index: int = IGNORE_INDEX):
+  """mmseg's cat_max_ratio test on a label crop: >1 class and none above the ratio.
+
+  Args:
+    label_crop: uint8 [h, w].
+  Returns:
+    bool scalar: at least two non-ignored classes present and the largest
+    holds less than `cat_max_ratio` of the non-ignored pixels.
+  """
+  counts = tf.math.bincount(tf.cast(tf.reshape(label_crop, [-1]), tf.int32),
+                            minlength=256, maxlength=256, dtype=tf.int32)
+  counts = counts * tf.cast(tf.range(256) != ignore_index, tf.int32)
+  total = tf.reduce_sum(counts)
+  present = tf.math.count_nonzero(counts)
+  largest = tf.reduce_max(counts)
+  return tf.logical_and(
+      present > 1,
+      tf.cast(largest, tf.float32) < cat_max_ratio * tf.cast(total, tf.float32))
+
+
+def random_crop_offset(label, crop_hw, seed, cat_max_ratio: float):
+  """mmseg RandomCrop: offset of the crop, retried up to 10 times for cat_max_ratio.
+
+  Candidate k (k = 0..10) is uniform in [0, max(H - ch, 0)] x [0, max(W - cw, 0)];
+  the first of candidates 0..9 passing `crop_is_acceptable` is used, else
+  candidate 10 (mmseg draws a new box after each failed check).
+
+  Args:
+    label: uint8 [H, W] (after rescale).
+    crop_hw: (ch, cw) Python ints.
+    seed: int [2] stateless seed.
+  Returns:
+    int32 [2] (top, left).
+  """
+  hw = tf.shape(label)
+  margin = tf.maximum(hw - tf.constant(crop_hw, tf.int32), 0)
+  s0, s1 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  tops = tf.random.stateless_uniform([11], s0, minval=0, maxval=margin[0] + 1, dtype=tf.int32)
+  lefts = tf.random.stateless_uniform([11], s1, minval=0, maxval=margin[1] + 1, dtype=tf.int32)
+  if cat_max_ratio >= 1.0:
+    return tf.stack([tops[0], lefts[0]])
+  ch = tf.minimum(crop_hw[0], hw[0])
+  cw = tf.minimum(crop_hw[1], hw[1])
+
+  def not_ok(k):
+    crop = label[tops[k]:tops[k] + ch, lefts[k]:lefts[k] + cw]
+    return tf.logical_not(crop_is_acceptable(crop, cat_max_ratio))
+
+  k = tf.while_loop(lambda k: tf.logical_and(k < 10, not_ok(k)), lambda k: k + 1, [0])
+  if isinstance(k, (list, tuple)):
+    k = k[0]
+  return tf.stack([tops[k], lefts[k]])
+
+
+def photometric_distortion(image, seed):
+  """mmseg PhotoMetricDistortion on float32 [H, W, 3] RGB in 0..255.
+
+  Brightness +U(-32, 32), contrast xU(0.5, 1.5), saturation xU(0.5, 1.5),
+  hue + randint(-18, 18) (of 180) degrees/2, each with probability 0.5;
+  contrast before or after the HSV steps with probability 0.5. Values are
+  clipped to 0..255 after each step (mmseg also truncates to uint8, which
+  is not reproduced).
+  """
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 10))
+  coin = lambda s: tf.random.stateless_uniform([], s) < 0.5
+  uni = lambda s, lo, hi: tf.random.stateless_uniform([], s, lo, hi)
+
+  def brightness(img):
+    return tf.where(coin(seeds[0]), tf.clip_by_value(img + uni(seeds[1], -32., 32.), 0., 255.), img)
+
+  def contrast(img):
+    return tf.where(coin(seeds[2]), tf.clip_by_value(img * uni(seeds[3], 0.5, 1.5), 0., 255.), img)
+
+  do_sat = coin(seeds[4])
+  do_hue = coin(seeds[6])
+
+  def saturation_hue(img):
+    hsv = tf.image.rgb_to_hsv(img / 255.)
+    h, s, v = tf.unstack(hsv, axis=-1)
+    s = tf.where(do_sat, tf.clip_by_value(s * uni(seeds[5], 0.5, 1.5), 0., 1.), s)
+    shift = tf.cast(tf.random.stateless_uniform([], seeds[7], -18, 18, dtype=tf.int32), tf.float32)
+    h = tf.where(do_hue, tf.math.floormod(h + shift / 180., 1.0), h)
+    out = tf.image.hsv_to_rgb(tf.stack([h, s, v], axis=-1)) * 255.
+    return tf.clip_by_value(out, 0., 255.)
+
+  contrast_first = coin(seeds[8])
+  image = brightness(image)
+  image = tf.where(contrast_first, contrast(image), image)
+  image = tf.cond(tf.logical_or(do_sat, do_hue), lambda: saturation_hue(image), lambda: image)
+  image = tf.where(contrast_first, image, contrast(image))
+  return image
+
+
+def _normalize(image, mean, std):
+  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrainOptions:
+  crop_size: tuple[int, int]
+  scale: tuple[int, int]
+  ratio_range: tuple[float, float]
+  cat_max_ratio: float
+  flip_prob: float
+  photometric: bool
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+
+
+def _train_options(config) -> _TrainOptions:
+  ds = _dataset_cfg(config)
+  crop = _pair(_get(ds, "crop_size", (512, 512)), "crop_size")
+  ratio = tuple(float(r) for r in _get(ds, "ratio_range", (0.5, 2.0)))
+  if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
+    raise ValueError(f"config.dataset.ratio_range must be (lo, hi) with 0 < lo <= hi, got {ratio}.")
+  return _TrainOptions(
+      crop_size=crop,
+      scale=_pair(_get(ds, "scale", (2048, 512)), "scale"),
+      ratio_range=ratio,
+      cat_max_ratio=float(_get(ds, "cat_max_ratio", 0.75)),
+      flip_prob=float(_get(ds, "flip_prob", 0.5)),
+      photometric=bool(_get(ds, "photometric", True)),
+      mean=tuple(float(v) for v in _get(ds, "mean", _IMAGENET_MEAN)),
+      std=tuple(float(v) for v in _get(ds, "std", _IMAGENET_STD)),
+  )
+
+
+def train_transform(image, label, seed, opts: _TrainOptions):
+  """One training example.
+
+  Args:
+    image: uint8 [H, W, 3]; label: uint8 [H, W]; seed: int [2] stateless seed.
+  Returns:
+    image float32 [ch, cw, 3] normalised, label int32 [ch, cw] (255 = ignore/padding).
+  """
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+  # 1. Rescale: ratio ~ U(ratio_range), keep ratio within scale * ratio.
+  ratio = tf.random.stateless_uniform([], seeds[0], opts.ratio_range[0], opts.ratio_range[1])
+  if opts.ratio_range[0] == opts.ratio_range[1]:
+    ratio = tf.constant(opts.ratio_range[0], tf.float32)
+  new_hw = rescale_size(tf.shape(label), opts.scale, ratio)
+  image = tf.image.resize(image, new_hw, method="bilinear", antialias=False)
+  label = resize_label_nearest(label, new_hw)
+  # 2. Random crop with cat_max_ratio.
+  ch, cw = opts.crop_size
+  top_left = random_crop_offset(label, opts.crop_size, seeds[1], opts.cat_max_ratio)
+  image = image[top_left[0]:top_left[0] + ch, top_left[1]:top_left[1] + cw]
+  label = label[top_left[0]:top_left[0] + ch, top_left[1]:top_left[1] + cw]
+  # 3. Horizontal flip.
+  flip = tf.random.stateless_uniform([], seeds[2]) < opts.flip_prob
+  image = tf.where(flip, tf.reverse(image, [1]), image)
+  label = tf.where(flip, tf.reverse(label, [1]), label)
+  # 4. Photometric distortion.
+  if opts.photometric:
+    image = photometric_distortion(image, seeds[3])
+  # 5. Normalise, 6. pad to the crop size.
+  image = _normalize(image, opts.mean, opts.std)
+  hw = tf.shape(label)
+  image = tf.pad(image, [[0, ch - hw[0]], [0, cw - hw[1]], [0, 0]], constant_values=0.)
+  label = tf.pad(tf.cast(label, tf.int32), [[0, ch - hw[0]], [0, cw - hw[1]]],
+                 constant_values=IGNORE_INDEX)
+  image.set_shape([ch, cw, 3])
+  label.set_shape([ch, cw])
+  return image, label
+
+
+def example_seed(seed: int, epoch, index):
+  """int64 [2] stateless seed of example `index` in epoch `epoch`."""
+  base = tf.constant([seed & 0x7FFFFFFF, 0x5EED], tf.int64)
+  key = tf.random.experimental.stateless_fold_in(base, tf.cast(epoch, tf.int64))
+  return tf.random.experimental.stateless_fold_in(key, tf.cast(index, tf.int64))
+
+
+def _epoch_shuffle_seed(seed: int, epoch):
+  """int64 scalar seed of the shuffle buffer of `epoch`."""
+  key = tf.random.experimental.stateless_fold_in(
+      tf.constant([seed & 0x7FFFFFFF, 0x5F0FF1E], tf.int64), tf.cast(epoch, tf.int64))
+  return tf.random.stateless_uniform([], key, minval=1, maxval=(1 << 62), dtype=tf.int64)
+
+
+def _read_split(builder, split: str):
+  """(image bytes, label bytes) in stored order, not decoded."""
+  ds = builder.as_dataset(
+      split=split, shuffle_files=False,
+      decoders={"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()},
+      read_config=tfds.ReadConfig(try_autocache=False, add_tfds_id=False))
+  return ds.map(lambda ex: (ex["image"], ex["label"]))
+
+
+def _num_parallel(ds_cfg):
+  value = _get(ds_cfg, "num_parallel_calls", tf.data.AUTOTUNE)
+  return tf.data.AUTOTUNE if value in (-1, None) else int(value)
+
+
+def make_train_dataset(config, *, process_index: int, process_count: int,
+                       start_step: int = 0) -> tf.data.Dataset:
+  """Endless dataset of this process's local training batches.
+
+  Returns:
+    tf.data.Dataset of {'image': float32 [b, ch, cw, 3], 'label': int32
+    [b, ch, cw]} with b = config.batch_size // process_count.
+  """
+  ds_cfg = _dataset_cfg(config)
+  batch_size = int(_get(config, "batch_size"))
+  if batch_size % process_count:
+    raise ValueError(f"config.batch_size={batch_size} is not divisible by the "
+                     f"{process_count} processes.")
+  local_batch = batch_size // process_count
+  seed = int(_get(config, "seed", 0))
+  opts = _train_options(config)
+  builder = check_prepared(config)
+  split = _get(ds_cfg, "train_split", "train")
+  _split_size(builder, split)
+  subsplit = tfds.split_for_jax_process(split, process_index=process_index,
+                                        process_count=process_count, drop_remainder=True)
+  n_local = _split_size(builder, subsplit)
+  if n_local == 0:
+    raise ValueError(f"Split {split!r} has too few examples for {process_count} processes.")
+  records = _read_split(builder, subsplit).enumerate()
+  first_index = process_index * n_local  # global index of this slice's first example
+  buffer = max(1, min(int(_get(ds_cfg, "shuffle_buffer", 1024)), n_local))
+
+  def epoch(e):
+    shuffled = records.shuffle(buffer, seed=_epoch_shuffle_seed(seed, e),
+                               reshuffle_each_iteration=False)
+    return shuffled.map(lambda i, ex: (e, i + first_index, ex[0], ex[1]))
+
+  start_example = int(start_step) * local_batch
+  start_epoch, offset = divmod(start_example, n_local)
+  ds = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch)
+  if offset:
+    ds = ds.skip(offset)
+
+  def transform(e, i, image_bytes, label_bytes):
+    image, label = _decode(image_bytes, label_bytes)
+    image, label = train_transform(image, label, example_seed(seed, e, i), opts)
+    return {"image": image, "label": label}
+
+  ds = ds.map(transform, num_parallel_calls=_num_parallel(ds_cfg), deterministic=True)
+  ds = ds.batch(local_batch, drop_remainder=True)
+  return ds.prefetch(int(_get(ds_cfg, "prefetch", 2)))
+
+
+def _eval_options(config):
+  ds = _dataset_cfg(config)
+  scale = _get(ds, "eval_scale")
+  scale = _pair(scale, "eval_scale") if scale is not None else None
+  canvas = _get(ds, "eval_canvas")
+  if canvas is None:
+    raise ValueError("config.dataset.eval_canvas (Hc, Wc) is required: the fixed eval image size.")
+  canvas = _pair(canvas, "eval_canvas")
+  label_canvas = _pair(_get(ds, "eval_label_canvas", canvas), "eval_label_canvas")
+  mean = tuple(float(v) for v in _get(ds, "mean", _IMAGENET_MEAN))
+  std = tuple(float(v) for v in _get(ds, "std", _IMAGENET_STD))
+  return scale, canvas, label_canvas, mean, std
+
+
+def make_eval_dataset(config, *, process_index: int, process_count: int) -> tf.data.Dataset:
+  """One pass over this process's slice of the eval split, padded and masked.
+
+  Every process yields the same number of batches, ceil(ceil(N / P) / b)
+  with b = config.eval_batch_size // P; rows past the slice have mask False.
+  """
+  ds_cfg = _dataset_cfg(config)
+  batch_size = int(_get(config, "eval_batch_size", _get(config, "batch_size")))
+  if batch_size % process_count:
+    raise ValueError(f"config.eval_batch_size={batch_size} is not divisible by the "
+                     f"{process_count} processes.")
+  local_batch = batch_size // process_count
+  scale, (hc, wc), (hl, wl), mean, std = _eval_options(config)
+  builder = check_prepared(config)
+  split = _get(ds_cfg, "eval_split", "validation")
+  n_total = _split_size(builder, split)
+  subsplit = tfds.split_for_jax_process(split, process_index=process_index,
+                                        process_count=process_count, drop_remainder=False)
+  n_local = _split_size(builder, subsplit)
+  largest = -(-n_total // process_count)
+  num_batches = -(-largest // local_batch)
+
+  def transform(image_bytes, label_bytes):
+    image, label = _decode(image_bytes, label_bytes)
+    label_hw = tf.shape(label)
+    if scale is None:
+      new_hw = label_hw
+      image = tf.cast(image, tf.float32)
+    else:
+      new_hw = rescale_size(label_hw, scale)
+      image = tf.image.resize(image, new_hw, method="bilinear", antialias=False)
+    checks = [
+        tf.debugging.assert_less_equal(
+            new_hw, tf.constant([hc, wc]),
+            message=f"Resized eval image larger than config.dataset.eval_canvas=({hc}, {wc})"),
+        tf.debugging.assert_less_equal(
+            label_hw, tf.constant([hl, wl]),
+            message=f"Eval label larger than config.dataset.eval_label_canvas=({hl}, {wl})"),
+    ]
+    with tf.control_dependencies(checks):
+      image = _normalize(image, mean, std)
+      image = tf.pad(image, [[0, hc - new_hw[0]], [0, wc - new_hw[1]], [0, 0]])
+      label = tf.pad(tf.cast(label, tf.int32), [[0, hl - label_hw[0]], [0, wl - label_hw[1]]],
+                     constant_values=IGNORE_INDEX)
+    image.set_shape([hc, wc, 3])
+    label.set_shape([hl, wl])
+    return {"image": image, "image_hw": tf.cast(new_hw, tf.int32), "label": label,
+            "label_hw": tf.cast(label_hw, tf.int32), "mask": tf.constant(True)}
+
+  ds = _read_split(builder, subsplit).map(transform, num_parallel_calls=_num_parallel(ds_cfg))
+  n_pad = num_batches * local_batch - n_local
+  if n_pad:
+    pad = {"image": tf.zeros([hc, wc, 3], tf.float32), "image_hw": tf.zeros([2], tf.int32),
+           "label": tf.fill([hl, wl], IGNORE_INDEX), "label_hw": tf.zeros([2], tf.int32),
+           "mask": tf.constant(False)}
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(n_pad))
+  ds = ds.batch(local_batch, drop_remainder=True)
+  return ds.prefetch(int(_get(ds_cfg, "prefetch", 2)))
+
+
+# ---------------------------------------------------------------------------
+# Iterators of global jax.Arrays.
+
+
+def _to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  def put(key, value):
+    s = sharding[key] if isinstance(sharding, Mapping) else sharding
+    return jax.make_array_from_process_local_data(s, value)
+  return {k: put(k, v) for k, v in batch.items()}
+
+
+def create_train_iterator(config, sharding, *, start_step: int = 0
+                          ) -> Iterator[dict[str, jax.Array]]:
+  """Endless global training batches.
+
+  Args:
+    config: the run config (batch_size, seed, dataset.*).
+    sharding: a jax.sharding.Sharding of the batch dimension (e.g.
+      NamedSharding(mesh, P('data'))), or a dict of them keyed like the batch.
+    start_step: the step to resume at.
+  Yields:
+    {'image': float32 [B, ch, cw, 3] normalised, 'label': int32 [B, ch, cw]},
+    B = config.batch_size (global); this process supplies its rows.
+  """
+  ds = make_train_dataset(config, process_index=jax.process_index(),
+                          process_count=jax.process_count(), start_step=start_step)
+  for batch in ds.as_numpy_iterator():
+    yield _to_global(batch, sharding)
+
+
+def create_eval_iterator(config, sharding) -> Iterator[dict[str, jax.Array]]:
+  """One pass over the eval split in global batches of config.eval_batch_size.
+
+  Yields:
+    {'image': float32 [B, Hc, Wc, 3], 'image_hw': int32 [B, 2], 'label':
+    int32 [B, Hl, Wl] original resolution padded with 255, 'label_hw': int32
+    [B, 2], 'mask': bool [B] (False for padding rows)}.
+  """
+  ds = make_eval_dataset(config, process_index=jax.process_index(),
+                         process_count=jax.process_count())
+  for batch in ds.as_numpy_iterator():
+    yield _to_global(batch, sharding)
+
+
+def describe(config) -> dict[str, Any]:
+  """Shapes of the batches the iterators yield (for logging)."""
+  opts = _train_options(config)
+  _, canvas, label_canvas, _, _ = _eval_options(config)
+  return {"train_image": (int(_get(config, "batch_size")), *opts.crop_size, 3),
+          "eval_image": (int(_get(config, "eval_batch_size", _get(config, "batch_size"))), *canvas, 3),
+          "eval_label": label_canvas}
