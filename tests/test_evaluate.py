@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -257,15 +258,15 @@ def test_flip_with_symmetric_fn_changes_nothing():
   rng = np.random.RandomState(6)
   batch = _make_batch(rng, [(7, 10), (5, 6)], [(7, 10), (9, 11)], (7, 10), (9, 12))
   fn = _per_pixel_fn()
-  plain = ev.predict_scores(fn, batch)
-  flipped = jax.jit(lambda b: ev.predict_scores(fn, b, flip=True))(batch)
+  plain, flipped, pred_plain, pred_flip = jax.jit(lambda b: (
+      ev.predict_scores(fn, b), ev.predict_scores(fn, b, flip=True),
+      ev.predict(fn, b), ev.predict(fn, b, flip=True)))(batch)
   inside = np.zeros((2, 9, 12), bool)
   inside[0, :7, :10] = True
   inside[1, :9, :11] = True
   np.testing.assert_allclose(np.asarray(flipped)[inside], _softmax(np.asarray(plain)[inside]), atol=1e-5)
   assert np.all(np.asarray(flipped)[~inside] == 0)
-  np.testing.assert_array_equal(np.asarray(ev.predict(fn, batch, flip=True)),
-                                np.asarray(ev.predict(fn, batch)))
+  np.testing.assert_array_equal(np.asarray(pred_flip), np.asarray(pred_plain))
 
 
 def test_flip_flips_only_the_valid_region():
@@ -295,6 +296,12 @@ def test_multiscale_flip_matches_reference():
   scales = (0.5, 1.0, 1.5)
   got = np.asarray(jax.jit(lambda b: ev.predict_scores(fn, b, scales=scales, flip=True))(batch))
   img = np.asarray(batch["image"])
+
+  @functools.partial(jax.jit, static_argnums=(1, 2, 3))
+  def ref_pass(x, size, valid, out):   # static resizes only
+    logits = ev.whole_inference(fn, resize_bilinear(x, size, align_corners=False))
+    return resize_bilinear(logits[:, :valid[0], :valid[1]], out, align_corners=False)
+
   for k in range(2):
     (h, w), (lh, lw) = hw[k], lhw[k]
     acc = np.zeros((lh, lw, 4))
@@ -306,9 +313,7 @@ def test_multiscale_flip_matches_reference():
         x = img[k:k + 1].copy()
         if flipped:
           x[:, :h, :w] = x[:, :h, :w][:, :, ::-1]
-        x = resize_bilinear(jnp.asarray(x), size, align_corners=False)
-        logits = ev.whole_inference(fn, x)
-        out = np.asarray(resize_bilinear(logits[:, :vh, :vw], (lh, lw), align_corners=False))[0]
+        out = np.asarray(ref_pass(jnp.asarray(x), size, (vh, vw), (lh, lw)))[0]
         p = _softmax(out)
         acc += p[:, ::-1] if flipped else p
     np.testing.assert_allclose(got[k, :lh, :lw], acc / (2 * len(scales)), atol=1e-5)
@@ -320,9 +325,9 @@ def test_multiscale_slide_runs_and_single_pass_slide_equals_whole_for_equivarian
   batch = _make_batch(rng, [(9, 13), (7, 8)], [(9, 13), (10, 10)], (9, 13), (10, 13))
   fn = _per_pixel_fn()
   kw = dict(scales=(0.75, 1.25), flip=True, num_classes=4)
-  slide = jax.jit(lambda b: ev.predict_scores(fn, b, mode="slide", crop_size=(5, 5),
-                                              stride=(3, 3), **kw))(batch)
-  whole = ev.predict_scores(fn, batch, **kw)
+  slide, whole = jax.jit(lambda b: (
+      ev.predict_scores(fn, b, mode="slide", crop_size=(5, 5), stride=(3, 3), **kw),
+      ev.predict_scores(fn, b, **kw)))(batch)
   np.testing.assert_allclose(np.asarray(slide), np.asarray(whole), atol=1e-5)
 
 
