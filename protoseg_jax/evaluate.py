@@ -370,12 +370,14 @@ def predict_scores(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
   """
   _check_mode(mode, crop_size, stride, scales)
   images = batch["image"]
+  if images.ndim != 4:
+    raise ValueError(f"batch['image'] must be [B, H, W, 3], got shape {images.shape}")
+  if batch["label"].ndim != 3:
+    raise ValueError(f"batch['label'] must be [B, Hl, Wl], got shape {batch['label'].shape}")
   image_hw = batch["image_hw"].astype(jnp.int32)
   label_hw = batch["label_hw"].astype(jnp.int32)
   label_size = tuple(batch["label"].shape[1:3])
   canvas = tuple(images.shape[1:3])
-  if images.ndim != 4:
-    raise ValueError(f"batch['image'] must be [B, H, W, 3], got shape {images.shape}")
   if num_classes is not None:
     c = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(images.shape, images.dtype)).shape[-1]
     if c != num_classes:

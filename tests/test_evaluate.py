@@ -418,3 +418,17 @@ def test_predict_step_sharded_over_four_devices_equals_single_device():
   res = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, cwd=root,
                        capture_output=True, text=True, timeout=240)
   assert res.returncode == 0 and "SHARDED_OK" in res.stdout, res.stdout + res.stderr
+
+
+def test_padding_rows_with_zero_sizes_give_zero_scores():
+  # The input pipeline pads the last batch with image_hw = label_hw = (0, 0).
+  rng = np.random.RandomState(12)
+  batch = _make_batch(rng, [(6, 8), (6, 8)], [(7, 9), (7, 9)], (6, 8), (7, 9), [True, False])
+  batch["image_hw"] = batch["image_hw"].at[1].set(0)
+  batch["label_hw"] = batch["label_hw"].at[1].set(0)
+  fn = _pooled_fn()
+  for kw in (dict(), dict(scales=(0.5, 1.0), flip=True),
+             dict(mode="slide", crop_size=(4, 4), stride=(3, 3))):
+    scores = np.asarray(jax.jit(lambda b: ev.predict_scores(fn, b, **kw))(batch))
+    assert np.all(np.isfinite(scores)) and np.all(scores[1] == 0), kw
+    assert np.abs(scores[0]).sum() > 0
