@@ -212,6 +212,19 @@ def crop_is_acceptable(label_crop, cat_max_ratio: float, ignore_index: int = IGN
       tf.cast(largest, tf.float32) < cat_max_ratio * tf.cast(total, tf.float32))
 
 
+def crop_candidates(hw, crop_hw, seed):
+  """The 11 candidate crop offsets: int32 [11] tops, int32 [11] lefts.
+
+  Each uniform in [0, max(H - ch, 0)] x [0, max(W - cw, 0)], like mmseg's
+  generate_crop_bbox.
+  """
+  margin = tf.maximum(hw - tf.constant(crop_hw, tf.int32), 0)
+  s0, s1 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  tops = tf.random.stateless_uniform([11], s0, minval=0, maxval=margin[0] + 1, dtype=tf.int32)
+  lefts = tf.random.stateless_uniform([11], s1, minval=0, maxval=margin[1] + 1, dtype=tf.int32)
+  return tops, lefts
+
+
 def random_crop_offset(label, crop_hw, seed, cat_max_ratio: float):
   """mmseg RandomCrop: offset of the crop, retried up to 10 times for cat_max_ratio.
 
@@ -227,10 +240,7 @@ def random_crop_offset(label, crop_hw, seed, cat_max_ratio: float):
     int32 [2] (top, left).
   """
   hw = tf.shape(label)
-  margin = tf.maximum(hw - tf.constant(crop_hw, tf.int32), 0)
-  s0, s1 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-  tops = tf.random.stateless_uniform([11], s0, minval=0, maxval=margin[0] + 1, dtype=tf.int32)
-  lefts = tf.random.stateless_uniform([11], s1, minval=0, maxval=margin[1] + 1, dtype=tf.int32)
+  tops, lefts = crop_candidates(hw, crop_hw, seed)
   if cat_max_ratio >= 1.0:
     return tf.stack([tops[0], lefts[0]])
   ch = tf.minimum(crop_hw[0], hw[0])
@@ -240,9 +250,8 @@ def random_crop_offset(label, crop_hw, seed, cat_max_ratio: float):
     crop = label[tops[k]:tops[k] + ch, lefts[k]:lefts[k] + cw]
     return tf.logical_not(crop_is_acceptable(crop, cat_max_ratio))
 
-  k = tf.while_loop(lambda k: tf.logical_and(k < 10, not_ok(k)), lambda k: k + 1, [0])
-  if isinstance(k, (list, tuple)):
-    k = k[0]
+  (k,) = tf.while_loop(lambda k: tf.logical_and(k < 10, not_ok(k)), lambda k: (k + 1,),
+                       (tf.constant(0),))
   return tf.stack([tops[k], lefts[k]])
 
 
