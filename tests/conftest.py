@@ -10,6 +10,11 @@ from unittest import mock
 # Tests run on the CPU; keep TF from grabbing anything and from logging noise.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# 8 simulated CPU devices so that sharded programs can be compared with
+# single-device ones in-process. Must be set before jax is imported.
+if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                             " --xla_force_host_platform_device_count=8").strip()
 
 
 class _InertTorchvision(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -1,0 +1,157 @@
+"""Segmentation heads: ProtoSegHead (nonparametric, prototypes) and LinearHead.
+
+Both turn a feature map `[B, h, w, D_in]` into class logits `[B, h, w, C]`
+and share one call signature, so a model can switch heads by config:
+
+    out = head(features, labels, train=True)   # HeadOutput
+    out.logits                                 # [B, h, w, C]
+
+ProtoSegHead keeps its C x M prototypes in the non-trainable variable
+collection "prototypes" (variable "prototypes", [C, M, D]). Called with
+labels and with that collection mutable (`apply(..., mutable=["prototypes",
+...])`), it runs one prototype-learning step (Sinkhorn clustering + momentum
+update) and returns `proto_logits` / `proto_targets` for the PPC/PPD losses.
+Called without labels, or with the collection immutable, it changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from protoseg_jax.ops import l2_normalize, resize_nearest
+from protoseg_jax.prototypes import ASSIGNMENTS, learn_prototypes, prototype_similarity
+
+PROTOTYPE_RNG = "prototypes"  # rng stream for the Gumbel assignment
+PROJ_NORM_AXES = ("channel", "width")
+
+
+@flax.struct.dataclass
+class HeadOutput:
+  """logits [B, h, w, C]; for ProtoSegHead also embeddings [B, h, w, D] and,
+  when prototypes were learned this call, proto_logits [B*h*w, C*M] and
+  proto_targets [B*h*w] (ignore_index for ignored pixels)."""
+  logits: jnp.ndarray
+  embeddings: Optional[jnp.ndarray] = None
+  proto_logits: Optional[jnp.ndarray] = None
+  proto_targets: Optional[jnp.ndarray] = None
+
+
+def init_prototypes(rng: jax.Array, shape: tuple[int, int, int], std: float = 0.02) -> jnp.ndarray:
+  """Truncated normal (std 0.02, cut at 2 std), then unit norm along D."""
+  return l2_normalize(std * jax.random.truncated_normal(rng, -2.0, 2.0, shape, jnp.float32))
+
+
+def labels_to_feature_size(labels: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
+  """[B, H, W] labels -> [B, h, w] with PyTorch `nearest` (floor(dst * H / h))."""
+  return resize_nearest(labels[..., None], size)[..., 0]
+
+
+class ProtoSegHead(nn.Module):
+  """The nonparametric ProtoSeg head (PROTOSEG.md, forward pass steps 2-6).
+
+  Attributes:
+    num_classes: C.
+    num_prototypes: M prototypes per class.
+    embed_dim: D of the embedding; None keeps D_in (the official setting).
+    gamma: momentum of the prototype update.
+    sinkhorn_iters, sinkhorn_epsilon: Sinkhorn-Knopp parameters.
+    assignment: "gumbel" (official) or "argmax" (deterministic); gumbel takes
+      its randomness from the "prototypes" rng stream.
+    use_mask_norm: LayerNorm over the C class scores (official, default on).
+    proj_norm_axis: "channel" (paper intent, default) or "width" (official
+      code quirk: the projection output is L2-normalised along image width;
+      set it when loading official checkpoints).
+    ignore_index: ignored label value.
+    dtype: compute dtype of the projection convs; the embedding, similarity
+      and prototype maths always run in float32.
+  """
+  num_classes: int
+  num_prototypes: int = 10
+  embed_dim: Optional[int] = None
+  gamma: float = 0.999
+  sinkhorn_iters: int = 3
+  sinkhorn_epsilon: float = 0.05
+  assignment: str = "gumbel"
+  use_mask_norm: bool = True
+  proj_norm_axis: str = "channel"
+  ignore_index: int = 255
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: jnp.ndarray, labels: Optional[jnp.ndarray] = None, *,
+               train: bool = False, update: Any = True) -> HeadOutput:
+    """features [B, h, w, D_in]; labels [B, H, W] int (any H, W; resized with
+    PyTorch nearest to h, w). `update` (bool or traced bool) gates the
+    prototype update, e.g. off during warm-up iterations."""
+    if self.assignment not in ASSIGNMENTS:
+      raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {self.assignment!r}")
+    if self.proj_norm_axis not in PROJ_NORM_AXES:
+      raise ValueError(f"proj_norm_axis must be one of {PROJ_NORM_AXES}, got {self.proj_norm_axis!r}")
+    if features.ndim != 4:
+      raise ValueError(f"features must be [B, h, w, D_in], got shape {features.shape}")
+    b, h, w, d_in = features.shape
+    d = self.embed_dim or d_in
+    c, m = self.num_classes, self.num_prototypes
+
+    # Projection head: 1x1 conv + ReLU + 1x1 conv, then L2 normalisation.
+    x = nn.Conv(d_in, (1, 1), dtype=self.dtype, name="proj_conv1")(features)
+    x = nn.relu(x)
+    x = nn.Conv(d, (1, 1), dtype=self.dtype, name="proj_conv2")(x)
+    x = x.astype(jnp.float32)
+    x = l2_normalize(x, axis=2 if self.proj_norm_axis == "width" else -1)
+    # feat_norm: LayerNorm over D, then unit norm.
+    x = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name="feat_norm")(x)
+    emb = l2_normalize(x).reshape(b * h * w, d)
+
+    protos = self.variable("prototypes", "prototypes", init_prototypes,
+                           self.make_rng("params") if self.is_initializing() else None,
+                           (c, m, d))
+    sim = prototype_similarity(emb, protos.value)  # [N, C*M]
+    scores = jnp.max(sim.reshape(-1, c, m), axis=-1)  # [N, C]
+    if self.use_mask_norm:
+      scores = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name="mask_norm")(scores)
+    logits = scores.reshape(b, h, w, c)
+
+    out = HeadOutput(logits=logits, embeddings=emb.reshape(b, h, w, d))
+    if labels is None or self.is_initializing() or not self.is_mutable_collection("prototypes"):
+      return out
+
+    if labels.ndim != 3 or labels.shape[0] != b:
+      raise ValueError(f"labels must be [B={b}, H, W], got shape {labels.shape}")
+    y = labels_to_feature_size(labels, (h, w)).reshape(-1)
+    rng = None
+    if self.assignment == "gumbel":
+      if not self.has_rng(PROTOTYPE_RNG):
+        raise ValueError("ProtoSegHead(assignment='gumbel') needs an rng stream "
+                         f"{PROTOTYPE_RNG!r}: apply(..., rngs={{'{PROTOTYPE_RNG}': key}})")
+      rng = self.make_rng(PROTOTYPE_RNG)
+    res = learn_prototypes(protos.value, emb, scores, y, gamma=self.gamma,
+                           num_iters=self.sinkhorn_iters, epsilon=self.sinkhorn_epsilon,
+                           assignment=self.assignment, rng=rng,
+                           ignore_index=self.ignore_index, similarity=sim)
+    protos.value = jnp.where(update, res.prototypes, protos.value)
+    return out.replace(proto_logits=res.proto_logits, proto_targets=res.proto_targets)
+
+
+class LinearHead(nn.Module):
+  """The parametric softmax baseline: a 1x1 conv to C classes.
+
+  Same call signature as ProtoSegHead; labels and update are accepted and
+  unused.
+  """
+  num_classes: int
+  use_bias: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: jnp.ndarray, labels: Optional[jnp.ndarray] = None, *,
+               train: bool = False, update: Any = True) -> HeadOutput:
+    del labels, train, update
+    logits = nn.Conv(self.num_classes, (1, 1), use_bias=self.use_bias, dtype=self.dtype,
+                     name="classifier")(features)
+    return HeadOutput(logits=logits.astype(jnp.float32))

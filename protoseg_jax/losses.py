@@ -1,0 +1,93 @@
+"""Losses: cross-entropy with ignore and class weights, PPC, PPD, ProtoSeg total.
+
+All losses return float32 scalars. When a batch has no labelled pixel, PyTorch
+returns NaN; here the losses are 0 so that one empty crop cannot poison a run.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from protoseg_jax.ops import resize_bilinear
+
+
+def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, *, ignore_index: int = 255,
+                  class_weights: Optional[Sequence[float] | jnp.ndarray] = None) -> jnp.ndarray:
+  """Mean cross-entropy over labelled pixels, like `F.cross_entropy(weight=w, ignore_index=i)`.
+
+  Args:
+    logits: [..., K] (any leading shape, e.g. [B, H, W, C] or [N, C*M]).
+    labels: [...] int; `ignore_index` and ids outside [0, K) are ignored.
+    class_weights: optional [K]; the mean is then sum(w_y * ce) / sum(w_y).
+  """
+  k = logits.shape[-1]
+  if labels.shape != logits.shape[:-1]:
+    raise ValueError(f"labels shape {labels.shape} does not match logits {logits.shape[:-1]} + [K]")
+  labels = labels.astype(jnp.int32)
+  valid = (labels != ignore_index) & (labels >= 0) & (labels < k)
+  safe = jnp.where(valid, labels, 0)
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+  if class_weights is None:
+    w = valid.astype(jnp.float32)
+  else:
+    cw = jnp.asarray(class_weights, jnp.float32)
+    if cw.shape != (k,):
+      raise ValueError(f"class_weights must have {k} entries, got shape {cw.shape}")
+    w = jnp.where(valid, cw[safe], 0.0)
+  return jnp.sum(w * nll) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def ppc_loss(proto_logits: jnp.ndarray, proto_targets: jnp.ndarray, *,
+             ignore_index: int = 255) -> jnp.ndarray:
+  """Pixel-prototype contrast: CE of [N, C*M] proto_logits against [N] targets."""
+  return cross_entropy(proto_logits, proto_targets, ignore_index=ignore_index)
+
+
+def ppd_loss(proto_logits: jnp.ndarray, proto_targets: jnp.ndarray, *,
+             ignore_index: int = 255) -> jnp.ndarray:
+  """Pixel-prototype distance: mean over labelled pixels of (1 - s[n, target_n])^2."""
+  k = proto_logits.shape[-1]
+  t = proto_targets.astype(jnp.int32)
+  valid = (t != ignore_index) & (t >= 0) & (t < k)
+  s = jnp.take_along_axis(proto_logits.astype(jnp.float32), jnp.where(valid, t, 0)[:, None], axis=1)[:, 0]
+  sq = jnp.where(valid, jnp.square(1.0 - s), 0.0)
+  return jnp.sum(sq) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def segmentation_loss(seg_logits: jnp.ndarray, labels: jnp.ndarray, *, ignore_index: int = 255,
+                      class_weights=None, align_corners: bool = True) -> jnp.ndarray:
+  """CE after bilinear upsampling of [B, h, w, C] logits to the [B, H, W] labels."""
+  up = resize_bilinear(seg_logits.astype(jnp.float32), labels.shape[1:3], align_corners=align_corners)
+  return cross_entropy(up, labels, ignore_index=ignore_index, class_weights=class_weights)
+
+
+def protoseg_loss(seg_logits: jnp.ndarray, labels: jnp.ndarray,
+                  proto_logits: Optional[jnp.ndarray] = None,
+                  proto_targets: Optional[jnp.ndarray] = None, *,
+                  lambda_ppc: float = 0.01, lambda_ppd: float = 0.001,
+                  ignore_index: int = 255, class_weights=None,
+                  align_corners: bool = True) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+  """ProtoSeg loss: CE(upsample(seg_logits), labels) + lambda_ppc PPC + lambda_ppd PPD.
+
+  Args:
+    seg_logits: [B, h, w, C] class logits at feature resolution.
+    labels: [B, H, W] int at label resolution.
+    proto_logits, proto_targets: [N, C*M] and [N] from the prototype head
+      (feature resolution); when None (linear head, warm-up) the loss is CE only.
+
+  Returns:
+    (total, {"loss_ce", "loss_ppc", "loss_ppd"}).
+  """
+  ce = segmentation_loss(seg_logits, labels, ignore_index=ignore_index,
+                         class_weights=class_weights, align_corners=align_corners)
+  if proto_logits is None:
+    zero = jnp.zeros((), jnp.float32)
+    return ce, {"loss_ce": ce, "loss_ppc": zero, "loss_ppd": zero}
+  ppc = ppc_loss(proto_logits, proto_targets, ignore_index=ignore_index)
+  ppd = ppd_loss(proto_logits, proto_targets, ignore_index=ignore_index)
+  total = ce + lambda_ppc * ppc + lambda_ppd * ppd
+  return total, {"loss_ce": ce, "loss_ppc": ppc, "loss_ppd": ppd}

@@ -1,0 +1,151 @@
+"""Prototype learning: assignment, targets and momentum update (pure functions).
+
+`learn_prototypes` is the vectorised form of the official
+`prototype_learning` (see PROTOSEG.md): no Python loop over classes, memory
+beyond the [N, C*M] similarity is O(N*M + N*D + C*M*D).
+
+Data parallelism: under `jax.jit` with the batch sharded over a mesh axis all
+sums here (Sinkhorn segment sums, feature sums, counts) run over the GLOBAL
+batch, as SwAV's distributed Sinkhorn does; the update is then identical on
+every device. The official code instead updates per GPU from local pixels and
+averages the resulting prototypes; the two differ only in how pixels of
+different GPUs are pooled.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from protoseg_jax.ops import l2_normalize
+from protoseg_jax.sinkhorn import sinkhorn_knopp
+
+ASSIGNMENTS = ("gumbel", "argmax")
+
+
+@flax.struct.dataclass
+class PrototypeUpdate:
+  """Result of one prototype-learning step.
+
+  prototypes:    [C, M, D] updated prototypes, unit norm.
+  proto_logits:  [N, C*M] cosine similarity to the OLD prototypes (gradients
+                 flow into the embeddings only).
+  proto_targets: [N] int32 c*M + index (Sinkhorn argmax), ignore_index for
+                 ignored pixels.
+  assignments:   [N] int32 prototype (0..M-1) each pixel was assigned to for
+                 the update (gumbel or argmax); -1 for ignored pixels.
+  counts:        [C, M] int32 number of correctly classified pixels that
+                 updated each prototype.
+  """
+  prototypes: jnp.ndarray
+  proto_logits: jnp.ndarray
+  proto_targets: jnp.ndarray
+  assignments: jnp.ndarray
+  counts: jnp.ndarray
+
+
+def prototype_similarity(embeddings: jnp.ndarray, prototypes: jnp.ndarray) -> jnp.ndarray:
+  """Cosine similarity [N, C*M] of unit embeddings [N, D] to prototypes [C, M, D].
+
+  The prototypes are L2-normalised and the gradient through them is stopped:
+  they are learned by the momentum update, never by gradient descent.
+  """
+  c, m, d = prototypes.shape
+  p = jax.lax.stop_gradient(l2_normalize(prototypes.reshape(c * m, d)))
+  return jnp.einsum("nd,kd->nk", embeddings, p.astype(embeddings.dtype))
+
+
+def _argmax_equals(logits: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
+  """argmax(logits, 1) == idx (first maximum wins, as torch.max) without an
+  argmax: the label's logit is a maximum and no earlier entry reaches it.
+  Two plain max-reductions are much cheaper than a variadic argmax on CPU."""
+  own = jnp.take_along_axis(logits, idx[:, None], axis=1)[:, 0]
+  before = jnp.arange(logits.shape[1])[None, :] < idx[:, None]
+  earlier = jnp.max(jnp.where(before, logits, -jnp.inf), axis=1)
+  return (own >= jnp.max(logits, axis=1)) & (earlier < own)
+
+
+def learn_prototypes(prototypes: jnp.ndarray, embeddings: jnp.ndarray, logits: jnp.ndarray,
+                     labels: jnp.ndarray, *, gamma: float = 0.999, num_iters: int = 3,
+                     epsilon: float = 0.05, assignment: str = "gumbel",
+                     rng: Optional[jax.Array] = None, ignore_index: int = 255,
+                     similarity: Optional[jnp.ndarray] = None) -> PrototypeUpdate:
+  """One ProtoSeg prototype-learning step (PROTOSEG.md, "Prototype learning").
+
+  Args:
+    prototypes: [C, M, D] current prototypes (normalised here before use).
+    embeddings: [N, D] unit-norm pixel embeddings.
+    logits: [N, C] segmentation logits (their argmax decides which pixels are
+      correctly predicted and may update prototypes).
+    labels: [N] int class per pixel; `ignore_index` and any id outside [0, C)
+      are ignored.
+    gamma: momentum of the prototype update.
+    num_iters, epsilon: Sinkhorn-Knopp parameters.
+    assignment: "gumbel" (official: argmax of Q + Gumbel noise decides which
+      prototype a pixel updates) or "argmax" (deterministic).
+    rng: PRNG key, required for assignment="gumbel".
+    ignore_index: label of ignored pixels, kept in `proto_targets`.
+    similarity: optional [N, C*M] `prototype_similarity(embeddings,
+      prototypes)` if the caller already has it.
+
+  Returns:
+    PrototypeUpdate (prototypes, proto_logits, proto_targets, assignments, counts).
+  """
+  if assignment not in ASSIGNMENTS:
+    raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
+  if assignment == "gumbel" and rng is None:
+    raise ValueError("assignment='gumbel' needs an rng key (pass rng=...)")
+  if prototypes.ndim != 3:
+    raise ValueError(f"prototypes must be [C, M, D], got shape {prototypes.shape}")
+  c, m, d = prototypes.shape
+  n = embeddings.shape[0]
+  if embeddings.shape != (n, d):
+    raise ValueError(f"embeddings must be [N, D={d}], got shape {embeddings.shape}")
+  if logits.shape != (n, c):
+    raise ValueError(f"logits must be [N={n}, C={c}], got shape {logits.shape}")
+  if labels.shape != (n,):
+    raise ValueError(f"labels must be [N={n}], got shape {labels.shape}")
+
+  if similarity is None:
+    similarity = prototype_similarity(embeddings, prototypes)
+  elif similarity.shape != (n, c * m):
+    raise ValueError(f"similarity must be [N={n}, C*M={c * m}], got shape {similarity.shape}")
+
+  # The update is state, not a function to differentiate.
+  old = jax.lax.stop_gradient(l2_normalize(prototypes.astype(jnp.float32).reshape(c * m, d)))
+  labels = labels.astype(jnp.int32)
+  valid = (labels >= 0) & (labels < c) & (labels != ignore_index)
+  cls = jnp.where(valid, labels, 0)
+
+  # Each pixel's similarities to the M prototypes of its own class: [N, M].
+  own = jnp.take_along_axis(similarity.reshape(n, c, m), cls[:, None, None], axis=1)[:, 0, :]
+  own = jax.lax.stop_gradient(own).astype(jnp.float32)
+  q = sinkhorn_knopp(own, jnp.where(valid, labels, -1), c, num_iters=num_iters, epsilon=epsilon)
+  index = jnp.argmax(q, axis=1).astype(jnp.int32)
+  if assignment == "gumbel":
+    # F.gumbel_softmax(Q, tau, hard=True) in the forward pass is one_hot(argmax(Q + g)).
+    assign = jnp.argmax(q + jax.random.gumbel(rng, q.shape, jnp.float32), axis=1).astype(jnp.int32)
+  else:
+    assign = index
+
+  correct = valid & _argmax_equals(logits, cls)
+
+  # One segment per prototype (+1 dummy for pixels that do not update).
+  upd_seg = jnp.where(correct, cls * m + assign, c * m)
+  emb = jax.lax.stop_gradient(embeddings).astype(jnp.float32)
+  feat_sum = jax.ops.segment_sum(emb, upd_seg, num_segments=c * m + 1)[: c * m]
+  counts = jax.ops.segment_sum(correct.astype(jnp.int32), upd_seg, num_segments=c * m + 1)[: c * m]
+  moved = gamma * old + (1.0 - gamma) * l2_normalize(feat_sum)
+  new = l2_normalize(jnp.where((counts > 0)[:, None], moved, old))
+
+  targets = jnp.where(valid, cls * m + index, ignore_index).astype(jnp.int32)
+  return PrototypeUpdate(
+      prototypes=new.reshape(c, m, d).astype(prototypes.dtype),
+      proto_logits=similarity,
+      proto_targets=targets,
+      assignments=jnp.where(valid, assign, -1),
+      counts=counts.reshape(c, m),
+  )

@@ -1,0 +1,166 @@
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from protoseg_jax.heads import HeadOutput, LinearHead, ProtoSegHead
+
+B, H, W, DIN, C, M, D = 2, 5, 7, 12, 4, 3, 8
+
+
+def _x(seed=0):
+  return jax.random.normal(jax.random.key(seed), (B, H, W, DIN))
+
+
+def _labels(seed=1):
+  y = np.random.RandomState(seed).randint(0, C + 1, (B, 4 * H, 4 * W))
+  return jnp.asarray(np.where(y == C, 255, y))
+
+
+def _official_head_forward(variables, x_nhwc, width_quirk):
+  """The official HRNet_W48_Proto head (after cls_head) in PyTorch, NCHW."""
+  p = jax.tree.map(lambda a: torch.from_numpy(np.asarray(a)), variables["params"])
+  protos = torch.from_numpy(np.asarray(variables["prototypes"]["prototypes"]))
+  x = torch.from_numpy(np.asarray(x_nhwc)).permute(0, 3, 1, 2)
+  conv = lambda t, q: F.conv2d(t, q["kernel"].permute(3, 2, 0, 1), q["bias"])
+  c = conv(F.relu(conv(x, p["proj_conv1"])), p["proj_conv2"])
+  c = F.normalize(c, p=2, dim=-1 if width_quirk else 1)
+  b, d, h, w = c.shape
+  _c = c.permute(0, 2, 3, 1).reshape(-1, d)
+  _c = F.layer_norm(_c, (d,), p["feat_norm"]["scale"], p["feat_norm"]["bias"], 1e-5)
+  _c = F.normalize(_c, p=2, dim=-1)
+  protos = F.normalize(protos, p=2, dim=-1)
+  masks = torch.einsum("nd,kmd->nmk", _c, protos)
+  out = torch.amax(masks, dim=1)
+  out = F.layer_norm(out, (protos.shape[0],), p["mask_norm"]["scale"], p["mask_norm"]["bias"], 1e-5)
+  return out.reshape(b, h, w, -1).numpy()
+
+
+@pytest.mark.parametrize("axis", ["channel", "width"])
+def test_forward_matches_official_head(axis):
+  head = ProtoSegHead(num_classes=C, num_prototypes=M, embed_dim=D, proj_norm_axis=axis)
+  x = _x()
+  v = head.init(jax.random.key(0), x)
+  # Non-trivial norm parameters so that the check covers them.
+  v = jax.tree_util.tree_map_with_path(
+      lambda path, a: a + 0.3 * jax.random.normal(jax.random.key(len(str(path))), a.shape)
+      if "norm" in str(path) else a, v)
+  out = head.apply(v, x)
+  assert out.logits.shape == (B, H, W, C) and out.proto_logits is None
+  np.testing.assert_allclose(np.asarray(out.logits), _official_head_forward(v, x, axis == "width"),
+                             atol=2e-5)
+
+
+def test_width_quirk_changes_logits():
+  x = _x()
+  a = ProtoSegHead(num_classes=C, num_prototypes=M, embed_dim=D)
+  b = ProtoSegHead(num_classes=C, num_prototypes=M, embed_dim=D, proj_norm_axis="width")
+  v = a.init(jax.random.key(0), x)
+  assert np.abs(np.asarray(a.apply(v, x).logits - b.apply(v, x).logits)).max() > 1e-4
+
+
+def test_prototypes_variable_and_init():
+  head = ProtoSegHead(num_classes=C, num_prototypes=M, embed_dim=D)
+  v = head.init(jax.random.key(0), _x())
+  p = np.asarray(v["prototypes"]["prototypes"])
+  assert p.shape == (C, M, D)
+  np.testing.assert_allclose(np.linalg.norm(p, axis=-1), 1.0, atol=1e-6)
+  assert "prototypes" not in v["params"]
+  assert set(v["params"]) == {"proj_conv1", "proj_conv2", "feat_norm", "mask_norm"}
+  no_mask_norm = ProtoSegHead(num_classes=C, num_prototypes=M, use_mask_norm=False)
+  assert "mask_norm" not in no_mask_norm.init(jax.random.key(0), _x())["params"]
+
+
+def test_learning_only_with_labels_and_mutable_collection():
+  head = ProtoSegHead(num_classes=C, num_prototypes=M, embed_dim=D, gamma=0.5, assignment="argmax")
+  x, y = _x(), _labels()
+  v = head.init(jax.random.key(0), x)
+  # Immutable prototypes or no labels: pure inference.
+  out = head.apply(v, x, y, train=True)
+  assert out.proto_logits is None
+  out, mut = head.apply(v, x, train=True, mutable=["prototypes"])
+  np.testing.assert_array_equal(np.asarray(mut["prototypes"]["prototypes"]),
+                                np.asarray(v["prototypes"]["prototypes"]))
+  # Labels + mutable: one learning step.
+  out, mut = head.apply(v, x, y, train=True, mutable=["prototypes"])
+  assert out.proto_logits.shape == (B * H * W, C * M)
+  assert out.proto_targets.shape == (B * H * W,)
+  new = np.asarray(mut["prototypes"]["prototypes"])
+  assert np.abs(new - np.asarray(v["prototypes"]["prototypes"])).max() > 1e-3
+  np.testing.assert_allclose(np.linalg.norm(new, axis=-1), 1.0, atol=1e-6)
+  # update=False (warm-up) leaves them alone even inside jit.
+  f = jax.jit(lambda v, upd: head.apply(v, x, y, train=True, update=upd, mutable=["prototypes"]))
+  _, mut = f(v, jnp.asarray(False))
+  np.testing.assert_array_equal(np.asarray(mut["prototypes"]["prototypes"]),
+                                np.asarray(v["prototypes"]["prototypes"]))
+
+
+def test_gumbel_needs_rng_stream():
+  head = ProtoSegHead(num_classes=C, num_prototypes=M)
+  x, y = _x(), _labels()
+  v = head.init(jax.random.key(0), x)
+  with pytest.raises(ValueError, match="rngs"):
+    head.apply(v, x, y, train=True, mutable=["prototypes"])
+  _, m1 = head.apply(v, x, y, train=True, mutable=["prototypes"], rngs={"prototypes": jax.random.key(1)})
+  _, m2 = head.apply(v, x, y, train=True, mutable=["prototypes"], rngs={"prototypes": jax.random.key(1)})
+  np.testing.assert_array_equal(np.asarray(m1["prototypes"]["prototypes"]),
+                                np.asarray(m2["prototypes"]["prototypes"]))
+
+
+def test_targets_follow_feature_resolution_labels():
+  head = ProtoSegHead(num_classes=C, num_prototypes=M, assignment="argmax")
+  x, y = _x(), _labels()
+  v = head.init(jax.random.key(0), x)
+  out, _ = head.apply(v, x, y, train=True, mutable=["prototypes"])
+  small = np.asarray(y)[:, ::4, ::4].reshape(-1)   # PyTorch nearest for an exact 4x
+  t = np.asarray(out.proto_targets)
+  np.testing.assert_array_equal(t == 255, small == 255)
+  np.testing.assert_array_equal(t[small != 255] // M, small[small != 255])
+
+
+def test_no_gradient_to_prototypes_and_gradient_to_params():
+  head = ProtoSegHead(num_classes=C, num_prototypes=M, assignment="argmax")
+  x, y = _x(), _labels()
+  v = head.init(jax.random.key(0), x)
+
+  def loss(params, protos):
+    out, _ = head.apply({"params": params, "prototypes": protos}, x, y, train=True,
+                        mutable=["prototypes"])
+    valid = out.proto_targets != 255
+    picked = jnp.take_along_axis(out.proto_logits, jnp.where(valid, out.proto_targets, 0)[:, None], 1)
+    return jnp.sum(out.logits) * 0 + jnp.sum(jnp.where(valid[:, None], picked, 0))
+
+  gp, gproto = jax.grad(loss, argnums=(0, 1))(v["params"], v["prototypes"])
+  assert np.all(np.asarray(gproto["prototypes"]) == 0)
+  assert np.abs(np.asarray(gp["proj_conv2"]["kernel"])).max() > 0
+
+
+def test_linear_head_same_interface():
+  head = LinearHead(num_classes=C)
+  x = _x()
+  v = head.init(jax.random.key(0), x)
+  out = head.apply(v, x, _labels(), train=True)
+  assert isinstance(out, HeadOutput) and out.logits.shape == (B, H, W, C)
+  assert out.proto_logits is None
+
+
+def test_readme_example_drops_into_another_model():
+  class TinySegmenter(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, images, labels=None, train=False):
+      feats = nn.relu(nn.Conv(32, (3, 3), strides=(4, 4))(images))   # [B, H/4, W/4, 32]
+      return ProtoSegHead(self.num_classes, num_prototypes=5)(feats, labels, train=train)
+
+  model = TinySegmenter(num_classes=3)
+  images = jnp.ones((2, 32, 32, 3))
+  labels = jnp.zeros((2, 32, 32), jnp.int32)
+  variables = model.init(jax.random.key(0), images)
+  out, updates = model.apply(variables, images, labels, train=True, mutable=["prototypes"],
+                             rngs={"prototypes": jax.random.key(1)})
+  assert out.logits.shape == (2, 8, 8, 3)
+  assert updates["prototypes"]["ProtoSegHead_0"]["prototypes"].shape == (3, 5, 32)

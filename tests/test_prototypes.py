@@ -1,0 +1,163 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from protoseg_jax.ops import l2_normalize
+from protoseg_jax.prototypes import learn_prototypes, prototype_similarity
+from reference import l2n, learn_prototypes_reference
+
+C, M, D, N = 6, 4, 16, 400
+
+
+def _inputs(seed, n=N, c=C, m=M, d=D):
+  rng = np.random.RandomState(seed)
+  protos = l2n(rng.randn(c, m, d)).astype(np.float32)
+  emb = l2n(rng.randn(n, d)).astype(np.float32)
+  labels = rng.randint(0, c, n)
+  labels[labels == 2] = 1                  # class 2 absent
+  labels[rng.rand(n) < 0.15] = 255         # ignored pixels
+  labels[labels == 4] = 3
+  labels[7] = 4                            # class 4: a single pixel
+  logits = rng.randn(n, c).astype(np.float32)
+  # Make most pixels correctly classified, but not all.
+  good = rng.rand(n) < 0.7
+  valid = labels != 255
+  logits[np.nonzero(good & valid)[0], labels[good & valid]] += 10.0
+  logits[7, 4] += 10.0
+  return protos, emb, logits, labels
+
+
+def _run(protos, emb, logits, labels, **kw):
+  kw.setdefault("assignment", "argmax")
+  return learn_prototypes(jnp.asarray(protos), jnp.asarray(emb), jnp.asarray(logits),
+                          jnp.asarray(labels), **kw)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_argmax_mode_matches_per_class_reference(seed):
+  protos, emb, logits, labels = _inputs(seed)
+  # gamma far from 1 so that an update error would show at 1e-5.
+  res = _run(protos, emb, logits, labels, gamma=0.5)
+  ref_p, ref_sim, ref_t = learn_prototypes_reference(protos, emb, logits, labels, gamma=0.5)
+  np.testing.assert_allclose(np.asarray(res.prototypes), ref_p, atol=1e-5)
+  np.testing.assert_allclose(np.asarray(res.proto_logits), ref_sim, atol=1e-5)
+  np.testing.assert_array_equal(np.asarray(res.proto_targets), ref_t)
+  # Something did move, and the absent class did not.
+  assert np.abs(np.asarray(res.prototypes) - protos).max() > 1e-2
+  np.testing.assert_allclose(np.asarray(res.prototypes)[2], protos[2], atol=1e-6)
+
+
+def test_no_correct_prediction_changes_nothing_but_targets():
+  protos, emb, logits, labels = _inputs(3)
+  wrong = np.where(labels == 255, 0, (labels + 1) % C)
+  logits = np.eye(C, dtype=np.float32)[wrong] * 10
+  res = _run(protos, emb, logits, labels, gamma=0.5)
+  ref_p, _, ref_t = learn_prototypes_reference(protos, emb, logits, labels, gamma=0.5)
+  np.testing.assert_allclose(np.asarray(res.prototypes), protos, atol=1e-6)
+  np.testing.assert_allclose(ref_p, protos, atol=1e-6)
+  np.testing.assert_array_equal(np.asarray(res.proto_targets), ref_t)
+  assert int(res.counts.sum()) == 0
+
+
+def test_given_similarity_is_used_as_is():
+  protos, emb, logits, labels = _inputs(4)
+  sim = prototype_similarity(jnp.asarray(emb), jnp.asarray(protos))
+  a = _run(protos, emb, logits, labels)
+  b = _run(protos, emb, logits, labels, similarity=sim)
+  np.testing.assert_allclose(np.asarray(a.prototypes), np.asarray(b.prototypes), atol=1e-7)
+  with pytest.raises(ValueError, match="similarity"):
+    _run(protos, emb, logits, labels, similarity=sim[:, :-1])
+
+
+def test_gumbel_is_deterministic_per_rng_and_targets_use_argmax():
+  protos, emb, logits, labels = _inputs(5)
+  k1, k2 = jax.random.key(1), jax.random.key(2)
+  a = _run(protos, emb, logits, labels, assignment="gumbel", rng=k1, gamma=0.5)
+  a2 = _run(protos, emb, logits, labels, assignment="gumbel", rng=k1, gamma=0.5)
+  b = _run(protos, emb, logits, labels, assignment="gumbel", rng=k2, gamma=0.5)
+  det = _run(protos, emb, logits, labels, gamma=0.5)
+  np.testing.assert_array_equal(np.asarray(a.prototypes), np.asarray(a2.prototypes))
+  assert not np.array_equal(np.asarray(a.assignments), np.asarray(b.assignments))
+  assert np.abs(np.asarray(a.prototypes) - np.asarray(b.prototypes)).max() > 1e-3
+  # Targets always come from the Sinkhorn argmax, whatever the update used.
+  for r in (a, b):
+    np.testing.assert_array_equal(np.asarray(r.proto_targets), np.asarray(det.proto_targets))
+  # With M = 10 and Q in [0, 1], Gumbel noise overrides the argmax most of the time.
+  valid = labels != 255
+  agree = np.mean(np.asarray(a.assignments)[valid] == np.asarray(det.assignments)[valid])
+  assert agree < 0.9
+  with pytest.raises(ValueError, match="rng"):
+    _run(protos, emb, logits, labels, assignment="gumbel")
+
+
+def test_gradients_reach_embeddings_not_prototypes():
+  protos, emb, logits, labels = _inputs(6)
+
+  def loss(p, e):
+    res = learn_prototypes(p, e, jnp.asarray(logits), jnp.asarray(labels), assignment="argmax")
+    t = res.proto_targets
+    valid = t != 255
+    picked = jnp.take_along_axis(res.proto_logits, jnp.where(valid, t, 0)[:, None], 1)[:, 0]
+    return jnp.sum(jnp.where(valid, picked, 0.0)) + jnp.sum(res.prototypes)
+
+  gp, ge = jax.grad(loss, argnums=(0, 1))(jnp.asarray(protos), jnp.asarray(emb))
+  assert np.all(np.asarray(gp) == 0)
+  assert np.abs(np.asarray(ge)).max() > 0.1
+
+
+def test_unit_norm_and_all_ignored_batch():
+  protos, emb, logits, labels = _inputs(7)
+  res = _run(protos, emb, logits, labels, gamma=0.0)
+  np.testing.assert_allclose(np.linalg.norm(np.asarray(res.prototypes), axis=-1), 1.0, atol=1e-6)
+  ignored = np.full_like(labels, 255)
+  for mode in ("argmax", "gumbel"):
+    res = _run(protos, emb, logits, ignored, assignment=mode, rng=jax.random.key(0))
+    p = np.asarray(res.prototypes)
+    assert np.all(np.isfinite(p)) and np.all(np.isfinite(np.asarray(res.proto_logits)))
+    np.testing.assert_allclose(p, protos, atol=1e-6)
+    assert np.all(np.asarray(res.proto_targets) == 255)
+
+
+def _jaxpr_size(c):
+  protos, emb, logits, labels = _inputs(0, n=64, c=c, m=M)
+  labels = np.where(labels >= c, 255, labels)
+
+  def f(p, e, lg, y):
+    return learn_prototypes(p, e, lg, y, assignment="gumbel", rng=jax.random.key(0))
+
+  jaxpr = jax.make_jaxpr(f)(protos, emb, logits, labels)
+  n_eqns = 0
+  stack = [jaxpr.jaxpr]
+  while stack:  # count equations including those inside loops
+    j = stack.pop()
+    n_eqns += len(j.eqns)
+    for eqn in j.eqns:
+      for v in eqn.params.values():
+        if hasattr(v, "jaxpr"):
+          stack.append(v.jaxpr if hasattr(v.jaxpr, "eqns") else v.jaxpr.jaxpr)
+  return n_eqns
+
+
+def test_traced_program_does_not_grow_with_classes():
+  assert _jaxpr_size(19) == _jaxpr_size(150)
+  assert _jaxpr_size(19) < 200
+
+
+def test_bad_arguments_are_named():
+  protos, emb, logits, labels = _inputs(0)
+  with pytest.raises(ValueError, match="assignment"):
+    _run(protos, emb, logits, labels, assignment="softmax")
+  with pytest.raises(ValueError, match="logits"):
+    _run(protos, emb, logits[:, :-1], labels)
+  with pytest.raises(ValueError, match="embeddings"):
+    _run(protos, emb[:, :-1], logits, labels)
+
+
+def test_correctness_check_breaks_ties_like_torch_max():
+  from protoseg_jax.prototypes import _argmax_equals
+  rng = np.random.RandomState(0)
+  logits = rng.randint(0, 3, (500, 6)).astype(np.float32)   # many ties
+  idx = rng.randint(0, 6, 500)
+  got = np.asarray(_argmax_equals(jnp.asarray(logits), jnp.asarray(idx)))
+  np.testing.assert_array_equal(got, np.argmax(logits, 1) == idx)
