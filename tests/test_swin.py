@@ -192,12 +192,20 @@ def test_shapes_all_archs():
                                       (2, 4, 5, 8 * c)], arch
 
 
-def test_train_mode_drop_path_is_stochastic():
-  model = get_backbone("swin_test_tiny", drop_path_rate=0.5)
-  x = jnp.ones((2, 40, 40, 3))
-  v = model.init(jax.random.PRNGKey(0), x)
-  a = model.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
-  b = model.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
-  c = model.apply(v, x, train=False)
-  assert not np.allclose(a[3], b[3])
-  np.testing.assert_array_equal(model.apply(v, x, train=False)[3], c[3])
+def test_drop_path():
+  dp = swin.DropPath(0.5)
+  x = jnp.ones((64, 3, 2))
+  y = dp.apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
+  per_sample = np.asarray(y)[:, 0, 0]
+  assert set(np.unique(per_sample)) == {0.0, 2.0}
+  assert np.all(np.asarray(y) == per_sample[:, None, None])
+  np.testing.assert_array_equal(dp.apply({}, x, deterministic=True), x)
+
+
+def test_block_train_mode_uses_dropout_rng():
+  blk = swin.SwinBlock(dim=8, num_heads=2, window_size=7, shift=3, drop_path=0.5)
+  x = jax.random.normal(jax.random.PRNGKey(0), (8, 9, 10, 8))
+  v = blk.init(jax.random.PRNGKey(1), x, train=False)
+  a = blk.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
+  b = blk.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+  assert not np.allclose(a, b)

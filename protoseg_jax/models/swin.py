@@ -284,6 +284,23 @@ ARCHS = {name: functools.partial(SwinTransformer, **cfg) for name, cfg in _CFGS.
 
 # --- PyTorch conversion -------------------------------------------------------
 
+def conv(r: cv.StateDictReader, name: str, *, bias: bool = True) -> dict:
+  """`convert.conv` that records a missing weight (reported by `r.finish()`)
+  instead of failing on the transpose of None."""
+  if not r.has(f"{name}.weight"):
+    r.get(f"{name}.weight")
+    return {"bias": r.get(f"{name}.bias")} if bias else {}
+  return cv.conv(r, name, bias=bias)
+
+
+def dense(r: cv.StateDictReader, name: str, *, bias: bool = True) -> dict:
+  """`convert.dense`, recording a missing weight like `conv` above."""
+  if not r.has(f"{name}.weight"):
+    r.get(f"{name}.weight")
+    return {"bias": r.get(f"{name}.bias")} if bias else {}
+  return cv.dense(r, name, bias=bias)
+
+
 def _expected_shapes(arch: str, **model_kw) -> dict:
   model = ARCHS[arch](**model_kw)
   shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
@@ -349,23 +366,23 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any], *, out_norms: b
       r.mark_used(k)  # ImageNet classifier and its final norm: not used for segmentation
 
   params: dict = {
-      "patch_embed_proj": cv.conv(r, "patch_embed.proj"),
+      "patch_embed_proj": conv(r, "patch_embed.proj"),
       "patch_embed_norm": cv.layer_norm(r, "patch_embed.norm"),
   }
   for i, depth in enumerate(cfg["depths"]):
     layer: dict = {}
     if i > 0:
       layer["downsample"] = {"norm": cv.layer_norm(r, f"layers.{i}.downsample.norm"),
-                             "reduction": cv.dense(r, f"layers.{i}.downsample.reduction", bias=False)}
+                             "reduction": dense(r, f"layers.{i}.downsample.reduction", bias=False)}
     for j in range(depth):
       t = f"layers.{i}.blocks.{j}"
       layer[f"blocks_{j}"] = {
           "norm1": cv.layer_norm(r, f"{t}.norm1"),
           "attn": {"relative_position_bias_table": r.get(f"{t}.attn.relative_position_bias_table"),
-                   "qkv": cv.dense(r, f"{t}.attn.qkv"),
-                   "proj": cv.dense(r, f"{t}.attn.proj")},
+                   "qkv": dense(r, f"{t}.attn.qkv"),
+                   "proj": dense(r, f"{t}.attn.proj")},
           "norm2": cv.layer_norm(r, f"{t}.norm2"),
-          "mlp": {"fc1": cv.dense(r, f"{t}.mlp.fc1"), "fc2": cv.dense(r, f"{t}.mlp.fc2")},
+          "mlp": {"fc1": dense(r, f"{t}.mlp.fc1"), "fc2": dense(r, f"{t}.mlp.fc2")},
       }
     params[f"layers_{i}"] = layer
     if out_norms:
