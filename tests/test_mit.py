@@ -41,7 +41,7 @@ def _hf_features(m, x):
   return [h.permute(0, 2, 3, 1).numpy() for h in out.hidden_states]
 
 
-@pytest.mark.parametrize("hw", [(97, 130), (64, 64)])
+@pytest.mark.parametrize("hw", [(97, 130)])
 def test_parity_with_hf(hf_model, hw):
   x = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(1))
   ref = _hf_features(hf_model, x)

@@ -159,6 +159,9 @@ def test_official_layout_converts_identically(timm_model, variables):
     seg[f"backbone.norm{i}.weight"] = torch.full((96 * 2 ** i,), 2.0)
     seg[f"backbone.norm{i}.bias"] = torch.full((96 * 2 ** i,), 0.5)
   seg["decode_head.conv_seg.weight"] = torch.zeros(3, 512, 1, 1)
+  partial = {k: v for k, v in seg.items() if not k.startswith("backbone.norm1.")}
+  with pytest.raises(ValueError, match=r"norm1\.weight"):
+    swin.convert_state_dict(ARCH, partial)
   v3 = swin.convert_state_dict(ARCH, seg)
   np.testing.assert_array_equal(v3["params"]["norm2"]["scale"], np.full((384,), 2.0, np.float32))
   # ImageNet checkpoint: fresh out norms.
@@ -205,7 +208,9 @@ def test_drop_path():
 def test_block_train_mode_uses_dropout_rng():
   blk = swin.SwinBlock(dim=8, num_heads=2, window_size=7, shift=3, drop_path=0.5)
   x = jax.random.normal(jax.random.PRNGKey(0), (8, 9, 10, 8))
-  v = blk.init(jax.random.PRNGKey(1), x, train=False)
-  a = blk.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(1)})
-  b = blk.apply(v, x, train=True, rngs={"dropout": jax.random.PRNGKey(2)})
+  rng = np.random.default_rng(0)
+  v = jax.tree_util.tree_map(lambda s: jnp.asarray(0.2 * rng.standard_normal(s.shape), s.dtype),
+                             jax.eval_shape(lambda: blk.init(jax.random.PRNGKey(1), x, train=False)))
+  run = jax.jit(lambda v, k: blk.apply(v, x, train=True, rngs={"dropout": k}))
+  a, b = run(v, jax.random.PRNGKey(1)), run(v, jax.random.PRNGKey(2))
   assert not np.allclose(a, b)

@@ -365,6 +365,8 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any], *, out_norms: b
     elif k.startswith(("head.", "norm.")):
       r.mark_used(k)  # ImageNet classifier and its final norm: not used for segmentation
 
+  # Out norms: all four from the checkpoint (segmentation) or all four fresh (ImageNet).
+  has_out_norms = any(r.has(f"norm{i}.weight") for i in range(len(cfg["depths"])))
   params: dict = {
       "patch_embed_proj": conv(r, "patch_embed.proj"),
       "patch_embed_norm": cv.layer_norm(r, "patch_embed.norm"),
@@ -387,7 +389,7 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any], *, out_norms: b
     params[f"layers_{i}"] = layer
     if out_norms:
       dim = cfg["embed_dim"] * 2 ** i
-      if r.has(f"norm{i}.weight"):
+      if has_out_norms:
         params[f"norm{i}"] = cv.layer_norm(r, f"norm{i}")
       else:  # ImageNet checkpoint: fresh LayerNorm, as mmseg initialises it
         params[f"norm{i}"] = {"scale": np.ones((dim,), np.float32), "bias": np.zeros((dim,), np.float32)}
