@@ -96,7 +96,7 @@ class BasicBlock(nn.Module):
   planes: int
   stride: int = 1
   dilation: int = 1
-  downsample: bool = False  # 1x1 conv (stride) + BN shortcut
+  downsample: str | None = None  # "conv": 1x1 conv (stride) + BN shortcut
   dtype: Any = jnp.float32
 
   expansion = 1
@@ -108,7 +108,9 @@ class BasicBlock(nn.Module):
     y = nn.relu(batch_norm(train, dtype=d, name="bn1")(y))
     y = conv2d(self.planes, 3, dilation=self.dilation, dtype=d, name="conv2")(y)
     y = batch_norm(train, dtype=d, name="bn2")(y)
-    if self.downsample:
+    if self.downsample not in (None, "conv"):
+      raise ValueError(f"BasicBlock.downsample={self.downsample!r}; expected None or 'conv'")
+    if self.downsample == "conv":
       x = conv2d(self.planes, 1, stride=self.stride, dtype=d, name="downsample_conv")(x)
       x = batch_norm(train, dtype=d, name="downsample_bn")(x)
     return nn.relu(y + x)
