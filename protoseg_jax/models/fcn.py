@@ -1,0 +1,88 @@
+"""mmsegmentation's FCNHead before its classifier, NHWC, Flax Linen.
+
+  x = features[in_index]                           [B, h, w, C_in]
+  y = ConvModule x num_convs (C_in -> channels -> channels), k x k, dilation
+  y = ConvModule(concat([x, y])) if concat_input    (k x k, no dilation)
+  y = Dropout2d(dropout)(y)                         [B, h, w, channels]
+
+ConvModule = conv (no bias) + BN + ReLU. The 1x1 classifier (`conv_seg`) is
+not part of this module; the integrator adds it (or the ProtoSeg head) on the
+output. Decode head of mmseg's `fcn_r101-d8`: FCNHead(in_index=3, channels=512,
+num_convs=2, concat_input=True); its auxiliary head: FCNHead(in_index=2,
+channels=256, num_convs=1, concat_input=False).
+
+Flax names: `convs_{i}` and `conv_cat`, each with `conv` and `bn`
+(mmseg: `convs.{i}.conv/.bn`, `conv_cat.conv/.bn`; see `convert_fcn_head`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from protoseg_jax import convert
+from protoseg_jax.models.resnet import VariableBuilder, batch_norm, conv2d
+
+
+class ConvModule(nn.Module):
+  """mmcv ConvModule with BN + ReLU: conv (no bias, padding dilation*(k//2)) -> BN -> ReLU."""
+  features: int
+  kernel: int = 3
+  dilation: int = 1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    x = conv2d(self.features, self.kernel, dilation=self.dilation, dtype=self.dtype,
+               name="conv")(x)
+    return nn.relu(batch_norm(train, dtype=self.dtype, name="bn")(x))
+
+
+class FCNHead(nn.Module):
+  """`__call__(features: tuple of NHWC, *, train)` -> [B, h, w, channels] (pre-classifier)."""
+  in_index: int = 3
+  channels: int = 512
+  num_convs: int = 2
+  kernel_size: int = 3
+  concat_input: bool = True
+  dilation: int = 1
+  dropout: float = 0.1
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, features: Sequence[jnp.ndarray], *, train: bool) -> jnp.ndarray:
+    if not -len(features) <= self.in_index < len(features):
+      raise ValueError(f"FCNHead in_index={self.in_index} but got {len(features)} features")
+    if self.num_convs < 0:
+      raise ValueError(f"FCNHead num_convs={self.num_convs}; expected >= 0")
+    x = features[self.in_index].astype(self.dtype)
+    if self.num_convs == 0 and x.shape[-1] != self.channels:
+      raise ValueError(f"FCNHead with num_convs=0 needs {self.channels} input channels, "
+                       f"got {x.shape[-1]}")
+    y = x
+    for i in range(self.num_convs):
+      y = ConvModule(self.channels, self.kernel_size, self.dilation, dtype=self.dtype,
+                     name=f"convs_{i}")(y, train)
+    if self.concat_input:
+      y = ConvModule(self.channels, self.kernel_size, dtype=self.dtype, name="conv_cat")(
+          jnp.concatenate([x, y], axis=-1), train)
+    return nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(y)
+
+
+def convert_fcn_head(reader: convert.StateDictReader, torch_prefix: str, *, num_convs: int = 2,
+                     concat_input: bool = True) -> tuple[dict, dict]:
+  """(params, batch_stats) of `FCNHead` from mmseg keys under `torch_prefix`.
+
+  E.g. torch_prefix="decode_head." or "auxiliary_head."; reads `convs.{i}.conv.weight`,
+  `convs.{i}.bn.*` and `conv_cat.*`. The classifier `conv_seg.*` is not read.
+  """
+  vb = VariableBuilder(reader)
+  for i in range(num_convs):
+    vb.conv((f"convs_{i}", "conv"), f"{torch_prefix}convs.{i}.conv")
+    vb.bn((f"convs_{i}", "bn"), f"{torch_prefix}convs.{i}.bn")
+  if concat_input:
+    vb.conv(("conv_cat", "conv"), f"{torch_prefix}conv_cat.conv")
+    vb.bn(("conv_cat", "bn"), f"{torch_prefix}conv_cat.bn")
+  return vb.params, vb.stats
