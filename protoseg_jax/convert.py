@@ -75,14 +75,18 @@ def to_numpy(t) -> np.ndarray:
 
 # --- layout helpers (PyTorch -> Flax) ---------------------------------------
 
-def conv_kernel(w: np.ndarray) -> np.ndarray:
-  """OIHW -> HWIO (grouped/depthwise convs too: Flax wants HW(I/groups)O)."""
-  return np.transpose(w, (2, 3, 1, 0))
+def conv_kernel(w: np.ndarray | None) -> np.ndarray | None:
+  """OIHW -> HWIO (grouped/depthwise convs too: Flax wants HW(I/groups)O).
+
+  None (a key the reader found missing) stays None; the reader's finish()
+  then reports every missing key at once.
+  """
+  return None if w is None else np.transpose(w, (2, 3, 1, 0))
 
 
-def dense_kernel(w: np.ndarray) -> np.ndarray:
-  """[out, in] -> [in, out]."""
-  return np.transpose(w, (1, 0))
+def dense_kernel(w: np.ndarray | None) -> np.ndarray | None:
+  """[out, in] -> [in, out]; None stays None (see conv_kernel)."""
+  return None if w is None else np.transpose(w, (1, 0))
 
 
 def conv(r: StateDictReader, torch_name: str, *, bias: bool = True) -> dict:
