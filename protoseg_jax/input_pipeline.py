@@ -201,8 +201,8 @@ def crop_is_acceptable(label_crop, cat_max_ratio: float, ignore_index: int = IGN
     bool scalar: at least two non-ignored classes present and the largest
     holds less than `cat_max_ratio` of the non-ignored pixels.
   """
-  counts = tf.math.bincount(tf.cast(tf.reshape(label_crop, [-1]), tf.int32),
-                            minlength=256, maxlength=256, dtype=tf.int32)
+  counts = tf.raw_ops.DenseBincount(input=tf.cast(tf.reshape(label_crop, [-1]), tf.int32),
+                                   size=256, weights=tf.zeros([0], tf.int32))
   counts = counts * tf.cast(tf.range(256) != ignore_index, tf.int32)
   total = tf.reduce_sum(counts)
   present = tf.math.count_nonzero(counts)
@@ -225,77 +225,126 @@ def crop_candidates(hw, crop_hw, seed):
   return tops, lefts
 
 
-def random_crop_offset(label, crop_hw, seed, cat_max_ratio: float):
-  """mmseg RandomCrop: offset of the crop, retried up to 10 times for cat_max_ratio.
+def random_crop(window_fn, hw, crop_hw, seed, cat_max_ratio: float):
+  """mmseg RandomCrop: picks a crop, retried up to 10 times for cat_max_ratio.
 
   Candidate k (k = 0..10) is uniform in [0, max(H - ch, 0)] x [0, max(W - cw, 0)];
   the first of candidates 0..9 passing `crop_is_acceptable` is used, else
   candidate 10 (mmseg draws a new box after each failed check).
 
   Args:
-    label: uint8 [H, W] (after rescale).
+    window_fn: (top, left) -> the label crop at that offset.
+    hw: int32 [2] size of the (rescaled) label.
     crop_hw: (ch, cw) Python ints.
     seed: int [2] stateless seed.
+    cat_max_ratio: >= 1 disables the check.
   Returns:
-    int32 [2] (top, left).
+    (int32 [2] (top, left), the label crop there).
   """
-  hw = tf.shape(label)
   tops, lefts = crop_candidates(hw, crop_hw, seed)
+  first = window_fn(tops[0], lefts[0])
   if cat_max_ratio >= 1.0:
-    return tf.stack([tops[0], lefts[0]])
+    return tf.stack([tops[0], lefts[0]]), first
+
+  def cond(k, window):
+    return tf.logical_and(k < 10, tf.logical_not(crop_is_acceptable(window, cat_max_ratio)))
+
+  def body(k, window):
+    del window
+    return k + 1, window_fn(tops[k + 1], lefts[k + 1])
+
+  k, window = tf.while_loop(cond, body, (tf.constant(0), first),
+                            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None])))
+  return tf.stack([tops[k], lefts[k]]), window
+
+
+def random_crop_offset(label, crop_hw, seed, cat_max_ratio: float):
+  """(top, left) of `random_crop` on a uint8 [H, W] label (int32 [2])."""
+  hw = tf.shape(label)
   ch = tf.minimum(crop_hw[0], hw[0])
   cw = tf.minimum(crop_hw[1], hw[1])
+  offset, _ = random_crop(lambda t, l: label[t:t + ch, l:l + cw], hw, crop_hw, seed, cat_max_ratio)
+  return offset
 
-  def not_ok(k):
-    crop = label[tops[k]:tops[k] + ch, lefts[k]:lefts[k] + cw]
-    return tf.logical_not(crop_is_acceptable(crop, cat_max_ratio))
 
-  (k,) = tf.while_loop(lambda k: tf.logical_and(k < 10, not_ok(k)), lambda k: (k + 1,),
-                       (tf.constant(0),))
-  return tf.stack([tops[k], lefts[k]])
+def resize_window_bilinear(image, out_hw, top_left, win_hw):
+  """A window of tf.image.resize(image, out_hw, 'bilinear') without the full resize.
+
+  The bilinear ('triangle', no antialiasing) ScaleAndTranslate kernel that
+  tf.image.resize uses, translated so that only output pixels
+  top_left + [0, win_hw) are computed: the same values as resizing the whole
+  image and cropping.
+
+  Args:
+    image: [H, W, C] uint8 or float.
+    out_hw: int32 [2] size of the virtual full resize.
+    top_left: int32 [2] window offset in the resized image.
+    win_hw: int32 [2] window size.
+  Returns:
+    float32 [win_h, win_w, C].
+  """
+  scale = tf.cast(out_hw, tf.float32) / tf.cast(tf.shape(image)[:2], tf.float32)
+  out = tf.raw_ops.ScaleAndTranslate(
+      images=image[None], size=tf.cast(win_hw, tf.int32), scale=scale,
+      translation=-tf.cast(top_left, tf.float32), kernel_type="triangle", antialias=False)
+  return out[0]
+
+
+def scale_saturation(image, factor):
+  """HSV saturation times `factor` (clipped to 1), hue and value kept, in RGB.
+
+  With V = max(r, g, b) and m = min(r, g, b), S = (V - m) / V; scaling S by
+  a and keeping H and V maps each channel c to V - a (V - c). Clipping S at
+  1 caps a at V / (V - m). Same result as converting to HSV and back
+  (tf.image.adjust_saturation) at a third of the cost.
+
+  Args:
+    image: float32 [..., 3] >= 0.
+    factor: float scalar >= 0.
+  """
+  v = tf.reduce_max(image, axis=-1, keepdims=True)
+  m = tf.reduce_min(image, axis=-1, keepdims=True)
+  a = tf.minimum(factor, v / tf.maximum(v - m, 1e-6))
+  return tf.clip_by_value(v - a * (v - image), 0., 255.)
 
 
 def photometric_distortion(image, seed):
   """mmseg PhotoMetricDistortion on float32 [H, W, 3] RGB in 0..255.
 
   Brightness +U(-32, 32), contrast xU(0.5, 1.5), saturation xU(0.5, 1.5),
-  hue + randint(-18, 18) (of 180) degrees/2, each with probability 0.5;
-  contrast before or after the HSV steps with probability 0.5. Values are
-  clipped to 0..255 after each step (mmseg also truncates to uint8, which
-  is not reproduced).
+  hue + randint(-18, 18) (OpenCV hue units, 180 per turn), each with
+  probability 0.5; contrast before or after the HSV steps with probability
+  0.5. Values are clipped to 0..255 after each step (mmseg also truncates to
+  uint8 between steps, which is not reproduced). Skipped steps cost nothing.
   """
-  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 10))
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 9))
   coin = lambda s: tf.random.stateless_uniform([], s) < 0.5
   uni = lambda s, lo, hi: tf.random.stateless_uniform([], s, lo, hi)
+  do_bright, do_contrast, do_sat, do_hue = (coin(seeds[i]) for i in (0, 2, 4, 6))
+  delta = uni(seeds[1], -32., 32.)
+  alpha = uni(seeds[3], 0.5, 1.5)
+  sat = uni(seeds[5], 0.5, 1.5)
+  hue = tf.cast(tf.random.stateless_uniform([], seeds[7], -18, 18, dtype=tf.int32), tf.float32)
+  contrast_first = coin(seeds[8])
 
-  def brightness(img):
-    return tf.where(coin(seeds[0]), tf.clip_by_value(img + uni(seeds[1], -32., 32.), 0., 255.), img)
+  def maybe(pred, fn, img):
+    return tf.cond(pred, lambda: fn(img), lambda: img)
 
   def contrast(img):
-    return tf.where(coin(seeds[2]), tf.clip_by_value(img * uni(seeds[3], 0.5, 1.5), 0., 255.), img)
+    return tf.clip_by_value(img * alpha, 0., 255.)
 
-  do_sat = coin(seeds[4])
-  do_hue = coin(seeds[6])
-
-  def saturation_hue(img):
-    hsv = tf.image.rgb_to_hsv(img / 255.)
-    h, s, v = tf.unstack(hsv, axis=-1)
-    s = tf.where(do_sat, tf.clip_by_value(s * uni(seeds[5], 0.5, 1.5), 0., 1.), s)
-    shift = tf.cast(tf.random.stateless_uniform([], seeds[7], -18, 18, dtype=tf.int32), tf.float32)
-    h = tf.where(do_hue, tf.math.floormod(h + shift / 180., 1.0), h)
-    out = tf.image.hsv_to_rgb(tf.stack([h, s, v], axis=-1)) * 255.
-    return tf.clip_by_value(out, 0., 255.)
-
-  contrast_first = coin(seeds[8])
-  image = brightness(image)
-  image = tf.where(contrast_first, contrast(image), image)
-  image = tf.cond(tf.logical_or(do_sat, do_hue), lambda: saturation_hue(image), lambda: image)
-  image = tf.where(contrast_first, image, contrast(image))
+  image = maybe(do_bright, lambda img: tf.clip_by_value(img + delta, 0., 255.), image)
+  image = maybe(tf.logical_and(contrast_first, do_contrast), contrast, image)
+  image = maybe(do_sat, lambda img: scale_saturation(img, sat), image)
+  # AdjustHue is homogeneous in the RGB scale: no need to map to [0, 1].
+  image = maybe(do_hue, lambda img: tf.image.adjust_hue(img, hue / 180.), image)
+  image = maybe(tf.logical_and(tf.logical_not(contrast_first), do_contrast), contrast, image)
   return image
 
 
 def _normalize(image, mean, std):
-  return (image - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+  scale = 1.0 / np.asarray(std, np.float32)
+  return image * scale - np.asarray(mean, np.float32) * scale
 
 
 @dataclasses.dataclass(frozen=True)
@@ -341,22 +390,32 @@ def train_transform(image, label, seed, opts: _TrainOptions):
   ratio = tf.random.stateless_uniform([], seeds[0], opts.ratio_range[0], opts.ratio_range[1])
   if opts.ratio_range[0] == opts.ratio_range[1]:
     ratio = tf.constant(opts.ratio_range[0], tf.float32)
-  new_hw = rescale_size(tf.shape(label), opts.scale, ratio)
-  image = tf.image.resize(image, new_hw, method="bilinear", antialias=False)
-  label = resize_label_nearest(label, new_hw)
-  # 2. Random crop with cat_max_ratio.
-  ch, cw = opts.crop_size
-  top_left = random_crop_offset(label, opts.crop_size, seeds[1], opts.cat_max_ratio)
-  image = image[top_left[0]:top_left[0] + ch, top_left[1]:top_left[1] + cw]
-  label = label[top_left[0]:top_left[0] + ch, top_left[1]:top_left[1] + cw]
+  in_hw = tf.shape(label)
+  new_hw = rescale_size(in_hw, opts.scale, ratio)
+  # 2. Random crop with cat_max_ratio. Only the crop window of the rescaled
+  # image and label is computed: label rows/cols by the nearest rule, the
+  # image by bilinear sampling at the positions a full resize would use.
+  rows = _nearest_index(in_hw[0], new_hw[0])
+  cols = _nearest_index(in_hw[1], new_hw[1])
+  win = tf.minimum(tf.constant(opts.crop_size, tf.int32), new_hw)
+
+  flat_label = tf.reshape(label, [-1])
+
+  def label_window(top, left):
+    index = rows[top:top + win[0], None] * in_hw[1] + cols[None, left:left + win[1]]
+    return tf.gather(flat_label, index)
+
+  top_left, label = random_crop(label_window, new_hw, opts.crop_size, seeds[1], opts.cat_max_ratio)
+  image = resize_window_bilinear(image, new_hw, top_left, win)
   # 3. Horizontal flip.
   flip = tf.random.stateless_uniform([], seeds[2]) < opts.flip_prob
-  image = tf.where(flip, tf.reverse(image, [1]), image)
-  label = tf.where(flip, tf.reverse(label, [1]), label)
+  image, label = tf.cond(flip, lambda: (tf.reverse(image, [1]), tf.reverse(label, [1])),
+                         lambda: (image, label))
   # 4. Photometric distortion.
   if opts.photometric:
     image = photometric_distortion(image, seeds[3])
   # 5. Normalise, 6. pad to the crop size.
+  ch, cw = opts.crop_size
   image = _normalize(image, opts.mean, opts.std)
   hw = tf.shape(label)
   image = tf.pad(image, [[0, ch - hw[0]], [0, cw - hw[1]], [0, 0]], constant_values=0.)

@@ -99,6 +99,17 @@ def test_rescale_keeps_image_and_label_aligned():
   np.testing.assert_allclose(img[..., 0][interior], 10. * lbl[interior], atol=1e-3)
 
 
+def test_window_resize_equals_full_resize_then_crop():
+  image = np.random.default_rng(1).integers(0, 255, (23, 37, 3)).astype(np.uint8)
+  for out_hw, top_left, win in [((41, 50), (0, 0), (16, 20)), ((41, 50), (25, 30), (16, 20)),
+                                ((12, 19), (3, 0), (9, 19)), ((23, 37), (5, 7), (10, 10))]:
+    full = tf.image.resize(image, out_hw, method="bilinear").numpy()
+    ref = full[top_left[0]:top_left[0] + win[0], top_left[1]:top_left[1] + win[1]]
+    got = ip.resize_window_bilinear(tf.constant(image), tf.constant(out_hw), tf.constant(top_left),
+                                    tf.constant(win)).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-3)
+
+
 def test_rescale_size_matches_mmcv_rule():
   def ref(h, w, scale, ratio):
     long_t, short_t = int(max(scale) * ratio), int(min(scale) * ratio)
@@ -167,6 +178,16 @@ def test_random_crop_picks_first_acceptable_candidate():
     got1 = ip.random_crop_offset(tf.constant(label), crop, seed, 1.0).numpy().tolist()
     assert got1 == [tops[0], lefts[0]]
   assert used_retry > 0 and used_fallback > 0
+
+
+def test_scale_saturation_matches_hsv_round_trip():
+  image = np.random.default_rng(2).uniform(0, 255, (8, 8, 3)).astype(np.float32)
+  image[0, 0] = [40, 40, 40]  # grey: saturation 0
+  image[0, 1] = [0, 0, 0]
+  for factor in (0.0, 0.5, 1.3, 3.0):
+    ref = tf.image.adjust_saturation(image / 255., factor).numpy() * 255.
+    got = ip.scale_saturation(tf.constant(image), factor).numpy()
+    np.testing.assert_allclose(got, ref, atol=0.05)
 
 
 def test_photometric_distortion_range_and_determinism():
