@@ -551,10 +551,12 @@ def make_eval_dataset(config, *, process_index: int, process_count: int) -> tf.d
     checks = [
         tf.debugging.assert_less_equal(
             new_hw, tf.constant([hc, wc]),
-            message=f"Resized eval image larger than config.dataset.eval_canvas=({hc}, {wc})"),
+            message=f"Resized eval image larger than config.dataset.eval_canvas=({hc}, {wc}); "
+                    "input_pipeline.scan_eval_sizes(config) gives the canvases that fit"),
         tf.debugging.assert_less_equal(
             label_hw, tf.constant([hl, wl]),
-            message=f"Eval label larger than config.dataset.eval_label_canvas=({hl}, {wl})"),
+            message=f"Eval label larger than config.dataset.eval_label_canvas=({hl}, {wl}); "
+                    "input_pipeline.scan_eval_sizes(config) gives the canvases that fit"),
     ]
     with tf.control_dependencies(checks):
       image = _normalize(image, mean, std)
@@ -577,6 +579,31 @@ def make_eval_dataset(config, *, process_index: int, process_count: int) -> tf.d
   return ds.prefetch(int(_get(ds_cfg, "prefetch", 2)))
 
 
+def scan_eval_sizes(config) -> dict[str, tuple[int, int]]:
+  """Smallest eval_canvas / eval_label_canvas holding every eval example.
+
+  Decodes only the label PNGs of config.dataset.eval_split (seconds for
+  ADE20K's 2000 images) and applies the keep-ratio eval_scale.
+
+  Returns:
+    {'eval_canvas': (Hc, Wc), 'eval_label_canvas': (Hl, Wl)}.
+  """
+  ds_cfg = _dataset_cfg(config)
+  scale = _get(ds_cfg, "eval_scale")
+  scale = _pair(scale, "eval_scale") if scale is not None else None
+  builder = check_prepared(config)
+
+  def sizes(image_bytes, label_bytes):
+    del image_bytes
+    hw = tf.shape(tf.io.decode_png(label_bytes, channels=1))[:2]
+    return tf.concat([hw, rescale_size(hw, scale) if scale is not None else hw], 0)
+
+  ds = _read_split(builder, _get(ds_cfg, "eval_split", "validation"))
+  ds = ds.map(sizes, num_parallel_calls=_num_parallel(ds_cfg))
+  most = ds.reduce(tf.zeros([4], tf.int32), tf.maximum).numpy().tolist()
+  return {"eval_canvas": tuple(most[2:]), "eval_label_canvas": tuple(most[:2])}
+
+
 # ---------------------------------------------------------------------------
 # Iterators of global jax.Arrays.
 
@@ -588,6 +615,11 @@ def _to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
   return {k: put(k, v) for k, v in batch.items()}
 
 
+def _global_batches(ds: tf.data.Dataset, sharding) -> Iterator[dict[str, jax.Array]]:
+  for batch in ds.as_numpy_iterator():
+    yield _to_global(batch, sharding)
+
+
 def create_train_iterator(config, sharding, *, start_step: int = 0
                           ) -> Iterator[dict[str, jax.Array]]:
   """Endless global training batches.
@@ -597,28 +629,28 @@ def create_train_iterator(config, sharding, *, start_step: int = 0
     sharding: a jax.sharding.Sharding of the batch dimension (e.g.
       NamedSharding(mesh, P('data'))), or a dict of them keyed like the batch.
     start_step: the step to resume at.
-  Yields:
-    {'image': float32 [B, ch, cw, 3] normalised, 'label': int32 [B, ch, cw]},
-    B = config.batch_size (global); this process supplies its rows.
+  Returns:
+    An iterator of {'image': float32 [B, ch, cw, 3] normalised, 'label':
+    int32 [B, ch, cw]}, B = config.batch_size (global); this process
+    supplies its rows. Configuration and data errors (dataset not prepared)
+    are raised by this call, not at the first next().
   """
   ds = make_train_dataset(config, process_index=jax.process_index(),
                           process_count=jax.process_count(), start_step=start_step)
-  for batch in ds.as_numpy_iterator():
-    yield _to_global(batch, sharding)
+  return _global_batches(ds, sharding)
 
 
 def create_eval_iterator(config, sharding) -> Iterator[dict[str, jax.Array]]:
   """One pass over the eval split in global batches of config.eval_batch_size.
 
-  Yields:
-    {'image': float32 [B, Hc, Wc, 3], 'image_hw': int32 [B, 2], 'label':
-    int32 [B, Hl, Wl] original resolution padded with 255, 'label_hw': int32
-    [B, 2], 'mask': bool [B] (False for padding rows)}.
+  Returns:
+    An iterator of {'image': float32 [B, Hc, Wc, 3], 'image_hw': int32 [B, 2],
+    'label': int32 [B, Hl, Wl] original resolution padded with 255,
+    'label_hw': int32 [B, 2], 'mask': bool [B] (False for padding rows)}.
   """
   ds = make_eval_dataset(config, process_index=jax.process_index(),
                          process_count=jax.process_count())
-  for batch in ds.as_numpy_iterator():
-    yield _to_global(batch, sharding)
+  return _global_batches(ds, sharding)
 
 
 def describe(config) -> dict[str, Any]:

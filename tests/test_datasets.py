@@ -125,6 +125,7 @@ def test_ade20k_zip(tmp_path):
   batch = next(ip.make_train_dataset(config, process_index=0, process_count=1).as_numpy_iterator())
   assert batch["image"].shape == (2, 16, 16, 3)
   assert set(np.unique(batch["label"]).tolist()) <= set(range(150)) | {255}
+  assert ip.scan_eval_sizes(config) == {"eval_canvas": (32, 56), "eval_label_canvas": (16, 28)}
   (ev,) = list(ip.make_eval_dataset(config, process_index=0, process_count=1).as_numpy_iterator())
   assert ev["mask"].tolist() == [True, False]
   assert ev["label_hw"][0].tolist() == [16, 28] and ev["image_hw"][0].tolist() == [32, 56]

@@ -287,6 +287,13 @@ def test_eval_batches_and_padding(data_dir):
   assert np.all(r["label"][:, 96:] == 255)
 
 
+def test_eval_canvas_too_small_is_an_error(data_dir):
+  config = make_config(data_dir, eval_canvas=(64, 72))
+  assert ip.scan_eval_sizes(config) == {"eval_canvas": (72, 72), "eval_label_canvas": (96, 96)}
+  with pytest.raises(tf.errors.InvalidArgumentError, match="eval_canvas"):
+    _eval_rows(config, 0, 1)
+
+
 def test_eval_counts_each_example_once_across_processes(data_dir):
   config = make_config(data_dir)
   config.eval_batch_size = 4  # 2 rows per process
@@ -334,6 +341,8 @@ def test_missing_dataset_says_what_to_download(tmp_path):
   msg = str(e.value)
   assert "ADEChallengeData2016.zip" in msg and "python -m data.prepare ade20k" in msg
   assert str(tmp_path) in msg
+  with pytest.raises(ip.DatasetNotPreparedError):  # at the call, not at next()
+    ip.create_train_iterator(config, sharding=None)
   config.dataset.name = "cityscapes"
   with pytest.raises(ip.DatasetNotPreparedError, match="gtFine_trainvaltest.zip"):
     ip.check_prepared(config)
