@@ -257,3 +257,23 @@ def test_coco_stuff10k_zip(tmp_path):
     for stem, ex in exs.items():
       raw = raws[stem]
       _check_example(ex, raw, np.vectorize(expected_map.get)(raw), 171)
+
+
+def test_demo_scenes_are_deterministic_with_ignore_band():
+  from data.demo import builder as demo  # pylint: disable=g-import-not-at-top
+  for i in range(6):
+    image, label = demo.render(0, 0, i)
+    image2, label2 = demo.render(0, 0, i)
+    np.testing.assert_array_equal(image, image2)
+    np.testing.assert_array_equal(label, label2)
+    assert image.shape == (96, 96, 3) and image.dtype == np.uint8 and label.shape == (96, 96)
+    assert set(np.unique(label).tolist()) <= set(range(6)) | {255}
+    # Every class change between labelled neighbours is separated by the band:
+    # no two adjacent labelled pixels have different classes.
+    right = (label[:, :-1] != 255) & (label[:, 1:] != 255)
+    down = (label[:-1] != 255) & (label[1:] != 255)
+    assert np.all(label[:, :-1][right] == label[:, 1:][right])
+    assert np.all(label[:-1][down] == label[1:][down])
+    assert 0 < np.mean(label == 255) < 0.2
+  assert not np.array_equal(demo.render(0, 0, 1)[0], demo.render(0, 1, 1)[0])  # splits differ
+  assert sum(len(a) > 1 for a in demo.APPEARANCES.values()) >= 2
