@@ -1,0 +1,48 @@
+"""protoseg_jax trainer.
+
+  python main.py --config=configs/demo.py --workdir=/tmp/demo
+  python main.py --config=configs/cityscapes_hrnet48_proto.py --workdir=DIR \
+      [--config.batch_size=16 ...] [--mode=train|eval] [--checkpoint_step=N]
+
+train: trains with periodic evaluation, resuming from the latest checkpoint
+in DIR. eval: evaluates the latest (or --checkpoint_step) checkpoint and
+appends its results to DIR/metrics.jsonl.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics.jsonl and TensorBoard logs.")
+flags.DEFINE_enum("mode", "train", ["train", "eval"], "train (with periodic eval) or eval.")
+flags.DEFINE_integer("checkpoint_step", None, "eval mode: the checkpoint step (default: latest).")
+flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
+                    "(omit on Cloud TPU, where jax.distributed finds it).")
+flags.DEFINE_integer("num_processes", None, "Multi-process: total number of processes.")
+flags.DEFINE_integer("process_id", None, "Multi-process: index of this process.")
+config_flags.DEFINE_config_file("config", None, "Run config (configs/*.py[:variant]).",
+                                lock_config=True)
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  import jax
+  if FLAGS.coordinator_address or FLAGS.num_processes:
+    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+  # tf.data only feeds the host: keep TensorFlow off any accelerator.
+  import tensorflow as tf
+  tf.config.set_visible_devices([], "GPU")
+  from protoseg_jax import train
+  logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
+               jax.local_devices())
+  logging.info("config:\n%s", FLAGS.config)
+  if FLAGS.mode == "train":
+    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  else:
+    train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint_step)
+
+
+if __name__ == "__main__":
+  app.run(main)
