@@ -1,0 +1,67 @@
+"""ADE20K, MiT-B2 + SegFormer all-MLP head + ProtoSeg head.
+
+  python main.py --config=configs/ade20k_mit_b2_proto.py --workdir=DIR
+
+mmsegmentation's segformer_mit-b2_512x512_160k_ade20k recipe: MiT-B2
+(drop_path 0.1), SegFormer head with 768 channels (256 for B0/B1), dropout
+0.1, AdamW lr 6e-5 betas (0.9, 0.999) wd 0.01, lr x10 on the decode head (and
+here also on the ProtoSeg head: optim.HEAD_MODULES), no decay on norms and
+position blocks (here also on biases), linear warm-up 1500 iterations from
+1e-6 * lr, poly power 1.0 to 0, 160k iterations, batch 16, crop 512x512,
+align_corners False. ProtoSeg head on the decoder output: D = 768.
+Eval as in ade20k_hrnet48_proto.py (whole image, short side 512).
+Variants: "mit_b0" .. "mit_b5" (default here b2), "runlocal".
+"""
+
+from configs import ade20k_hrnet48_proto as ade
+from configs import cityscapes_hrnet48_proto as base
+
+VARIANTS = ("mit_b0", "mit_b1", "mit_b2", "mit_b3", "mit_b4", "mit_b5", "runlocal")
+DEFAULT_ARCH = "mit_b2"
+
+
+def set_mit_segformer(config, arch: str):
+  """MiT-Bx + SegFormer head with the mmseg AdamW schedule (160k)."""
+  if arch not in VARIANTS[:6]:
+    raise ValueError(f"MiT arch must be one of {VARIANTS[:6]}, got {arch!r}")
+  width = 256 if arch in ("mit_b0", "mit_b1") else 768
+  m = config.model
+  m.backbone = arch
+  m.backbone_kwargs = {"drop_path_rate": 0.1}
+  m.decoder = "segformer"
+  m.decoder_kwargs = {"channels": width, "dropout_rate": 0.1, "align_corners": False}
+  m.head = "proto"
+  m.aux_head = False
+  m.align_corners = False
+  config.protoseg.embed_dim = width
+
+  o = config.optim
+  o.name = "adamw"
+  o.learning_rate = 6e-5
+  o.b1, o.b2 = 0.9, 0.999
+  o.weight_decay = 0.01
+  o.no_decay_norms_biases = True
+  o.head_lr_mult = 10.0
+  o.warmup_steps = 1500
+  o.warmup_ratio = 1e-6
+  o.poly_power = 1.0
+  o.min_lr = 0.0
+  config.num_train_steps = 160_000
+  return config
+
+
+def get_config(arg=None, default_arch: str = DEFAULT_ARCH):
+  variants = base.parse_variants(arg, VARIANTS)
+  archs = variants - {"runlocal"}
+  if len(archs) > 1:
+    raise ValueError(f"choose one MiT size, got {sorted(archs)}")
+  config = base.get_config()
+  ade.set_ade20k_data(config)
+  set_mit_segformer(config, archs.pop() if archs else default_arch)
+  config.batch_size = 16
+  config.eval_batch_size = 8
+  config.eval_every_steps = 16_000
+  config.checkpoint_every_steps = 4_000
+  if "runlocal" in variants:
+    base.runlocal(config)
+  return config

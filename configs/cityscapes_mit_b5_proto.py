@@ -1,0 +1,41 @@
+"""Cityscapes, MiT-B5 + SegFormer head + ProtoSeg head.
+
+  python main.py --config=configs/cityscapes_mit_b5_proto.py --workdir=DIR
+
+mmsegmentation's segformer_mit-b5_8x1_1024x1024_160k_cityscapes recipe:
+MiT-B5 (drop_path 0.1), SegFormer head 768 channels, AdamW lr 6e-5 wd 0.01,
+head lr x10, no decay on norms/position blocks (here also biases), warm-up
+1500 then poly 1.0, 160k iterations, batch 8, crop 1024x1024, random rescale
+0.5-2.0 of (2048, 1024), flip, PhotoMetricDistortion, no class weights,
+align_corners False; test: sliding window 1024x1024, stride 768, on the
+2048x1024 image (the window grid tiles the 1024x2048 canvas exactly, so it is
+mmseg's grid). ProtoSeg head: D = 768.
+Variants: "runlocal".
+"""
+
+from configs import ade20k_mit_b2_proto as mit
+from configs import cityscapes_hrnet48_proto as base
+
+VARIANTS = ("runlocal",)
+
+
+def get_config(arg=None):
+  variants = base.parse_variants(arg, VARIANTS)
+  config = base.get_config()          # Cityscapes data and eval canvases
+  config.loss.class_weights = None
+  mit.set_mit_segformer(config, "mit_b5")
+  config.dataset.crop_size = (1024, 1024)
+  config.num_train_steps = 160_000
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.eval_every_steps = 16_000
+  config.checkpoint_every_steps = 4_000
+  e = config.eval
+  e.mode = "slide"
+  e.crop_size = (1024, 1024)
+  e.stride = (768, 768)
+  if "runlocal" in variants:
+    base.runlocal(config, crop=(128, 128))
+    e.crop_size = (512, 512)
+    e.stride = (384, 384)
+  return config
