@@ -7,7 +7,7 @@ Python API:
                                                                         HRNet segmentor
   protoseg_compat_overrides(variables, arch) -> {dotted config key: value}
 CLI:
-  python -m protoseg_jax.convert --arch ARCH --src FILE.pth|.safetensors --dst DIR
+  python -m protoseg_jax.convert --arch ARCH --src FILE.pth|.safetensors --dst DIR [--prefix backbone.]
   python -m protoseg_jax.convert --arch protoseg_hrnet_w48 --src CKPT.pth --dst DIR
 
 Each backbone family module (protoseg_jax.models.<family>) implements its own
@@ -434,15 +434,22 @@ def main(argv=None):
                       "whole official ProtoSeg (HRNet_W48_Proto) or softmax HRNet_W48 checkpoint")
   p.add_argument("--src", required=True, help="PyTorch .pth/.pt/.bin or .safetensors file")
   p.add_argument("--dst", required=True, help="output directory (orbax)")
+  p.add_argument("--prefix", default=None,
+                 help="backbones only: read the backbone under this key prefix, e.g. 'backbone.' "
+                      "for the backbone of an mmseg or official ProtoSeg segmentation checkpoint "
+                      "(default: the family's own default; Swin and MiT detect it)")
   args = p.parse_args(argv)
   sd = load_torch_file(args.src)
   overrides = None
   if args.arch.startswith(FULL_MODEL_PREFIX):
+    if args.prefix is not None:
+      p.error(f"--prefix is for backbones; --arch {args.arch} reads the whole checkpoint")
     arch = args.arch[len(FULL_MODEL_PREFIX):]
     variables = convert_protoseg_checkpoint(sd, arch=arch)
     overrides = protoseg_compat_overrides(variables, arch=arch)
   else:
-    variables = convert_state_dict(args.arch, sd)
+    kwargs = {} if args.prefix is None else {"prefix": args.prefix}
+    variables = convert_state_dict(args.arch, sd, **kwargs)
   save_variables(variables, args.dst)
   n = sum(int(np.prod(np.shape(x))) for x in __import__("jax").tree_util.tree_leaves(variables))
   print(f"converted {args.src} ({args.arch}): {n} values -> {args.dst}")
