@@ -153,6 +153,14 @@ _PROJ_ALIASES = ("proj_head.proj.", "proj_head.mlp2.")
 # Fixed by the official model code, independent of the checkpoint.
 _COMPAT_FUSION = "bilinear_align_corners"
 _COMPAT_PROJ_NORM_AXIS = "width"
+# openseg reads images with cv2 in BGR order ("input_mode": "BGR") and normalises
+# channel i with the ImageNet statistics listed in RGB order (x / 255 - mean[i]) / std[i]:
+# B with R's statistics and R with B's. INPUT_ORDERS: "rgb" flips the stem conv's input
+# channels so the model reads RGB images normalised with the reversed statistics below
+# (exactly equivalent); "bgr" keeps the weights as stored (the model wants openseg's input).
+INPUT_ORDERS = ("rgb", "bgr")
+OFFICIAL_MEAN_BGR_INPUT = (123.675, 116.28, 103.53)   # 255 * (0.485, 0.456, 0.406), channels B, G, R
+OFFICIAL_STD_BGR_INPUT = (58.395, 57.12, 57.375)      # 255 * (0.229, 0.224, 0.225)
 
 
 def _shape(a) -> tuple[int, ...] | None:
@@ -274,7 +282,7 @@ def _check_segmentor_variables(model, variables: dict):
 
 
 def convert_protoseg_checkpoint(state_dict: Mapping[str, Any], *, arch: str = "hrnet_w48",
-                                check: bool = True) -> dict:
+                                input_order: str = "rgb", check: bool = True) -> dict:
   """Segmentor variables from an official openseg/ProtoSeg HRNet segmentation checkpoint.
 
   Accepts `HRNet_W48_Proto` (ProtoSeg: keys `backbone.*`, `cls_head.0/1.*`,
@@ -289,6 +297,10 @@ def convert_protoseg_checkpoint(state_dict: Mapping[str, Any], *, arch: str = "h
   "prototypes" for the softmax baseline) for the Segmentor with
   decoder="hrnet" and head="proto" / "linear"; run it with the settings of
   `protoseg_compat_overrides` for outputs equal to the official model's.
+  input_order="rgb" (default) folds openseg's BGR input into the stem conv
+  (its kernel's input channels reversed): the model then reads RGB images
+  normalised with the reversed statistics of `protoseg_compat_overrides`;
+  "bgr" keeps the stem as stored (inputs must then be BGR as in openseg).
   Every key is used or explicitly dropped (`mlp2` aliases, after checking
   they equal the `proj` tensors; the backbone converter's ImageNet-head keys);
   unknown or missing keys raise a ValueError listing them. `check` also
@@ -298,6 +310,8 @@ def convert_protoseg_checkpoint(state_dict: Mapping[str, Any], *, arch: str = "h
   if arch not in hrnet.CONFIGS:
     raise ValueError(f"arch {arch!r} is not an HRNet; official ProtoSeg checkpoints use "
                      f"hrnet_w48 (known: {sorted(hrnet.CONFIGS)})")
+  if input_order not in INPUT_ORDERS:
+    raise ValueError(f"input_order={input_order!r}; expected one of {INPUT_ORDERS}")
   sd = strip_prefix(state_dict)
   kind = _checkpoint_head_kind(sd)
   d_in = sum(hrnet.branch_channels(arch))
@@ -308,6 +322,9 @@ def convert_protoseg_checkpoint(state_dict: Mapping[str, Any], *, arch: str = "h
                      f"{hrnet.branch_channels(arch)}); is the arch right? The official "
                      "checkpoints are hrnet_w48 (720 channels)")
   backbone = hrnet.convert_state_dict(arch, sd, prefix="backbone.", check=check)
+  if input_order == "rgb":  # HWIO: reverse I, so RGB input meets the weights of B, G, R
+    stem = backbone["params"]["conv1"]
+    stem["kernel"] = np.ascontiguousarray(np.asarray(stem["kernel"])[:, :, ::-1, :])
   r = StateDictReader({k: v for k, v in sd.items() if not k.startswith("backbone.")})
   dec_params, dec_stats = hrnet.convert_hrnet_head(r, "cls_head.")
   protos = None
@@ -347,21 +364,30 @@ def checkpoint_num_classes(variables: Mapping[str, Any]) -> int:
   return _head_shape(variables)["num_classes"]
 
 
-def protoseg_compat_overrides(variables: Mapping[str, Any], *, arch: str = "hrnet_w48") -> dict:
+def protoseg_compat_overrides(variables: Mapping[str, Any], *, arch: str = "hrnet_w48",
+                              input_order: str = "rgb") -> dict:
   """Config values (dotted keys) under which converted official weights give the official outputs.
 
-  `variables` from `convert_protoseg_checkpoint`. Besides these, the dataset
-  must have `checkpoint_num_classes(variables)` classes (19 for Cityscapes).
+  `variables` from `convert_protoseg_checkpoint` with the same `input_order`.
+  Besides these, the dataset must have `checkpoint_num_classes(variables)`
+  classes (19 for Cityscapes). input_order="bgr" sets no dataset statistics:
+  such weights need BGR images, which this project's input pipeline does not make.
   """
+  if input_order not in INPUT_ORDERS:
+    raise ValueError(f"input_order={input_order!r}; expected one of {INPUT_ORDERS}")
   shape = _head_shape(variables)
-  out = {
+  out = {}
+  if input_order == "rgb":  # RGB channel c gets the statistics openseg applies to it
+    out["dataset.mean"] = tuple(reversed(OFFICIAL_MEAN_BGR_INPUT))
+    out["dataset.std"] = tuple(reversed(OFFICIAL_STD_BGR_INPUT))
+  out.update({
       "model.backbone": arch,
       "model.backbone_kwargs.fusion": _COMPAT_FUSION,  # openseg HRNet fuse upsampling
       "model.decoder": "hrnet",
       "model.head": shape["head"],
       "model.aux_head": False,
       "model.align_corners": True,  # official logits upsampling (F.interpolate align_corners=True)
-  }
+  })
   if shape["head"] == "proto":
     out.update({
         "protoseg.num_prototypes": shape["num_prototypes"],
@@ -434,6 +460,10 @@ def main(argv=None):
                       "whole official ProtoSeg (HRNet_W48_Proto) or softmax HRNet_W48 checkpoint")
   p.add_argument("--src", required=True, help="PyTorch .pth/.pt/.bin or .safetensors file")
   p.add_argument("--dst", required=True, help="output directory (orbax)")
+  p.add_argument("--input_order", choices=INPUT_ORDERS, default="rgb",
+                 help=f"{FULL_MODEL_PREFIX}* only: 'rgb' (default) folds openseg's BGR input into "
+                      "the stem conv so the model reads this project's RGB images (with the "
+                      "dataset statistics it prints); 'bgr' keeps the weights as stored")
   p.add_argument("--prefix", default=None,
                  help="backbones only: read the backbone under this key prefix, e.g. 'backbone.' "
                       "for the backbone of an mmseg or official ProtoSeg segmentation checkpoint "
@@ -445,9 +475,11 @@ def main(argv=None):
     if args.prefix is not None:
       p.error(f"--prefix is for backbones; --arch {args.arch} reads the whole checkpoint")
     arch = args.arch[len(FULL_MODEL_PREFIX):]
-    variables = convert_protoseg_checkpoint(sd, arch=arch)
-    overrides = protoseg_compat_overrides(variables, arch=arch)
+    variables = convert_protoseg_checkpoint(sd, arch=arch, input_order=args.input_order)
+    overrides = protoseg_compat_overrides(variables, arch=arch, input_order=args.input_order)
   else:
+    if args.input_order != "rgb":
+      p.error(f"--input_order is for {FULL_MODEL_PREFIX}* archs (whole official checkpoints)")
     kwargs = {} if args.prefix is None else {"prefix": args.prefix}
     variables = convert_state_dict(args.arch, sd, **kwargs)
   save_variables(variables, args.dst)
@@ -456,11 +488,15 @@ def main(argv=None):
   if overrides is not None:
     num_classes = checkpoint_num_classes(variables)
     with open(os.path.join(args.dst, "config_overrides.json"), "w") as f:
-      json.dump({"num_classes": num_classes, "overrides": overrides}, f, indent=2)
+      json.dump({"num_classes": num_classes, "input_order": args.input_order,
+                 "overrides": overrides}, f, indent=2)
     print(f"official model with {num_classes} classes; run it with these config values "
           f"(also in {os.path.join(args.dst, 'config_overrides.json')}):")
     for k, v in overrides.items():
       print(f"  config.{k} = {v!r}")
+    if args.input_order == "bgr":
+      print("  (input_order=bgr: the weights expect openseg's BGR input, which this project's "
+            "input pipeline does not produce; convert with --input_order rgb to evaluate here)")
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ openseg_module_forward), with random weights, BN statistics and norms.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import types
@@ -109,16 +110,32 @@ class OfficialHRNet(torch.nn.Module):
     return out.reshape(images.shape[0], h, w, -1)
 
 
+def official_input(rgb: np.ndarray) -> torch.Tensor:
+  """openseg's network input for RGB uint8-valued images [B, H, W, 3]: cv2's BGR order,
+  channel i normalised with the RGB-listed ImageNet statistics (x / 255 - mean[i]) / std[i]."""
+  bgr = rgb[..., ::-1] / 255.0
+  x = (bgr - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+  return torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32).copy())
+
+
+def our_input(rgb: np.ndarray, mean, std) -> jnp.ndarray:
+  """This project's input: RGB, normalised with config.dataset.mean / std (0..255 units)."""
+  return jnp.asarray(((rgb - np.asarray(mean)) / np.asarray(std)).astype(np.float32))
+
+
+OURS_MEAN, OURS_STD = (103.53, 116.28, 123.675), (57.375, 57.12, 58.395)  # input_order="rgb"
+
+
 @pytest.fixture(scope="module")
 def official():
-  """(torch model, official state_dict, images NCHW, reference logits NHWC)."""
+  """(torch model, official state_dict, RGB images [B, H, W, 3] in 0..255, ref logits NHWC)."""
   torch.manual_seed(0)
   model = OfficialHRNet(ARCH, C, M)
   sd = model.official_state_dict()
-  x = torch.randn(2, 3, 64, 96, generator=torch.Generator().manual_seed(2))
+  rgb = np.random.default_rng(2).uniform(0, 255, (2, 64, 96, 3))
   with torch.no_grad():
-    ref = model(x).numpy()
-  return model, sd, x, ref
+    ref = model(official_input(rgb)).numpy()
+  return model, sd, rgb, ref
 
 
 @pytest.fixture(scope="module")
@@ -126,9 +143,13 @@ def converted(official):
   return convert.convert_protoseg_checkpoint(official[1], arch=ARCH)
 
 
-def run_logits(model, variables, x: torch.Tensor) -> np.ndarray:
-  fn = jax.jit(lambda v, a: model.apply(v, a, train=False).logits)
-  return np.asarray(fn(variables, jnp.asarray(nhwc(x))))
+@functools.lru_cache(maxsize=None)
+def _logits_fn(model):
+  return jax.jit(lambda v, a: model.apply(v, a, train=False).logits)
+
+
+def run_logits(model, variables, x) -> np.ndarray:
+  return np.asarray(_logits_fn(model)(variables, x))
 
 
 def test_state_dict_has_the_official_layout(official):
@@ -141,7 +162,8 @@ def test_state_dict_has_the_official_layout(official):
 
 
 def test_protoseg_checkpoint_matches_official_forward(official, converted):
-  _, sd, x, ref = official
+  _, sd, rgb, ref = official
+  x = our_input(rgb, OURS_MEAN, OURS_STD)
   assert ref.shape == (2, 16, 24, C)
   v = converted
   assert set(v) == {"params", "batch_stats", "prototypes"}
@@ -166,11 +188,25 @@ def test_protoseg_checkpoint_matches_official_forward(official, converted):
   print(f"  with proj_norm_axis='channel' instead: rel diff {diff:.3g}")
   assert diff > 1e-2, diff
 
+  # input_order="bgr": the stem as stored, fed openseg's own (BGR) input
+  bgr = convert.convert_protoseg_checkpoint(sd, arch=ARCH, input_order="bgr", check=False)
+  stem, stem_bgr = v["params"]["backbone"]["conv1"]["kernel"], bgr["params"]["backbone"]["conv1"]["kernel"]
+  np.testing.assert_array_equal(stem, stem_bgr[:, :, ::-1, :])
+  assert not np.array_equal(stem, stem_bgr)
+  err = rel_err(run_logits(compat, bgr, jnp.asarray(nhwc(official_input(rgb)))), ref)
+  print(f"  input_order='bgr' with openseg's input: rel err {err:.3g}")
+  assert err < TOL, err
+  # and the channel order matters: RGB input to the stored weights is clearly off
+  diff = rel_err(run_logits(compat, bgr, x), ref)
+  print(f"  stored (BGR) weights given RGB input: rel diff {diff:.3g}")
+  assert diff > 1e-2, diff
+
 
 def test_compat_overrides_build_the_matching_model(official, converted, tmp_path):
-  _, _, x, ref = official
+  _, _, rgb, ref = official
   overrides = convert.protoseg_compat_overrides(converted, arch=ARCH)
   assert overrides == {
+      "dataset.mean": OURS_MEAN, "dataset.std": OURS_STD,
       "model.backbone": ARCH, "model.backbone_kwargs.fusion": "bilinear_align_corners",
       "model.decoder": "hrnet", "model.head": "proto", "model.aux_head": False,
       "model.align_corners": True, "protoseg.num_prototypes": M, "protoseg.embed_dim": 240,
@@ -180,6 +216,7 @@ def test_compat_overrides_build_the_matching_model(official, converted, tmp_path
   config.lock()
   convert.apply_overrides(config, overrides)
   model = build_model(config, C)
+  x = our_input(rgb, config.dataset.mean, config.dataset.std)
   err = rel_err(run_logits(model, converted, x), ref)
   print(f"build_model(config + protoseg_compat_overrides) logits rel err: {err:.3g}")
   assert err < TOL, err
@@ -189,14 +226,17 @@ def test_softmax_baseline_checkpoint(official):
   model = OfficialHRNet(ARCH, C, M, proto=False)
   sd = model.official_state_dict()
   assert "cls_head.3.weight" in sd and "cls_head.3.bias" not in sd
-  x = official[2]
+  rgb = official[2]
   with torch.no_grad():
-    ref = model(x).numpy()
+    ref = model(official_input(rgb)).numpy()
+  x = our_input(rgb, OURS_MEAN, OURS_STD)
   v = convert.convert_protoseg_checkpoint(sd, arch=ARCH)
   assert "prototypes" not in v
   np.testing.assert_array_equal(v["params"]["head"]["classifier"]["bias"], np.zeros(C))
   overrides = convert.protoseg_compat_overrides(v, arch=ARCH)
   assert overrides["model.head"] == "linear" and "protoseg.proj_norm_axis" not in overrides
+  assert overrides["dataset.mean"] == OURS_MEAN
+  assert "dataset.mean" not in convert.protoseg_compat_overrides(v, arch=ARCH, input_order="bgr")
   seg = Segmentor(num_classes=C, backbone=ARCH, decoder="hrnet", head="linear",
                   backbone_kwargs=(("fusion", "bilinear_align_corners"),))
   err = rel_err(run_logits(seg, v, x), ref)
@@ -239,6 +279,8 @@ def test_errors_name_the_keys(official):
     conv(sd, arch="hrnet_tiny")
   with pytest.raises(ValueError, match="not an HRNet"):
     conv(sd, arch="resnet50")
+  with pytest.raises(ValueError, match="input_order='RGB'"):
+    convert.convert_protoseg_checkpoint(sd, arch=ARCH, input_order="RGB")
   with pytest.raises(ValueError, match="not an official ProtoSeg"):
     conv({k: v for k, v in sd.items() if k.startswith("backbone.")})
   # a dict holding only the aliases (no `proj`) converts to the same thing
@@ -276,19 +318,28 @@ def test_cli_full_official_checkpoint(official, converted, tmp_path, capsys):
   jax.tree_util.tree_map(np.testing.assert_array_equal, got, converted)
   with open(os.path.join(dst, "config_overrides.json")) as f:
     meta = json.load(f)
-  assert meta == {"num_classes": C,
-                  "overrides": convert.protoseg_compat_overrides(converted, arch=ARCH)}
+  assert meta == {"num_classes": C, "input_order": "rgb", "overrides": json.loads(json.dumps(
+      convert.protoseg_compat_overrides(converted, arch=ARCH)))}
+  assert meta["overrides"]["dataset.mean"] == list(OURS_MEAN)
   out = capsys.readouterr().out
   assert "config.protoseg.proj_norm_axis = 'width'" in out
   assert "config.model.backbone_kwargs.fusion = 'bilinear_align_corners'" in out
-  # only the backbone, e.g. to fine-tune from the official weights
+  # only the backbone, as stored (the stem keeps openseg's BGR input order)
   convert.main(["--arch", ARCH, "--prefix", "backbone.", "--src", src, "--dst", dst + "_bb"])
   got = convert.load_variables(dst + "_bb")
+  stored = convert.convert_protoseg_checkpoint(sd, arch=ARCH, input_order="bgr", check=False)
   for col in ("params", "batch_stats"):
-    jax.tree_util.tree_map(np.testing.assert_array_equal, got[col], converted[col]["backbone"])
+    jax.tree_util.tree_map(np.testing.assert_array_equal, got[col], stored[col]["backbone"])
   with pytest.raises(SystemExit):
     convert.main(["--arch", f"protoseg_{ARCH}", "--prefix", "backbone.", "--src", src, "--dst", dst])
   assert "--prefix is for backbones" in capsys.readouterr().err
+  with pytest.raises(SystemExit):
+    convert.main(["--arch", ARCH, "--input_order", "bgr", "--src", src, "--dst", dst])
+  assert "--input_order is for protoseg_" in capsys.readouterr().err
+  convert.main(["--arch", f"protoseg_{ARCH}", "--input_order", "bgr", "--src", src, "--dst", dst + "_bgr"])
+  got = convert.load_variables(dst + "_bgr")
+  np.testing.assert_array_equal(got["params"]["backbone"]["conv1"]["kernel"],
+                                converted["params"]["backbone"]["conv1"]["kernel"][:, :, ::-1, :])
 
 
 def _random_backbone_variables(arch: str, seed: int) -> dict:
