@@ -1,5 +1,5 @@
 """ADE20K, MiT-B5 + SegFormer head + ProtoSeg head: ade20k_mit_b2_proto.py with
-MiT-B5 (mmseg segformer_mit-b5_512x512_160k_ade20k: same schedule, 768-wide head).
+MiT-B5 (mmseg segformer_mit-b5_512x512_160k_ade20k: same schedule; 768-wide head).
 
   python main.py --config=configs/ade20k_mit_b5_proto.py --workdir=DIR
 

@@ -3,7 +3,8 @@
   python main.py --config=configs/cityscapes_mit_b5_proto.py --workdir=DIR
 
 mmsegmentation's segformer_mit-b5_8x1_1024x1024_160k_cityscapes recipe:
-MiT-B5 (drop_path 0.1), SegFormer head 768 channels, AdamW lr 6e-5 wd 0.01,
+MiT-B5 (drop_path 0.1), SegFormer head (768 channels as the official
+SegFormer; mmseg's port: 256, see ade20k_mit_b2_proto.py), AdamW lr 6e-5 wd 0.01,
 head lr x10, no decay on norms/position blocks (here also biases), warm-up
 1500 then poly 1.0, 160k iterations, batch 8, crop 1024x1024, random rescale
 0.5-2.0 of (2048, 1024), flip, PhotoMetricDistortion, no class weights,
