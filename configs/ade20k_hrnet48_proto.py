@@ -11,12 +11,18 @@ trains 150k iterations on 520x520 crops of images resized to a 520 short side;
 the mmseg equivalent used here rescales to (2048, 512) * U(0.5, 2.0).
 
 Evaluation: whole image, rescaled keeping ratio to (2048, 512) (short side
-512, long side at most 2048). The canvases are the sizes that every ADE20K
-image is guaranteed to fit: the rescaled long side is at most 2048 whatever
-the orientation, and the original labels are below 2112 px. Most validation
-images are about 512x683, so `input_pipeline.scan_eval_sizes(config)` on the
-prepared split gives tighter (faster) canvases: set them with
-`--config.dataset.eval_canvas=...`.
+512, long side at most 2048). eval_canvas (2048, 2048) holds every rescaled
+image whatever its orientation (the rescaled long side is at most 2048).
+eval_label_canvas (2112, 2112) assumes the original ADE20K images are at most
+~2100 px on a side (not checked here against the data: the eval pipeline
+stops with an error naming scan_eval_sizes if one does not fit). Most
+validation images are about 512x683, so `input_pipeline.scan_eval_sizes(config)`
+on the prepared split gives tighter, much cheaper canvases: set them with
+`--config.dataset.eval_canvas=H,W --config.dataset.eval_label_canvas=H,W`.
+The whole-image forward runs on the zero-padded canvas: for CNNs and Swin
+only a band near the bottom/right border can change, but MiT's attention
+(keys pooled over the whole map) also attends to the padding, so MiT results
+depend on the canvas; use the tight canvases for MiT.
 Variants: "runlocal".
 """
 
