@@ -25,9 +25,19 @@ config_flags.DEFINE_config_file("config", None, "Run config (configs/*.py[:varia
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+class _QuietLibraries:
+  """absl log filter: keep warnings from orbax/TFDS, drop their INFO chatter."""
+
+  NOISY = ("/orbax/", "/tensorflow_datasets/", "/etils/")
+
+  def filter(self, record):
+    return record.levelno >= 30 or not any(p in record.pathname for p in self.NOISY)
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax
   if FLAGS.coordinator_address or FLAGS.num_processes:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

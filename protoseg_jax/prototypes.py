@@ -61,10 +61,17 @@ def prototype_similarity(embeddings: jnp.ndarray, prototypes: jnp.ndarray) -> jn
 def _argmax_equals(logits: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
   """argmax(logits, 1) == idx (first maximum wins, as torch.max) without an
   argmax: the label's logit is a maximum and no earlier entry reaches it.
-  Two plain max-reductions are much cheaper than a variadic argmax on CPU."""
-  own = jnp.take_along_axis(logits, idx[:, None], axis=1)[:, 0]
-  before = jnp.arange(logits.shape[1])[None, :] < idx[:, None]
-  earlier = jnp.max(jnp.where(before, logits, -jnp.inf), axis=1)
+  Three masked max-reductions are much cheaper than a variadic argmax on CPU.
+
+  The label's logit is read with a masked reduction, not a gather: inside a
+  large jitted program XLA may feed a gather from a separately fused copy of
+  the producer (e.g. the LayerNorm) whose last bits differ, and the exact
+  comparison with the row maximum then fails for the true maximum (seen on
+  CPU for ~2% of pixels).
+  """
+  cols = jnp.arange(logits.shape[1])[None, :]
+  own = jnp.max(jnp.where(cols == idx[:, None], logits, -jnp.inf), axis=1)
+  earlier = jnp.max(jnp.where(cols < idx[:, None], logits, -jnp.inf), axis=1)
   return (own >= jnp.max(logits, axis=1)) & (earlier < own)
 
 
