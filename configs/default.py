@@ -19,6 +19,7 @@ def get_config():
   config.keep_checkpoints = 3           # the last K checkpoints are kept
   config.max_eval_batches = -1          # -1: the whole eval split
   config.init_from = ""                 # dir written by `python -m protoseg_jax.convert` (backbone weights)
+  config.init_from_scope = "backbone"   # backbone | all (a whole converted model, e.g. official ProtoSeg)
 
   # Data: read by protoseg_jax.input_pipeline.
   config.dataset = ml_collections.ConfigDict()

@@ -54,33 +54,53 @@ class TrainState:
 # State creation.
 
 
+def _check_fits(want_tree, got_tree, what: str):
+  """Raise a ValueError naming the paths whose presence or shape differ."""
+  want = {jax.tree_util.keystr(p): tuple(np.shape(x))
+          for p, x in jax.tree_util.tree_leaves_with_path(want_tree)}
+  got = {jax.tree_util.keystr(p): tuple(np.shape(x))
+         for p, x in jax.tree_util.tree_leaves_with_path(got_tree)}
+  bad = [(k, got.get(k), want.get(k)) for k in sorted(want.keys() | got.keys())
+         if got.get(k) != want.get(k)]
+  if bad:
+    raise ValueError(f"{what} does not fit ({len(bad)} arrays; path, got, expected; "
+                     f"None = absent): {bad[:10]}")
+
+
 def _load_init_from(config, variables: dict) -> dict:
   """Replace the backbone's params/batch_stats with converted weights."""
   from protoseg_jax import convert
   loaded = convert.load_variables(config.init_from)
   out = flax.core.unfreeze(variables)
+  scope = config.get("init_from_scope", "backbone")
+  if scope == "all":
+    return _load_whole_model(config, out, loaded)
+  if scope != "backbone":
+    raise ValueError(f"config.init_from_scope must be 'backbone' or 'all', got {scope!r}")
   for col in ("params", "batch_stats"):
     if col not in loaded:
       continue
     if "backbone" not in out.get(col, {}):
       raise ValueError(f"init_from={config.init_from!r} has {col} but the model has no backbone {col}")
-    want = jax.tree.map(lambda x: (x.shape, str(x.dtype)), out[col]["backbone"])
     src = loaded[col].get("backbone", loaded[col])
-    got = jax.tree.map(lambda x: (tuple(x.shape), str(x.dtype)), src)
-    if jax.tree.structure(want) != jax.tree.structure(got):
-      wf = set(flax.traverse_util.flatten_dict(want, sep="/"))
-      gf = set(flax.traverse_util.flatten_dict(got, sep="/"))
-      raise ValueError(f"init_from={config.init_from!r} does not fit backbone "
-                       f"{config.model.backbone!r}: missing {sorted(wf - gf)[:10]}, "
-                       f"unexpected {sorted(gf - wf)[:10]}")
-    for (path, w), (_, g) in zip(jax.tree_util.tree_leaves_with_path(want),
-                                 jax.tree_util.tree_leaves_with_path(got)):
-      if w[0] != g[0]:
-        raise ValueError(f"init_from: {jax.tree_util.keystr(path)} has shape {g[0]}, "
-                         f"the model expects {w[0]}")
+    _check_fits(out[col]["backbone"], src,
+                f"init_from={config.init_from!r} ({col}) vs backbone {config.model.backbone!r}")
     out[col]["backbone"] = jax.tree.map(lambda x, y: jnp.asarray(y, x.dtype),
                                         out[col]["backbone"], src)
   logging.info("Initialised the backbone from %s", config.init_from)
+  return out
+
+
+def _load_whole_model(config, out: dict, loaded: dict) -> dict:
+  """Every collection of the model from a whole converted model (init_from_scope='all')."""
+  if set(loaded) != set(out):
+    raise ValueError(f"init_from={config.init_from!r} holds collections {sorted(loaded)}, the "
+                     f"model has {sorted(out)} (init_from_scope='all' needs a whole model, e.g. "
+                     "from `python -m protoseg_jax.convert --arch protoseg_hrnet_w48`)")
+  for col in out:
+    _check_fits(out[col], loaded[col], f"init_from={config.init_from!r} ({col}) vs the model")
+    out[col] = jax.tree.map(lambda x, y: jnp.asarray(y, x.dtype), out[col], loaded[col])
+  logging.info("Initialised the whole model from %s", config.init_from)
   return out
 
 
@@ -321,7 +341,10 @@ def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None) -> dic
   """Evaluate the latest (or `step`) checkpoint in DIR; appends to DIR/metrics.jsonl."""
   run = _Run(config, workdir)
   mngr = checkpoint_manager(workdir, config, read_only=True)
-  state = restore_state(mngr, run.state, step)
+  if step is None and mngr.latest_step() is None and config.init_from:
+    state = run.state  # no checkpoint yet: the weights config.init_from gave the model
+  else:
+    state = restore_state(mngr, run.state, step)
   step = int(jax.device_get(state.step))
   metrics = run.evaluate(state)
   run.write_eval(step, metrics)

@@ -346,15 +346,6 @@ def _random_backbone_variables(arch: str, seed: int) -> dict:
   return numpy_variables(get_backbone(arch), jnp.zeros((1, 64, 64, 3)), seed=seed)
 
 
-# train._load_init_from builds its shape tree as jax.tree.map(lambda x: (x.shape, dtype), ...),
-# whose tuples are pytree nodes, then indexes the int leaves: TypeError for every init_from
-# dir whose tree matches the model. The fix is in the report of this test's author.
-INIT_FROM_BUG = pytest.mark.xfail(
-    strict=True, raises=TypeError,
-    reason="train._load_init_from indexes int leaves of its (shape, dtype) tuple tree")
-
-
-@INIT_FROM_BUG
 def test_init_from_loads_backbone_through_create_train_state(tmp_path):
   config = tiny_config(str(tmp_path / "tfds"))  # hrnet_tiny; the dataset is never read
   model = build_model(config, num_classes=4)
@@ -378,19 +369,18 @@ def _abstract_variables(model) -> dict:
       jnp.zeros((1, 64, 64, 3)), train=False)))
 
 
-@INIT_FROM_BUG
 def test_init_from_wrong_arch_and_full_model_dir(converted, tmp_path):
   config = tiny_config(str(tmp_path / "tfds"))  # hrnet_tiny
   abstract = _abstract_variables(build_model(config, num_classes=4))
   convert.save_variables(_random_backbone_variables(ARCH, seed=1), str(tmp_path / "w18s"))
   config.init_from = str(tmp_path / "w18s")
-  with pytest.raises(ValueError, match=r"does not fit backbone 'hrnet_tiny'"):
+  with pytest.raises(ValueError, match=r"vs backbone 'hrnet_tiny' does not fit"):
     train._load_init_from(config, abstract)
   tiny = _random_backbone_variables("hrnet_tiny", seed=2)
   tiny["params"]["conv1"]["kernel"] = jnp.zeros((3, 3, 3, 8))  # same tree, one wrong width
   convert.save_variables(tiny, str(tmp_path / "narrow"))
   config.init_from = str(tmp_path / "narrow")
-  with pytest.raises(ValueError, match=r"conv1.*kernel.*has shape \(3, 3, 3, 8\).*expects \(3, 3, 3, 16\)"):
+  with pytest.raises(ValueError, match=r"conv1.*kernel.*\(3, 3, 3, 8\), \(3, 3, 3, 16\)"):
     train._load_init_from(config, abstract)
   config.init_from = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="nowhere"):
@@ -408,3 +398,12 @@ def test_init_from_wrong_arch_and_full_model_dir(converted, tmp_path):
     jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(out[col]["backbone"]),
                            converted[col]["backbone"])
   assert isinstance(out["params"]["head"]["proj_conv1"]["kernel"], jax.ShapeDtypeStruct)
+
+  # init_from_scope='all': the whole converted model (e.g. to evaluate official weights).
+  config.init_from_scope = "all"
+  out = train._load_init_from(config, abstract)
+  for col in ("params", "batch_stats", "prototypes"):
+    jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(out[col]), converted[col])
+  config.init_from = str(tmp_path / "w18s")
+  with pytest.raises(ValueError, match="init_from_scope='all' needs a whole model"):
+    train._load_init_from(config, abstract)
