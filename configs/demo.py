@@ -13,12 +13,12 @@ def get_config(arg=None):
   del arg
   config = default.get_config()
   config.seed = 0
-  config.num_train_steps = 600
+  config.num_train_steps = 400
   config.batch_size = 16
   config.eval_batch_size = 50
   config.log_every_steps = 50
-  config.eval_every_steps = 300
-  config.checkpoint_every_steps = 300
+  config.eval_every_steps = 200
+  config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2
 
   ds = config.dataset
@@ -42,7 +42,7 @@ def get_config(arg=None):
   p = config.protoseg
   p.num_prototypes = 4
   p.embed_dim = 64
-  p.gamma = 0.99             # 600 steps instead of 80k: prototypes must move faster
+  p.gamma = 0.99             # 400 steps instead of 80k: prototypes must move faster
 
   o = config.optim
   o.name = "adamw"
