@@ -26,6 +26,7 @@ depend on the canvas; use the tight canvases for MiT.
 Variants: "runlocal".
 """
 
+from configs import default
 from configs import cityscapes_hrnet48_proto as base
 
 VARIANTS = ("runlocal",)
@@ -55,7 +56,7 @@ def set_ade20k_data(config):
 
 
 def get_config(arg=None):
-  variants = base.parse_variants(arg, VARIANTS)
+  variants = default.parse_variants(arg, VARIANTS)
   config = base.get_config()
   set_ade20k_data(config)
   config.num_train_steps = 160_000
@@ -74,5 +75,5 @@ def get_config(arg=None):
   o.warmup_steps = 0
 
   if "runlocal" in variants:
-    base.runlocal(config)
+    default.runlocal(config)
   return config

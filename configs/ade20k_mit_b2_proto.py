@@ -17,6 +17,7 @@ Eval as in ade20k_hrnet48_proto.py (whole image, short side 512).
 Variants: "mit_b0" .. "mit_b5" (default here b2), "runlocal".
 """
 
+from configs import default
 from configs import ade20k_hrnet48_proto as ade
 from configs import cityscapes_hrnet48_proto as base
 
@@ -55,7 +56,7 @@ def set_mit_segformer(config, arch: str):
 
 
 def get_config(arg=None, default_arch: str = DEFAULT_ARCH):
-  variants = base.parse_variants(arg, VARIANTS)
+  variants = default.parse_variants(arg, VARIANTS)
   archs = variants - {"runlocal"}
   if len(archs) > 1:
     raise ValueError(f"choose one MiT size, got {sorted(archs)}")
@@ -67,5 +68,5 @@ def get_config(arg=None, default_arch: str = DEFAULT_ARCH):
   config.eval_every_steps = 16_000
   config.checkpoint_every_steps = 4_000
   if "runlocal" in variants:
-    base.runlocal(config)
+    default.runlocal(config)
   return config

@@ -6,12 +6,12 @@ MiT-B5 (mmseg segformer_mit-b5_512x512_160k_ade20k: same schedule; 768-wide head
 Variants: "runlocal".
 """
 
+from configs import default
 from configs import ade20k_mit_b2_proto as mit
-from configs import cityscapes_hrnet48_proto as base
 
 VARIANTS = ("runlocal",)
 
 
 def get_config(arg=None):
-  base.parse_variants(arg, VARIANTS)
+  default.parse_variants(arg, VARIANTS)
   return mit.get_config(arg, default_arch="mit_b5")

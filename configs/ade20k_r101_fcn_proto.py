@@ -14,6 +14,7 @@ mmseg-based runs. Eval as in ade20k_hrnet48_proto.py.
 Variants: "runlocal".
 """
 
+from configs import default
 from configs import ade20k_hrnet48_proto as ade
 from configs import cityscapes_hrnet48_proto as base
 
@@ -21,7 +22,7 @@ VARIANTS = ("runlocal",)
 
 
 def get_config(arg=None):
-  variants = base.parse_variants(arg, VARIANTS)
+  variants = default.parse_variants(arg, VARIANTS)
   config = base.get_config()
   ade.set_ade20k_data(config)
   config.num_train_steps = 160_000
@@ -54,5 +55,5 @@ def get_config(arg=None):
   o.warmup_steps = 0
 
   if "runlocal" in variants:
-    base.runlocal(config)
+    default.runlocal(config)
   return config

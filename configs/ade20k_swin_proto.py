@@ -19,6 +19,7 @@ UPerHead output: D = 512. Eval as in ade20k_hrnet48_proto.py.
 Variants (comma-separated): "swin_t" | "swin_b", "runlocal".
 """
 
+from configs import default
 from configs import ade20k_hrnet48_proto as ade
 from configs import cityscapes_hrnet48_proto as base
 
@@ -60,7 +61,7 @@ def set_swin_upernet(config, size: str = "swin_b"):
 
 
 def get_config(arg=None):
-  variants = base.parse_variants(arg, VARIANTS)
+  variants = default.parse_variants(arg, VARIANTS)
   sizes = variants & set(SWIN_ARCHS)
   if len(sizes) > 1:
     raise ValueError(f"choose one of swin_t / swin_b, got {sorted(sizes)}")
@@ -72,5 +73,5 @@ def get_config(arg=None):
   config.eval_every_steps = 16_000
   config.checkpoint_every_steps = 4_000
   if "runlocal" in variants:
-    base.runlocal(config)
+    default.runlocal(config)
   return config

@@ -32,32 +32,8 @@ CITYSCAPES_CE_WEIGHTS = (0.8373, 0.9180, 0.8660, 1.0345, 1.0166, 0.9969, 0.9754,
                          1.0865, 1.0955, 1.0865, 1.1529, 1.0507)
 
 
-def parse_variants(arg, known) -> set:
-  """'a,b' -> {'a', 'b'}; unknown names raise."""
-  names = {s.strip() for s in (arg or "").split(",") if s.strip()}
-  unknown = names - set(known)
-  if unknown:
-    raise ValueError(f"unknown config variant(s) {sorted(unknown)}; known: {list(known)}")
-  return names
-
-
-def runlocal(config, crop=(128, 128)):
-  """Shrink a run to a few tiny steps (smoke test on a laptop CPU). The eval
-  canvases stay: the dataset's images must still fit them."""
-  config.num_train_steps = 4
-  config.batch_size = 2
-  config.eval_batch_size = 1
-  config.log_every_steps = 1
-  config.eval_every_steps = 4
-  config.checkpoint_every_steps = 4
-  config.max_eval_batches = 2
-  config.dataset.crop_size = crop
-  config.dataset.shuffle_buffer = 16
-  return config
-
-
 def get_config(arg=None):
-  variants = parse_variants(arg, VARIANTS)
+  variants = default.parse_variants(arg, VARIANTS)
   config = default.get_config()
   config.seed = 0
   config.num_train_steps = 80_000
@@ -116,5 +92,5 @@ def get_config(arg=None):
   e.flip = False
 
   if "runlocal" in variants:
-    runlocal(config, crop=(128, 256))
+    default.runlocal(config, crop=(128, 256))
   return config

@@ -14,6 +14,7 @@ mmseg's grid). ProtoSeg head: D = 768.
 Variants: "runlocal".
 """
 
+from configs import default
 from configs import ade20k_mit_b2_proto as mit
 from configs import cityscapes_hrnet48_proto as base
 
@@ -21,7 +22,7 @@ VARIANTS = ("runlocal",)
 
 
 def get_config(arg=None):
-  variants = base.parse_variants(arg, VARIANTS)
+  variants = default.parse_variants(arg, VARIANTS)
   config = base.get_config()          # Cityscapes data and eval canvases
   config.loss.class_weights = None
   mit.set_mit_segformer(config, "mit_b5")
@@ -36,7 +37,7 @@ def get_config(arg=None):
   e.crop_size = (1024, 1024)
   e.stride = (768, 768)
   if "runlocal" in variants:
-    base.runlocal(config, crop=(128, 128))
+    default.runlocal(config, crop=(128, 128))
     e.crop_size = (512, 512)
     e.stride = (384, 384)
   return config

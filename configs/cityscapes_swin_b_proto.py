@@ -12,6 +12,7 @@ whole-image test at 2048x1024, no class weights, align_corners False.
 Variants: "swin_t" | "swin_b" (default), "runlocal".
 """
 
+from configs import default
 from configs import ade20k_swin_proto as swin
 from configs import cityscapes_hrnet48_proto as base
 
@@ -19,7 +20,7 @@ VARIANTS = ("swin_t", "swin_b", "runlocal")
 
 
 def get_config(arg=None):
-  variants = base.parse_variants(arg, VARIANTS)
+  variants = default.parse_variants(arg, VARIANTS)
   sizes = variants & set(swin.SWIN_ARCHS)
   if len(sizes) > 1:
     raise ValueError(f"choose one of swin_t / swin_b, got {sorted(sizes)}")
@@ -32,5 +33,5 @@ def get_config(arg=None):
   config.eval_every_steps = 8_000
   config.checkpoint_every_steps = 4_000
   if "runlocal" in variants:
-    base.runlocal(config, crop=(128, 256))
+    default.runlocal(config, crop=(128, 256))
   return config

@@ -18,6 +18,7 @@ on the prepared val2017 split gives the tight canvas.
 Variants: "160k", "runlocal".
 """
 
+from configs import default
 from configs import ade20k_hrnet48_proto as ade
 from configs import cityscapes_hrnet48_proto as base
 
@@ -36,7 +37,7 @@ def set_coco_stuff164k_data(config):
 
 
 def get_config(arg=None):
-  variants = base.parse_variants(arg, VARIANTS)
+  variants = default.parse_variants(arg, VARIANTS)
   config = base.get_config()
   set_coco_stuff164k_data(config)
   config.num_train_steps = 160_000 if "160k" in variants else 80_000
@@ -55,5 +56,5 @@ def get_config(arg=None):
   o.warmup_steps = 0
 
   if "runlocal" in variants:
-    base.runlocal(config)
+    default.runlocal(config)
   return config

@@ -10,6 +10,7 @@ Eval as in coco_stuff164k_hrnet48_proto.py.
 Variants: "swin_t" | "swin_b" (default), "160k", "runlocal".
 """
 
+from configs import default
 from configs import ade20k_swin_proto as swin
 from configs import cityscapes_hrnet48_proto as base
 from configs import coco_stuff164k_hrnet48_proto as coco
@@ -18,7 +19,7 @@ VARIANTS = ("swin_t", "swin_b", "160k", "runlocal")
 
 
 def get_config(arg=None):
-  variants = base.parse_variants(arg, VARIANTS)
+  variants = default.parse_variants(arg, VARIANTS)
   sizes = variants & set(swin.SWIN_ARCHS)
   if len(sizes) > 1:
     raise ValueError(f"choose one of swin_t / swin_b, got {sorted(sizes)}")
@@ -31,5 +32,5 @@ def get_config(arg=None):
   config.eval_every_steps = 8_000
   config.checkpoint_every_steps = 4_000
   if "runlocal" in variants:
-    base.runlocal(config)
+    default.runlocal(config)
   return config

@@ -104,3 +104,27 @@ def get_config():
   e.flip = False
   e.log_every_batches = 50
   return config
+
+
+def parse_variants(arg, known) -> set:
+  """'a,b' -> {'a', 'b'}; unknown names raise."""
+  names = {s.strip() for s in (arg or "").split(",") if s.strip()}
+  unknown = names - set(known)
+  if unknown:
+    raise ValueError(f"unknown config variant(s) {sorted(unknown)}; known: {list(known)}")
+  return names
+
+
+def runlocal(config, crop=(128, 128)):
+  """Shrink a run to a few tiny steps (smoke test on a laptop CPU). The eval
+  canvases stay: the dataset's images must still fit them."""
+  config.num_train_steps = 4
+  config.batch_size = 2
+  config.eval_batch_size = 1
+  config.log_every_steps = 1
+  config.eval_every_steps = 4
+  config.checkpoint_every_steps = 4
+  config.max_eval_batches = 2
+  config.dataset.crop_size = crop
+  config.dataset.shuffle_buffer = 16
+  return config
