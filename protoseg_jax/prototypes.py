@@ -59,20 +59,39 @@ def prototype_similarity(embeddings: jnp.ndarray, prototypes: jnp.ndarray) -> jn
 
 
 def _argmax_equals(logits: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
-  """argmax(logits, 1) == idx (first maximum wins, as torch.max) without an
-  argmax: the label's logit is a maximum and no earlier entry reaches it.
-  Three masked max-reductions are much cheaper than a variadic argmax on CPU.
+  """argmax(logits, 1) == idx, the first maximum winning as torch.max does.
 
-  The label's logit is read with a masked reduction, not a gather: inside a
-  large jitted program XLA may feed a gather from a separately fused copy of
-  the producer (e.g. the LayerNorm) whose last bits differ, and the exact
-  comparison with the row maximum then fails for the true maximum (seen on
-  CPU for ~2% of pixels).
+  One variadic argmax reads every logit once, so there is no second reading
+  to disagree with it. (Comparing a gathered label logit with a separately
+  reduced row maximum is NOT safe inside a large jitted program: XLA may
+  recompute the producer, e.g. the mask_norm LayerNorm, in two fusions whose
+  last bits differ; this was seen on CPU for ~2% of pixels.) It is also the
+  cheapest form on XLA:CPU: masked max-reductions over [N, C] that broadcast
+  a per-row value run several times slower there.
   """
-  cols = jnp.arange(logits.shape[1])[None, :]
-  own = jnp.max(jnp.where(cols == idx[:, None], logits, -jnp.inf), axis=1)
-  earlier = jnp.max(jnp.where(cols < idx[:, None], logits, -jnp.inf), axis=1)
-  return (own >= jnp.max(logits, axis=1)) & (earlier < own)
+  return jnp.argmax(logits, axis=1).astype(jnp.int32) == idx
+
+
+def sample_gumbel_argmax(rng: jax.Array, q: jnp.ndarray) -> jnp.ndarray:
+  """A draw of argmax_m(q[n, m] + g[n, m]) with g ~ Gumbel(0, 1) i.i.d.
+
+  This is the index `F.gumbel_softmax(q, tau, hard=True)` returns (tau does
+  not change the argmax). By the Gumbel-max trick it is a categorical draw
+  with probabilities softmax(q[n]); this samples that distribution by
+  inverting the CDF with ONE uniform per row instead of M Gumbel variates
+  (M times fewer random bits; the draw dominated the update on CPU).
+
+  Args:
+    rng: PRNG key.
+    q: [N, M] scores (Sinkhorn's Q for the prototype update).
+
+  Returns:
+    [N] int32 indices in [0, M).
+  """
+  m = q.shape[1]
+  cdf = jnp.cumsum(jax.nn.softmax(q.astype(jnp.float32), axis=1), axis=1)
+  u = jax.random.uniform(rng, q.shape[:1], jnp.float32) * cdf[:, -1]
+  return jnp.minimum(jnp.sum(cdf <= u[:, None], axis=1), m - 1).astype(jnp.int32)
 
 
 def learn_prototypes(prototypes: jnp.ndarray, embeddings: jnp.ndarray, logits: jnp.ndarray,
@@ -92,7 +111,8 @@ def learn_prototypes(prototypes: jnp.ndarray, embeddings: jnp.ndarray, logits: j
     gamma: momentum of the prototype update.
     num_iters, epsilon: Sinkhorn-Knopp parameters.
     assignment: "gumbel" (official: argmax of Q + Gumbel noise decides which
-      prototype a pixel updates) or "argmax" (deterministic).
+      prototype a pixel updates; drawn by `sample_gumbel_argmax`, same
+      distribution) or "argmax" (deterministic).
     rng: PRNG key, required for assignment="gumbel".
     ignore_index: label of ignored pixels, kept in `proto_targets`.
     similarity: optional [N, C*M] `prototype_similarity(embeddings,
@@ -134,7 +154,7 @@ def learn_prototypes(prototypes: jnp.ndarray, embeddings: jnp.ndarray, logits: j
   index = jnp.argmax(q, axis=1).astype(jnp.int32)
   if assignment == "gumbel":
     # F.gumbel_softmax(Q, tau, hard=True) in the forward pass is one_hot(argmax(Q + g)).
-    assign = jnp.argmax(q + jax.random.gumbel(rng, q.shape, jnp.float32), axis=1).astype(jnp.int32)
+    assign = sample_gumbel_argmax(rng, q)
   else:
     assign = index
 

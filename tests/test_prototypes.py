@@ -91,6 +91,26 @@ def test_gumbel_is_deterministic_per_rng_and_targets_use_argmax():
     _run(protos, emb, logits, labels, assignment="gumbel")
 
 
+def test_gumbel_assignment_has_the_distribution_of_argmax_q_plus_gumbel_noise():
+  from protoseg_jax.prototypes import sample_gumbel_argmax
+  row = np.array([0.0, 0.1, 0.5, 0.9, 0.2, 0.0], np.float32)
+  n = 60000
+  idx = np.asarray(sample_gumbel_argmax(jax.random.key(3), jnp.tile(jnp.asarray(row), (n, 1))))
+  assert idx.min() >= 0 and idx.max() < row.size
+  freq = np.bincount(idx, minlength=row.size) / n
+  # The official draw, written out: argmax over q + explicit Gumbel(0, 1) noise.
+  g = np.random.RandomState(0).gumbel(size=(n, row.size))
+  official = np.bincount(np.argmax(row + g, 1), minlength=row.size) / n
+  softmax = np.exp(row) / np.exp(row).sum()
+  tol = 5 * np.sqrt(softmax * (1 - softmax) / n)   # 5 standard errors
+  assert np.all(np.abs(freq - softmax) < tol), (freq, softmax)
+  assert np.all(np.abs(official - softmax) < tol), (official, softmax)
+  # Rows with different q are sampled from their own distribution.
+  q = jnp.asarray(np.stack([np.eye(4)[i % 4] * 30 for i in range(4000)]).astype(np.float32))
+  np.testing.assert_array_equal(np.asarray(sample_gumbel_argmax(jax.random.key(0), q)),
+                                np.arange(4000) % 4)
+
+
 def test_gradients_reach_embeddings_not_prototypes():
   protos, emb, logits, labels = _inputs(6)
 

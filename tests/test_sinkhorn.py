@@ -60,6 +60,13 @@ def test_stable_for_small_epsilon():
     q = np.asarray(sinkhorn_knopp(jnp.asarray(scores), jnp.asarray(seg), 2, epsilon=eps))
     assert np.all(np.isfinite(q)), eps
     np.testing.assert_allclose(q.sum(1), 1.0, atol=1e-5)
+  # Prototypes 1.. are far from every pixel of class 0: their columns start
+  # at exp(-200) relative to prototype 0, yet Sinkhorn must still balance
+  # them (the exp-domain iterations after the first must not divide by 0).
+  q = np.asarray(sinkhorn_knopp(jnp.asarray(scores), jnp.asarray(seg), 2, epsilon=0.01,
+                                num_iters=30))
+  assert np.all(np.isfinite(q))
+  np.testing.assert_allclose(q[:32].sum(0), 32 / 10, rtol=1e-3)
 
 
 def test_all_ignored_gives_zeros_without_nan():
