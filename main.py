@@ -20,6 +20,8 @@ flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of pr
                     "(omit on Cloud TPU, where jax.distributed finds it).")
 flags.DEFINE_integer("num_processes", None, "Multi-process: total number of processes.")
 flags.DEFINE_integer("process_id", None, "Multi-process: index of this process.")
+flags.DEFINE_bool("distributed", False, "Multi-process: call jax.distributed.initialize() with the "
+                  "arguments it detects itself (Cloud TPU pods, SLURM, Open MPI).")
 config_flags.DEFINE_config_file("config", None, "Run config (configs/*.py[:variant]).",
                                 lock_config=True)
 flags.mark_flags_as_required(["config", "workdir"])
@@ -39,7 +41,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax
-  if FLAGS.coordinator_address or FLAGS.num_processes:
+  if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   # tf.data only feeds the host: keep TensorFlow off any accelerator.
   import tensorflow as tf

@@ -470,6 +470,25 @@ def _to_host_int64(cm) -> np.ndarray:
   return np.asarray(jax.device_get(cm)).astype(np.int64)
 
 
+def _count_images(batch: Mapping[str, Any]):
+  """Real (unpadded) images in a batch: an int, or a device scalar for a
+  global array (summed on device, so every host gets the global count
+  without blocking the loop; read by `_read_counts`)."""
+  mask = batch.get("mask")
+  if mask is None:
+    return int(batch["image"].shape[0])
+  if isinstance(mask, np.ndarray):
+    return int(np.sum(mask))
+  return jnp.sum(mask.astype(jnp.int32))
+
+
+def _read_counts(counts: list) -> int:
+  """Sums and empties `counts` (ints and replicated device scalars)."""
+  n = sum(int(_to_host_int64(c)) if isinstance(c, jax.Array) else int(c) for c in counts)
+  counts.clear()
+  return n
+
+
 class Evaluator:
   """Runs `predict_step` over an eval iterator and reduces to metrics.
 
@@ -495,6 +514,7 @@ class Evaluator:
     total = np.zeros((self.num_classes, self.num_classes), np.int64)
     pending = None
     n_batches = n_images = 0
+    counts = []   # images per batch not yet added to n_images (maybe on device)
     t0 = time.perf_counter()
     for batch in batches:
       if num_batches is not None and n_batches >= num_batches:
@@ -504,16 +524,16 @@ class Evaluator:
         total = self._add(total, pending)
       pending = cm
       n_batches += 1
-      mask = batch.get("mask")
-      n_images += (int(np.sum(mask)) if isinstance(mask, np.ndarray)
-                   else int(batch["image"].shape[0]))
+      counts.append(_count_images(batch))
       if self.log_every and n_batches % self.log_every == 0:
+        n_images += _read_counts(counts)
         dt = time.perf_counter() - t0
         total_str = f"/{num_batches}" if num_batches else ""
         logging.info("eval: %d%s batches, %d images, %.1f images/s", n_batches, total_str,
                      n_images, n_images / max(dt, 1e-9))
     if pending is not None:
       total = self._add(total, pending)
+    n_images += _read_counts(counts)
     dt = time.perf_counter() - t0
     logging.info("eval: done, %d batches, %d images in %.1fs", n_batches, n_images, dt)
     return total

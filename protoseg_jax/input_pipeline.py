@@ -106,10 +106,9 @@ def check_prepared(config):
   name = _get(ds_cfg, "name")
   builder = datasets.get_builder(name, data_dir=_get(ds_cfg, "data_dir"),
                                  config=_builder_config_name(ds_cfg))
-  if builder.is_prepared():
-    return builder
   if name == "demo":
-    builder.download_and_prepare()
+    return _prepare_demo(builder, ds_cfg)
+  if builder.is_prepared():
     return builder
   raise DatasetNotPreparedError(
       f"Dataset {name!r} is not prepared: nothing at {builder.data_dir}.\n"
@@ -117,6 +116,29 @@ def check_prepared(config):
       f"(use the same --data_dir as config.dataset.data_dir="
       f"{_get(ds_cfg, 'data_dir')!r}; None means TFDS's default, "
       f"{builder.data_dir_root}).")
+
+
+def _prepare_demo(builder, ds_cfg):
+  """Generates the demo dataset where it is missing, one process at a time.
+
+  Process 0 goes first; the others wait for it and then find the data ready
+  on a shared data_dir or generate their own copy on a local disk. Two
+  processes never write the same dataset directory at once.
+  """
+  if jax.process_count() == 1:
+    if not builder.is_prepared():
+      builder.download_and_prepare()
+    return builder
+  from jax.experimental import multihost_utils
+  if jax.process_index() == 0 and not builder.is_prepared():
+    builder.download_and_prepare()
+  multihost_utils.sync_global_devices("protoseg_jax: demo dataset prepared by process 0")
+  if jax.process_index() > 0:
+    builder = datasets.get_builder("demo", data_dir=_get(ds_cfg, "data_dir"),
+                                   config=_builder_config_name(ds_cfg))
+    if not builder.is_prepared():
+      builder.download_and_prepare()
+  return builder
 
 
 def _split_size(builder, split: str) -> int:
