@@ -26,18 +26,13 @@ from timm.models.hrnet import HighResolutionModule
 from protoseg_jax import convert, sharding, train
 from protoseg_jax.models import get_backbone, hrnet
 from protoseg_jax.models.segmentor import Segmentor, build_model
-from test_hrnet import nhwc, numpy_variables, openseg_module_forward, randomize_bn
+from test_hrnet import numpy_variables, openseg_module_forward
 from test_train import tiny_config
+from torch_helpers import max_rel_err as rel_err, nhwc, randomize_bn
 
 ARCH = "hrnet_w18_small"   # 16-32-64-128 branches: D = 240 instead of W48's 720
 C, M = 5, 3
 TOL = 1e-4                 # max|ours - ref| / max|ref|, float32
-
-
-def rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  assert a.shape == b.shape, (a.shape, b.shape)
-  return float(np.abs(a - b).max() / np.abs(b).max())
 
 
 class OfficialProjectionHead(torch.nn.Module):

@@ -11,11 +11,7 @@ import torch.nn as tnn
 import torch.nn.functional as F
 
 from protoseg_jax.models import mit, segformer, uper
-
-
-def max_rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
+from torch_helpers import max_rel_err
 
 
 def nhwc(t):

@@ -10,6 +10,7 @@ import torch
 
 from protoseg_jax import convert
 from protoseg_jax.models import fcn
+from torch_helpers import randomize_bn
 
 TOL = 1e-4
 
@@ -46,19 +47,6 @@ class TorchFCNHead(torch.nn.Module):
     if self.concat_input:
       y = self.conv_cat(torch.cat([x, y], 1))
     return self.dropout(y)
-
-
-def randomize_bn(model, seed=1):
-  g = torch.Generator().manual_seed(seed)
-  for m in model.modules():
-    if isinstance(m, torch.nn.BatchNorm2d):
-      n = m.num_features
-      with torch.no_grad():
-        m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-        m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-        m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-        m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-  return model
 
 
 def features(seed=0, b=2, hw=(9, 11), chans=(8, 16, 24, 32)):

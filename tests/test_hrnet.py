@@ -15,30 +15,9 @@ from timm.models.hrnet import HighResolutionModule
 
 from protoseg_jax import convert, models
 from protoseg_jax.models import hrnet
+from torch_helpers import nchw, nhwc, randomize_bn, rel_errors
 
 TOL = 1e-4  # max|a - b| / max|b| per feature, float32
-
-
-def randomize_bn(model: torch.nn.Module, seed: int = 1):
-  """Non-trivial BN affine and running stats so that a mis-mapped BN shows."""
-  g = torch.Generator().manual_seed(seed)
-  for m in model.modules():
-    if isinstance(m, torch.nn.BatchNorm2d):
-      n = m.num_features
-      with torch.no_grad():
-        m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-        m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-        m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-        m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-  return model
-
-
-def nhwc(t: torch.Tensor) -> np.ndarray:
-  return t.detach().numpy().transpose(0, 2, 3, 1)
-
-
-def nchw(a) -> torch.Tensor:
-  return torch.from_numpy(np.asarray(a).transpose(0, 3, 1, 2).copy())
 
 
 def branch_features(model, x: torch.Tensor) -> list[np.ndarray]:
@@ -47,15 +26,6 @@ def branch_features(model, x: torch.Tensor) -> list[np.ndarray]:
     x = model.act1(model.bn1(model.conv1(x)))
     x = model.act2(model.bn2(model.conv2(x)))
     return [nhwc(f) for f in model.stages(x)]
-
-
-def rel_errors(ours, ref) -> list[float]:
-  assert len(ours) == len(ref) == 4
-  errs = []
-  for a, b in zip(ours, ref):
-    assert a.shape == b.shape, (a.shape, b.shape)
-    errs.append(float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max()))
-  return errs
 
 
 def openseg_module_forward(self, x):

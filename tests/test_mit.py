@@ -12,13 +12,9 @@ import pytest
 import torch
 
 from protoseg_jax.models import get_backbone, mit
+from torch_helpers import max_rel_err
 
 ARCH = "mit_b0"
-
-
-def max_rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 @pytest.fixture(scope="module")

@@ -11,22 +11,9 @@ import torch
 
 from protoseg_jax import models
 from protoseg_jax.models import resnet
+from torch_helpers import randomize_bn, rel_errors
 
 TOL = 1e-4  # max|a - b| / max|b| per feature, float32
-
-
-def randomize_bn(model: torch.nn.Module, seed: int = 1):
-  """Non-trivial BN affine and running stats so that a mis-mapped BN shows."""
-  g = torch.Generator().manual_seed(seed)
-  for m in model.modules():
-    if isinstance(m, torch.nn.BatchNorm2d):
-      n = m.num_features
-      with torch.no_grad():
-        m.running_mean.copy_(torch.randn(n, generator=g) * 0.2)
-        m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-        m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-        m.bias.copy_(torch.randn(n, generator=g) * 0.2)
-  return model
 
 
 def timm_model(name: str, **kw):
@@ -38,15 +25,6 @@ def timm_features(model, x_nchw: torch.Tensor) -> list[np.ndarray]:
   with torch.no_grad():
     feats = model.forward_intermediates(x_nchw, indices=[1, 2, 3, 4], intermediates_only=True)
   return [f.numpy().transpose(0, 2, 3, 1) for f in feats]
-
-
-def rel_errors(ours, ref) -> list[float]:
-  assert len(ours) == len(ref) == 4
-  errs = []
-  for a, b in zip(ours, ref):
-    assert a.shape == b.shape, (a.shape, b.shape)
-    errs.append(float(np.abs(np.asarray(a, np.float64) - b).max() / np.abs(b).max()))
-  return errs
 
 
 def run_ours(arch, variables, x_nchw, **kw):

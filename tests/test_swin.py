@@ -13,13 +13,9 @@ import torch
 import torch.nn.functional as F
 
 from protoseg_jax.models import get_backbone, swin
+from torch_helpers import max_rel_err
 
 ARCH = "swin_tiny_patch4_window7_224"
-
-
-def max_rel_err(a, b) -> float:
-  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-  return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
 @pytest.fixture(scope="module")
