@@ -65,14 +65,7 @@ def get_config(arg=None):
   config.eval_every_steps = 16_000
   config.checkpoint_every_steps = 4_000
 
-  o = config.optim
-  o.name = "sgd"
-  o.learning_rate = 0.02
-  o.momentum = 0.9
-  o.weight_decay = 1e-4
-  o.poly_power = 0.9
-  o.min_lr = 0.0
-  o.warmup_steps = 0
+  default.set_sgd_poly(config, 0.02, weight_decay=1e-4)
 
   if "runlocal" in variants:
     default.runlocal(config)

@@ -40,17 +40,8 @@ def set_mit_segformer(config, arch: str):
   m.align_corners = False
   config.protoseg.embed_dim = width
 
-  o = config.optim
-  o.name = "adamw"
-  o.learning_rate = 6e-5
-  o.b1, o.b2 = 0.9, 0.999
-  o.weight_decay = 0.01
-  o.no_decay_norms_biases = True
-  o.head_lr_mult = 10.0
-  o.warmup_steps = 1500
-  o.warmup_ratio = 1e-6
-  o.poly_power = 1.0
-  o.min_lr = 0.0
+  default.set_adamw_warmup_poly(config, 6e-5, weight_decay=0.01, warmup_steps=1500,
+                                head_lr_mult=10.0)
   config.num_train_steps = 160_000
   return config
 

@@ -45,14 +45,7 @@ def get_config(arg=None):
 
   config.protoseg.embed_dim = 512
 
-  o = config.optim
-  o.name = "sgd"
-  o.learning_rate = 0.01
-  o.momentum = 0.9
-  o.weight_decay = 5e-4
-  o.poly_power = 0.9
-  o.min_lr = 1e-4
-  o.warmup_steps = 0
+  default.set_sgd_poly(config, 0.01, weight_decay=5e-4, min_lr=1e-4)
 
   if "runlocal" in variants:
     default.runlocal(config)

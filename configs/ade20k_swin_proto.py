@@ -45,17 +45,7 @@ def set_swin_upernet(config, size: str = "swin_b"):
   m.align_corners = False
   config.protoseg.embed_dim = 512
 
-  o = config.optim
-  o.name = "adamw"
-  o.learning_rate = 6e-5
-  o.b1, o.b2 = 0.9, 0.999
-  o.weight_decay = 0.01
-  o.no_decay_norms_biases = True
-  o.warmup_steps = 1500
-  o.warmup_ratio = 1e-6
-  o.poly_power = 1.0
-  o.min_lr = 0.0
-  o.head_lr_mult = 1.0
+  default.set_adamw_warmup_poly(config, 6e-5, weight_decay=0.01, warmup_steps=1500)
   config.num_train_steps = 160_000
   return config
 

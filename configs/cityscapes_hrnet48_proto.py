@@ -77,14 +77,7 @@ def get_config(arg=None):
 
   config.loss.class_weights = CITYSCAPES_CE_WEIGHTS
 
-  o = config.optim
-  o.name = "sgd"
-  o.learning_rate = 0.01
-  o.momentum = 0.9
-  o.weight_decay = 5e-4
-  o.poly_power = 0.9
-  o.min_lr = 0.0
-  o.warmup_steps = 0
+  default.set_sgd_poly(config, 0.01, weight_decay=5e-4)
 
   e = config.eval
   e.mode = "whole"

@@ -128,3 +128,35 @@ def runlocal(config, crop=(128, 128)):
   config.dataset.crop_size = crop
   config.dataset.shuffle_buffer = 16
   return config
+
+
+def set_sgd_poly(config, learning_rate: float, *, weight_decay: float, min_lr: float = 0.0,
+                 momentum: float = 0.9, poly_power: float = 0.9):
+  """SGD with momentum and poly decay, no warm-up: the HRNet/ResNet recipes."""
+  o = config.optim
+  o.name = "sgd"
+  o.learning_rate = learning_rate
+  o.momentum = momentum
+  o.weight_decay = weight_decay
+  o.poly_power = poly_power
+  o.min_lr = min_lr
+  o.warmup_steps = 0
+  return config
+
+
+def set_adamw_warmup_poly(config, learning_rate: float, *, weight_decay: float,
+                          warmup_steps: int, head_lr_mult: float = 1.0, poly_power: float = 1.0):
+  """AdamW (0.9, 0.999), linear warm-up from 1e-6 x lr, then poly to 0; no
+  weight decay on norms, biases and position tables: the Swin/MiT recipes."""
+  o = config.optim
+  o.name = "adamw"
+  o.learning_rate = learning_rate
+  o.b1, o.b2 = 0.9, 0.999
+  o.weight_decay = weight_decay
+  o.no_decay_norms_biases = True
+  o.head_lr_mult = head_lr_mult
+  o.warmup_steps = warmup_steps
+  o.warmup_ratio = 1e-6
+  o.poly_power = poly_power
+  o.min_lr = 0.0
+  return config
