@@ -145,22 +145,3 @@ def test_linear_head_same_interface():
   out = head.apply(v, x, _labels(), train=True)
   assert isinstance(out, HeadOutput) and out.logits.shape == (B, H, W, C)
   assert out.proto_logits is None
-
-
-def test_readme_example_drops_into_another_model():
-  class TinySegmenter(nn.Module):
-    num_classes: int
-
-    @nn.compact
-    def __call__(self, images, labels=None, train=False):
-      feats = nn.relu(nn.Conv(32, (3, 3), strides=(4, 4))(images))   # [B, H/4, W/4, 32]
-      return ProtoSegHead(self.num_classes, num_prototypes=5)(feats, labels, train=train)
-
-  model = TinySegmenter(num_classes=3)
-  images = jnp.ones((2, 32, 32, 3))
-  labels = jnp.zeros((2, 32, 32), jnp.int32)
-  variables = model.init(jax.random.key(0), images)
-  out, updates = model.apply(variables, images, labels, train=True, mutable=["prototypes"],
-                             rngs={"prototypes": jax.random.key(1)})
-  assert out.logits.shape == (2, 8, 8, 3)
-  assert updates["prototypes"]["ProtoSegHead_0"]["prototypes"].shape == (3, 5, 32)
