@@ -82,6 +82,58 @@ def to_numpy(t) -> np.ndarray:
   return np.asarray(t)
 
 
+def float32_tree(tree):
+  """Every leaf as a float32 NumPy array (converted variables are stored in f32)."""
+  import jax
+  return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), tree)
+
+
+def _is_shape(x) -> bool:
+  return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
+
+
+def _leaf_shape(x) -> tuple[int, ...]:
+  if _is_shape(x):
+    return x
+  return tuple(x.shape) if hasattr(x, "shape") else tuple(np.shape(x))
+
+
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  """{path: shape} of a tree whose leaves are arrays, ShapeDtypeStructs or shape tuples."""
+  import jax
+  return {jax.tree_util.keystr(p): _leaf_shape(x)
+          for p, x in jax.tree_util.tree_leaves_with_path(tree, is_leaf=_is_shape)}
+
+
+def _listed(items: list, limit: int = 20) -> str:
+  more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
+  return f"{items[:limit]}{more}"
+
+
+def check_tree_shapes(got, want, what: str):
+  """Raise `ValueError("{what}: missing [...]; unexpected [...]; wrong shapes [...]")`
+  unless the trees `got` and `want` have the same paths and leaf shapes (leaves:
+  arrays, ShapeDtypeStructs or shape tuples)."""
+  g, w = _shapes(got), _shapes(want)
+  missing = sorted(w.keys() - g.keys())
+  extra = sorted(g.keys() - w.keys())
+  bad = [(k, g[k], w[k]) for k in sorted(g.keys() & w.keys()) if g[k] != w[k]]
+  if missing or extra or bad:
+    raise ValueError(f"{what}: missing {_listed(missing)}; unexpected {_listed(extra)}; "
+                     f"wrong shapes (path, got, expected) {_listed(bad)}")
+
+
+def check_variables(module, variables: Mapping[str, Any], image_hw: tuple[int, int] = (64, 64),
+                    what: str = "converted variables do not match the Flax model"):
+  """`check_tree_shapes` of `variables` against every collection of `module.init` (no compute)."""
+  import jax
+  import jax.numpy as jnp
+  abstract = jax.eval_shape(lambda: module.init(
+      {"params": jax.random.key(0), "dropout": jax.random.key(1)},
+      jnp.zeros((1, *image_hw, 3), jnp.float32)))
+  check_tree_shapes(variables, dict(abstract), what)
+
+
 # --- layout helpers (PyTorch -> Flax) ---------------------------------------
 
 def conv_kernel(w: np.ndarray | None) -> np.ndarray | None:
@@ -261,26 +313,6 @@ def _segmentor(arch: str, head: str, num_classes: int, num_prototypes: int = 10,
                    backbone_kwargs=(("fusion", _COMPAT_FUSION),), head_kwargs=head_kwargs)
 
 
-def _check_segmentor_variables(model, variables: dict):
-  """Raise unless `variables` have exactly the paths and shapes of `model.init` (no compute)."""
-  import jax
-  import jax.numpy as jnp
-  abstract = jax.eval_shape(lambda: model.init(
-      {"params": jax.random.key(0), "dropout": jax.random.key(1)},
-      jnp.zeros((1, 64, 64, 3), jnp.float32), train=False))
-
-  def flat(tree):
-    return {jax.tree_util.keystr(p): tuple(np.shape(v))
-            for p, v in jax.tree_util.tree_leaves_with_path(tree)}
-  want, got = flat(dict(abstract)), flat(variables)
-  missing = sorted(set(want) - set(got))
-  extra = sorted(set(got) - set(want))
-  bad = [(k, got[k], want[k]) for k in sorted(set(want) & set(got)) if want[k] != got[k]]
-  if missing or extra or bad:
-    raise ValueError("converted variables do not match the Segmentor: "
-                     f"missing {missing}; unexpected {extra}; wrong shapes (got, expected) {bad}")
-
-
 def convert_protoseg_checkpoint(state_dict: Mapping[str, Any], *, arch: str = "hrnet_w48",
                                 input_order: str = "rgb", check: bool = True) -> dict:
   """Segmentor variables from an official openseg/ProtoSeg HRNet segmentation checkpoint.
@@ -334,16 +366,15 @@ def convert_protoseg_checkpoint(state_dict: Mapping[str, Any], *, arch: str = "h
     head = _convert_linear_classifier(r, d_in)
   r.finish()
 
-  import jax
-  to32 = lambda t: jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), t)
   variables = {
-      "params": to32({"backbone": backbone["params"], "decoder": dec_params, "head": head}),
-      "batch_stats": to32({"backbone": backbone["batch_stats"], "decoder": dec_stats}),
+      "params": float32_tree({"backbone": backbone["params"], "decoder": dec_params, "head": head}),
+      "batch_stats": float32_tree({"backbone": backbone["batch_stats"], "decoder": dec_stats}),
   }
   if kind == "proto":
     variables["prototypes"] = {"head": {"prototypes": np.asarray(protos, np.float32)}}
   if check:
-    _check_segmentor_variables(_segmentor(arch, **_head_shape(variables)), variables)
+    check_variables(_segmentor(arch, **_head_shape(variables)), variables,
+                    what="converted variables do not match the Segmentor")
   return variables
 
 

@@ -25,7 +25,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from protoseg_jax import evaluate as evaluation
-from protoseg_jax import input_pipeline, losses, optim, sharding
+from protoseg_jax import convert, input_pipeline, losses, optim, sharding
 from protoseg_jax.models.segmentor import Segmentor, build_model
 
 TRAIN_KEYS = ("train/loss", "train/loss_ce", "train/loss_ppc", "train/loss_ppd", "train/lr")
@@ -54,22 +54,14 @@ class TrainState:
 # State creation.
 
 
-def _check_fits(want_tree, got_tree, what: str):
-  """Raise a ValueError naming the paths whose presence or shape differ."""
-  want = {jax.tree_util.keystr(p): tuple(np.shape(x))
-          for p, x in jax.tree_util.tree_leaves_with_path(want_tree)}
-  got = {jax.tree_util.keystr(p): tuple(np.shape(x))
-         for p, x in jax.tree_util.tree_leaves_with_path(got_tree)}
-  bad = [(k, got.get(k), want.get(k)) for k in sorted(want.keys() | got.keys())
-         if got.get(k) != want.get(k)]
-  if bad:
-    raise ValueError(f"{what} does not fit ({len(bad)} arrays; path, got, expected; "
-                     f"None = absent): {bad[:10]}")
+def _fitted(want_tree, got_tree, what: str):
+  """`got_tree` cast to the dtypes of `want_tree`, after checking paths and shapes agree."""
+  convert.check_tree_shapes(got_tree, want_tree, f"{what} does not fit")
+  return jax.tree.map(lambda x, y: jnp.asarray(y, x.dtype), want_tree, got_tree)
 
 
 def _load_init_from(config, variables: dict) -> dict:
   """Replace the backbone's params/batch_stats with converted weights."""
-  from protoseg_jax import convert
   loaded = convert.load_variables(config.init_from)
   out = flax.core.unfreeze(variables)
   scope = config.get("init_from_scope", "backbone")
@@ -83,10 +75,9 @@ def _load_init_from(config, variables: dict) -> dict:
     if "backbone" not in out.get(col, {}):
       raise ValueError(f"init_from={config.init_from!r} has {col} but the model has no backbone {col}")
     src = loaded[col].get("backbone", loaded[col])
-    _check_fits(out[col]["backbone"], src,
-                f"init_from={config.init_from!r} ({col}) vs backbone {config.model.backbone!r}")
-    out[col]["backbone"] = jax.tree.map(lambda x, y: jnp.asarray(y, x.dtype),
-                                        out[col]["backbone"], src)
+    out[col]["backbone"] = _fitted(
+        out[col]["backbone"], src,
+        f"init_from={config.init_from!r} ({col}) vs backbone {config.model.backbone!r}")
   logging.info("Initialised the backbone from %s", config.init_from)
   return out
 
@@ -98,8 +89,7 @@ def _load_whole_model(config, out: dict, loaded: dict) -> dict:
                      f"model has {sorted(out)} (init_from_scope='all' needs a whole model, e.g. "
                      "from `python -m protoseg_jax.convert --arch protoseg_hrnet_w48`)")
   for col in out:
-    _check_fits(out[col], loaded[col], f"init_from={config.init_from!r} ({col}) vs the model")
-    out[col] = jax.tree.map(lambda x, y: jnp.asarray(y, x.dtype), out[col], loaded[col])
+    out[col] = _fitted(out[col], loaded[col], f"init_from={config.init_from!r} ({col}) vs the model")
   logging.info("Initialised the whole model from %s", config.init_from)
   return out
 

@@ -52,8 +52,7 @@ import jax.numpy as jnp
 
 from protoseg_jax import convert, ops
 from protoseg_jax.models.resnet import (BasicBlock, Bottleneck, VariableBuilder, batch_norm,
-                                        check_variables, conv2d, convert_block, sub_state_dict,
-                                        _strip_numpy_tree)
+                                        conv2d, convert_block, sub_state_dict)
 
 FUSIONS = ("nearest", "bilinear_align_corners")
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -363,7 +362,7 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any], *, prefix: str 
       in_ch = cur
     pre = list(cur)
   r.finish()
-  variables = _strip_numpy_tree(vb.variables())
+  variables = convert.float32_tree(vb.variables())
   if check:
-    check_variables(_make(arch), variables)
+    convert.check_variables(_make(arch), variables)
   return variables

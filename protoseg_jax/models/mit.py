@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from protoseg_jax import convert as cv
-from protoseg_jax.models.swin import DropPath, check_shapes, conv, dense
+from protoseg_jax.models.swin import DropPath, conv, dense
 
 Dtype = Any
 
@@ -285,5 +285,6 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any], *, prefix: str 
     params[f"norm{i}"] = cv.layer_norm(r, f"{st}.layer_norm")
   r.finish()
   variables = {"params": params}
-  check_shapes(variables, _expected_shapes(arch), f"MiT state_dict for {arch!r}")
+  cv.check_tree_shapes(variables, _expected_shapes(arch),
+                       f"converted MiT state_dict for {arch!r} does not match the model")
   return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), variables)

@@ -298,29 +298,6 @@ def convert_block(vb: VariableBuilder, path: tuple[str, ...], torch_prefix: str,
     raise ValueError(f"downsample={downsample!r}; expected None, 'conv' or 'avg'")
 
 
-def _strip_numpy_tree(tree):
-  return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), tree)
-
-
-def check_variables(module: nn.Module, variables: dict, image_hw: tuple[int, int] = (64, 64)):
-  """Raise if `variables` differ from `module.init`'s tree in paths or shapes (no compute)."""
-  abstract = jax.eval_shape(
-      lambda: module.init(jax.random.key(0), jnp.zeros((1, *image_hw, 3), jnp.float32)))
-  want = {k: abstract[k] for k in ("params", "batch_stats") if k in abstract}
-  want_flat = {jax.tree_util.keystr(p): tuple(v.shape)
-               for p, v in jax.tree_util.tree_leaves_with_path(want)}
-  got_flat = {jax.tree_util.keystr(p): tuple(np.shape(v))
-              for p, v in jax.tree_util.tree_leaves_with_path(variables)}
-  missing = sorted(set(want_flat) - set(got_flat))
-  extra = sorted(set(got_flat) - set(want_flat))
-  bad = sorted(k for k in set(want_flat) & set(got_flat) if want_flat[k] != got_flat[k])
-  if missing or extra or bad:
-    raise ValueError(
-        "converted variables do not match the Flax model: "
-        f"missing {missing}; unexpected {extra}; wrong shapes "
-        f"{[(k, got_flat[k], want_flat[k]) for k in bad]}")
-
-
 def sub_state_dict(state_dict: Mapping[str, Any], prefix: str) -> dict:
   """The entries under `prefix` (a full-model checkpoint's `backbone.`), prefix kept."""
   if not prefix:
@@ -370,7 +347,7 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any], *, prefix: str 
       convert_block(vb, (f"layer{s + 1}_{b}",), f"layer{s + 1}.{b}.", bottleneck=True,
                     downsample=ds)
   r.finish()
-  variables = _strip_numpy_tree(vb.variables())
+  variables = convert.float32_tree(vb.variables())
   if check:
-    check_variables(_make(arch, output_stride=output_stride), variables)
+    convert.check_variables(_make(arch, output_stride=output_stride), variables)
   return variables

@@ -307,20 +307,6 @@ def _expected_shapes(arch: str, **model_kw) -> dict:
   return jax.tree_util.tree_map(lambda s: tuple(s.shape), shapes)
 
 
-def check_shapes(variables: dict, expected: dict, what: str):
-  """Raise if `variables` and `expected` (a tree of shapes) differ in keys or shapes."""
-  got = {jax.tree_util.keystr(k): tuple(np.shape(v))
-         for k, v in jax.tree_util.tree_leaves_with_path(variables)}
-  want = {jax.tree_util.keystr(k): v
-          for k, v in jax.tree_util.tree_leaves_with_path(expected, is_leaf=lambda x: isinstance(x, tuple))}
-  missing = sorted(set(want) - set(got))
-  extra = sorted(set(got) - set(want))
-  bad = sorted(f"{k}: got {got[k]}, expected {want[k]}" for k in set(got) & set(want) if got[k] != want[k])
-  if missing or extra or bad:
-    raise ValueError(f"converted {what} does not match the model: missing {missing}; "
-                     f"unexpected {extra}; wrong shapes {bad}")
-
-
 def _strip_backbone_prefix(state_dict: Mapping[str, Any], prefix: str | None) -> tuple[dict, str]:
   """Keys under `prefix` (auto: 'backbone.' when a segmentor checkpoint is given).
 
@@ -395,5 +381,6 @@ def convert_state_dict(arch: str, state_dict: Mapping[str, Any], *, out_norms: b
         params[f"norm{i}"] = {"scale": np.ones((dim,), np.float32), "bias": np.zeros((dim,), np.float32)}
   r.finish()
   variables = {"params": params}
-  check_shapes(variables, _expected_shapes(arch, out_norms=out_norms), f"Swin state_dict for {arch!r}")
+  cv.check_tree_shapes(variables, _expected_shapes(arch, out_norms=out_norms),
+                       f"converted Swin state_dict for {arch!r} does not match the model")
   return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), variables)
