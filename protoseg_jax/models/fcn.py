@@ -5,7 +5,7 @@
   y = ConvModule(concat([x, y])) if concat_input    (k x k, no dilation)
   y = Dropout2d(dropout)(y)                         [B, h, w, channels]
 
-ConvModule = conv (no bias) + BN + ReLU. The 1x1 classifier (`conv_seg`) is
+ConvModule = conv (no bias) + BN + ReLU (`resnet.ConvBN`). The 1x1 classifier (`conv_seg`) is
 not part of this module; the integrator adds it (or the ProtoSeg head) on the
 output. Decode head of mmseg's `fcn_r101-d8`: FCNHead(in_index=3, channels=512,
 num_convs=2, concat_input=True); its auxiliary head: FCNHead(in_index=2,
@@ -23,21 +23,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from protoseg_jax import convert
-from protoseg_jax.models.resnet import VariableBuilder, batch_norm, conv2d
-
-
-class ConvModule(nn.Module):
-  """mmcv ConvModule with BN + ReLU: conv (no bias, padding dilation*(k//2)) -> BN -> ReLU."""
-  features: int
-  kernel: int = 3
-  dilation: int = 1
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    x = conv2d(self.features, self.kernel, dilation=self.dilation, dtype=self.dtype,
-               name="conv")(x)
-    return nn.relu(batch_norm(train, dtype=self.dtype, name="bn")(x))
+from protoseg_jax.models.resnet import ConvBN, VariableBuilder
 
 
 class FCNHead(nn.Module):
@@ -63,10 +49,10 @@ class FCNHead(nn.Module):
                        f"got {x.shape[-1]}")
     y = x
     for i in range(self.num_convs):
-      y = ConvModule(self.channels, self.kernel_size, self.dilation, dtype=self.dtype,
-                     name=f"convs_{i}")(y, train)
+      y = ConvBN(self.channels, self.kernel_size, dilation=self.dilation, dtype=self.dtype,
+                 name=f"convs_{i}")(y, train)
     if self.concat_input:
-      y = ConvModule(self.channels, self.kernel_size, dtype=self.dtype, name="conv_cat")(
+      y = ConvBN(self.channels, self.kernel_size, dtype=self.dtype, name="conv_cat")(
           jnp.concatenate([x, y], axis=-1), train)
     return nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(y)
 

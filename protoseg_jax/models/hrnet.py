@@ -51,8 +51,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from protoseg_jax import convert, ops
-from protoseg_jax.models.resnet import (BasicBlock, Bottleneck, VariableBuilder, batch_norm,
-                                        conv2d, convert_block, sub_state_dict)
+from protoseg_jax.models.resnet import (BasicBlock, Bottleneck, ConvBN, VariableBuilder,
+                                        batch_norm, conv2d, convert_block, sub_state_dict)
 
 FUSIONS = ("nearest", "bilinear_align_corners")
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -103,21 +103,6 @@ CONFIGS: dict[str, HRNetConfig] = {
         StageConfig(1, "basic", (1, 1, 1, 1), (8, 16, 32, 64)),
     )),
 }
-
-
-class ConvBN(nn.Module):
-  """conv (no bias) + BN [+ ReLU]; submodules `conv`, `bn`."""
-  features: int
-  kernel: int = 3
-  stride: int = 1
-  relu: bool = True
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
-    x = conv2d(self.features, self.kernel, stride=self.stride, dtype=self.dtype, name="conv")(x)
-    x = batch_norm(train, dtype=self.dtype, name="bn")(x)
-    return nn.relu(x) if self.relu else x
 
 
 def upsample_to(x: jnp.ndarray, size: tuple[int, int], fusion: str) -> jnp.ndarray:
@@ -178,10 +163,13 @@ class HRNet(nn.Module):
   fusion: str = "nearest"
   dtype: Any = jnp.float32
 
+  def __post_init__(self):
+    if self.fusion not in FUSIONS:   # at construction: get_backbone(..., fusion=...) fails early
+      raise ValueError(f"HRNet fusion={self.fusion!r}; expected one of {FUSIONS}")
+    super().__post_init__()
+
   @nn.compact
   def __call__(self, x: jnp.ndarray, train: bool = False) -> tuple[jnp.ndarray, ...]:
-    if self.fusion not in FUSIONS:
-      raise ValueError(f"HRNet fusion={self.fusion!r}; expected one of {FUSIONS}")
     if x.ndim != 4:
       raise ValueError(f"HRNet expects images [B, H, W, C], got shape {x.shape}")
     cfg, d = self.config, self.dtype
@@ -227,8 +215,6 @@ class HRNet(nn.Module):
 
 
 def _make(arch: str, *, fusion: str = "nearest", dtype: Any = jnp.float32) -> HRNet:
-  if fusion not in FUSIONS:
-    raise ValueError(f"fusion={fusion!r}; expected one of {FUSIONS}")
   return HRNet(CONFIGS[arch], fusion=fusion, dtype=dtype)
 
 

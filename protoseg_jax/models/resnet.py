@@ -76,6 +76,27 @@ def batch_norm(train: bool, *, dtype: Any = jnp.float32, name: str | None = None
                       dtype=dtype, param_dtype=jnp.float32, name=name)
 
 
+class ConvBN(nn.Module):
+  """conv (no bias, `conv2d` padding) -> BN [-> ReLU]; submodules `conv` and `bn`.
+
+  mmcv's ConvModule with BN and ReLU (FCN, UperNet) and the conv-BN pairs of
+  HRNet (relu=False where the official block has none).
+  """
+  features: int
+  kernel: int = 3
+  stride: int = 1
+  dilation: int = 1
+  relu: bool = True
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
+    x = conv2d(self.features, self.kernel, stride=self.stride, dilation=self.dilation,
+               dtype=self.dtype, name="conv")(x)
+    x = batch_norm(train, dtype=self.dtype, name="bn")(x)
+    return nn.relu(x) if self.relu else x
+
+
 def avg_pool_ceil(x: jnp.ndarray, stride: int) -> jnp.ndarray:
   """`nn.AvgPool2d(stride, stride, ceil_mode=True, count_include_pad=False)` on NHWC."""
   if stride == 1:

@@ -11,7 +11,7 @@
       Dropout2d(0.1)
     -> [B, H0, W0, channels]
 
-ConvModule = conv (no bias) + BatchNorm + ReLU. Adaptive average pooling uses
+ConvModule = conv (no bias) + BatchNorm + ReLU (`resnet.ConvBN`). Adaptive average pooling uses
 PyTorch's bins exactly: bin i of n over a size L covers
 [floor(i*L/n), ceil((i+1)*L/n)). `convert_state_dict` reads mmseg's
 `decode_head.*` keys (psp_modules.{i}.1, bottleneck, lateral_convs.{i},
@@ -27,25 +27,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from protoseg_jax import convert as cv
+from protoseg_jax.models.resnet import ConvBN
 from protoseg_jax.ops import resize_bilinear
 
 Dtype = Any
-
-
-class ConvBNReLU(nn.Module):
-  """mmcv ConvModule: conv (no bias, 'same' padding k//2) + BN + ReLU, `[B, H, W, C]`."""
-  features: int
-  kernel_size: int = 1
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
-    k, p = self.kernel_size, self.kernel_size // 2
-    x = nn.Conv(self.features, (k, k), padding=((p, p), (p, p)), use_bias=False, dtype=self.dtype,
-                name="conv")(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, dtype=self.dtype,
-                     name="bn")(x)
-    return nn.relu(x)
 
 
 def adaptive_pool_matrix(in_size: int, out_size: int) -> np.ndarray:
@@ -84,20 +69,20 @@ class UPerHead(nn.Module):
     top = features[-1]
     psp = [top]
     for i, s in enumerate(self.pool_scales):
-      y = ConvBNReLU(self.channels, 1, dtype=self.dtype, name=f"psp_modules_{i}")(
+      y = ConvBN(self.channels, 1, dtype=self.dtype, name=f"psp_modules_{i}")(
           adaptive_avg_pool(top, s), train=train)
       psp.append(up(y, top))
-    laterals = [ConvBNReLU(self.channels, 1, dtype=self.dtype, name=f"lateral_convs_{i}")(f, train=train)
+    laterals = [ConvBN(self.channels, 1, dtype=self.dtype, name=f"lateral_convs_{i}")(f, train=train)
                 for i, f in enumerate(features[:-1])]
-    laterals.append(ConvBNReLU(self.channels, 3, dtype=self.dtype, name="bottleneck")(
+    laterals.append(ConvBN(self.channels, 3, dtype=self.dtype, name="bottleneck")(
         jnp.concatenate(psp, axis=-1), train=train))
     for i in range(n - 1, 0, -1):
       laterals[i - 1] = laterals[i - 1] + up(laterals[i], laterals[i - 1])
-    outs = [ConvBNReLU(self.channels, 3, dtype=self.dtype, name=f"fpn_convs_{i}")(laterals[i], train=train)
+    outs = [ConvBN(self.channels, 3, dtype=self.dtype, name=f"fpn_convs_{i}")(laterals[i], train=train)
             for i in range(n - 1)]
     outs.append(laterals[-1])
     outs = [outs[0]] + [up(o, outs[0]) for o in outs[1:]]
-    x = ConvBNReLU(self.channels, 3, dtype=self.dtype, name="fpn_bottleneck")(
+    x = ConvBN(self.channels, 3, dtype=self.dtype, name="fpn_bottleneck")(
         jnp.concatenate(outs, axis=-1), train=train)
     return nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2))(x, deterministic=not train)
 
