@@ -125,19 +125,17 @@ def _prepare_demo(builder, ds_cfg):
   on a shared data_dir or generate their own copy on a local disk. Two
   processes never write the same dataset directory at once.
   """
-  if jax.process_count() == 1:
-    if not builder.is_prepared():
-      builder.download_and_prepare()
-    return builder
   from jax.experimental import multihost_utils
-  if jax.process_index() == 0 and not builder.is_prepared():
-    builder.download_and_prepare()
-  multihost_utils.sync_global_devices("protoseg_jax: demo dataset prepared by process 0")
-  if jax.process_index() > 0:
+  barrier = "protoseg_jax: demo dataset prepared by process 0"
+  first = jax.process_index() == 0
+  if not first:
+    multihost_utils.sync_global_devices(barrier)
     builder = datasets.get_builder("demo", data_dir=_get(ds_cfg, "data_dir"),
                                    config=_builder_config_name(ds_cfg))
-    if not builder.is_prepared():
-      builder.download_and_prepare()
+  if not builder.is_prepared():
+    builder.download_and_prepare()
+  if first and jax.process_count() > 1:
+    multihost_utils.sync_global_devices(barrier)
   return builder
 
 
@@ -195,20 +193,8 @@ def rescale_size(hw, scale, ratio=1.0):
   return tf.cast(tf.floor(hw_f * factor + 0.5), tf.int32)
 
 
-def resize_label_nearest(label, size):
-  """cv2 INTER_NEAREST: out[i, j] = in[floor(i * H / h), floor(j * W / w)].
-
-  Args:
-    label: [H, W] any dtype.
-    size: int32 [2] (h, w).
-  """
-  in_hw = tf.shape(label)
-  rows = _nearest_index(in_hw[0], size[0])
-  cols = _nearest_index(in_hw[1], size[1])
-  return tf.gather(tf.gather(label, rows, axis=0), cols, axis=1)
-
-
 def _nearest_index(n_in, n_out):
+  """cv2 INTER_NEAREST source indices: floor(i * n_in / n_out), clipped (int32 [n_out])."""
   scale = tf.cast(n_in, tf.float64) / tf.cast(n_out, tf.float64)
   idx = tf.cast(tf.floor(tf.cast(tf.range(n_out), tf.float64) * scale), tf.int32)
   return tf.minimum(idx, n_in - 1)
@@ -278,15 +264,6 @@ def random_crop(window_fn, hw, crop_hw, seed, cat_max_ratio: float):
   k, window = tf.while_loop(cond, body, (tf.constant(0), first),
                             shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None])))
   return tf.stack([tops[k], lefts[k]]), window
-
-
-def random_crop_offset(label, crop_hw, seed, cat_max_ratio: float):
-  """(top, left) of `random_crop` on a uint8 [H, W] label (int32 [2])."""
-  hw = tf.shape(label)
-  ch = tf.minimum(crop_hw[0], hw[0])
-  cw = tf.minimum(crop_hw[1], hw[1])
-  offset, _ = random_crop(lambda t, l: label[t:t + ch, l:l + cw], hw, crop_hw, seed, cat_max_ratio)
-  return offset
 
 
 def resize_window_bilinear(image, out_hw, top_left, win_hw):
@@ -673,12 +650,3 @@ def create_eval_iterator(config, sharding) -> Iterator[dict[str, jax.Array]]:
   ds = make_eval_dataset(config, process_index=jax.process_index(),
                          process_count=jax.process_count())
   return _global_batches(ds, sharding)
-
-
-def describe(config) -> dict[str, Any]:
-  """Shapes of the batches the iterators yield (for logging)."""
-  opts = _train_options(config)
-  _, canvas, label_canvas, _, _ = _eval_options(config)
-  return {"train_image": (int(_get(config, "batch_size")), *opts.crop_size, 3),
-          "eval_image": (int(_get(config, "eval_batch_size", _get(config, "batch_size"))), *canvas, 3),
-          "eval_label": label_canvas}

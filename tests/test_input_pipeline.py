@@ -122,13 +122,20 @@ def test_rescale_size_matches_mmcv_rule():
     assert got == ref(h, w, scale, ratio), (h, w, scale, ratio)
 
 
-def test_nearest_resize_matches_cv2_rule():
-  label = np.random.default_rng(0).integers(0, 255, (7, 9)).astype(np.uint8)
-  for h, w in [(3, 4), (7, 9), (15, 20), (11, 5)]:
+def test_label_rescale_follows_the_cv2_nearest_rule():
+  label = np.random.default_rng(0).integers(0, 250, (7, 9)).astype(np.uint8)
+  image = np.zeros((7, 9, 3), np.uint8)
+  for ratio in (0.6, 1.0, 1.7, 2.3):
+    # The crop (40x40) holds the whole rescaled label: the output is the rescale.
+    _, lbl = ip.train_transform(tf.constant(image), tf.constant(label), tf.constant([0, 0], tf.int64),
+                                _opts(crop_size=(40, 40), scale=(9, 7), ratio_range=(ratio, ratio),
+                                      flip_prob=0.0))
+    h, w = ip.rescale_size(tf.constant([7, 9]), (9, 7), ratio).numpy().tolist()
     rows = np.minimum(np.floor(np.arange(h) * 7 / h).astype(int), 6)
     cols = np.minimum(np.floor(np.arange(w) * 9 / w).astype(int), 8)
-    got = ip.resize_label_nearest(tf.constant(label), tf.constant([h, w])).numpy()
-    np.testing.assert_array_equal(got, label[rows][:, cols])
+    lbl = lbl.numpy()
+    np.testing.assert_array_equal(lbl[:h, :w], label[rows][:, cols], err_msg=str(ratio))
+    assert np.all(lbl[h:] == 255) and np.all(lbl[:, w:] == 255)
 
 
 def test_padding_uses_ignore_and_zero():
@@ -153,6 +160,13 @@ def test_cat_max_ratio_check():
   assert ok([0] * 74 + [1] * 26)
 
 
+def _crop_offset(label, crop, seed, cat_max_ratio):
+  ch, cw = min(crop[0], label.shape[0]), min(crop[1], label.shape[1])
+  offset, _ = ip.random_crop(lambda t, l: label[t:t + ch, l:l + cw], tf.shape(label), crop, seed,
+                             cat_max_ratio)
+  return offset.numpy().tolist()
+
+
 def test_random_crop_picks_first_acceptable_candidate():
   # A 60x60 label: class 1 only in the top-left 20x20 corner, class 0 elsewhere.
   label = np.zeros((60, 60), np.uint8)
@@ -170,12 +184,12 @@ def test_random_crop_picks_first_acceptable_candidate():
       if np.count_nonzero(counts) > 1 and counts.max() / counts.sum() < 0.75:
         expected = k
         break
-    got = ip.random_crop_offset(tf.constant(label), crop, seed, 0.75).numpy().tolist()
+    got = _crop_offset(tf.constant(label), crop, seed, 0.75)
     assert got == [tops[expected], lefts[expected]], s
     used_fallback += expected == 10
     used_retry += 0 < expected < 10
     # Without cat_max_ratio the first candidate is used.
-    got1 = ip.random_crop_offset(tf.constant(label), crop, seed, 1.0).numpy().tolist()
+    got1 = _crop_offset(tf.constant(label), crop, seed, 1.0)
     assert got1 == [tops[0], lefts[0]]
   assert used_retry > 0 and used_fallback > 0
 
