@@ -1,12 +1,8 @@
 """ade20k_swin_proto.py with the parametric softmax head (the baseline); identical
 except config.model.head."""
 
+from configs import default
 from configs import ade20k_swin_proto as proto
 
 VARIANTS = proto.VARIANTS
-
-
-def get_config(arg=None):
-  config = proto.get_config(arg)
-  config.model.head = "linear"
-  return config
+get_config = default.linear_twin(proto.get_config)

@@ -160,3 +160,15 @@ def set_adamw_warmup_poly(config, learning_rate: float, *, weight_decay: float,
   o.poly_power = poly_power
   o.min_lr = 0.0
   return config
+
+
+def linear_twin(get_proto_config):
+  """The `get_config` of a run's `_linear` twin: the same run with the
+  parametric softmax head (the baseline) instead of the ProtoSeg head."""
+
+  def get_config(arg=None):
+    config = get_proto_config(arg)
+    config.model.head = "linear"
+    return config
+
+  return get_config

@@ -1,9 +1,5 @@
 """The demo with the parametric softmax head (the baseline)."""
 
-from configs import demo
+from configs import default, demo
 
-
-def get_config(arg=None):
-  config = demo.get_config(arg)
-  config.model.head = "linear"
-  return config
+get_config = default.linear_twin(demo.get_config)
