@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from configs import demo
-from protoseg_jax import input_pipeline, sharding, train
+from protoseg_jax import convert, input_pipeline, sharding, train
 from protoseg_jax.models.segmentor import build_model
 
 
@@ -33,13 +33,7 @@ def tiny_config(data_dir, **overrides):
   config.keep_checkpoints = 5
   config.protoseg.num_prototypes = 2
   config.protoseg.embed_dim = 16
-  for k, v in overrides.items():
-    node = config
-    *path, last = k.split(".")
-    for p in path:
-      node = node[p]
-    node[last] = v
-  return config
+  return convert.apply_overrides(config, overrides)
 
 
 def _records(workdir):
