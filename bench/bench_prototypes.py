@@ -10,7 +10,7 @@ given to it too instead of being recomputed with torch.mm), the same loop
 in JAX eager mode, and a floor: one jitted pass that reads the embeddings and
 the logits once.
 
-  python bench/bench_prototypes.py [--n 65536 --c 150 --m 10 --d 720 --repeats 5]
+  python bench/bench_prototypes.py [--n 65536 --c 150 --m 10 --d 720 --repeats 5] [--pieces]
 """
 
 from __future__ import annotations
@@ -80,11 +80,14 @@ def main():
   ap.add_argument("--d", type=int, default=720)
   ap.add_argument("--repeats", type=int, default=5)
   ap.add_argument("--skip-jax-loop", action="store_true")
+  ap.add_argument("--pieces", action="store_true",
+                  help="also time the main pieces of learn_prototypes, each jitted alone")
   args = ap.parse_args()
 
   import jax
   import jax.numpy as jnp
   from protoseg_jax.prototypes import learn_prototypes, prototype_similarity
+  from protoseg_jax.sinkhorn import sinkhorn_knopp
 
   n, c, m, d = args.n, args.c, args.m, args.d
   rng = np.random.RandomState(0)
@@ -120,6 +123,24 @@ def main():
   read_once = jax.jit(lambda e, lg: jnp.sum(e, axis=0).sum() + jnp.sum(lg, axis=0).sum())
   t_read = _timeit(lambda: jax.block_until_ready(read_once(e_j, l_j)), args.repeats)
   rows.append(("floor: read embeddings + logits once (jit)", t_read))
+
+  pieces = []
+  if args.pieces:
+    valid = (y_j >= 0) & (y_j < c)
+    cls = jnp.where(valid, y_j, 0)
+    own = jnp.take_along_axis(sim_j.reshape(n, c, m), cls[:, None, None], axis=1)[:, 0, :]
+    seg = jnp.where(valid, cls * m + jnp.asarray(rng.randint(0, m, n)), c * m)
+    for name, fn, fargs in [
+        ("feature sum segment_sum([N, D] -> [C*M, D])",
+         lambda e, s_: jax.ops.segment_sum(e, s_, num_segments=c * m + 1), (e_j, seg)),
+        ("correctness check argmax(logits) == label", lambda lg, y: jnp.argmax(lg, 1) == y,
+         (l_j, y_j)),
+        ("plain row max of the logits (for scale)", lambda lg: jnp.max(lg, 1), (l_j,)),
+        ("sinkhorn_knopp on [N, M] (3 iterations)",
+         lambda q, y: sinkhorn_knopp(q, jnp.where(valid, y, -1), c), (own, y_j))]:
+      f = jax.jit(fn)
+      pieces.append((name, _timeit(lambda f=f, fargs=fargs: jax.block_until_ready(f(*fargs)),
+                                   args.repeats)))
 
   import torch
   import torch.nn.functional as F
@@ -159,10 +180,15 @@ def main():
   print(f"|{'-' * 52}|{'-' * 11}|")
   for name, t in rows:
     print(f"| {name:<50} | {t * 1e3:9.1f} |")
-  best = min(rows[0][1], rows[1][1])
   print(f"\nspeed-up vs PyTorch loop: {t_torch / rows[1][1]:.1f}x (gumbel), "
         f"{t_torch / rows[0][1]:.1f}x (argmax); "
         f"time / read-once floor: {rows[1][1] / t_read:.2f}x (gumbel), {rows[0][1] / t_read:.2f}x (argmax)")
+  if pieces:
+    print(f"\npieces of learn_prototypes, each jitted alone, median of {args.repeats} runs\n")
+    print(f"| {'piece':<50} | {'ms':>9} |")
+    print(f"|{'-' * 52}|{'-' * 11}|")
+    for name, t in pieces:
+      print(f"| {name:<50} | {t * 1e3:9.1f} |")
 
 
 if __name__ == "__main__":
