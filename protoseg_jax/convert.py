@@ -24,6 +24,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from protoseg_jax.trees import check_tree_shapes, check_variables, float32_tree  # noqa: F401
+
 
 class StateDictReader:
   """Read tensors from a state_dict and remember which keys were used.
@@ -80,58 +82,6 @@ def to_numpy(t) -> np.ndarray:
       t = t.float()
     return t.numpy()
   return np.asarray(t)
-
-
-def float32_tree(tree):
-  """Every leaf as a float32 NumPy array (converted variables are stored in f32)."""
-  import jax
-  return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), tree)
-
-
-def _is_shape(x) -> bool:
-  return isinstance(x, tuple) and all(isinstance(d, int) for d in x)
-
-
-def _leaf_shape(x) -> tuple[int, ...]:
-  if _is_shape(x):
-    return x
-  return tuple(x.shape) if hasattr(x, "shape") else tuple(np.shape(x))
-
-
-def _shapes(tree) -> dict[str, tuple[int, ...]]:
-  """{path: shape} of a tree whose leaves are arrays, ShapeDtypeStructs or shape tuples."""
-  import jax
-  return {jax.tree_util.keystr(p): _leaf_shape(x)
-          for p, x in jax.tree_util.tree_leaves_with_path(tree, is_leaf=_is_shape)}
-
-
-def _listed(items: list, limit: int = 20) -> str:
-  more = f" (+{len(items) - limit} more)" if len(items) > limit else ""
-  return f"{items[:limit]}{more}"
-
-
-def check_tree_shapes(got, want, what: str):
-  """Raise `ValueError("{what}: missing [...]; unexpected [...]; wrong shapes [...]")`
-  unless the trees `got` and `want` have the same paths and leaf shapes (leaves:
-  arrays, ShapeDtypeStructs or shape tuples)."""
-  g, w = _shapes(got), _shapes(want)
-  missing = sorted(w.keys() - g.keys())
-  extra = sorted(g.keys() - w.keys())
-  bad = [(k, g[k], w[k]) for k in sorted(g.keys() & w.keys()) if g[k] != w[k]]
-  if missing or extra or bad:
-    raise ValueError(f"{what}: missing {_listed(missing)}; unexpected {_listed(extra)}; "
-                     f"wrong shapes (path, got, expected) {_listed(bad)}")
-
-
-def check_variables(module, variables: Mapping[str, Any], image_hw: tuple[int, int] = (64, 64),
-                    what: str = "converted variables do not match the Flax model"):
-  """`check_tree_shapes` of `variables` against every collection of `module.init` (no compute)."""
-  import jax
-  import jax.numpy as jnp
-  abstract = jax.eval_shape(lambda: module.init(
-      {"params": jax.random.key(0), "dropout": jax.random.key(1)},
-      jnp.zeros((1, *image_hw, 3), jnp.float32)))
-  check_tree_shapes(variables, dict(abstract), what)
 
 
 # --- layout helpers (PyTorch -> Flax) ---------------------------------------

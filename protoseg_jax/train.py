@@ -25,7 +25,7 @@ import optax
 import orbax.checkpoint as ocp
 
 from protoseg_jax import evaluate as evaluation
-from protoseg_jax import convert, input_pipeline, losses, optim, sharding
+from protoseg_jax import convert, input_pipeline, losses, optim, sharding, trees
 from protoseg_jax.models.segmentor import Segmentor, build_model
 
 TRAIN_KEYS = ("train/loss", "train/loss_ce", "train/loss_ppc", "train/loss_ppd", "train/lr")
@@ -56,7 +56,7 @@ class TrainState:
 
 def _fitted(want_tree, got_tree, what: str):
   """`got_tree` cast to the dtypes of `want_tree`, after checking paths and shapes agree."""
-  convert.check_tree_shapes(got_tree, want_tree, f"{what} does not fit")
+  trees.check_tree_shapes(got_tree, want_tree, f"{what} does not fit")
   return jax.tree.map(lambda x, y: jnp.asarray(y, x.dtype), want_tree, got_tree)
 
 

@@ -17,6 +17,12 @@ import importlib
 # invisible to get_backbone and the converter.
 BACKBONE_FAMILIES = ("hrnet", "resnet", "swin", "mit")
 
+# The input statistics every ImageNet-pretrained backbone here was trained
+# with: RGB channel order, pixel values 0..255 (255 * (0.485, 0.456, 0.406) and
+# 255 * (0.229, 0.224, 0.225)). The one place these numbers are written.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
 
 def _family_module(arch: str):
   for family in BACKBONE_FAMILIES:
