@@ -24,6 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from protoseg_jax.checkpoints import load_variables, save_variables  # noqa: F401
 from protoseg_jax.trees import check_tree_shapes, check_variables, float32_tree  # noqa: F401
 
 
@@ -408,27 +409,6 @@ def load_torch_file(path: str) -> dict:
   if not isinstance(obj, dict):
     raise ValueError(f"{path!r} holds a {type(obj).__name__}, expected a state_dict")
   return strip_prefix(obj)
-
-
-def save_variables(variables: dict, dst: str):
-  """Write converted variables with orbax (restorable by `load_variables`)."""
-  import orbax.checkpoint as ocp
-  dst = os.path.abspath(dst)
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(dst, "variables"), variables, force=True)
-
-
-def load_variables(path: str) -> dict:
-  import orbax.checkpoint as ocp
-  path = os.path.abspath(path)
-  sub = os.path.join(path, "variables")
-  if os.path.isdir(sub):
-    path = sub
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"converted weights {path!r} not found; create them with "
-                            "`python -m protoseg_jax.convert --arch ARCH --src FILE --dst DIR`")
-  with ocp.StandardCheckpointer() as ckptr:
-    return ckptr.restore(path)
 
 
 def main(argv=None):
