@@ -43,9 +43,6 @@ def main(argv):
   import jax
   if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
     jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  # tf.data only feeds the host: keep TensorFlow off any accelerator.
-  import tensorflow as tf
-  tf.config.set_visible_devices([], "GPU")
   from protoseg_jax import train
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
                jax.local_devices())

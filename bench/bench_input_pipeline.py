@@ -26,7 +26,6 @@ import zipfile
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -69,6 +68,7 @@ def main(argv=None):
 
   tf.config.threading.set_intra_op_parallelism_threads(args.threads)
   tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+  from configs import datasets, default  # pylint: disable=g-import-not-at-top
   from data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
   from protoseg_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
 
@@ -80,14 +80,11 @@ def main(argv=None):
     prepare_lib.prepare("ade20k", manual, os.path.join(tmp, "tfds"))
     print(f"wrote and prepared {args.num_images} 512x683 JPEGs in {time.time() - t0:.1f} s")
 
-    config = ml_collections.ConfigDict()
+    config = datasets.set_ade20k(default.get_config())   # the ADE20K training recipe
     config.batch_size, config.eval_batch_size, config.seed = args.batch_size, args.batch_size, 0
-    config.dataset = ml_collections.ConfigDict(dict(
-        name="ade20k", data_dir=os.path.join(tmp, "tfds"), train_split="train",
-        eval_split="validation", crop_size=(512, 512), scale=(2048, 512),
-        ratio_range=(0.5, 2.0), cat_max_ratio=0.75, flip_prob=0.5,
-        photometric=not args.no_photometric, shuffle_buffer=args.num_images,
-        num_parallel_calls=args.threads, prefetch=2))
+    config.dataset.update(dict(
+        data_dir=os.path.join(tmp, "tfds"), photometric=not args.no_photometric,
+        shuffle_buffer=args.num_images, num_parallel_calls=args.threads, prefetch=2))
     ds = ip.make_train_dataset(config, process_index=0, process_count=1)
     options = tf.data.Options()
     options.threading.private_threadpool_size = args.threads

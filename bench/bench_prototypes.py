@@ -1,7 +1,8 @@
 """Benchmark: learn_prototypes vs a per-class loop written like the official code.
 
-ADE20K scale by default: N = 65536 pixels, C = 150, M = 10, D = 720, with the
-[N, C*M] similarity given (the head computes it for the logits anyway).
+ADE20K scale by default: N = 65536 pixels, C = ADE20K's class count (150, read
+from data.dataset_meta), M = 10, D = 720, with the [N, C*M] similarity given
+(the head computes it for the logits anyway).
 
 Prints one table: the vectorised jitted learn_prototypes (argmax and gumbel),
 the official-style per-class loop in PyTorch (boolean-mask gathers, one
@@ -10,7 +11,7 @@ given to it too instead of being recomputed with torch.mm), the same loop
 in JAX eager mode, and a floor: one jitted pass that reads the embeddings and
 the logits once.
 
-  python bench/bench_prototypes.py [--n 65536 --c 150 --m 10 --d 720 --repeats 5] [--pieces]
+  python bench/bench_prototypes.py [--n 65536 --c C --m 10 --d 720 --repeats 5] [--pieces]
 """
 
 from __future__ import annotations
@@ -75,7 +76,7 @@ def torch_official_loop(torch, F, protos, _c, masks, out_seg, gt_seg, gamma=0.99
 def main():
   ap = argparse.ArgumentParser()
   ap.add_argument("--n", type=int, default=65536)
-  ap.add_argument("--c", type=int, default=150)
+  ap.add_argument("--c", type=int, default=None, help="classes (default: ADE20K's)")
   ap.add_argument("--m", type=int, default=10)
   ap.add_argument("--d", type=int, default=720)
   ap.add_argument("--repeats", type=int, default=5)
@@ -89,6 +90,9 @@ def main():
   from protoseg_jax.prototypes import learn_prototypes, prototype_similarity
   from protoseg_jax.sinkhorn import sinkhorn_knopp
 
+  if args.c is None:
+    import data  # pylint: disable=g-import-not-at-top
+    args.c = data.dataset_meta("ade20k").num_classes
   n, c, m, d = args.n, args.c, args.m, args.d
   rng = np.random.RandomState(0)
   protos = rng.randn(c, m, d).astype(np.float32)

@@ -6,12 +6,16 @@ MiT-B5 (mmseg segformer_mit-b5_512x512_160k_ade20k: same schedule; 768-wide head
 Variants: "runlocal".
 """
 
-from configs import default
-from configs import ade20k_mit_b2_proto as mit
+from configs import datasets, default, models
 
 VARIANTS = ("runlocal",)
 
 
 def get_config(arg=None):
-  default.parse_variants(arg, VARIANTS)
-  return mit.get_config(arg, default_arch="mit_b5")
+  variants = default.parse_variants(arg, VARIANTS)
+  config = default.get_config()
+  datasets.set_ade20k(config)
+  models.set_mit_segformer(config, "mit_b5")
+  default.set_segformer_adamw(config)
+  default.set_160k_iters(config)
+  return default.apply_variants(config, variants)

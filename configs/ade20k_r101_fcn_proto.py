@@ -14,39 +14,16 @@ mmseg-based runs. Eval as in ade20k_hrnet48_proto.py.
 Variants: "runlocal".
 """
 
-from configs import default
-from configs import ade20k_hrnet48_proto as ade
-from configs import cityscapes_hrnet48_proto as base
+from configs import datasets, default, models
 
 VARIANTS = ("runlocal",)
 
 
 def get_config(arg=None):
   variants = default.parse_variants(arg, VARIANTS)
-  config = base.get_config()
-  ade.set_ade20k_data(config)
-  config.num_train_steps = 160_000
-  config.batch_size = 16
-  config.eval_batch_size = 8
-  config.eval_every_steps = 16_000
-  config.checkpoint_every_steps = 4_000
-
-  m = config.model
-  m.backbone = "resnet101_v1c"
-  m.backbone_kwargs = {"output_stride": 8}
-  m.decoder = "fcn"
-  m.decoder_kwargs = {"in_index": 3, "channels": 512, "num_convs": 2,
-                      "concat_input": True, "dropout": 0.1}
-  m.head = "proto"
-  m.aux_head = True
-  m.aux_weight = 0.4
-  m.aux_channels = 256
-  m.align_corners = False
-
-  config.protoseg.embed_dim = 512
-
-  default.set_sgd_poly(config, 0.01, weight_decay=5e-4, min_lr=1e-4)
-
-  if "runlocal" in variants:
-    default.runlocal(config)
-  return config
+  config = default.get_config()
+  datasets.set_ade20k(config)
+  models.set_r101_fcn(config)
+  default.set_mmseg_sgd(config)
+  default.set_160k_iters(config)
+  return default.apply_variants(config, variants)

@@ -21,69 +21,17 @@ Differences from the official training, all from what the input pipeline offers:
 Variants (comma-separated arg): "runlocal" (a few tiny steps on a laptop).
 """
 
-from configs import default
+from configs import datasets, default, models
 
 VARIANTS = ("runlocal",)
-
-# The 19 class weights of the official config (`loss.params.ce_weight`),
-# in train-id order road .. bicycle.
-CITYSCAPES_CE_WEIGHTS = (0.8373, 0.9180, 0.8660, 1.0345, 1.0166, 0.9969, 0.9754,
-                         1.0489, 0.8786, 1.0023, 0.9539, 0.9843, 1.1116, 0.9037,
-                         1.0865, 1.0955, 1.0865, 1.1529, 1.0507)
 
 
 def get_config(arg=None):
   variants = default.parse_variants(arg, VARIANTS)
   config = default.get_config()
-  config.seed = 0
-  config.num_train_steps = 80_000
-  config.batch_size = 8
-  config.eval_batch_size = 8
-  config.log_every_steps = 50
-  config.eval_every_steps = 8_000
-  config.checkpoint_every_steps = 4_000
-
-  ds = config.dataset
-  ds.name = "cityscapes"
-  ds.train_split = "train"
-  ds.eval_split = "validation"
-  ds.crop_size = (512, 1024)
-  ds.scale = (2048, 1024)
-  ds.ratio_range = (0.5, 2.0)
-  ds.cat_max_ratio = 0.75
-  ds.flip_prob = 0.5
-  ds.photometric = True
-  ds.eval_scale = (2048, 1024)
-  ds.eval_canvas = (1024, 2048)
-  ds.eval_label_canvas = (1024, 2048)
-
-  m = config.model
-  m.backbone = "hrnet_w48"
-  m.backbone_kwargs.fusion = "bilinear_align_corners"   # official openseg backbone
-  m.decoder = "hrnet"
-  m.head = "proto"
-  m.aux_head = False
-  m.align_corners = True
-
-  p = config.protoseg
-  p.num_prototypes = 10
-  p.embed_dim = 720                  # = 48 + 96 + 192 + 384, the decoder width
-  p.gamma = 0.999
-  p.sinkhorn_iters = 3
-  p.sinkhorn_epsilon = 0.05
-  p.lambda_ppc = 0.01
-  p.lambda_ppd = 0.001
-  p.warmup_iters = 0
-
-  config.loss.class_weights = CITYSCAPES_CE_WEIGHTS
-
+  datasets.set_cityscapes(config)
+  models.set_hrnet48_official(config)
   default.set_sgd_poly(config, 0.01, weight_decay=5e-4)
-
-  e = config.eval
-  e.mode = "whole"
-  e.scales = (1.0,)
-  e.flip = False
-
-  if "runlocal" in variants:
-    default.runlocal(config, crop=(128, 256))
-  return config
+  config.loss.class_weights = datasets.CITYSCAPES_CE_WEIGHTS
+  default.set_80k_iters(config)
+  return default.apply_variants(config, variants)

@@ -11,33 +11,27 @@ head lr x10, no decay on norms/position blocks (here also biases), warm-up
 align_corners False; test: sliding window 1024x1024, stride 768, on the
 2048x1024 image (the window grid tiles the 1024x2048 canvas exactly, so it is
 mmseg's grid). ProtoSeg head: D = 768.
-Variants: "runlocal".
+Variants: "runlocal" (also a 512x512 window, stride 384).
 """
 
-from configs import default
-from configs import ade20k_mit_b2_proto as mit
-from configs import cityscapes_hrnet48_proto as base
+from configs import datasets, default, models
 
 VARIANTS = ("runlocal",)
 
 
 def get_config(arg=None):
   variants = default.parse_variants(arg, VARIANTS)
-  config = base.get_config()          # Cityscapes data and eval canvases
-  config.loss.class_weights = None
-  mit.set_mit_segformer(config, "mit_b5")
+  config = default.get_config()
+  datasets.set_cityscapes(config)
+  models.set_mit_segformer(config, "mit_b5")
+  default.set_segformer_adamw(config)
+  default.set_160k_iters(config)
   config.dataset.crop_size = (1024, 1024)
-  config.num_train_steps = 160_000
-  config.batch_size = 8
-  config.eval_batch_size = 8
-  config.eval_every_steps = 16_000
-  config.checkpoint_every_steps = 4_000
   e = config.eval
   e.mode = "slide"
-  e.crop_size = (1024, 1024)
+  e.slide_crop = (1024, 1024)
   e.stride = (768, 768)
-  if "runlocal" in variants:
-    default.runlocal(config, crop=(128, 128))
-    e.crop_size = (512, 512)
+  if "runlocal" in variants:   # a window that fits the runlocal crop's scale
+    e.slide_crop = (512, 512)
     e.stride = (384, 384)
-  return config
+  return default.apply_variants(config, variants)

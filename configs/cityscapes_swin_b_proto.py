@@ -12,26 +12,16 @@ whole-image test at 2048x1024, no class weights, align_corners False.
 Variants: "swin_t" | "swin_b" (default), "runlocal".
 """
 
-from configs import default
-from configs import ade20k_swin_proto as swin
-from configs import cityscapes_hrnet48_proto as base
+from configs import datasets, default, models
 
-VARIANTS = ("swin_t", "swin_b", "runlocal")
+VARIANTS = (*models.SWIN_ARCHS, "runlocal")
 
 
 def get_config(arg=None):
   variants = default.parse_variants(arg, VARIANTS)
-  sizes = variants & set(swin.SWIN_ARCHS)
-  if len(sizes) > 1:
-    raise ValueError(f"choose one of swin_t / swin_b, got {sorted(sizes)}")
-  config = base.get_config()          # Cityscapes data, batch 8, whole 2048x1024 eval
-  config.loss.class_weights = None    # mmseg recipes use plain CE
-  swin.set_swin_upernet(config, sizes.pop() if sizes else "swin_b")
-  config.num_train_steps = 80_000
-  config.batch_size = 8
-  config.eval_batch_size = 8
-  config.eval_every_steps = 8_000
-  config.checkpoint_every_steps = 4_000
-  if "runlocal" in variants:
-    default.runlocal(config, crop=(128, 256))
-  return config
+  config = default.get_config()
+  datasets.set_cityscapes(config)
+  models.set_swin_upernet(config, models.swin_size(variants))
+  default.set_swin_adamw(config)
+  default.set_80k_iters(config)
+  return default.apply_variants(config, variants)

@@ -10,27 +10,16 @@ Eval as in coco_stuff164k_hrnet48_proto.py.
 Variants: "swin_t" | "swin_b" (default), "160k", "runlocal".
 """
 
-from configs import default
-from configs import ade20k_swin_proto as swin
-from configs import cityscapes_hrnet48_proto as base
-from configs import coco_stuff164k_hrnet48_proto as coco
+from configs import datasets, default, models
 
-VARIANTS = ("swin_t", "swin_b", "160k", "runlocal")
+VARIANTS = (*models.SWIN_ARCHS, "160k", "runlocal")
 
 
 def get_config(arg=None):
   variants = default.parse_variants(arg, VARIANTS)
-  sizes = variants & set(swin.SWIN_ARCHS)
-  if len(sizes) > 1:
-    raise ValueError(f"choose one of swin_t / swin_b, got {sorted(sizes)}")
-  config = base.get_config()
-  coco.set_coco_stuff164k_data(config)
-  swin.set_swin_upernet(config, sizes.pop() if sizes else "swin_b")
-  config.num_train_steps = 160_000 if "160k" in variants else 80_000
-  config.batch_size = 16
-  config.eval_batch_size = 8
-  config.eval_every_steps = 8_000
-  config.checkpoint_every_steps = 4_000
-  if "runlocal" in variants:
-    default.runlocal(config)
-  return config
+  config = default.get_config()
+  datasets.set_coco_stuff164k(config)
+  models.set_swin_upernet(config, models.swin_size(variants))
+  default.set_swin_adamw(config)
+  default.set_80k_iters(config)
+  return default.apply_variants(config, variants)

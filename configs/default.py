@@ -1,10 +1,21 @@
 """Shared base config. Every run config starts from `get_config()` here.
 
+Every key the trainer reads is set here (the modules have no defaults of
+their own). A run config reads: `get_config()` here -> a dataset recipe
+(configs/datasets.py) -> a model recipe (configs/models.py) -> a schedule
+(optimiser: `set_sgd_poly` / `set_adamw_warmup_poly` and the named recipes
+built on them; length: `set_80k_iters` / `set_160k_iters`; all here) -> its
+own values -> variants (`parse_variants`, `apply_variants`). It imports only
+this module, the recipe modules and, for a `_linear` run, its own `_proto`
+twin (`linear_twin`); never another run.
+
 Keys that tools rely on (keep their names): num_train_steps, batch_size
 (global), eval_every_steps, checkpoint_every_steps, log_every_steps, seed.
 """
 
 import ml_collections
+
+from protoseg_jax.models import IMAGENET_MEAN, IMAGENET_STD
 
 
 def get_config():
@@ -38,9 +49,10 @@ def get_config():
   ds.eval_scale = (2048, 1024)          # keep-ratio test scale, None = original size
   ds.eval_canvas = (1024, 2048)         # fixed (h, w) of eval images after resize + pad
   ds.eval_label_canvas = (1024, 2048)   # fixed (h, w) of original-size eval labels + pad
-  ds.mean = (123.675, 116.28, 103.53)   # ImageNet, 0..255
-  ds.std = (58.395, 57.12, 57.375)
+  ds.mean = IMAGENET_MEAN               # RGB, 0..255: what the pretrained backbones expect
+  ds.std = IMAGENET_STD
   ds.shuffle_buffer = 1024
+  ds.num_parallel_calls = -1            # tf.data map parallelism; -1: AUTOTUNE
   ds.prefetch = 2
 
   # Model: backbone -> decoder -> head (+ optional auxiliary FCN head).
@@ -94,12 +106,12 @@ def get_config():
   o.no_decay_norms_biases = False       # exclude norms, biases, position tables from decay
   o.grad_clip_norm = 0.0                # 0: off
 
-  # Evaluation (protoseg_jax/evaluate.py).
+  # Evaluation (protoseg_jax/inference.py, protoseg_jax/evaluate.py).
   config.eval = ml_collections.ConfigDict()
   e = config.eval
   e.mode = "whole"                      # whole | slide
-  e.crop_size = ml_collections.FieldReference(None, field_type=tuple)
-  e.stride = ml_collections.FieldReference(None, field_type=tuple)
+  e.slide_crop = ml_collections.FieldReference(None, field_type=tuple)  # (h, w) slide window
+  e.stride = ml_collections.FieldReference(None, field_type=tuple)      # (h, w) slide stride
   e.scales = (1.0,)
   e.flip = False
   e.log_every_batches = 50
@@ -115,9 +127,31 @@ def parse_variants(arg, known) -> set:
   return names
 
 
-def runlocal(config, crop=(128, 128)):
-  """Shrink a run to a few tiny steps (smoke test on a laptop CPU). The eval
+def choose_one(variants: set, options, default: str, what: str) -> str:
+  """The one of `options` named in `variants`, else `default`; two named raise."""
+  chosen = variants & set(options)
+  if len(chosen) > 1:
+    raise ValueError(f"choose one {what}, got {sorted(chosen)}")
+  return chosen.pop() if chosen else default
+
+
+def apply_variants(config, variants: set):
+  """The variants every run may declare in its VARIANTS: "160k" (the run's
+  schedule for 160k iterations, evaluated as often as before) and "runlocal"
+  (`runlocal`). Run-specific variants are applied by the run itself."""
+  if "160k" in variants:
+    config.num_train_steps = 160_000
+  if "runlocal" in variants:
+    runlocal(config)
+  return config
+
+
+def runlocal(config):
+  """Shrink a run to a few tiny steps (smoke test on a laptop CPU): crops 128
+  high with the run's crop aspect ratio (512x1024 -> 128x256). The eval
   canvases stay: the dataset's images must still fit them."""
+  h, w = config.dataset.crop_size
+  crop = (128, 128 * w // h)
   config.num_train_steps = 4
   config.batch_size = 2
   config.eval_batch_size = 1
@@ -159,6 +193,40 @@ def set_adamw_warmup_poly(config, learning_rate: float, *, weight_decay: float,
   o.warmup_ratio = 1e-6
   o.poly_power = poly_power
   o.min_lr = 0.0
+  return config
+
+
+def set_80k_iters(config):
+  """mmseg's schedule_80k length: 80k iterations, evaluated every 8k."""
+  config.num_train_steps = 80_000
+  config.eval_every_steps = 8_000
+  return config
+
+
+def set_160k_iters(config):
+  """mmseg's schedule_160k length: 160k iterations, evaluated every 16k."""
+  config.num_train_steps = 160_000
+  config.eval_every_steps = 16_000
+  return config
+
+
+def set_mmseg_sgd(config):
+  """mmseg's CNN schedule (fcn_r101-d8, COCO-Stuff 164k): SGD lr 0.01, momentum
+  0.9, wd 5e-4, poly 0.9 down to min_lr 1e-4."""
+  return set_sgd_poly(config, 0.01, weight_decay=5e-4, min_lr=1e-4)
+
+
+def set_swin_adamw(config):
+  """mmseg's upernet_swin schedule: AdamW lr 6e-5, wd 0.01, warm-up 1500
+  iterations, poly 1.0 (see `set_adamw_warmup_poly`)."""
+  return set_adamw_warmup_poly(config, 6e-5, weight_decay=0.01, warmup_steps=1500)
+
+
+def set_segformer_adamw(config):
+  """mmseg's segformer schedule: `set_swin_adamw`'s, with lr x10 on the decode
+  head (here also on the ProtoSeg head: optim.HEAD_MODULES)."""
+  set_swin_adamw(config)
+  config.optim.head_lr_mult = 10.0
   return config
 
 

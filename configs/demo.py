@@ -4,39 +4,27 @@
 
 Generates the dataset on first use (no download), trains a tiny HRNet with the
 ProtoSeg head for a few minutes on 2 CPU cores and evaluates it.
+
+Variant "runlocal" (`--config=configs/demo.py:runlocal`): the smallest real
+run, in seconds: the demo's "tiny" builder config (a few dozen scenes), 64x64
+crops, 2 steps of batch 8 with a checkpoint and an evaluation at the end,
+M=2 prototypes of 16 dimensions. The tests' tiny runs start from it.
 """
 
-from configs import default
+from configs import datasets, default
+
+
+VARIANTS = ("runlocal",)
 
 
 def get_config(arg=None):
-  del arg
+  variants = default.parse_variants(arg, VARIANTS)
   config = default.get_config()
-  config.seed = 0
-  config.num_train_steps = 400
-  config.batch_size = 16
-  config.eval_batch_size = 50
-  config.log_every_steps = 50
-  config.eval_every_steps = 200
-  config.checkpoint_every_steps = 200
-  config.keep_checkpoints = 2
-
-  ds = config.dataset
-  ds.name = "demo"
-  ds.crop_size = (96, 96)
-  ds.scale = (96, 96)
-  ds.ratio_range = (0.75, 1.5)
-  ds.cat_max_ratio = 0.75
-  ds.photometric = False
-  ds.eval_scale = (96, 96)
-  ds.eval_canvas = (96, 96)
-  ds.eval_label_canvas = (96, 96)
-  ds.shuffle_buffer = 1000
+  datasets.set_demo(config)
 
   m = config.model
   m.backbone = "hrnet_tiny"
   m.decoder = "hrnet"
-  m.head = "proto"
   m.align_corners = True
 
   p = config.protoseg
@@ -44,11 +32,29 @@ def get_config(arg=None):
   p.embed_dim = 64
   p.gamma = 0.99             # 400 steps instead of 80k: prototypes must move faster
 
-  o = config.optim
-  o.name = "adamw"
-  o.learning_rate = 3e-3
-  o.weight_decay = 1e-4
-  o.warmup_steps = 30
-  o.poly_power = 1.0
-  o.no_decay_norms_biases = True
+  default.set_adamw_warmup_poly(config, 3e-3, weight_decay=1e-4, warmup_steps=30)
+  config.num_train_steps = 400
+  config.batch_size = 16
+  config.eval_batch_size = 50
+  config.eval_every_steps = 200
+  config.checkpoint_every_steps = 200
+  config.keep_checkpoints = 2
+  if "runlocal" in variants:
+    runlocal(config)
+  return config
+
+
+def runlocal(config):
+  """The demo shrunk to a 2-step smoke run (see the module docstring)."""
+  config.dataset.builder_config = "tiny"
+  config.dataset.crop_size = (64, 64)
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.num_train_steps = 2
+  config.log_every_steps = 1
+  config.eval_every_steps = 2
+  config.checkpoint_every_steps = 2
+  config.keep_checkpoints = 5
+  config.protoseg.num_prototypes = 2
+  config.protoseg.embed_dim = 16
   return config

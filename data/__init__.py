@@ -14,6 +14,11 @@ Dataset names (config.dataset.name) -> builder modules:
   coco_stuff164k  data.coco_stuff164k  stuffthingmaps_trainval2017.zip, train2017.zip, val2017.zip
   coco_stuff10k   data.coco_stuff10k   cocostuff-10k-v1.1.zip
 pascal_context59 is not provided: see docs/datasets.md.
+
+The class facts of a dataset (class names and count, ignore index, palette)
+are written once, as constants of its builder module; `dataset_meta(name)`
+returns them without preparing anything, and a prepared builder stores the
+same facts as its metadata.
 """
 
 from __future__ import annotations
@@ -47,6 +52,14 @@ def builder_class(name: str):
           f"Available datasets: {sorted(DATASETS)}.")
     raise ValueError(f"Unknown dataset {name!r}; expected one of {sorted(DATASETS)}.")
   return importlib.import_module(DATASETS[name]).Builder
+
+
+def dataset_meta(name: str):
+  """`data.common.DatasetMeta` (num_classes, class_names, ignore_index, palette) of `name`.
+
+  Read from the builder's class constants: no data_dir, no preparation.
+  """
+  return builder_class(name).meta()
 
 
 def get_builder(name: str, data_dir: str | None = None, config: str | None = None):

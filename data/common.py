@@ -8,11 +8,13 @@ Every builder stores examples with the same features:
   'file_name': the official file stem
 
 and the same metadata (`builder.info.metadata`, a MetadataDict saved as JSON):
-num_classes, ignore_index, class_names, palette ([[r, g, b], ...]).
+num_classes, ignore_index, class_names, palette ([[r, g, b], ...]), written
+and read back through `DatasetMeta`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import io
 import os
@@ -25,6 +27,41 @@ from etils import epath
 from PIL import Image
 
 IGNORE_INDEX = 255
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetMeta:
+  """The class facts of a dataset: what every builder stores as its metadata.
+
+  `SegmentationBuilder.meta()` gives them from the builder's constants (no
+  preparation needed), `from_metadata` from a prepared builder's info.
+  """
+  class_names: tuple[str, ...]
+  palette: tuple[tuple[int, int, int], ...]
+  ignore_index: int = IGNORE_INDEX
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  def metadata(self) -> dict:
+    """The builder metadata (JSON-friendly) holding these facts."""
+    return {"num_classes": self.num_classes, "ignore_index": int(self.ignore_index),
+            "class_names": list(self.class_names), "palette": [list(c) for c in self.palette]}
+
+  @classmethod
+  def from_metadata(cls, metadata: Mapping) -> DatasetMeta:
+    """The inverse of `metadata()` (e.g. of a prepared `builder.info.metadata`)."""
+    meta = cls(class_names=tuple(metadata["class_names"]), palette=_palette(metadata["palette"]),
+               ignore_index=int(metadata["ignore_index"]))
+    if int(metadata["num_classes"]) != meta.num_classes:
+      raise ValueError(f"metadata says {metadata['num_classes']} classes but names "
+                       f"{meta.num_classes}.")
+    return meta
+
+
+def _palette(colours) -> tuple[tuple[int, int, int], ...]:
+  return tuple(tuple(int(v) for v in c) for c in colours)
 
 
 def lookup_table(mapping: Mapping[int, int], default: int = IGNORE_INDEX) -> np.ndarray:
@@ -206,24 +243,26 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     # datasets uses without declaring it; the module file is all it needs.
     return epath.Path(inspect.getfile(cls))
 
+  @classmethod
+  def meta(cls) -> DatasetMeta:
+    """The class facts of this dataset, from the class constants."""
+    if len(cls.PALETTE) != len(cls.CLASS_NAMES):
+      raise ValueError(f"{cls.name}: {len(cls.PALETTE)} palette colours for "
+                       f"{len(cls.CLASS_NAMES)} classes.")
+    return DatasetMeta(class_names=tuple(cls.CLASS_NAMES), palette=_palette(cls.PALETTE))
+
   def _info(self) -> tfds.core.DatasetInfo:
-    names = list(self.CLASS_NAMES)
-    if len(self.PALETTE) != len(names):
-      raise ValueError(f"{self.name}: {len(self.PALETTE)} palette colours for {len(names)} classes.")
+    meta = self.meta()
     return tfds.core.DatasetInfo(
         builder=self,
         description=self.DESCRIPTION,
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Image(shape=(None, None, 3), encoding_format=self.IMAGE_FORMAT),
             "label": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-            "classes": tfds.features.Sequence(tfds.features.ClassLabel(names=names)),
+            "classes": tfds.features.Sequence(
+                tfds.features.ClassLabel(names=list(meta.class_names))),
             "file_name": tfds.features.Text(),
         }),
         homepage=self.HOMEPAGE or None,
-        metadata=tfds.core.MetadataDict(
-            num_classes=len(names),
-            ignore_index=IGNORE_INDEX,
-            class_names=names,
-            palette=[list(map(int, c)) for c in self.PALETTE],
-        ),
+        metadata=tfds.core.MetadataDict(**meta.metadata()),
     )

@@ -4,6 +4,13 @@ One jitted, donated train step over a data-parallel mesh updates params,
 batch_stats, optimizer state and the ProtoSeg prototypes (a mutable variable
 collection, never touched by host code). Orbax checkpoints the whole state;
 resuming restores it and restarts the input pipeline at the same batch.
+
+The library part (TrainState, create_train_state, train_step, make_train_step,
+make_eval_step) needs only jax, flax, optax and numpy: use it with your own
+data loader. The loops (train_and_evaluate, evaluate_checkpoint) bring in the
+trainer's edges where they use them: tf.data (input_pipeline), clu metric
+writers and orbax (checkpoints); those imports sit inside the functions so
+that `import protoseg_jax.train` works on an image without TensorFlow.
 """
 
 from __future__ import annotations
@@ -15,17 +22,15 @@ import time
 from typing import Any, Optional
 
 from absl import logging
-from clu import metric_writers, periodic_actions
 import flax
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 
 from protoseg_jax import evaluate as evaluation
-from protoseg_jax import convert, input_pipeline, losses, optim, sharding, trees
+from protoseg_jax import inference, losses, optim, sharding
 from protoseg_jax.models.segmentor import Segmentor, build_model
 
 TRAIN_KEYS = ("train/loss", "train/loss_ce", "train/loss_ppc", "train/loss_ppd", "train/lr")
@@ -54,46 +59,6 @@ class TrainState:
 # State creation.
 
 
-def _fitted(want_tree, got_tree, what: str):
-  """`got_tree` cast to the dtypes of `want_tree`, after checking paths and shapes agree."""
-  trees.check_tree_shapes(got_tree, want_tree, f"{what} does not fit")
-  return jax.tree.map(lambda x, y: jnp.asarray(y, x.dtype), want_tree, got_tree)
-
-
-def _load_init_from(config, variables: dict) -> dict:
-  """Replace the backbone's params/batch_stats with converted weights."""
-  loaded = convert.load_variables(config.init_from)
-  out = flax.core.unfreeze(variables)
-  scope = config.get("init_from_scope", "backbone")
-  if scope == "all":
-    return _load_whole_model(config, out, loaded)
-  if scope != "backbone":
-    raise ValueError(f"config.init_from_scope must be 'backbone' or 'all', got {scope!r}")
-  for col in ("params", "batch_stats"):
-    if col not in loaded:
-      continue
-    if "backbone" not in out.get(col, {}):
-      raise ValueError(f"init_from={config.init_from!r} has {col} but the model has no backbone {col}")
-    src = loaded[col].get("backbone", loaded[col])
-    out[col]["backbone"] = _fitted(
-        out[col]["backbone"], src,
-        f"init_from={config.init_from!r} ({col}) vs backbone {config.model.backbone!r}")
-  logging.info("Initialised the backbone from %s", config.init_from)
-  return out
-
-
-def _load_whole_model(config, out: dict, loaded: dict) -> dict:
-  """Every collection of the model from a whole converted model (init_from_scope='all')."""
-  if set(loaded) != set(out):
-    raise ValueError(f"init_from={config.init_from!r} holds collections {sorted(loaded)}, the "
-                     f"model has {sorted(out)} (init_from_scope='all' needs a whole model, e.g. "
-                     "from `python -m protoseg_jax.convert --arch protoseg_hrnet_w48`)")
-  for col in out:
-    out[col] = _fitted(out[col], loaded[col], f"init_from={config.init_from!r} ({col}) vs the model")
-  logging.info("Initialised the whole model from %s", config.init_from)
-  return out
-
-
 def create_train_state(config, model: Segmentor, mesh, image_shape) -> tuple[TrainState, optax.GradientTransformation, Any]:
   """Initial (replicated) TrainState, optimizer and lr schedule."""
   rng = jax.random.PRNGKey(config.seed)
@@ -113,7 +78,8 @@ def create_train_state(config, model: Segmentor, mesh, image_shape) -> tuple[Tra
 
   variables = flax.core.unfreeze(init(jax.random.randint(init_rng, (), 0, 2**31 - 1)))
   if config.init_from:
-    variables = jax.device_put(_load_init_from(config, variables), rep)
+    from protoseg_jax import checkpoints  # orbax: only when weights are loaded
+    variables = jax.device_put(checkpoints.init_from(config, variables), rep)
   params = variables["params"]
   tx, schedule = optim.create_optimizer(config, params)
   opt_state = jax.jit(tx.init, out_shardings=rep)(params)
@@ -174,9 +140,9 @@ def make_train_step(model, tx, schedule, config, mesh, ignore_index: int = 255):
 
 def make_eval_step(model, config, mesh, num_classes: int, ignore_index: int = 255):
   e = config.eval
-  step = evaluation.make_predict_step(
+  step = inference.make_predict_step(
       lambda v, x: model.apply(v, x, train=False).logits, num_classes=num_classes,
-      ignore_index=ignore_index, mode=e.mode, crop_size=e.crop_size, stride=e.stride,
+      ignore_index=ignore_index, mode=e.mode, slide_crop=e.slide_crop, stride=e.stride,
       scales=tuple(e.scales), flip=e.flip, align_corners=config.model.align_corners)
   rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   return jax.jit(step, in_shardings=(rep, data), out_shardings=rep)
@@ -214,29 +180,6 @@ def _eval_scalars(metrics: dict, class_names) -> tuple[dict, dict]:
 
 
 # ----------------------------------------------------------------------------
-# Checkpoints.
-
-
-def checkpoint_manager(workdir: str, config, *, read_only: bool = False) -> ocp.CheckpointManager:
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=int(config.keep_checkpoints), create=not read_only,
-      enable_async_checkpointing=not read_only)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
-
-
-def restore_state(mngr: ocp.CheckpointManager, state: TrainState, step: Optional[int] = None) -> TrainState:
-  step = mngr.latest_step() if step is None else step
-  if step is None:
-    raise FileNotFoundError(f"no checkpoint in {mngr.directory}")
-  if step not in mngr.all_steps():
-    raise FileNotFoundError(f"no checkpoint for step {step} in {mngr.directory}; "
-                            f"available: {sorted(mngr.all_steps())}")
-  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
-
-
-# ----------------------------------------------------------------------------
 # Loops.
 
 
@@ -244,11 +187,13 @@ class _Run:
   """Everything train and eval need, built once from the config."""
 
   def __init__(self, config, workdir: str):
+    from clu import metric_writers
+    from protoseg_jax import datasets
     self.config, self.workdir = config, workdir
     self.mesh = sharding.create_mesh()
     sharding.check_batch_size(config.batch_size, self.mesh)
     sharding.check_batch_size(config.eval_batch_size, self.mesh, "config.eval_batch_size")
-    self.info = input_pipeline.get_dataset_info(config)
+    self.info = datasets.get_dataset_info(config)
     self.model = build_model(config, self.info.num_classes, self.info.ignore_index)
     crop = tuple(config.dataset.crop_size)
     self.state, self.tx, self.schedule = create_train_state(
@@ -265,11 +210,11 @@ class _Run:
     self.log = MetricsLog(workdir)
 
   def evaluate(self, state: TrainState) -> dict:
+    from protoseg_jax import input_pipeline
     n = self.config.max_eval_batches
     batches = input_pipeline.create_eval_iterator(self.config, self.data_sharding)
     metrics = self.evaluator.evaluate(state.variables(), batches,
                                       num_batches=None if n is None or n < 0 else int(n))
-    logging.info("\n%s", evaluation.format_table(metrics, self.info.class_names))
     return metrics
 
   def write_eval(self, step: int, metrics: dict):
@@ -281,14 +226,16 @@ class _Run:
 
 def train_and_evaluate(config, workdir: str) -> TrainState:
   """Train config.num_train_steps steps with periodic evaluation; resumes from DIR."""
+  from clu import periodic_actions
+  from protoseg_jax import checkpoints, input_pipeline
   run = _Run(config, workdir)
   logging.info("dataset %s: %d classes, %d train / %d eval examples; %d devices, %d processes",
                run.info.name, run.info.num_classes, run.info.num_train_examples,
                run.info.num_eval_examples, jax.device_count(), jax.process_count())
-  mngr = checkpoint_manager(workdir, config)
+  mngr = checkpoints.checkpoint_manager(workdir, config)
   state = run.state
   if mngr.latest_step() is not None:
-    state = restore_state(mngr, state)
+    state = checkpoints.restore_state(mngr, state)
     logging.info("Resumed from step %d (%s)", int(state.step), mngr.directory)
   start = int(jax.device_get(state.step))
   total = int(config.num_train_steps)
@@ -317,7 +264,7 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
       run.writer.write_scalars(step, summary)
       run.log.write(step, summary)
     if step % config.checkpoint_every_steps == 0 or step == total:
-      mngr.save(step, args=ocp.args.StandardSave(state))
+      checkpoints.save_state(mngr, step, state)
     if step % config.eval_every_steps == 0 or step == total:
       run.write_eval(step, run.evaluate(state))
   mngr.wait_until_finished()
@@ -329,12 +276,13 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
 
 def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None) -> dict:
   """Evaluate the latest (or `step`) checkpoint in DIR; appends to DIR/metrics.jsonl."""
+  from protoseg_jax import checkpoints
   run = _Run(config, workdir)
-  mngr = checkpoint_manager(workdir, config, read_only=True)
+  mngr = checkpoints.checkpoint_manager(workdir, config, read_only=True)
   if step is None and mngr.latest_step() is None and config.init_from:
     state = run.state  # no checkpoint yet: the weights config.init_from gave the model
   else:
-    state = restore_state(mngr, run.state, step)
+    state = checkpoints.restore_state(mngr, run.state, step)
   step = int(jax.device_get(state.step))
   metrics = run.evaluate(state)
   run.write_eval(step, metrics)

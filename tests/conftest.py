@@ -7,6 +7,8 @@ import sys
 import types
 from unittest import mock
 
+import pytest
+
 # Tests run on the CPU; keep TF from grabbing anything and from logging noise.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -48,3 +50,21 @@ try:
 except Exception:  # absent (expected) or broken
   sys.modules.pop("torchvision", None)
   sys.meta_path.append(_InertTorchvision())
+
+
+def make_tiny_config(data_dir, **overrides):
+  """`configs/demo.py:runlocal` (the shared tiny run: 2 steps, 64x64 crops, M=2,
+  D=16) reading/writing the demo's "tiny" dataset under `data_dir`, with dotted
+  `overrides` ({"optim.name": "sgd", "num_train_steps": 4, ...})."""
+  from configs import demo
+  from protoseg_jax import convert
+  config = demo.get_config("runlocal")
+  config.dataset.data_dir = str(data_dir)
+  return convert.apply_overrides(config, overrides)
+
+
+
+@pytest.fixture
+def tiny_config():
+  """The factory `make_tiny_config(data_dir, **overrides)`."""
+  return make_tiny_config

@@ -7,10 +7,14 @@ get_config(v) for every v in the module's VARIANTS. Proto configs must have a
 `prototypes` collection [C, M, D] (M = config.protoseg.num_prototypes, D the
 ProtoSeg embedding); linear configs none. `<name>_linear.py` must equal
 `<name>_proto.py` (or `<name>.py`) except config.model.head, for every variant.
+A run config imports only configs/default.py, the recipe modules
+(configs/datasets.py, configs/models.py) and, for a `_linear` run, its own
+proto twin: never another run.
 """
 
 from __future__ import annotations
 
+import ast
 import functools
 import glob
 import importlib
@@ -22,14 +26,13 @@ import ml_collections
 import numpy as np
 import pytest
 
+import data
 from protoseg_jax.models.segmentor import build_model
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_DIR = os.path.join(ROOT, "configs")
-# Class counts of the datasets (data/<name>/ metadata), so that no dataset has
-# to be prepared for this test.
-NUM_CLASSES = {"ade20k": 150, "cityscapes": 19, "coco_stuff164k": 171, "coco_stuff10k": 171,
-               "demo": 6}
+# Shared modules of configs/ that are not runs: the base and the recipes.
+SHARED = ("default", "datasets", "models")
 TOOL_KEYS = ("num_train_steps", "batch_size", "eval_every_steps", "checkpoint_every_steps",
              "log_every_steps", "seed")
 # The run grid of the paper (file stems); each must exist with its twin.
@@ -42,11 +45,16 @@ TINY = (1, 64, 64, 3)
 def config_names() -> list[str]:
   names = sorted(os.path.splitext(os.path.basename(p))[0]
                  for p in glob.glob(os.path.join(CONFIG_DIR, "*.py")))
-  return [n for n in names if n not in ("__init__", "default")]
+  return [n for n in names if n not in ("__init__", *SHARED)]
 
 
 def load(name: str):
   return importlib.import_module(f"configs.{name}")
+
+
+def num_classes_of(name: str) -> int:
+  """Class count of dataset `name` from its builder (no dataset is prepared)."""
+  return data.dataset_meta(name).num_classes
 
 
 def cases() -> list[tuple[str, str | None]]:
@@ -94,21 +102,21 @@ def test_config_builds(name, variant):
     assert isinstance(value, int) and not isinstance(value, bool), (name, key, value)
     assert value >= (0 if key == "seed" else 1), (name, key, value)
   ds = config.dataset
-  assert ds.name in NUM_CLASSES, f"{name}: unknown dataset {ds.name!r}"
+  assert ds.name in data.DATASETS, f"{name}: unknown dataset {ds.name!r}"
   assert config.eval_batch_size >= 1
   for key in ("crop_size", "eval_canvas", "eval_label_canvas"):
     hw = tuple(ds[key])
     assert len(hw) == 2 and all(int(s) > 0 for s in hw), (name, key, hw)
   if config.eval.mode == "slide":
-    crop, stride = tuple(config.eval.crop_size), tuple(config.eval.stride)
+    crop, stride = tuple(config.eval.slide_crop), tuple(config.eval.stride)
     assert all(0 < s <= c for s, c in zip(stride, crop)), (name, crop, stride)
     assert all(c <= h for c, h in zip(crop, ds.eval_canvas)), (name, crop, ds.eval_canvas)
   else:
     assert config.eval.mode == "whole", (name, config.eval.mode)
   if config.loss.class_weights is not None:
-    assert len(config.loss.class_weights) == NUM_CLASSES[ds.name]
+    assert len(config.loss.class_weights) == num_classes_of(ds.name)
 
-  num_classes = NUM_CLASSES[ds.name]
+  num_classes = num_classes_of(ds.name)
   model = build_model(config, num_classes)
   variables = abstract_variables(model)
   assert "params" in variables
@@ -162,9 +170,46 @@ def test_recipes():
   assert (c.num_train_steps, c.batch_size, tuple(c.dataset.crop_size)) == (80_000, 8, (512, 1024))
   np.testing.assert_allclose(c.loss.class_weights[:3], (0.8373, 0.9180, 0.8660))
   c = load("cityscapes_mit_b5_proto").get_config()
-  assert (c.eval.mode, tuple(c.eval.crop_size), tuple(c.eval.stride)) == ("slide", (1024, 1024), (768, 768))
+  assert (c.eval.mode, tuple(c.eval.slide_crop), tuple(c.eval.stride)) == (
+      "slide", (1024, 1024), (768, 768))
   assert c.optim.head_lr_mult == 10.0 and tuple(c.dataset.crop_size) == (1024, 1024)
   for name in ("ade20k_mit_b2_proto", "ade20k_mit_b5_proto"):
     assert load(name).get_config().model.backbone == name.split("_", 1)[1][:-len("_proto")]
   with pytest.raises(ValueError, match="unknown config variant"):
     load("ade20k_swin_proto").get_config("swin_xl")
+
+
+def _config_imports(name: str) -> set[str]:
+  """The configs/ modules that configs/<name>.py imports (parsed, not run)."""
+  with open(os.path.join(CONFIG_DIR, f"{name}.py")) as f:
+    tree = ast.parse(f.read())
+  out = set()
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and node.module == "configs":
+      out.update(a.name for a in node.names)
+    elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("configs."):
+      out.add(node.module.split(".")[1])
+    elif isinstance(node, ast.Import):
+      out.update(a.name.split(".")[1] for a in node.names if a.name.startswith("configs."))
+  return out
+
+
+@pytest.mark.parametrize("name", config_names() + [s for s in SHARED if s != "default"])
+def test_configs_import_no_other_run(name):
+  """Runs build on default.py and the recipes, never on another run (a `_linear`
+  run on its own proto twin only); the recipes never import a run."""
+  allowed = set(SHARED)
+  if name.endswith("_linear"):
+    stem = name[:-len("_linear")]
+    allowed.add(stem + "_proto" if stem + "_proto" in config_names() else stem)
+  imported = _config_imports(name)
+  if name not in SHARED:
+    assert "default" in imported, f"configs/{name}.py does not start from configs/default.py"
+  assert imported <= allowed, f"configs/{name}.py imports {sorted(imported - allowed)}"
+
+
+def test_default_uses_the_one_imagenet_statistics():
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from protoseg_jax import models  # pylint: disable=g-import-not-at-top
+  ds = default.get_config().dataset
+  assert tuple(ds.mean) == models.IMAGENET_MEAN and tuple(ds.std) == models.IMAGENET_STD

@@ -1,8 +1,9 @@
-"""The real-dataset builders on tiny copies of the official on-disk layouts.
+"""The dataset builders (data/) and protoseg_jax.datasets.
 
-Each test writes a few files with the official names, encodings and raw
-label ids (zipped like the official release), prepares the dataset with
-manual_dir into a tmp data_dir and checks the decoded examples.
+Each builder test writes a few files with the official names, encodings and
+raw label ids (zipped like the official release), prepares the dataset with
+manual_dir into a tmp data_dir and checks the decoded examples. The
+protoseg_jax.datasets tests read the tiny demo and unprepared datasets.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 import data
+from configs import default
 from data import coco_stuff
 from data import prepare as prepare_lib
+from data.common import DatasetMeta
+from protoseg_jax import datasets
 from protoseg_jax import input_pipeline as ip
 
 
@@ -71,6 +75,9 @@ def _check_info(builder, num_classes):
   assert meta["num_classes"] == num_classes and meta["ignore_index"] == 255
   assert len(meta["class_names"]) == num_classes and len(meta["palette"]) == num_classes
   assert builder.info.features["classes"].feature.num_classes == num_classes
+  # The same class facts as the builder's constants (data.dataset_meta).
+  assert DatasetMeta.from_metadata(meta) == datasets.builder_meta(builder)
+  assert datasets.builder_meta(builder) == data.dataset_meta(builder.name)
   # Metadata survives a reload from disk.
   again = data.get_builder(builder.name, data_dir=builder.data_dir_root)
   assert again.info.metadata["class_names"] == meta["class_names"]
@@ -114,13 +121,13 @@ def test_ade20k_zip(tmp_path):
   assert 149 in np.unique(_examples(builder, "validation")["ADE_val_00000001"]["label"])
 
   # The trainer's pipeline reads it.
-  config = ml_collections.ConfigDict()
+  config = default.get_config()
   config.batch_size, config.eval_batch_size, config.seed = 2, 2, 0
-  config.dataset = ml_collections.ConfigDict(dict(
+  config.dataset.update(dict(
       name="ade20k", data_dir=str(tmp_path / "tfds"), train_split="train",
       eval_split="validation", crop_size=(16, 16), scale=(64, 32), ratio_range=(0.5, 2.0),
       eval_scale=(64, 32), eval_canvas=(32, 64), eval_label_canvas=(32, 32)))
-  info = ip.get_dataset_info(config)
+  info = datasets.get_dataset_info(config)
   assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (150, 2, 1)
   batch = next(ip.make_train_dataset(config, process_index=0, process_count=1).as_numpy_iterator())
   assert batch["image"].shape == (2, 16, 16, 3)
@@ -277,3 +284,76 @@ def test_demo_scenes_are_deterministic_with_ignore_band():
     assert 0 < np.mean(label == 255) < 0.2
   assert not np.array_equal(demo.render(0, 0, 1)[0], demo.render(0, 1, 1)[0])  # splits differ
   assert sum(len(a) > 1 for a in demo.APPEARANCES.values()) >= 2
+
+
+# --- protoseg_jax.datasets ------------------------------------------------------
+
+
+def demo_config(data_dir, **dataset_overrides):
+  """configs/default.py's config on the tiny demo (24 train / 10 validation) in `data_dir`."""
+  config = default.get_config()
+  config.dataset.update(dict(name="demo", builder_config="tiny", data_dir=str(data_dir)))
+  config.dataset.update(dataset_overrides)
+  return config
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+  """A data_dir with the tiny demo prepared (shared with test_input_pipeline.py)."""
+  d = tmp_path_factory.mktemp("tfds")
+  datasets.check_prepared(demo_config(d))  # builds the tiny demo (24 train / 10 validation)
+  return d
+
+
+def test_dataset_info(demo_dir):
+  num_classes = data.dataset_meta("demo").num_classes
+  info = datasets.get_dataset_info(demo_config(demo_dir))
+  assert info.num_classes == num_classes == 6 and info.ignore_index == 255
+  assert info.class_names[0] == "background" and len(info.class_names) == num_classes
+  assert len(info.palette) == num_classes and all(len(c) == 3 for c in info.palette)
+  assert (info.num_train_examples, info.num_eval_examples) == (24, 10)
+  meta = data.dataset_meta("demo")
+  assert (info.class_names, info.palette, info.ignore_index) == (
+      meta.class_names, meta.palette, meta.ignore_index)
+
+
+def test_dataset_meta_needs_no_preparation():
+  for name in data.DATASETS:
+    meta = data.dataset_meta(name)
+    assert meta.num_classes == len(meta.class_names) == len(meta.palette) > 0
+    assert meta.ignore_index == 255
+    assert DatasetMeta.from_metadata(meta.metadata()) == meta
+  assert data.dataset_meta("ade20k").num_classes == 150
+  assert data.dataset_meta("cityscapes").num_classes == 19
+  assert data.dataset_meta("coco_stuff164k").num_classes == 171
+  with pytest.raises(ValueError, match="Unknown dataset"):
+    data.dataset_meta("nope")
+
+
+def test_missing_dataset_says_what_to_download(tmp_path):
+  config = demo_config(tmp_path, name="ade20k", builder_config=None)
+  with pytest.raises(datasets.DatasetNotPreparedError) as e:
+    datasets.get_dataset_info(config)
+  msg = str(e.value)
+  assert "ADEChallengeData2016.zip" in msg and "python -m data.prepare ade20k" in msg
+  assert str(tmp_path) in msg
+  config.dataset.name = "cityscapes"
+  with pytest.raises(datasets.DatasetNotPreparedError, match="gtFine_trainvaltest.zip"):
+    datasets.check_prepared(config)
+  config.dataset.name = "pascal_context59"
+  with pytest.raises(ValueError, match="docs/datasets.md"):
+    datasets.check_prepared(config)
+  config.dataset.name = "nope"
+  with pytest.raises(ValueError, match="Unknown dataset"):
+    datasets.check_prepared(config)
+
+
+def test_config_value_names_the_missing_key():
+  config = ml_collections.ConfigDict({"dataset": {"name": "demo", "data_dir": None}})
+  assert datasets.config_value(config, "dataset.name") == "demo"
+  assert datasets.config_value(config, "dataset.data_dir") is None  # None is a value
+  with pytest.raises(KeyError, match=r"config\.dataset\.builder_config is missing; it is set "
+                                     r"in configs/default\.py"):
+    datasets.config_value(config, "dataset.builder_config")
+  with pytest.raises(KeyError, match=r"config\.eval_batch_size is missing"):
+    datasets.config_value(config, "eval_batch_size")

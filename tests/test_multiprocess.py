@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 
 from protoseg_jax import train
-from test_train import tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_EVAL = 10  # validation scenes of the demo's "tiny" builder config
@@ -35,16 +34,13 @@ def _free_port() -> int:
 
 def _flags(data_dir, workdir):
   return [
-      "--config=configs/demo.py", f"--workdir={workdir}",
-      f"--config.dataset.data_dir={data_dir}", "--config.dataset.builder_config=tiny",
-      "--config.dataset.crop_size=(64, 64)", "--config.batch_size=8",
-      "--config.eval_batch_size=4", "--config.num_train_steps=2", "--config.log_every_steps=1",
-      "--config.eval_every_steps=2", "--config.checkpoint_every_steps=2",
-      "--config.protoseg.num_prototypes=2", "--config.protoseg.embed_dim=16",
+      "--config=configs/demo.py:runlocal", f"--workdir={workdir}",
+      f"--config.dataset.data_dir={data_dir}", "--config.eval_batch_size=4",
   ]
 
 
-def test_two_processes_train_checkpoint_and_evaluate_every_image_once(tmp_path):
+@pytest.mark.slow
+def test_two_processes_train_checkpoint_and_evaluate_every_image_once(tmp_path, tiny_config):
   data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")

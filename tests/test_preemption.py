@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -17,16 +19,14 @@ def _steps(ckpt_dir):
   return sorted(int(n) for n in os.listdir(ckpt_dir) if n.isdigit())
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_resumes_from_the_last_complete_checkpoint(tmp_path):
   data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  cmd = [sys.executable, "main.py", "--config=configs/demo.py", f"--workdir={workdir}",
-         f"--config.dataset.data_dir={data_dir}", "--config.dataset.builder_config=tiny",
-         "--config.dataset.crop_size=(64, 64)", "--config.batch_size=8",
-         "--config.num_train_steps=1000", "--config.log_every_steps=1",
+  cmd = [sys.executable, "main.py", "--config=configs/demo.py:runlocal", f"--workdir={workdir}",
+         f"--config.dataset.data_dir={data_dir}", "--config.num_train_steps=1000",
          "--config.eval_every_steps=100000", "--config.checkpoint_every_steps=1",
-         "--config.keep_checkpoints=3", "--config.protoseg.num_prototypes=2",
-         "--config.protoseg.embed_dim=16"]
+         "--config.keep_checkpoints=3"]
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
              JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
   log = open(tmp_path / "killed.log", "w+")

@@ -9,8 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import demo
-from protoseg_jax import convert, input_pipeline, sharding, train
+from protoseg_jax import datasets, input_pipeline, sharding, train
 from protoseg_jax.models.segmentor import build_model
 
 
@@ -19,29 +18,12 @@ def data_dir(tmp_path_factory):
   return str(tmp_path_factory.mktemp("tfds"))
 
 
-def tiny_config(data_dir, **overrides):
-  config = demo.get_config()
-  config.dataset.data_dir = data_dir
-  config.dataset.builder_config = "tiny"
-  config.dataset.crop_size = (64, 64)
-  config.batch_size = 8
-  config.eval_batch_size = 8
-  config.num_train_steps = 2
-  config.log_every_steps = 1
-  config.eval_every_steps = 100
-  config.checkpoint_every_steps = 2
-  config.keep_checkpoints = 5
-  config.protoseg.num_prototypes = 2
-  config.protoseg.embed_dim = 16
-  return convert.apply_overrides(config, overrides)
-
-
 def _records(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
 
 
-def test_train_and_evaluate_end_to_end(data_dir, tmp_path):
+def test_train_and_evaluate_end_to_end(data_dir, tmp_path, tiny_config):
   workdir = str(tmp_path / "run")
   config = tiny_config(data_dir)
   state = train.train_and_evaluate(config, workdir)
@@ -67,7 +49,7 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path):
     train.evaluate_checkpoint(config, workdir, step=7)
 
 
-def test_resume_continues_exactly(data_dir, tmp_path):
+def test_resume_continues_exactly(data_dir, tmp_path, tiny_config):
   straight = str(tmp_path / "straight")
   config = tiny_config(data_dir, num_train_steps=4)
   final = train.train_and_evaluate(config, straight)
@@ -110,13 +92,13 @@ def _decisive_labels(model, variables, images, margin=1e-3):
   return np.repeat(np.repeat(small, scale, axis=1), scale, axis=2).astype(np.int32)
 
 
-def test_sharded_train_step_equals_single_device(data_dir):
+def test_sharded_train_step_equals_single_device(data_dir, tiny_config):
   # SGD (the HRNet recipe): Adam's first steps are ~lr * sign(g), which turns
   # reduction-order rounding of near-zero gradients into lr-sized differences.
   config = tiny_config(data_dir, **{"optim.name": "sgd", "optim.learning_rate": 0.05,
                                     "optim.warmup_steps": 0, "protoseg.assignment": "argmax"})
   config.model.decoder_kwargs.dropout = 0.0
-  info = input_pipeline.get_dataset_info(config)
+  info = datasets.get_dataset_info(config)
   model = build_model(config, info.num_classes)
   mesh1 = sharding.create_mesh(jax.devices()[:1])
   mesh8 = sharding.create_mesh(jax.devices()[:8])

@@ -1,0 +1,264 @@
+"""Training augmentation on one example (tf, per example): mmsegmentation's recipe.
+
+In mmseg's order: keep-ratio rescale with a ratio drawn in `ratio_range` of
+`scale` -> random crop of `crop_size` (retried up to 10 times so that no class
+fills more than `cat_max_ratio` of the labelled crop pixels) -> horizontal
+flip -> PhotoMetricDistortion -> normalise -> pad to `crop_size` (0 image,
+the dataset's ignore index label). Labels are always resized with nearest
+neighbour. Every random choice comes from a stateless seed, so an example's
+augmentation is a function of (image, label, seed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+
+def rescale_size(hw, scale, ratio=1.0):
+  """mmcv keep-ratio rescale: size fitting (long, short) = scale * ratio.
+
+  Args:
+    hw: int32 [2] (h, w).
+    scale: (a, b): the long side goes to at most max(a, b), the short side to
+      at most min(a, b); mmseg takes int(a * ratio), int(b * ratio).
+    ratio: float scalar.
+  Returns:
+    int32 [2] new (h, w) = int(h * f + 0.5), int(w * f + 0.5).
+  """
+  hw_f = tf.cast(hw, tf.float32)
+  ratio = tf.cast(ratio, tf.float32)
+  long_t = tf.floor(float(max(scale)) * ratio)
+  short_t = tf.floor(float(min(scale)) * ratio)
+  factor = tf.minimum(long_t / tf.reduce_max(hw_f), short_t / tf.reduce_min(hw_f))
+  return tf.cast(tf.floor(hw_f * factor + 0.5), tf.int32)
+
+
+def _nearest_index(n_in, n_out):
+  """cv2 INTER_NEAREST source indices: floor(i * n_in / n_out), clipped (int32 [n_out])."""
+  scale = tf.cast(n_in, tf.float64) / tf.cast(n_out, tf.float64)
+  idx = tf.cast(tf.floor(tf.cast(tf.range(n_out), tf.float64) * scale), tf.int32)
+  return tf.minimum(idx, n_in - 1)
+
+
+def crop_is_acceptable(label_crop, cat_max_ratio: float, ignore_index: int):
+  """mmseg's cat_max_ratio test on a label crop: >1 class and none above the ratio.
+
+  Args:
+    label_crop: uint8 [h, w].
+    cat_max_ratio: the largest class must hold less than this share.
+    ignore_index: the label value that is not a class.
+  Returns:
+    bool scalar: at least two non-ignored classes present and the largest
+    holds less than `cat_max_ratio` of the non-ignored pixels.
+  """
+  counts = tf.raw_ops.DenseBincount(input=tf.cast(tf.reshape(label_crop, [-1]), tf.int32),
+                                   size=256, weights=tf.zeros([0], tf.int32))
+  counts = counts * tf.cast(tf.range(256) != ignore_index, tf.int32)
+  total = tf.reduce_sum(counts)
+  present = tf.math.count_nonzero(counts)
+  largest = tf.reduce_max(counts)
+  return tf.logical_and(
+      present > 1,
+      tf.cast(largest, tf.float32) < cat_max_ratio * tf.cast(total, tf.float32))
+
+
+def crop_candidates(hw, crop_hw, seed):
+  """The 11 candidate crop offsets: int32 [11] tops, int32 [11] lefts.
+
+  Each uniform in [0, max(H - ch, 0)] x [0, max(W - cw, 0)], like mmseg's
+  generate_crop_bbox.
+  """
+  margin = tf.maximum(hw - tf.constant(crop_hw, tf.int32), 0)
+  s0, s1 = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+  tops = tf.random.stateless_uniform([11], s0, minval=0, maxval=margin[0] + 1, dtype=tf.int32)
+  lefts = tf.random.stateless_uniform([11], s1, minval=0, maxval=margin[1] + 1, dtype=tf.int32)
+  return tops, lefts
+
+
+def random_crop(window_fn, hw, crop_hw, seed, cat_max_ratio: float, ignore_index: int):
+  """mmseg RandomCrop: picks a crop, retried up to 10 times for cat_max_ratio.
+
+  Candidate k (k = 0..10) is uniform in [0, max(H - ch, 0)] x [0, max(W - cw, 0)];
+  the first of candidates 0..9 passing `crop_is_acceptable` is used, else
+  candidate 10 (mmseg draws a new box after each failed check).
+
+  Args:
+    window_fn: (top, left) -> the label crop at that offset.
+    hw: int32 [2] size of the (rescaled) label.
+    crop_hw: (ch, cw) Python ints.
+    seed: int [2] stateless seed.
+    cat_max_ratio: >= 1 disables the check.
+    ignore_index: the label value the check does not count.
+  Returns:
+    (int32 [2] (top, left), the label crop there).
+  """
+  tops, lefts = crop_candidates(hw, crop_hw, seed)
+  first = window_fn(tops[0], lefts[0])
+  if cat_max_ratio >= 1.0:
+    return tf.stack([tops[0], lefts[0]]), first
+
+  def cond(k, window):
+    acceptable = crop_is_acceptable(window, cat_max_ratio, ignore_index)
+    return tf.logical_and(k < 10, tf.logical_not(acceptable))
+
+  def body(k, window):
+    del window
+    return k + 1, window_fn(tops[k + 1], lefts[k + 1])
+
+  k, window = tf.while_loop(cond, body, (tf.constant(0), first),
+                            shape_invariants=(tf.TensorShape([]), tf.TensorShape([None, None])))
+  return tf.stack([tops[k], lefts[k]]), window
+
+
+def resize_window_bilinear(image, out_hw, top_left, win_hw):
+  """A window of tf.image.resize(image, out_hw, 'bilinear') without the full resize.
+
+  The bilinear ('triangle', no antialiasing) ScaleAndTranslate kernel that
+  tf.image.resize uses, translated so that only output pixels
+  top_left + [0, win_hw) are computed: the same values as resizing the whole
+  image and cropping.
+
+  Args:
+    image: [H, W, C] uint8 or float.
+    out_hw: int32 [2] size of the virtual full resize.
+    top_left: int32 [2] window offset in the resized image.
+    win_hw: int32 [2] window size.
+  Returns:
+    float32 [win_h, win_w, C].
+  """
+  scale = tf.cast(out_hw, tf.float32) / tf.cast(tf.shape(image)[:2], tf.float32)
+  out = tf.raw_ops.ScaleAndTranslate(
+      images=image[None], size=tf.cast(win_hw, tf.int32), scale=scale,
+      translation=-tf.cast(top_left, tf.float32), kernel_type="triangle", antialias=False)
+  return out[0]
+
+
+def scale_saturation(image, factor):
+  """HSV saturation times `factor` (clipped to 1), hue and value kept, in RGB.
+
+  With V = max(r, g, b) and m = min(r, g, b), S = (V - m) / V; scaling S by
+  a and keeping H and V maps each channel c to V - a (V - c). Clipping S at
+  1 caps a at V / (V - m). Same result as converting to HSV and back
+  (tf.image.adjust_saturation) at a third of the cost.
+
+  Args:
+    image: float32 [..., 3] >= 0.
+    factor: float scalar >= 0.
+  """
+  v = tf.reduce_max(image, axis=-1, keepdims=True)
+  m = tf.reduce_min(image, axis=-1, keepdims=True)
+  a = tf.minimum(factor, v / tf.maximum(v - m, 1e-6))
+  return tf.clip_by_value(v - a * (v - image), 0., 255.)
+
+
+def photometric_distortion(image, seed):
+  """mmseg PhotoMetricDistortion on float32 [H, W, 3] RGB in 0..255.
+
+  Brightness +U(-32, 32), contrast xU(0.5, 1.5), saturation xU(0.5, 1.5),
+  hue + randint(-18, 18) (OpenCV hue units, 180 per turn), each with
+  probability 0.5; contrast before or after the HSV steps with probability
+  0.5. Values are clipped to 0..255 after each step (mmseg also truncates to
+  uint8 between steps, which is not reproduced). Skipped steps cost nothing.
+  """
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 9))
+  coin = lambda s: tf.random.stateless_uniform([], s) < 0.5
+  uni = lambda s, lo, hi: tf.random.stateless_uniform([], s, lo, hi)
+  do_bright, do_contrast, do_sat, do_hue = (coin(seeds[i]) for i in (0, 2, 4, 6))
+  delta = uni(seeds[1], -32., 32.)
+  alpha = uni(seeds[3], 0.5, 1.5)
+  sat = uni(seeds[5], 0.5, 1.5)
+  hue = tf.cast(tf.random.stateless_uniform([], seeds[7], -18, 18, dtype=tf.int32), tf.float32)
+  contrast_first = coin(seeds[8])
+
+  def maybe(pred, fn, img):
+    return tf.cond(pred, lambda: fn(img), lambda: img)
+
+  def contrast(img):
+    return tf.clip_by_value(img * alpha, 0., 255.)
+
+  image = maybe(do_bright, lambda img: tf.clip_by_value(img + delta, 0., 255.), image)
+  image = maybe(tf.logical_and(contrast_first, do_contrast), contrast, image)
+  image = maybe(do_sat, lambda img: scale_saturation(img, sat), image)
+  # AdjustHue is homogeneous in the RGB scale: no need to map to [0, 1].
+  image = maybe(do_hue, lambda img: tf.image.adjust_hue(img, hue / 180.), image)
+  image = maybe(tf.logical_and(tf.logical_not(contrast_first), do_contrast), contrast, image)
+  return image
+
+
+def random_flip(image, label, seed, prob: float):
+  """Both flipped horizontally (axis 1) with probability `prob`."""
+  flip = tf.random.stateless_uniform([], seed) < prob
+  return tf.cond(flip, lambda: (tf.reverse(image, [1]), tf.reverse(label, [1])),
+                 lambda: (image, label))
+
+
+def normalize(image, mean, std):
+  """(image - mean) / std per channel (float32 [..., 3]; mean/std in the image's units)."""
+  scale = 1.0 / np.asarray(std, np.float32)
+  return image * scale - np.asarray(mean, np.float32) * scale
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+  """The settings of `train_transform` (config.dataset's, plus the dataset's ignore index)."""
+  crop_size: tuple[int, int]
+  scale: tuple[int, int]
+  ratio_range: tuple[float, float]
+  cat_max_ratio: float
+  flip_prob: float
+  photometric: bool
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+  ignore_index: int
+
+
+def train_transform(image, label, seed, opts: TrainOptions):
+  """One training example.
+
+  Args:
+    image: uint8 [H, W, 3]; label: uint8 [H, W]; seed: int [2] stateless seed.
+  Returns:
+    image float32 [ch, cw, 3] normalised, label int32 [ch, cw]
+    (opts.ignore_index = ignore/padding).
+  """
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+  # 1. Rescale: ratio ~ U(ratio_range), keep ratio within scale * ratio.
+  ratio = tf.random.stateless_uniform([], seeds[0], opts.ratio_range[0], opts.ratio_range[1])
+  if opts.ratio_range[0] == opts.ratio_range[1]:
+    ratio = tf.constant(opts.ratio_range[0], tf.float32)
+  in_hw = tf.shape(label)
+  new_hw = rescale_size(in_hw, opts.scale, ratio)
+  # 2. Random crop with cat_max_ratio. Only the crop window of the rescaled
+  # image and label is computed: label rows/cols by the nearest rule, the
+  # image by bilinear sampling at the positions a full resize would use.
+  rows = _nearest_index(in_hw[0], new_hw[0])
+  cols = _nearest_index(in_hw[1], new_hw[1])
+  win = tf.minimum(tf.constant(opts.crop_size, tf.int32), new_hw)
+
+  flat_label = tf.reshape(label, [-1])
+
+  def label_window(top, left):
+    index = rows[top:top + win[0], None] * in_hw[1] + cols[None, left:left + win[1]]
+    return tf.gather(flat_label, index)
+
+  top_left, label = random_crop(label_window, new_hw, opts.crop_size, seeds[1], opts.cat_max_ratio,
+                                opts.ignore_index)
+  image = resize_window_bilinear(image, new_hw, top_left, win)
+  # 3. Horizontal flip.
+  image, label = random_flip(image, label, seeds[2], opts.flip_prob)
+  # 4. Photometric distortion.
+  if opts.photometric:
+    image = photometric_distortion(image, seeds[3])
+  # 5. Normalise, 6. pad to the crop size.
+  ch, cw = opts.crop_size
+  image = normalize(image, opts.mean, opts.std)
+  hw = tf.shape(label)
+  image = tf.pad(image, [[0, ch - hw[0]], [0, cw - hw[1]], [0, 0]], constant_values=0.)
+  label = tf.pad(tf.cast(label, tf.int32), [[0, ch - hw[0]], [0, cw - hw[1]]],
+                 constant_values=opts.ignore_index)
+  image.set_shape([ch, cw, 3])
+  label.set_shape([ch, cw])
+  return image, label

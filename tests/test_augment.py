@@ -1,0 +1,202 @@
+"""Tests of protoseg_jax.augment (the training augmentation) on synthetic arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from protoseg_jax import augment
+
+
+def _opts(**kw):
+  base = dict(crop_size=(32, 48), scale=(40, 40), ratio_range=(1.0, 1.0), cat_max_ratio=1.0,
+              flip_prob=0.5, photometric=False, mean=(0., 0., 0.), std=(1., 1., 1.),
+              ignore_index=255)
+  base.update(kw)
+  return augment.TrainOptions(**base)
+
+
+def _position_pair(h, w):
+  """image channels (x, y, 0) and label (3x + 5y) % 250: both encode the position."""
+  yy, xx = np.mgrid[0:h, 0:w]
+  image = np.stack([xx, yy, np.zeros_like(xx)], -1).astype(np.uint8)
+  label = ((3 * xx + 5 * yy) % 250).astype(np.uint8)
+  return image, label
+
+
+def test_crop_and_flip_keep_image_and_label_aligned():
+  image, label = _position_pair(40, 40)
+  flipped = 0
+  for s in range(12):
+    img, lbl = augment.train_transform(tf.constant(image), tf.constant(label),
+                                       tf.constant([s, 1], tf.int64), _opts(crop_size=(24, 32)))
+    img, lbl = img.numpy(), lbl.numpy()
+    assert img.shape == (24, 32, 3) and lbl.shape == (24, 32)
+    x, y = img[..., 0].astype(int), img[..., 1].astype(int)
+    np.testing.assert_array_equal(lbl, (3 * x + 5 * y) % 250)
+    # A crop is a contiguous window: y grows down the rows; x runs along columns.
+    assert np.all(np.diff(y, axis=0) == 1)
+    dx = np.diff(x, axis=1)
+    assert np.all(dx == 1) or np.all(dx == -1)
+    flipped += int(np.all(dx == -1))
+  assert 0 < flipped < 12  # both branches of the coin were taken
+
+
+def test_rescale_keeps_image_and_label_aligned():
+  # 8x8 blocks of constant class; image channel 0 = 10 * class. Resized x2
+  # (ratio 2), the bilinear image equals 10 * label away from block edges.
+  blocks = np.arange(16, dtype=np.uint8).reshape(4, 4)
+  label = np.kron(blocks, np.ones((8, 8), np.uint8))
+  image = np.repeat((label * 10)[..., None], 3, -1).astype(np.uint8)
+  img, lbl = augment.train_transform(tf.constant(image), tf.constant(label),
+                                     tf.constant([0, 0], tf.int64),
+                                     _opts(crop_size=(64, 64), scale=(32, 32),
+                                           ratio_range=(2.0, 2.0), flip_prob=0.0))
+  img, lbl = img.numpy(), lbl.numpy()
+  np.testing.assert_array_equal(lbl, np.kron(blocks, np.ones((16, 16), np.uint8)))
+  interior = np.zeros((64, 64), bool)
+  for i in range(4):
+    for j in range(4):
+      interior[i * 16 + 2:i * 16 + 14, j * 16 + 2:j * 16 + 14] = True
+  np.testing.assert_allclose(img[..., 0][interior], 10. * lbl[interior], atol=1e-3)
+
+
+def test_window_resize_equals_full_resize_then_crop():
+  image = np.random.default_rng(1).integers(0, 255, (23, 37, 3)).astype(np.uint8)
+  for out_hw, top_left, win in [((41, 50), (0, 0), (16, 20)), ((41, 50), (25, 30), (16, 20)),
+                                ((12, 19), (3, 0), (9, 19)), ((23, 37), (5, 7), (10, 10))]:
+    full = tf.image.resize(image, out_hw, method="bilinear").numpy()
+    ref = full[top_left[0]:top_left[0] + win[0], top_left[1]:top_left[1] + win[1]]
+    got = augment.resize_window_bilinear(tf.constant(image), tf.constant(out_hw),
+                                         tf.constant(top_left), tf.constant(win)).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-3)
+
+
+def test_rescale_size_matches_mmcv_rule():
+  def ref(h, w, scale, ratio):
+    long_t, short_t = int(max(scale) * ratio), int(min(scale) * ratio)
+    f = min(long_t / max(h, w), short_t / min(h, w))
+    return [int(h * f + 0.5), int(w * f + 0.5)]
+  for (h, w), scale, ratio in [((512, 683), (2048, 512), 1.0), ((512, 683), (2048, 512), 1.37),
+                               ((1024, 2048), (2048, 1024), 0.5), ((375, 500), (2048, 512), 0.77),
+                               ((96, 96), (96, 96), 1.3)]:
+    got = augment.rescale_size(tf.constant([h, w]), scale, ratio).numpy().tolist()
+    assert got == ref(h, w, scale, ratio), (h, w, scale, ratio)
+
+
+def test_label_rescale_follows_the_cv2_nearest_rule():
+  label = np.random.default_rng(0).integers(0, 250, (7, 9)).astype(np.uint8)
+  image = np.zeros((7, 9, 3), np.uint8)
+  for ratio in (0.6, 1.0, 1.7, 2.3):
+    # The crop (40x40) holds the whole rescaled label: the output is the rescale.
+    _, lbl = augment.train_transform(tf.constant(image), tf.constant(label),
+                                     tf.constant([0, 0], tf.int64),
+                                     _opts(crop_size=(40, 40), scale=(9, 7),
+                                           ratio_range=(ratio, ratio), flip_prob=0.0))
+    h, w = augment.rescale_size(tf.constant([7, 9]), (9, 7), ratio).numpy().tolist()
+    rows = np.minimum(np.floor(np.arange(h) * 7 / h).astype(int), 6)
+    cols = np.minimum(np.floor(np.arange(w) * 9 / w).astype(int), 8)
+    lbl = lbl.numpy()
+    np.testing.assert_array_equal(lbl[:h, :w], label[rows][:, cols], err_msg=str(ratio))
+    assert np.all(lbl[h:] == 255) and np.all(lbl[:, w:] == 255)
+
+
+@pytest.mark.parametrize("ignore_index", [255, 254])
+def test_padding_uses_ignore_and_zero(ignore_index):
+  # The label padding is the dataset's ignore index (opts.ignore_index).
+  image, label = _position_pair(20, 30)
+  img, lbl = augment.train_transform(tf.constant(image), tf.constant(label),
+                                     tf.constant([1, 2], tf.int64),
+                                     _opts(crop_size=(32, 40), scale=(30, 20), mean=(1., 1., 1.),
+                                           ignore_index=ignore_index))
+  img, lbl = img.numpy(), lbl.numpy()
+  assert img.shape == (32, 40, 3)
+  assert np.all(lbl[20:] == ignore_index) and np.all(lbl[:, 30:] == ignore_index)
+  assert np.all(img[20:] == 0) and np.all(img[:, 30:] == 0)
+  assert np.all(lbl[:20, :30] < 250)
+
+
+def test_cat_max_ratio_check():
+  def ok(values):
+    crop = tf.constant(np.array(values, np.uint8))
+    return bool(augment.crop_is_acceptable(crop, 0.75, 255).numpy())
+  assert not ok([0] * 50)                       # one class
+  assert not ok([0] * 50 + [255] * 50)          # ignore does not count as a class
+  assert not ok([0] * 40 + [1] * 10 + [255] * 50)  # 0.8 of the labelled pixels
+  assert ok([0] * 30 + [1] * 20 + [255] * 100)  # 0.6
+  assert not ok([0] * 75 + [1] * 25)            # exactly 0.75 is not < 0.75
+  assert ok([0] * 74 + [1] * 26)
+
+
+def _crop_offset(label, crop, seed, cat_max_ratio):
+  ch, cw = min(crop[0], label.shape[0]), min(crop[1], label.shape[1])
+  offset, _ = augment.random_crop(lambda t, l: label[t:t + ch, l:l + cw], tf.shape(label), crop,
+                                  seed, cat_max_ratio, 255)
+  return offset.numpy().tolist()
+
+
+def test_random_crop_picks_first_acceptable_candidate():
+  # A 60x60 label: class 1 only in the top-left 20x20 corner, class 0 elsewhere.
+  label = np.zeros((60, 60), np.uint8)
+  label[:20, :20] = 1
+  crop = (24, 24)
+  used_fallback = used_retry = 0
+  for s in range(40):
+    seed = tf.constant([s, 7], tf.int64)
+    tops, lefts = (t.numpy() for t in augment.crop_candidates(tf.constant([60, 60]), crop, seed))
+    assert np.all((0 <= tops) & (tops <= 36)) and np.all((0 <= lefts) & (lefts <= 36))
+    expected = 10
+    for k in range(10):
+      c = label[tops[k]:tops[k] + 24, lefts[k]:lefts[k] + 24]
+      counts = np.bincount(c.ravel(), minlength=2)
+      if np.count_nonzero(counts) > 1 and counts.max() / counts.sum() < 0.75:
+        expected = k
+        break
+    got = _crop_offset(tf.constant(label), crop, seed, 0.75)
+    assert got == [tops[expected], lefts[expected]], s
+    used_fallback += expected == 10
+    used_retry += 0 < expected < 10
+    # Without cat_max_ratio the first candidate is used.
+    got1 = _crop_offset(tf.constant(label), crop, seed, 1.0)
+    assert got1 == [tops[0], lefts[0]]
+  assert used_retry > 0 and used_fallback > 0
+
+
+def test_scale_saturation_matches_hsv_round_trip():
+  image = np.random.default_rng(2).uniform(0, 255, (8, 8, 3)).astype(np.float32)
+  image[0, 0] = [40, 40, 40]  # grey: saturation 0
+  image[0, 1] = [0, 0, 0]
+  for factor in (0.0, 0.5, 1.3, 3.0):
+    ref = tf.image.adjust_saturation(image / 255., factor).numpy() * 255.
+    got = augment.scale_saturation(tf.constant(image), factor).numpy()
+    np.testing.assert_allclose(got, ref, atol=0.05)
+
+
+def test_photometric_distortion_range_and_determinism():
+  rng = np.random.default_rng(0)
+  image = tf.constant(rng.uniform(0, 255, (16, 16, 3)).astype(np.float32))
+  outs = [augment.photometric_distortion(image, tf.constant([s, 0], tf.int64)).numpy()
+          for s in range(8)]
+  for out in outs:
+    assert out.min() >= 0 and out.max() <= 255
+  np.testing.assert_array_equal(
+      outs[3], augment.photometric_distortion(image, tf.constant([3, 0], tf.int64)).numpy())
+  assert sum(not np.allclose(o, image.numpy(), atol=1e-3) for o in outs) >= 6
+
+
+def test_random_flip_flips_image_and_label_together():
+  image = tf.constant(np.arange(2 * 3 * 3, dtype=np.float32).reshape(2, 3, 3))
+  label = tf.constant(np.arange(6, dtype=np.int32).reshape(2, 3))
+  img, lbl = augment.random_flip(image, label, tf.constant([0, 0], tf.int64), 1.0)
+  np.testing.assert_array_equal(img.numpy(), image.numpy()[:, ::-1])
+  np.testing.assert_array_equal(lbl.numpy(), label.numpy()[:, ::-1])
+  img, lbl = augment.random_flip(image, label, tf.constant([0, 0], tf.int64), 0.0)
+  np.testing.assert_array_equal(img.numpy(), image.numpy())
+  np.testing.assert_array_equal(lbl.numpy(), label.numpy())
+
+
+def test_normalize_is_per_channel_mean_std():
+  image = tf.constant(np.array([[[10., 20., 30.]]], np.float32))
+  got = augment.normalize(image, (1., 2., 3.), (3., 6., 9.)).numpy()
+  np.testing.assert_allclose(got, [[[3., 3., 3.]]], rtol=1e-6)
