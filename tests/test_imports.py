@@ -1,0 +1,198 @@
+"""The package's shape: no import circle, models below the converter, and a
+library that imports and trains without the trainer's stack (TensorFlow,
+TFDS, clu, orbax)."""
+
+import ast
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "protoseg_jax"
+TRAINER_STACK = ("tensorflow", "tensorflow_datasets", "clu", "orbax")
+
+
+def _module_name(path: pathlib.Path) -> str:
+  parts = path.relative_to(ROOT).with_suffix("").parts
+  return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _modules() -> dict[str, pathlib.Path]:
+  return {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+
+
+def _imports(path: pathlib.Path, name: str, known: set) -> set:
+  """protoseg_jax modules imported anywhere in the file (module level or inside functions)."""
+  package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+  out = set()
+  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    if isinstance(node, ast.Import):
+      targets = [a.name for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+      base = node.module or ""
+      if node.level:
+        anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+        base = ".".join(anchor + ([base] if base else []))
+      # `from pkg import mod` imports pkg.mod when that is a module.
+      targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in known else base for a in node.names]
+    else:
+      continue
+    for t in targets:
+      while t and t not in known:  # `import protoseg_jax.models.hrnet as h` etc.
+        t = t.rpartition(".")[0]
+      if t and t != name:
+        out.add(t)
+  return out
+
+
+def import_graph() -> dict[str, set]:
+  mods = _modules()
+  return {name: _imports(path, name, set(mods)) for name, path in mods.items()}
+
+
+def find_cycle(graph: dict[str, set]):
+  """One import cycle as a list of modules, or None."""
+  state, stack = {}, []
+
+  def visit(n):
+    state[n] = "open"
+    stack.append(n)
+    for m in sorted(graph.get(n, ())):
+      if state.get(m) == "open":
+        return stack[stack.index(m):] + [m]
+      if m not in state:
+        found = visit(m)
+        if found:
+          return found
+    state[n] = "done"
+    stack.pop()
+    return None
+
+  for n in sorted(graph):
+    if n not in state:
+      found = visit(n)
+      if found:
+        return found
+  return None
+
+
+def test_no_import_circle_in_the_package():
+  graph = import_graph()
+  assert "protoseg_jax.heads" in graph and "protoseg_jax.train" in graph
+  cycle = find_cycle(graph)
+  assert cycle is None, "import circle: " + " -> ".join(cycle)
+
+
+def test_the_cycle_finder_finds_a_circle():
+  # The check above must be able to fail: a planted two-module circle.
+  graph = import_graph()
+  graph["protoseg_jax.ops"] = graph["protoseg_jax.ops"] | {"protoseg_jax.heads"}
+  graph["protoseg_jax.heads"] = graph["protoseg_jax.heads"] | {"protoseg_jax.ops"}
+  assert find_cycle(graph) is not None
+
+
+def test_models_never_import_the_converter_or_the_trainer():
+  above = ("protoseg_jax.convert", "protoseg_jax.train", "protoseg_jax.checkpoints",
+           "protoseg_jax.input_pipeline", "protoseg_jax.datasets", "protoseg_jax.augment",
+           "protoseg_jax.evaluate", "protoseg_jax.inference", "protoseg_jax.metrics")
+  for name, deps in import_graph().items():
+    if name.startswith("protoseg_jax.models"):
+      bad = sorted(d for d in deps if d.startswith(above))
+      assert not bad, f"{name} imports {bad}"
+
+
+def _run_without_trainer_stack(code: str, timeout: int = 600) -> subprocess.CompletedProcess:
+  """Run `code` in a fresh interpreter where importing the trainer's stack fails."""
+  prelude = textwrap.dedent(f"""
+      import sys
+      BLOCKED = {TRAINER_STACK!r}
+      class _Blocker:
+        def find_spec(self, name, path=None, target=None):
+          if name.split(".")[0] in BLOCKED:
+            raise ImportError(f"{{name}} is blocked in this test")
+          return None
+      sys.meta_path.insert(0, _Blocker())
+      """)
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_blocker_blocks():
+  done = _run_without_trainer_stack("import tensorflow")
+  assert done.returncode != 0 and "tensorflow is blocked" in done.stderr
+
+
+def test_library_imports_and_trains_without_tensorflow_tfds_clu_orbax():
+  done = _run_without_trainer_stack("""
+      import importlib, pkgutil
+      import jax, jax.numpy as jnp, numpy as np
+      import protoseg_jax.models as models
+      library = ["protoseg_jax.heads", "protoseg_jax.prototypes", "protoseg_jax.sinkhorn",
+                 "protoseg_jax.losses", "protoseg_jax.ops", "protoseg_jax.optim",
+                 "protoseg_jax.sharding", "protoseg_jax.train", "protoseg_jax.metrics",
+                 "protoseg_jax.inference", "protoseg_jax.evaluate"]
+      library += [f"protoseg_jax.models.{m.name}" for m in pkgutil.iter_modules(models.__path__)]
+      for name in library:
+        importlib.import_module(name)
+      from protoseg_jax import sharding, train
+      from protoseg_jax.models.segmentor import build_model
+      from configs import demo
+      config = demo.get_config()
+      config.protoseg.num_prototypes = 2
+      config.protoseg.embed_dim = 16
+      model = build_model(config, num_classes=3)
+      mesh = sharding.create_mesh()
+      state, tx, schedule = train.create_train_state(config, model, mesh, (1, 32, 32, 3))
+      step = train.make_train_step(model, tx, schedule, config, mesh)
+      rng = np.random.default_rng(0)
+      batch = {"image": jnp.asarray(rng.normal(size=(2, 32, 32, 3)), jnp.float32),
+               "label": jnp.asarray(rng.integers(0, 3, size=(2, 32, 32)), jnp.int32)}
+      state, metrics = step(state, batch)
+      assert int(state.step) == 1 and np.isfinite(float(metrics["train/loss"]))
+      assert float(metrics["train/loss_ppc"]) > 0
+      for m in ("tensorflow", "tensorflow_datasets", "clu", "orbax"):
+        assert m not in sys.modules, m
+      print("TRAINED", float(metrics["train/loss"]))
+      """)
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+  assert "TRAINED" in done.stdout
+
+
+@pytest.mark.slow
+def test_wheel_installs_the_library_importable_from_elsewhere(tmp_path):
+  """`pip install .` gives a package that `import protoseg_jax.heads` finds from
+  another directory (built here without network: no build isolation, no deps)."""
+  # Built from a copy of what the sdist holds, so nothing is written into the checkout.
+  src = tmp_path / "src"
+  src.mkdir()
+  for name in ("pyproject.toml", "README.md"):
+    shutil.copy(ROOT / name, src / name)
+  shutil.copytree(PACKAGE, src / "protoseg_jax", ignore=shutil.ignore_patterns("__pycache__"))
+  wheels = tmp_path / "wheels"
+  done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                         "--no-build-isolation", "-w", str(wheels), str(src)],
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+  (wheel,) = wheels.glob("protoseg_jax-*.whl")
+  target = tmp_path / "site"
+  done = subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--target",
+                         str(target), str(wheel)], capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+  assert (target / "protoseg_jax" / "heads.py").is_file()
+  assert not (target / "tests").exists() and not (target / "configs").exists()
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  env = dict(os.environ, PYTHONPATH=str(target), JAX_PLATFORMS="cpu")
+  done = subprocess.run([sys.executable, "-c",
+                         "import protoseg_jax, protoseg_jax.heads, protoseg_jax.convert; "
+                         "print(protoseg_jax.__file__)"],
+                        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.strip().startswith(str(target))
