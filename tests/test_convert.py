@@ -23,11 +23,11 @@ import torch
 import torch.nn.functional as F
 from timm.models.hrnet import HighResolutionModule
 
-from protoseg_jax import convert, sharding, train
+from protoseg_jax import checkpoints, convert, sharding, train
+from protoseg_jax.convert import hrnet as hrnet_convert
 from protoseg_jax.models import get_backbone, hrnet
 from protoseg_jax.models.segmentor import Segmentor, build_model
 from test_hrnet import numpy_variables, openseg_module_forward
-from test_train import tiny_config
 from torch_helpers import max_rel_err as rel_err, nhwc, randomize_bn
 
 ARCH = "hrnet_w18_small"   # 16-32-64-128 branches: D = 240 instead of W48's 720
@@ -83,7 +83,7 @@ class OfficialHRNet(torch.nn.Module):
   def official_state_dict(self) -> dict:
     """The openseg checkpoint layout: the timm model's ImageNet head is not part of it."""
     return {k: v for k, v in self.state_dict().items()
-            if not k.startswith(tuple("backbone." + p for p in hrnet._DROPPED))}
+            if not k.startswith(tuple("backbone." + p for p in hrnet_convert._DROPPED))}
 
   def forward(self, images):
     b = self.backbone
@@ -197,7 +197,7 @@ def test_protoseg_checkpoint_matches_official_forward(official, converted):
   assert diff > 1e-2, diff
 
 
-def test_compat_overrides_build_the_matching_model(official, converted, tmp_path):
+def test_compat_overrides_build_the_matching_model(official, converted, tmp_path, tiny_config):
   _, _, rgb, ref = official
   overrides = convert.protoseg_compat_overrides(converted, arch=ARCH)
   assert overrides == {
@@ -341,7 +341,7 @@ def _random_backbone_variables(arch: str, seed: int) -> dict:
   return numpy_variables(get_backbone(arch), jnp.zeros((1, 64, 64, 3)), seed=seed)
 
 
-def test_init_from_loads_backbone_through_create_train_state(tmp_path):
+def test_init_from_loads_backbone_through_create_train_state(tmp_path, tiny_config):
   config = tiny_config(str(tmp_path / "tfds"))  # hrnet_tiny; the dataset is never read
   model = build_model(config, num_classes=4)
   wanted = _random_backbone_variables("hrnet_tiny", seed=3)
@@ -364,22 +364,22 @@ def _abstract_variables(model) -> dict:
       jnp.zeros((1, 64, 64, 3)), train=False)))
 
 
-def test_init_from_wrong_arch_and_full_model_dir(converted, tmp_path):
+def test_init_from_wrong_arch_and_full_model_dir(converted, tmp_path, tiny_config):
   config = tiny_config(str(tmp_path / "tfds"))  # hrnet_tiny
   abstract = _abstract_variables(build_model(config, num_classes=4))
   convert.save_variables(_random_backbone_variables(ARCH, seed=1), str(tmp_path / "w18s"))
   config.init_from = str(tmp_path / "w18s")
   with pytest.raises(ValueError, match=r"vs backbone 'hrnet_tiny' does not fit"):
-    train._load_init_from(config, abstract)
+    checkpoints.init_from(config, abstract)
   tiny = _random_backbone_variables("hrnet_tiny", seed=2)
   tiny["params"]["conv1"]["kernel"] = jnp.zeros((3, 3, 3, 8))  # same tree, one wrong width
   convert.save_variables(tiny, str(tmp_path / "narrow"))
   config.init_from = str(tmp_path / "narrow")
   with pytest.raises(ValueError, match=r"conv1.*kernel.*\(3, 3, 3, 8\), \(3, 3, 3, 16\)"):
-    train._load_init_from(config, abstract)
+    checkpoints.init_from(config, abstract)
   config.init_from = str(tmp_path / "nowhere")
   with pytest.raises(FileNotFoundError, match="nowhere"):
-    train._load_init_from(config, abstract)
+    checkpoints.init_from(config, abstract)
 
   # A whole converted official checkpoint also initialises the backbone (only the backbone:
   # the decoder, head and prototypes keep the model's own initialisation).
@@ -388,7 +388,7 @@ def test_init_from_wrong_arch_and_full_model_dir(converted, tmp_path):
                                    convert.protoseg_compat_overrides(converted, arch=ARCH))
   config.init_from = str(tmp_path / "full")
   abstract = _abstract_variables(build_model(config, num_classes=C))
-  out = train._load_init_from(config, abstract)
+  out = checkpoints.init_from(config, abstract)
   for col in ("params", "batch_stats"):
     jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(out[col]["backbone"]),
                            converted[col]["backbone"])
@@ -396,9 +396,9 @@ def test_init_from_wrong_arch_and_full_model_dir(converted, tmp_path):
 
   # init_from_scope='all': the whole converted model (e.g. to evaluate official weights).
   config.init_from_scope = "all"
-  out = train._load_init_from(config, abstract)
+  out = checkpoints.init_from(config, abstract)
   for col in ("params", "batch_stats", "prototypes"):
     jax.tree_util.tree_map(np.testing.assert_array_equal, jax.device_get(out[col]), converted[col])
   config.init_from = str(tmp_path / "w18s")
   with pytest.raises(ValueError, match="init_from_scope='all' needs a whole model"):
-    train._load_init_from(config, abstract)
+    checkpoints.init_from(config, abstract)

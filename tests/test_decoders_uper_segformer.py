@@ -10,6 +10,9 @@ import torch
 import torch.nn as tnn
 import torch.nn.functional as F
 
+from protoseg_jax.convert import mit as mit_convert
+from protoseg_jax.convert import segformer as segformer_convert
+from protoseg_jax.convert import uper as uper_convert
 from protoseg_jax.models import mit, segformer, uper
 from torch_helpers import max_rel_err
 
@@ -92,7 +95,7 @@ def test_uper_head_parity_with_torch_reference():
     ref = ref_head(feats).permute(0, 2, 3, 1).numpy()
   sd = {f"decode_head.{k}": v for k, v in ref_head.state_dict().items()}
   sd["backbone.patch_embed.proj.weight"] = torch.zeros(1)  # other converters' keys are left alone
-  variables = uper.convert_state_dict(sd)
+  variables = uper_convert.convert_state_dict(sd)
   head = uper.UPerHead(channels=channels)
   out = jax.jit(lambda v, f: head.apply(v, f, train=False))(variables, [nhwc(f) for f in feats])
   assert out.shape == (1, 25, 33, channels)
@@ -103,11 +106,11 @@ def test_uper_head_parity_with_torch_reference():
   bad = dict(sd)
   bad["decode_head.fpn_convs.0.extra"] = torch.zeros(1)
   with pytest.raises(ValueError, match=r"fpn_convs\.0\.extra"):
-    uper.convert_state_dict(bad)
+    uper_convert.convert_state_dict(bad)
   bad = dict(sd)
   del bad["decode_head.bottleneck.bn.running_var"]
   with pytest.raises(ValueError, match=r"bottleneck\.bn\.running_var"):
-    uper.convert_state_dict(bad)
+    uper_convert.convert_state_dict(bad)
 
 
 def test_uper_head_shapes_and_train_mode():
@@ -161,9 +164,9 @@ def test_segformer_head_parity_with_hf(hf_seg):
   sd = hf_seg.state_dict()
   backbone = mit.ARCHS["mit_b0"](norm_eps=1e-5)
   head = segformer.SegFormerHead(channels=64)
-  bvars = mit.convert_state_dict("mit_b0", sd)
-  hvars = segformer.convert_state_dict(sd)
-  cls = segformer.convert_classifier(sd)
+  bvars = mit_convert.convert_state_dict("mit_b0", sd)
+  hvars = segformer_convert.convert_state_dict(sd)
+  cls = segformer_convert.convert_classifier(sd)
 
   @jax.jit
   def fwd(bv, hv, c, im):
@@ -198,20 +201,20 @@ def _hf_head_to_layout(sd, layout):
 
 def test_segformer_head_layouts_convert_identically(hf_seg):
   sd = hf_seg.state_dict()
-  ref = segformer.convert_state_dict(sd)
+  ref = segformer_convert.convert_state_dict(sd)
   for layout in ("hub", "nvlabs"):
     other = _hf_head_to_layout(sd, layout)
     assert ("decode_head.linear_c.2.proj.weight" in other) == (layout == "hub")
-    jax.tree_util.tree_map(np.testing.assert_array_equal, ref, segformer.convert_state_dict(other))
-    jax.tree_util.tree_map(np.testing.assert_array_equal, segformer.convert_classifier(sd),
-                           segformer.convert_classifier(other))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, ref, segformer_convert.convert_state_dict(other))
+    jax.tree_util.tree_map(np.testing.assert_array_equal, segformer_convert.convert_classifier(sd),
+                           segformer_convert.convert_classifier(other))
   bad = dict(sd)
   bad["decode_head.linear_projections.1.extra"] = torch.zeros(1)
   with pytest.raises(ValueError, match=r"linear_projections\.1\.extra"):
-    segformer.convert_state_dict(bad)
+    segformer_convert.convert_state_dict(bad)
   bad = {k: v for k, v in sd.items() if k != "decode_head.linear_projections.3.proj.weight"}
   with pytest.raises(ValueError, match=r"linear_projections\.3\.proj\.weight"):
-    segformer.convert_state_dict(bad)
+    segformer_convert.convert_state_dict(bad)
 
 
 def test_segformer_head_shapes():

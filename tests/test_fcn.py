@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from protoseg_jax import convert
+from protoseg_jax.convert import fcn as fcn_convert
 from protoseg_jax.models import fcn
 from torch_helpers import randomize_bn
 
@@ -69,7 +70,7 @@ def test_fcn_head_matches_torch(cfg):
   sd = {"decode_head." + k: v for k, v in ref_head.state_dict().items()}
   sd["decode_head.conv_seg.weight"] = torch.zeros(5, cfg["channels"], 1, 1)
   reader = convert.StateDictReader(sd, ignore=("conv_seg",))
-  params, stats = fcn.convert_fcn_head(reader, "decode_head.", num_convs=cfg["num_convs"],
+  params, stats = fcn_convert.convert_fcn_head(reader, "decode_head.", num_convs=cfg["num_convs"],
                                        concat_input=cfg["concat_input"])
   reader.finish()
   head = fcn.FCNHead(in_index=cfg["in_index"], channels=cfg["channels"],

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from timm.models.hrnet import HighResolutionModule
 
 from protoseg_jax import convert, models
+from protoseg_jax.convert import hrnet as hrnet_convert
 from protoseg_jax.models import hrnet
 from torch_helpers import nchw, nhwc, randomize_bn, rel_errors
 
@@ -82,7 +83,7 @@ def w18s():
   sd = m.state_dict()
   # the full classification model: the converter must drop its head explicitly
   assert any(k.startswith("incre_modules.") for k in sd) and "classifier.weight" in sd
-  return m, hrnet.convert_state_dict("hrnet_w18_small", sd)
+  return m, hrnet_convert.convert_state_dict("hrnet_w18_small", sd)
 
 
 # timm's nearest fusion needs every branch exactly twice the next one:
@@ -141,24 +142,24 @@ def test_one_fuse_step_upsampling_matches_torch():
 
 def test_converter_prefix_and_errors(w18s):
   m, variables = w18s
-  sd = {k: v for k, v in m.state_dict().items() if not k.startswith(hrnet._DROPPED)}
+  sd = {k: v for k, v in m.state_dict().items() if not k.startswith(hrnet_convert._DROPPED)}
   # openseg / ProtoSeg full-model checkpoint: backbone under `backbone.`, other parts beside it
   full = {"backbone." + k: v for k, v in sd.items()}
   full["cls_head.0.weight"] = torch.zeros(4, 4, 3, 3)
   full["prototypes"] = torch.zeros(2, 3, 4)
-  got = hrnet.convert_state_dict("hrnet_w18_small", full, prefix="backbone.")
+  got = hrnet_convert.convert_state_dict("hrnet_w18_small", full, prefix="backbone.")
   jax.tree_util.tree_map(np.testing.assert_array_equal, got, variables)
 
   bad = dict(sd)
   bad["stage3.0.branches.0.0.extra.weight"] = torch.zeros(1)
   with pytest.raises(ValueError, match=r"unknown keys.*stage3\.0\.branches\.0\.0\.extra\.weight"):
-    hrnet.convert_state_dict("hrnet_w18_small", bad)
+    hrnet_convert.convert_state_dict("hrnet_w18_small", bad)
   bad = dict(sd)
   del bad["stage4.0.fuse_layers.3.0.2.0.weight"]
   with pytest.raises(ValueError, match=r"missing keys.*stage4\.0\.fuse_layers\.3\.0\.2\.0\.weight"):
-    hrnet.convert_state_dict("hrnet_w18_small", bad)
+    hrnet_convert.convert_state_dict("hrnet_w18_small", bad)
   with pytest.raises(ValueError, match="prefix"):
-    hrnet.convert_state_dict("hrnet_w18_small", sd, prefix="backbone.")
+    hrnet_convert.convert_state_dict("hrnet_w18_small", sd, prefix="backbone.")
 
 
 @pytest.mark.parametrize("arch", ["hrnet_w48", "hrnet_w18_small_v2"])
@@ -167,10 +168,10 @@ def test_configs_match_timm_key_layout(arch):
   # (convert_state_dict checks against jax.eval_shape(model.init)).
   torch.manual_seed(0)
   sd = timm.create_model(arch, pretrained=False).state_dict()
-  variables = hrnet.convert_state_dict(arch, sd)
+  variables = hrnet_convert.convert_state_dict(arch, sd)
   n_ours = sum(v.size for v in jax.tree_util.tree_leaves(variables))
   n_timm = sum(v.numel() for k, v in sd.items()
-               if not k.startswith(hrnet._DROPPED) and not k.endswith("num_batches_tracked"))
+               if not k.startswith(hrnet_convert._DROPPED) and not k.endswith("num_batches_tracked"))
   assert n_ours == n_timm
 
 
@@ -207,7 +208,7 @@ def test_hrnet_head_matches_torch_and_dropout():
   randomize_bn(cls_head)
   sd = {"cls_head." + k: v for k, v in cls_head.state_dict().items()}
   reader = convert.StateDictReader(sd)
-  params, stats = hrnet.convert_hrnet_head(reader, "cls_head.")
+  params, stats = hrnet_convert.convert_hrnet_head(reader, "cls_head.")
   reader.finish()
   head = hrnet.HRNetHead()
   hv = {"params": params, "batch_stats": stats}

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from protoseg_jax.convert import mit as mit_convert
 from protoseg_jax.models import get_backbone, mit
 from torch_helpers import max_rel_err
 
@@ -42,7 +43,7 @@ def test_parity_with_hf(hf_model, hw):
   x = torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(1))
   ref = _hf_features(hf_model, x)
   assert len(ref) == 4
-  variables = mit.convert_state_dict(ARCH, hf_model.state_dict())
+  variables = mit_convert.convert_state_dict(ARCH, hf_model.state_dict())
   xj = jnp.asarray(x.permute(0, 2, 3, 1).numpy())
   errs = {}
   for eps in (1e-5, 1e-6):  # 1e-5 = HF exactly; 1e-6 = NVlabs default
@@ -108,32 +109,32 @@ def _to_nvlabs(sd):
 
 def test_layouts_convert_identically(hf_model):
   sd = dict(hf_model.state_dict())
-  v5 = mit.convert_state_dict(ARCH, sd)
+  v5 = mit_convert.convert_state_dict(ARCH, sd)
   hub = _to_hf_hub(sd)
   assert "segformer.encoder.block.0.1.attention.self.sr.weight" in hub
   assert "segformer.encoder.layer_norm.3.weight" in hub
   hub["decode_head.linear_c.0.proj.weight"] = torch.zeros(256, 32)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, v5, mit.convert_state_dict(ARCH, hub))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, v5, mit_convert.convert_state_dict(ARCH, hub))
   nv = _to_nvlabs(sd)
   assert "block1.0.attn.kv.weight" in nv and nv["block1.0.attn.kv.weight"].shape == (64, 32)
-  jax.tree_util.tree_map(np.testing.assert_array_equal, v5, mit.convert_state_dict(ARCH, nv))
+  jax.tree_util.tree_map(np.testing.assert_array_equal, v5, mit_convert.convert_state_dict(ARCH, nv))
   jax.tree_util.tree_map(np.testing.assert_array_equal, v5,
-                         mit.convert_state_dict(ARCH, {"backbone." + k: v for k, v in nv.items()}))
+                         mit_convert.convert_state_dict(ARCH, {"backbone." + k: v for k, v in nv.items()}))
 
 
 def test_unknown_and_missing_keys_error(hf_model):
   sd = dict(hf_model.state_dict())
   sd["stages.1.blocks.0.attention.extra"] = torch.zeros(2)
   with pytest.raises(ValueError, match=r"stages\.1\.blocks\.0\.attention\.extra"):
-    mit.convert_state_dict(ARCH, sd)
+    mit_convert.convert_state_dict(ARCH, sd)
   sd = dict(hf_model.state_dict())
   del sd["stages.2.blocks.1.mlp.dwconv.dwconv.weight"]
   with pytest.raises(ValueError, match=r"stages\.2\.blocks\.1\.mlp\.dwconv\.dwconv\.weight"):
-    mit.convert_state_dict(ARCH, sd)
+    mit_convert.convert_state_dict(ARCH, sd)
   with pytest.raises(ValueError, match="missing keys"):  # b1 has the same depths but wider stages
-    mit.convert_state_dict("mit_b2", hf_model.state_dict())
+    mit_convert.convert_state_dict("mit_b2", hf_model.state_dict())
   with pytest.raises(ValueError, match="wrong shapes"):
-    mit.convert_state_dict("mit_b1", hf_model.state_dict())
+    mit_convert.convert_state_dict("mit_b1", hf_model.state_dict())
 
 
 def test_shapes_all_archs():

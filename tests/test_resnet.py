@@ -10,6 +10,7 @@ import timm
 import torch
 
 from protoseg_jax import models
+from protoseg_jax.convert import resnet as resnet_convert
 from protoseg_jax.models import resnet
 from torch_helpers import randomize_bn, rel_errors
 
@@ -42,7 +43,7 @@ def r50d():
 def test_resnet50d_os8_matches_timm(r50d, hw):
   sd = r50d.state_dict()
   assert "fc.weight" in sd  # the classifier is dropped by the converter
-  variables = resnet.convert_state_dict("resnet50d", sd)
+  variables = resnet_convert.convert_state_dict("resnet50d", sd)
   x = torch.randn(2, 3, *hw, generator=torch.Generator().manual_seed(2))
   ours = run_ours("resnet50d", variables, x)
   ref = timm_features(r50d, x)
@@ -58,7 +59,7 @@ def test_resnet50_torchvision_layout_matches():
   m = timm_model("resnet50", output_stride=8)
   sd = m.state_dict()
   assert "conv1.weight" in sd and "layer2.0.downsample.0.weight" in sd
-  variables = resnet.convert_state_dict("resnet50", sd)
+  variables = resnet_convert.convert_state_dict("resnet50", sd)
   x = torch.randn(2, 3, 75, 93, generator=torch.Generator().manual_seed(3))
   errs = rel_errors(run_ours("resnet50", variables, x), timm_features(m, x))
   print(f"resnet50 (torchvision layout) os8 rel err per stage: {errs}")
@@ -76,7 +77,7 @@ def test_resnet50_v1c_mmseg_layout_matches():
     head, _, tail = k.rpartition(".")
     sd["backbone." + rename.get(head, head) + "." + tail] = v
   sd["decode_head.conv_seg.weight"] = torch.zeros(3, 512, 1, 1)  # outside the prefix: ignored
-  variables = resnet.convert_state_dict("resnet50_v1c", sd, prefix="backbone.")
+  variables = resnet_convert.convert_state_dict("resnet50_v1c", sd, prefix="backbone.")
   x = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(4))
   errs = rel_errors(run_ours("resnet50_v1c", variables, x), timm_features(m, x))
   print(f"resnet50_v1c (mmseg layout) os8 rel err per stage: {errs}")
@@ -87,14 +88,14 @@ def test_converter_rejects_unknown_and_missing_keys(r50d):
   sd = dict(r50d.state_dict())
   sd["layer1.0.extra.weight"] = torch.zeros(1)
   with pytest.raises(ValueError, match=r"unknown keys.*layer1\.0\.extra\.weight"):
-    resnet.convert_state_dict("resnet50d", sd)
+    resnet_convert.convert_state_dict("resnet50d", sd)
   sd = dict(r50d.state_dict())
   del sd["layer3.2.bn2.running_var"]
   with pytest.raises(ValueError, match=r"missing keys.*layer3\.2\.bn2\.running_var"):
-    resnet.convert_state_dict("resnet50d", sd)
+    resnet_convert.convert_state_dict("resnet50d", sd)
   # a conv-shortcut arch must not accept avg-down weights (layouts differ)
   with pytest.raises(ValueError, match="downsample"):
-    resnet.convert_state_dict("resnet50_v1c", r50d.state_dict())
+    resnet_convert.convert_state_dict("resnet50_v1c", r50d.state_dict())
 
 
 def test_stage_plan():

@@ -12,7 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from protoseg_jax.models import get_backbone, swin
+from protoseg_jax.convert import swin as swin_convert
+from protoseg_jax.models import get_backbone, layers, swin
 from torch_helpers import max_rel_err
 
 ARCH = "swin_tiny_patch4_window7_224"
@@ -37,7 +38,7 @@ def timm_model():
 
 @pytest.fixture(scope="module")
 def variables(timm_model):
-  return swin.convert_state_dict(ARCH, timm_model.state_dict(), out_norms=False)
+  return swin_convert.convert_state_dict(ARCH, timm_model.state_dict(), out_norms=False)
 
 
 def _ref_block(blk, x, ws, shift):
@@ -147,7 +148,7 @@ def test_official_layout_converts_identically(timm_model, variables):
   sd = {k: v.clone() for k, v in timm_model.state_dict().items()}
   off = _to_official(sd)
   assert "layers.0.downsample.reduction.weight" in off and "layers.3.downsample.norm.weight" not in off
-  v2 = swin.convert_state_dict(ARCH, off, out_norms=False)
+  v2 = swin_convert.convert_state_dict(ARCH, off, out_norms=False)
   jax.tree_util.tree_map(np.testing.assert_array_equal, variables, v2)
   # Segmentation checkpoint: backbone.* with norm0..3, decoder keys left alone.
   seg = {f"backbone.{k}": v for k, v in off.items()}
@@ -157,11 +158,11 @@ def test_official_layout_converts_identically(timm_model, variables):
   seg["decode_head.conv_seg.weight"] = torch.zeros(3, 512, 1, 1)
   partial = {k: v for k, v in seg.items() if not k.startswith("backbone.norm1.")}
   with pytest.raises(ValueError, match=r"norm1\.weight"):
-    swin.convert_state_dict(ARCH, partial)
-  v3 = swin.convert_state_dict(ARCH, seg)
+    swin_convert.convert_state_dict(ARCH, partial)
+  v3 = swin_convert.convert_state_dict(ARCH, seg)
   np.testing.assert_array_equal(v3["params"]["norm2"]["scale"], np.full((384,), 2.0, np.float32))
   # ImageNet checkpoint: fresh out norms.
-  v4 = swin.convert_state_dict(ARCH, sd)
+  v4 = swin_convert.convert_state_dict(ARCH, sd)
   np.testing.assert_array_equal(v4["params"]["norm3"]["scale"], np.ones((768,), np.float32))
   np.testing.assert_array_equal(v4["params"]["norm3"]["bias"], np.zeros((768,), np.float32))
 
@@ -170,15 +171,15 @@ def test_unknown_and_missing_keys_error(timm_model):
   sd = dict(timm_model.state_dict())
   sd["layers.1.blocks.0.attn.extra"] = torch.zeros(3)
   with pytest.raises(ValueError, match=r"layers\.1\.blocks\.0\.attn\.extra"):
-    swin.convert_state_dict(ARCH, sd)
+    swin_convert.convert_state_dict(ARCH, sd)
   sd = dict(timm_model.state_dict())
   del sd["layers.2.blocks.3.mlp.fc1.bias"]
   with pytest.raises(ValueError, match=r"layers\.2\.blocks\.3\.mlp\.fc1\.bias"):
-    swin.convert_state_dict(ARCH, sd)
+    swin_convert.convert_state_dict(ARCH, sd)
   sd = dict(timm_model.state_dict())
   sd["patch_embed.proj.weight"] = torch.zeros(96, 3, 4, 5)
   with pytest.raises(ValueError, match=r"wrong shapes.*patch_embed_proj"):
-    swin.convert_state_dict(ARCH, sd)
+    swin_convert.convert_state_dict(ARCH, sd)
 
 
 def test_shapes_all_archs():
@@ -192,7 +193,7 @@ def test_shapes_all_archs():
 
 
 def test_drop_path():
-  dp = swin.DropPath(0.5)
+  dp = layers.DropPath(0.5)
   x = jnp.ones((64, 3, 2))
   y = dp.apply({}, x, deterministic=False, rngs={"dropout": jax.random.PRNGKey(0)})
   per_sample = np.asarray(y)[:, 0, 0]

@@ -1,9 +1,11 @@
-"""Backbones and decoders.
+"""Backbones and decoders (Flax modules only; no weight conversion here).
 
-Every backbone family lives in its own module and exposes
+Every backbone family lives in its own module (BACKBONE_FAMILIES) and exposes
   ARCHS: dict[str, Callable[..., nn.Module]]   arch name -> constructor
-  convert_state_dict(arch, state_dict, *, strict=True) -> variables
-so that `get_backbone` and `protoseg_jax.convert` can dispatch by name.
+so that `get_backbone` can dispatch by name; `backbone_family_name(arch)` says
+which family an arch belongs to (the PyTorch state_dict converter of family F
+is `protoseg_jax.convert.F`). Building blocks that several model modules use
+are in `layers`; model modules import them from there, never from each other.
 Backbones take NHWC images and return the tuple of their 4 stage features
 (NHWC) from `apply(variables, images, train=False)`.
 Arch names follow timm where timm has the model.
@@ -24,7 +26,8 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 
-def _family_module(arch: str):
+def _family_modules():
+  """(family name, module) of every importable backbone family, in search order."""
   for family in BACKBONE_FAMILIES:
     try:
       mod = importlib.import_module(f"protoseg_jax.models.{family}")
@@ -32,29 +35,22 @@ def _family_module(arch: str):
       if e.name == f"protoseg_jax.models.{family}":
         continue
       raise
+    yield family, mod
+
+
+def backbone_family_name(arch: str) -> str:
+  """The family (one of BACKBONE_FAMILIES, e.g. "hrnet") that defines `arch`."""
+  for family, mod in _family_modules():
     if arch in mod.ARCHS:
-      return mod
+      return family
   raise ValueError(f"Unknown backbone arch {arch!r}; known: {sorted(list_backbones())}")
 
 
 def list_backbones() -> list[str]:
-  names = []
-  for family in BACKBONE_FAMILIES:
-    try:
-      mod = importlib.import_module(f"protoseg_jax.models.{family}")
-    except ModuleNotFoundError as e:
-      if e.name == f"protoseg_jax.models.{family}":
-        continue
-      raise
-    names.extend(mod.ARCHS)
-  return names
+  return [name for _, mod in _family_modules() for name in mod.ARCHS]
 
 
 def get_backbone(arch: str, **kwargs):
   """Linen module for `arch`; `apply(variables, x_nhwc, train=False)` -> 4 features."""
-  return _family_module(arch).ARCHS[arch](**kwargs)
-
-
-def backbone_family(arch: str):
-  """The module that defines `arch` (has ARCHS and convert_state_dict)."""
-  return _family_module(arch)
+  family = importlib.import_module(f"protoseg_jax.models.{backbone_family_name(arch)}")
+  return family.ARCHS[arch](**kwargs)

@@ -5,14 +5,15 @@
   y = ConvModule(concat([x, y])) if concat_input    (k x k, no dilation)
   y = Dropout2d(dropout)(y)                         [B, h, w, channels]
 
-ConvModule = conv (no bias) + BN + ReLU (`resnet.ConvBN`). The 1x1 classifier (`conv_seg`) is
+ConvModule = conv (no bias) + BN + ReLU (`layers.ConvBN`). The 1x1 classifier (`conv_seg`) is
 not part of this module; the integrator adds it (or the ProtoSeg head) on the
 output. Decode head of mmseg's `fcn_r101-d8`: FCNHead(in_index=3, channels=512,
 num_convs=2, concat_input=True); its auxiliary head: FCNHead(in_index=2,
 channels=256, num_convs=1, concat_input=False).
 
 Flax names: `convs_{i}` and `conv_cat`, each with `conv` and `bn`
-(mmseg: `convs.{i}.conv/.bn`, `conv_cat.conv/.bn`; see `convert_fcn_head`).
+(mmseg: `convs.{i}.conv/.bn`, `conv_cat.conv/.bn`; see
+`protoseg_jax.convert.fcn.convert_fcn_head`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,7 @@ from typing import Any, Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from protoseg_jax import convert
-from protoseg_jax.models.resnet import ConvBN, VariableBuilder
+from protoseg_jax.models.layers import ConvBN
 
 
 class FCNHead(nn.Module):
@@ -55,20 +55,3 @@ class FCNHead(nn.Module):
       y = ConvBN(self.channels, self.kernel_size, dtype=self.dtype, name="conv_cat")(
           jnp.concatenate([x, y], axis=-1), train)
     return nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(y)
-
-
-def convert_fcn_head(reader: convert.StateDictReader, torch_prefix: str, *, num_convs: int = 2,
-                     concat_input: bool = True) -> tuple[dict, dict]:
-  """(params, batch_stats) of `FCNHead` from mmseg keys under `torch_prefix`.
-
-  E.g. torch_prefix="decode_head." or "auxiliary_head."; reads `convs.{i}.conv.weight`,
-  `convs.{i}.bn.*` and `conv_cat.*`. The classifier `conv_seg.*` is not read.
-  """
-  vb = VariableBuilder(reader)
-  for i in range(num_convs):
-    vb.conv((f"convs_{i}", "conv"), f"{torch_prefix}convs.{i}.conv")
-    vb.bn((f"convs_{i}", "bn"), f"{torch_prefix}convs.{i}.bn")
-  if concat_input:
-    vb.conv(("conv_cat", "conv"), f"{torch_prefix}conv_cat.conv")
-    vb.bn(("conv_cat", "bn"), f"{torch_prefix}conv_cat.bn")
-  return vb.params, vb.stats

@@ -27,7 +27,7 @@ fails on a shape mismatch while this module still runs.
 outputs of the last stage, highest resolution first: [B, ceil(H/4), ceil(W/4),
 C1], ... at 1/4, 1/8, 1/16, 1/32, C = (48, 96, 192, 384) for W48.
 
-Flax parameter names (the converter writes exactly these; torch name after ->):
+Flax parameter names (`protoseg_jax.convert.hrnet` writes exactly these; torch name after ->):
   conv1 bn1 conv2 bn2                        -> same
   layer1_{b}                                 -> layer1.{b} (Bottleneck)
   transition{t}_{i}        (channel change)  -> transition{t}.{i}.0/.1
@@ -35,24 +35,24 @@ Flax parameter names (the converter writes exactly these; torch name after ->):
   stage{s}_{m}/branch{i}_{b}                 -> stage{s}.{m}.branches.{i}.{b}
   stage{s}_{m}/fuse{i}_{j}      (j > i)      -> stage{s}.{m}.fuse_layers.{i}.{j}.0/.1
   stage{s}_{m}/fuse{i}_{j}_{k}  (j < i)      -> stage{s}.{m}.fuse_layers.{i}.{j}.{k}.0/.1
-  (each ConvBN holds `conv` and `bn`; blocks as in protoseg_jax.models.resnet)
+  (each ConvBN holds `conv` and `bn`; blocks from protoseg_jax.models.layers)
 
 `HRNetHead` is the official HRNet_W48(_Proto) `cls_head` without its
-classifier; `convert_hrnet_head` maps its ProtoSeg checkpoint keys.
+classifier; `protoseg_jax.convert.hrnet.convert_hrnet_head` maps its ProtoSeg
+checkpoint keys.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 
-from protoseg_jax import convert, ops
-from protoseg_jax.models.resnet import (BasicBlock, Bottleneck, ConvBN, VariableBuilder,
-                                        batch_norm, conv2d, convert_block, sub_state_dict)
+from protoseg_jax import ops
+from protoseg_jax.models.layers import BasicBlock, Bottleneck, ConvBN, batch_norm, conv2d
 
 FUSIONS = ("nearest", "bilinear_align_corners")
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -246,7 +246,7 @@ class HRNetHead(nn.Module):
   Dropout2d(dropout) (whole channels dropped, `dropout` rng; off when not train).
   `__call__(features: 4 x NHWC, *, train)` -> [B, h_1, w_1, D_in].
   Submodules: `conv` (nn.Conv, torch `cls_head.0`) and `bn` (torch `cls_head.1`,
-  the BN of openseg's BNReLU); see `convert_hrnet_head`.
+  the BN of openseg's BNReLU); see `protoseg_jax.convert.hrnet.convert_hrnet_head`.
   """
   dropout: float = 0.1
   dtype: Any = jnp.float32
@@ -260,95 +260,3 @@ class HRNetHead(nn.Module):
     x = conv2d(d_in, 3, use_bias=True, dtype=self.dtype, name="conv")(x)
     x = nn.relu(batch_norm(train, dtype=self.dtype, name="bn")(x))
     return nn.Dropout(self.dropout, broadcast_dims=(1, 2), deterministic=not train)(x)
-
-
-def convert_hrnet_head(reader: convert.StateDictReader, torch_prefix: str) -> tuple[dict, dict]:
-  """(params, batch_stats) of `HRNetHead` from official keys `{torch_prefix}0.*` (conv, bias)
-  and `{torch_prefix}1.0.*` (BN inside openseg's BNReLU Sequential) or `{torch_prefix}1.*`
-  (inplace-ABN builds). E.g. torch_prefix="cls_head."; the classifier `cls_head.3` of the
-  softmax baseline is not read (the caller maps or drops it).
-  """
-  vb = VariableBuilder(reader)
-  vb.conv(("conv",), f"{torch_prefix}0", bias=True)
-  bn = f"{torch_prefix}1.0" if reader.has(f"{torch_prefix}1.0.weight") else f"{torch_prefix}1"
-  vb.bn(("bn",), bn)
-  return vb.params, vb.stats
-
-
-# --- backbone state_dict conversion ------------------------------------------------
-
-# Classification-only parts of timm / official ImageNet HRNet checkpoints.
-_DROPPED = ("incre_modules.", "downsamp_modules.", "final_layer.", "classifier.")
-
-
-def convert_state_dict(arch: str, state_dict: Mapping[str, Any], *, prefix: str = "",
-                       check: bool = True) -> dict:
-  """Flax variables for HRNet `arch` from a PyTorch state_dict.
-
-  Accepts timm `hrnet_w*`, the official HRNetV2 ImageNet checkpoints and the
-  openseg/ProtoSeg `HighResolutionNet` backbone (identical key layout). Keys of
-  the ImageNet classification head (incre_modules, downsamp_modules,
-  final_layer, classifier) are dropped; any other unused key or a missing one
-  raises, listing the keys. `prefix="backbone."` reads the backbone out of an
-  openseg/ProtoSeg full-model checkpoint (keys outside the prefix are ignored).
-  The result does not depend on `fusion`.
-  """
-  if arch not in CONFIGS:
-    raise ValueError(f"unknown HRNet arch {arch!r}; known: {sorted(CONFIGS)}")
-  cfg = CONFIGS[arch]
-  sd = sub_state_dict(state_dict, prefix)
-  r = convert.StateDictReader(sd, prefix=prefix)
-  for k in r.keys():
-    if k.startswith(_DROPPED):
-      r.mark_used(k)
-  vb = VariableBuilder(r)
-  for n in ("1", "2"):
-    vb.conv((f"conv{n}",), f"conv{n}")
-    vb.bn((f"bn{n}",), f"bn{n}")
-
-  def conv_bn(path, torch_prefix):
-    vb.conv(path + ("conv",), f"{torch_prefix}.0")
-    vb.bn(path + ("bn",), f"{torch_prefix}.1")
-
-  s1 = cfg.stages[0]
-  cin = cfg.stem_out
-  for b in range(s1.num_blocks[0]):
-    convert_block(vb, (f"layer1_{b}",), f"layer1.{b}.", bottleneck=s1.block == "bottleneck",
-                  downsample="conv" if (b == 0 and cin != s1.out_channels[0]) else None)
-    cin = s1.out_channels[0]
-  pre = list(s1.out_channels)
-  for s, scfg in enumerate(cfg.stages[1:], start=2):
-    cur = scfg.out_channels
-    t = s - 1
-    for i, c in enumerate(cur):
-      if i < len(pre):
-        if c != pre[i]:
-          conv_bn((f"transition{t}_{i}",), f"transition{t}.{i}")
-      else:
-        for k in range(i + 1 - len(pre)):
-          conv_bn((f"transition{t}_{i}_{k}",), f"transition{t}.{i}.{k}")
-    in_ch = tuple(cur)
-    for m in range(scfg.num_modules):
-      mp, tp = (f"stage{s}_{m}",), f"stage{s}.{m}."
-      for i in range(len(cur)):
-        for b in range(scfg.num_blocks[i]):
-          cin = in_ch[i] if b == 0 else cur[i]
-          convert_block(vb, mp + (f"branch{i}_{b}",), f"{tp}branches.{i}.{b}.",
-                        bottleneck=scfg.block == "bottleneck",
-                        downsample="conv" if (b == 0 and cin != cur[i]) else None)
-      n = len(cur)
-      if n > 1:
-        for i in range(n):
-          for j in range(n):
-            if j > i:
-              conv_bn(mp + (f"fuse{i}_{j}",), f"{tp}fuse_layers.{i}.{j}")
-            elif j < i:
-              for k in range(i - j):
-                conv_bn(mp + (f"fuse{i}_{j}_{k}",), f"{tp}fuse_layers.{i}.{j}.{k}")
-      in_ch = cur
-    pre = list(cur)
-  r.finish()
-  variables = convert.float32_tree(vb.variables())
-  if check:
-    convert.check_variables(_make(arch), variables)
-  return variables

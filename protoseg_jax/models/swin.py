@@ -16,7 +16,7 @@ ANY input size:
 - patch merging zero-pads odd sizes to even;
 - each of the 4 stage outputs (before patch merging) goes through its own
   LayerNorm `norm{i}` (mmseg `norm0..norm3`). ImageNet checkpoints lack these:
-  `convert_state_dict` then initialises them fresh (scale 1, bias 0, as
+  `protoseg_jax.convert.swin` then initialises them fresh (scale 1, bias 0, as
   PyTorch/mmseg do); checkpoints that have them (segmentation checkpoints)
   are converted. `out_norms=False` drops them (returns the raw stage outputs,
   which is what timm's `features_only` model returns).
@@ -26,44 +26,24 @@ feature maps; on inputs where every stage is a multiple of the window size and
 with `always_partition=True` the two agree exactly (tested).
 
 Parameter names mirror timm (`layers_{i}.downsample` at the START of stage i,
-i >= 1). `convert_state_dict` reads timm state_dicts and the official
+i >= 1). `protoseg_jax.convert.swin` reads timm state_dicts and the official
 Microsoft checkpoints (downsample stored at the END of the previous stage).
 """
 
 from __future__ import annotations
 
 import functools
-import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import numpy as np
 
-from protoseg_jax import convert as cv
+from protoseg_jax.models.layers import DropPath, Mlp, attention
 
 Dtype = Any
 
 _LN_EPS = 1e-5  # torch.nn.LayerNorm default, used everywhere in Swin
-
-
-class DropPath(nn.Module):
-  """Stochastic depth: drop the whole residual branch per sample.
-
-  `x [B, ...]`; kept samples are scaled by 1/(1-rate) (as timm/mmseg).
-  Uses the 'dropout' rng when not deterministic.
-  """
-  rate: float = 0.0
-
-  @nn.compact
-  def __call__(self, x: jnp.ndarray, *, deterministic: bool) -> jnp.ndarray:
-    if deterministic or self.rate == 0.0:
-      return x
-    keep = 1.0 - self.rate
-    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
-    mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
-    return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
 
 
 def relative_position_index(ws: int) -> np.ndarray:
@@ -125,26 +105,9 @@ class WindowAttention(nn.Module):
     qkv = nn.Dense(3 * self.dim, use_bias=self.qkv_bias, dtype=self.dtype, name="qkv")(x)
     qkv = qkv.reshape(b, nw, n, 3, nh, hd)
     q, k, v = qkv[..., 0, :, :], qkv[..., 1, :, :], qkv[..., 2, :, :]
-    q = q * jnp.asarray(hd ** -0.5, q.dtype)
-    attn = jnp.einsum("bwqhd,bwkhd->bwhqk", q, k).astype(jnp.float32)
-    attn = attn + bias[None, None]
-    if mask is not None:
-      attn = attn + jnp.asarray(mask)[None, :, None]
-    attn = jax.nn.softmax(attn, axis=-1).astype(self.dtype)
-    out = jnp.einsum("bwhqk,bwkhd->bwqhd", attn, v).reshape(b, nw, n, self.dim)
+    biases = [bias[None, None]] + ([] if mask is None else [jnp.asarray(mask)[None, :, None]])
+    out = attention(q, k, v, *biases).reshape(b, nw, n, self.dim)
     return nn.Dense(self.dim, dtype=self.dtype, name="proj")(out)
-
-
-class Mlp(nn.Module):
-  hidden: int
-  dtype: Dtype = jnp.float32
-
-  @nn.compact
-  def __call__(self, x):
-    d = x.shape[-1]
-    x = nn.Dense(self.hidden, dtype=self.dtype, name="fc1")(x)
-    x = nn.gelu(x, approximate=False)
-    return nn.Dense(d, dtype=self.dtype, name="fc2")(x)
 
 
 class SwinBlock(nn.Module):
@@ -280,107 +243,3 @@ _CFGS = {
 }
 
 ARCHS = {name: functools.partial(SwinTransformer, **cfg) for name, cfg in _CFGS.items()}
-
-
-# --- PyTorch conversion -------------------------------------------------------
-
-def conv(r: cv.StateDictReader, name: str, *, bias: bool = True) -> dict:
-  """`convert.conv` that records a missing weight (reported by `r.finish()`)
-  instead of failing on the transpose of None."""
-  if not r.has(f"{name}.weight"):
-    r.get(f"{name}.weight")
-    return {"bias": r.get(f"{name}.bias")} if bias else {}
-  return cv.conv(r, name, bias=bias)
-
-
-def dense(r: cv.StateDictReader, name: str, *, bias: bool = True) -> dict:
-  """`convert.dense`, recording a missing weight like `conv` above."""
-  if not r.has(f"{name}.weight"):
-    r.get(f"{name}.weight")
-    return {"bias": r.get(f"{name}.bias")} if bias else {}
-  return cv.dense(r, name, bias=bias)
-
-
-def _expected_shapes(arch: str, **model_kw) -> dict:
-  model = ARCHS[arch](**model_kw)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), train=False))
-  return jax.tree_util.tree_map(lambda s: tuple(s.shape), shapes)
-
-
-def _strip_backbone_prefix(state_dict: Mapping[str, Any], prefix: str | None) -> tuple[dict, str]:
-  """Keys under `prefix` (auto: 'backbone.' when a segmentor checkpoint is given).
-
-  Keys outside the prefix (decode_head.*, auxiliary_head.*) belong to other
-  converters and are left out here on purpose.
-  """
-  sd = cv.strip_prefix(state_dict)
-  if prefix is None:
-    prefix = "backbone." if any(k.startswith("backbone.") for k in sd) else ""
-  if prefix:
-    sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-  return sd, prefix
-
-
-def convert_state_dict(arch: str, state_dict: Mapping[str, Any], *, out_norms: bool = True,
-                       prefix: str | None = None) -> dict:
-  """Flax variables {"params": ...} for `arch` from a PyTorch Swin state_dict.
-
-  Accepts the timm layout (timm >= 0.9: `layers.{i}.downsample` at the start
-  of stage i >= 1, classifier `head.fc.*`) and the official Microsoft layout
-  (`layers.{i}.downsample` at the end of stage i < 3, classifier `head.*`,
-  persistent `relative_position_index` / `attn_mask` buffers), with or
-  without a `backbone.` prefix (Swin segmentation checkpoints; then other
-  keys are left to the decoder converters). Derived buffers
-  (`relative_position_index`, `attn_mask`) and the classification `norm.*`
-  and `head.*` are consumed and dropped. mmseg-style `norm0..norm3` are
-  converted when present and freshly initialised (scale 1, bias 0) when
-  absent (ImageNet checkpoints). Any other unused or missing key raises.
-  """
-  if arch not in ARCHS:
-    raise ValueError(f"unknown Swin arch {arch!r}; known: {sorted(ARCHS)}")
-  cfg = _CFGS[arch]
-  sd, _ = _strip_backbone_prefix(state_dict, prefix)
-  official = "layers.0.downsample.reduction.weight" in sd
-  if official:  # move downsample to the start of the next stage (timm layout)
-    sd = {re.sub(r"^layers\.(\d+)\.downsample\.",
-                 lambda m: f"layers.{int(m.group(1)) + 1}.downsample.", k): v for k, v in sd.items()}
-  r = cv.StateDictReader(sd)
-  for k in r.keys():
-    if k.endswith(("relative_position_index", "attn_mask")):
-      r.mark_used(k)  # derived buffers, recomputed for the actual input size
-    elif k.startswith(("head.", "norm.")):
-      r.mark_used(k)  # ImageNet classifier and its final norm: not used for segmentation
-
-  # Out norms: all four from the checkpoint (segmentation) or all four fresh (ImageNet).
-  has_out_norms = any(r.has(f"norm{i}.weight") for i in range(len(cfg["depths"])))
-  params: dict = {
-      "patch_embed_proj": conv(r, "patch_embed.proj"),
-      "patch_embed_norm": cv.layer_norm(r, "patch_embed.norm"),
-  }
-  for i, depth in enumerate(cfg["depths"]):
-    layer: dict = {}
-    if i > 0:
-      layer["downsample"] = {"norm": cv.layer_norm(r, f"layers.{i}.downsample.norm"),
-                             "reduction": dense(r, f"layers.{i}.downsample.reduction", bias=False)}
-    for j in range(depth):
-      t = f"layers.{i}.blocks.{j}"
-      layer[f"blocks_{j}"] = {
-          "norm1": cv.layer_norm(r, f"{t}.norm1"),
-          "attn": {"relative_position_bias_table": r.get(f"{t}.attn.relative_position_bias_table"),
-                   "qkv": dense(r, f"{t}.attn.qkv"),
-                   "proj": dense(r, f"{t}.attn.proj")},
-          "norm2": cv.layer_norm(r, f"{t}.norm2"),
-          "mlp": {"fc1": dense(r, f"{t}.mlp.fc1"), "fc2": dense(r, f"{t}.mlp.fc2")},
-      }
-    params[f"layers_{i}"] = layer
-    if out_norms:
-      dim = cfg["embed_dim"] * 2 ** i
-      if has_out_norms:
-        params[f"norm{i}"] = cv.layer_norm(r, f"norm{i}")
-      else:  # ImageNet checkpoint: fresh LayerNorm, as mmseg initialises it
-        params[f"norm{i}"] = {"scale": np.ones((dim,), np.float32), "bias": np.zeros((dim,), np.float32)}
-  r.finish()
-  variables = {"params": params}
-  cv.check_tree_shapes(variables, _expected_shapes(arch, out_norms=out_norms),
-                       f"converted Swin state_dict for {arch!r} does not match the model")
-  return jax.tree_util.tree_map(lambda a: np.asarray(a, np.float32), variables)

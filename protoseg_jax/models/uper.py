@@ -11,23 +11,22 @@
       Dropout2d(0.1)
     -> [B, H0, W0, channels]
 
-ConvModule = conv (no bias) + BatchNorm + ReLU (`resnet.ConvBN`). Adaptive average pooling uses
+ConvModule = conv (no bias) + BatchNorm + ReLU (`layers.ConvBN`). Adaptive average pooling uses
 PyTorch's bins exactly: bin i of n over a size L covers
-[floor(i*L/n), ceil((i+1)*L/n)). `convert_state_dict` reads mmseg's
+[floor(i*L/n), ceil((i+1)*L/n)). `protoseg_jax.convert.uper` reads mmseg's
 `decode_head.*` keys (psp_modules.{i}.1, bottleneck, lateral_convs.{i},
 fpn_convs.{i}, fpn_bottleneck); the classifier `conv_seg` is left to the caller.
 """
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from protoseg_jax import convert as cv
-from protoseg_jax.models.resnet import ConvBN
+from protoseg_jax.models.layers import ConvBN
 from protoseg_jax.ops import resize_bilinear
 
 Dtype = Any
@@ -85,34 +84,3 @@ class UPerHead(nn.Module):
     x = ConvBN(self.channels, 3, dtype=self.dtype, name="fpn_bottleneck")(
         jnp.concatenate(outs, axis=-1), train=train)
     return nn.Dropout(self.dropout_rate, broadcast_dims=(1, 2))(x, deterministic=not train)
-
-
-def _conv_module(r: cv.StateDictReader, name: str) -> tuple[dict, dict]:
-  from protoseg_jax.models.swin import conv
-  bn_p, bn_s = cv.batch_norm(r, f"{name}.bn")
-  return {"conv": conv(r, f"{name}.conv", bias=False), "bn": bn_p}, {"bn": bn_s}
-
-
-def convert_state_dict(state_dict: Mapping[str, Any], *, prefix: str = "decode_head.", num_levels: int = 4,
-                       pool_scales: Sequence[int] = (1, 2, 3, 6)) -> dict:
-  """{"params", "batch_stats"} of `UPerHead` from an mmseg UPerHead state_dict.
-
-  Only keys under `prefix` are read (pass the whole segmentor state_dict; the
-  backbone and auxiliary head are other converters' business). Under the
-  prefix, the classifier `conv_seg.*` is skipped on purpose (the caller
-  converts it); any other unused or missing key raises.
-  """
-  sd = {k[len(prefix):]: v for k, v in cv.strip_prefix(state_dict).items() if k.startswith(prefix)}
-  r = cv.StateDictReader(sd)
-  for k in r.keys():
-    if k.startswith("conv_seg."):
-      r.mark_used(k)
-  params, stats = {}, {}
-  names = [(f"psp_modules_{i}", f"psp_modules.{i}.1") for i in range(len(pool_scales))]
-  names += [("bottleneck", "bottleneck"), ("fpn_bottleneck", "fpn_bottleneck")]
-  names += [(f"lateral_convs_{i}", f"lateral_convs.{i}") for i in range(num_levels - 1)]
-  names += [(f"fpn_convs_{i}", f"fpn_convs.{i}") for i in range(num_levels - 1)]
-  for flax_name, torch_name in names:
-    params[flax_name], stats[flax_name] = _conv_module(r, torch_name)
-  r.finish()
-  return {"params": params, "batch_stats": stats}
