@@ -23,6 +23,7 @@ def _records(workdir):
     return [json.loads(line) for line in f]
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_end_to_end(data_dir, tmp_path, tiny_config):
   workdir = str(tmp_path / "run")
   config = tiny_config(data_dir)
@@ -49,6 +50,7 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path, tiny_config):
     train.evaluate_checkpoint(config, workdir, step=7)
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly(data_dir, tmp_path, tiny_config):
   straight = str(tmp_path / "straight")
   config = tiny_config(data_dir, num_train_steps=4)
