@@ -46,11 +46,15 @@ def get_config():
   ds.cat_max_ratio = 0.75
   ds.flip_prob = 0.5
   ds.photometric = True
+  ds.augmentation = "mmseg"             # mmseg | openseg (official ProtoSeg: brightness, aspect jitter, bicubic, random pad)
+  ds.aspect_range = (0.9, 1.1)          # openseg only: aspect-ratio jitter of the rescale
+  ds.brightness_shift = 10              # openseg only: + randint(-k, k) on 0..255 values
   ds.eval_scale = (2048, 1024)          # keep-ratio test scale, None = original size
   ds.eval_canvas = (1024, 2048)         # fixed (h, w) of eval images after resize + pad
   ds.eval_label_canvas = (1024, 2048)   # fixed (h, w) of original-size eval labels + pad
   ds.mean = IMAGENET_MEAN               # RGB, 0..255: what the pretrained backbones expect
   ds.std = IMAGENET_STD
+  ds.input_order = "rgb"                # rgb | bgr: "bgr" reverses channels, then mean[i]/std[i] (openseg input_mode BGR)
   ds.shuffle_buffer = 1024
   ds.num_parallel_calls = -1            # tf.data map parallelism; -1: AUTOTUNE
   ds.prefetch = 2
@@ -79,10 +83,19 @@ def get_config():
   p.sinkhorn_epsilon = 0.05
   p.assignment = "gumbel"               # gumbel (official) | argmax
   p.use_mask_norm = True
-  p.proj_norm_axis = "channel"          # channel | width (official-code quirk)
+  p.proj_norm_axis = "channel"          # channel (paper intent, default) | width (official-code
+                                        # quirk: L2 along image width; the official recipe sets it)
+  p.proto_init = "trunc_normal_2std"    # trunc_normal_2std (cut at +-2 std) | timm_trunc_normal
+                                        # (official: timm's cut at +-2 absolute = untruncated at std 0.02)
   p.lambda_ppc = 0.01
   p.lambda_ppd = 0.001
   p.warmup_iters = 0                    # steps without prototype learning / PPC / PPD
+  p.pretrain_prototype = False          # True (official trainer): during warm-up the prototypes are
+                                        # trained by gradient (CE) with the head's optimizer; False:
+                                        # frozen during warm-up. No effect when warmup_iters = 0.
+  p.update_prototype = True             # False: official ablation, PPC/PPD with frozen prototypes
+  p.prototype_update = "global"         # global (Sinkhorn + update over the global batch) |
+                                        # per_device_mean (official: per device, then mean over devices)
 
   # Loss.
   config.loss = ml_collections.ConfigDict()
@@ -114,6 +127,8 @@ def get_config():
   e.stride = ml_collections.FieldReference(None, field_type=tuple)      # (h, w) slide stride
   e.scales = (1.0,)
   e.flip = False
+  e.resize = "bilinear"                 # logits -> label size: bilinear (mmseg) | bilinear_align_corners (openseg tester) | bicubic (openseg val)
+  e.merge = "mean_softmax"              # multi-pass merge: mean_softmax (mmseg) | sum_logits (openseg ms_test)
   e.log_every_batches = 50
   return config
 

@@ -7,6 +7,10 @@ flip -> PhotoMetricDistortion -> normalise -> pad to `crop_size` (0 image,
 the dataset's ignore index label). Labels are always resized with nearest
 neighbour. Every random choice comes from a stateless seed, so an example's
 augmentation is a function of (image, label, seed).
+
+`openseg_transform` is the official ProtoSeg / openseg.pytorch recipe
+(config.dataset.augmentation = "openseg"); `TrainOptions.input_order` = "bgr"
+reverses the channels before normalising, like openseg's `input_mode: BGR`.
 """
 
 from __future__ import annotations
@@ -213,6 +217,43 @@ class TrainOptions:
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
   ignore_index: int
+  input_order: str = "rgb"              # INPUT_ORDERS: "bgr" reverses the channels before normalise
+  augmentation: str = "mmseg"           # AUGMENTATIONS: train_transform | openseg_transform
+  aspect_range: tuple[float, float] = (0.9, 1.1)   # openseg only
+  brightness_shift: int = 10                       # openseg only
+
+
+# Channel orders of the network input; the same vocabulary as
+# protoseg_jax.convert.official.INPUT_ORDERS.
+INPUT_ORDERS = ("rgb", "bgr")
+AUGMENTATIONS = ("mmseg", "openseg")
+
+
+def to_input_order(image, input_order: str):
+  """RGB image [..., 3] -> the network's channel order ("rgb": as is, "bgr": reversed)."""
+  if input_order == "rgb":
+    return image
+  if input_order == "bgr":
+    return tf.reverse(image, [-1])
+  raise ValueError(f"input_order must be one of {INPUT_ORDERS}, got {input_order!r}")
+
+
+def normalize_input(image, mean, std, input_order: str):
+  """Channel order, then `normalize`: channel i of the (possibly BGR) image uses mean[i], std[i].
+
+  With input_order="bgr" and RGB-listed statistics this is exactly openseg's
+  `input_mode: BGR` normalisation (B with R's mean/std and R with B's).
+  """
+  return normalize(to_input_order(image, input_order), mean, std)
+
+
+def transform(image, label, seed, opts: TrainOptions):
+  """`train_transform` or `openseg_transform`, as opts.augmentation says."""
+  if opts.augmentation == "mmseg":
+    return train_transform(image, label, seed, opts)
+  if opts.augmentation == "openseg":
+    return openseg_transform(image, label, seed, opts)
+  raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {opts.augmentation!r}")
 
 
 def train_transform(image, label, seed, opts: TrainOptions):
@@ -254,11 +295,166 @@ def train_transform(image, label, seed, opts: TrainOptions):
     image = photometric_distortion(image, seeds[3])
   # 5. Normalise, 6. pad to the crop size.
   ch, cw = opts.crop_size
-  image = normalize(image, opts.mean, opts.std)
+  image = normalize_input(image, opts.mean, opts.std, opts.input_order)
   hw = tf.shape(label)
   image = tf.pad(image, [[0, ch - hw[0]], [0, cw - hw[1]], [0, 0]], constant_values=0.)
   label = tf.pad(tf.cast(label, tf.int32), [[0, ch - hw[0]], [0, cw - hw[1]]],
                  constant_values=opts.ignore_index)
+  image.set_shape([ch, cw, 3])
+  label.set_shape([ch, cw])
+  return image, label
+
+
+# ---------------------------------------------------------------------------
+# openseg.pytorch (the official ProtoSeg recipe).
+
+CUBIC_A = -0.75  # OpenCV INTER_CUBIC / PyTorch bicubic (tf.image.resize "bicubic" uses -0.5)
+
+
+def cubic_weights(t, a: float = CUBIC_A):
+  """Keys cubic convolution weights of the 4 taps at offsets -1, 0, 1, 2 of a fraction t.
+
+  Args:
+    t: float [...] in [0, 1): the sample's distance past its floor tap.
+  Returns:
+    float [..., 4].
+  """
+  def near(x):  # |x| <= 1
+    return ((a + 2.) * x - (a + 3.)) * x * x + 1.
+
+  def far(x):   # 1 < |x| < 2
+    return ((a * x - 5. * a) * x + 8. * a) * x - 4. * a
+
+  return tf.stack([far(t + 1.), near(t), near(1. - t), far(2. - t)], axis=-1)
+
+
+def cubic_taps(n_in, n_out, start, count):
+  """Source taps of output pixels start .. start + count - 1 of a cubic resize n_in -> n_out.
+
+  Half-pixel centres (src = (i + 0.5) * n_in / n_out - 0.5, not clamped),
+  taps floor(src) - 1 .. floor(src) + 2 clamped to [0, n_in - 1] (border
+  replicated), no antialiasing: OpenCV's INTER_CUBIC and PyTorch's bicubic
+  with align_corners=False.
+
+  Returns:
+    int32 [count, 4] indices, float32 [count, 4] weights.
+  """
+  scale = tf.cast(n_in, tf.float64) / tf.cast(n_out, tf.float64)
+  dst = tf.cast(tf.range(count) + start, tf.float64)
+  src = (dst + 0.5) * scale - 0.5
+  lo = tf.floor(src)
+  frac = tf.cast(src - lo, tf.float32)
+  idx = tf.cast(lo, tf.int32)[:, None] + tf.range(-1, 3)[None, :]
+  return tf.clip_by_value(idx, 0, n_in - 1), cubic_weights(frac)
+
+
+def resize_window_bicubic(image, out_hw, top_left, win_hw):
+  """A window of the bicubic (a = -0.75) resize of `image` to `out_hw`, without the full resize.
+
+  Separable: 4 source rows per output row, then 4 source columns per output
+  column, in float32. OpenCV rounds its uint8 INTER_CUBIC result from
+  fixed-point arithmetic; this returns the unrounded float values (callers
+  round and clip to emulate the uint8 output; then within 1 of OpenCV).
+
+  Args:
+    image: [H, W, C] uint8 or float.
+    out_hw: int32 [2] size of the virtual full resize.
+    top_left: int32 [2] window offset in the resized image.
+    win_hw: int32 [2] window size.
+  Returns:
+    float32 [win_h, win_w, C].
+  """
+  image = tf.cast(image, tf.float32)
+  in_hw = tf.shape(image)[:2]
+  ri, rw = cubic_taps(in_hw[0], out_hw[0], top_left[0], win_hw[0])
+  ci, cw = cubic_taps(in_hw[1], out_hw[1], top_left[1], win_hw[1])
+  rows = tf.reduce_sum(tf.gather(image, ri, axis=0) * rw[:, :, None, None], axis=1)  # [wh, W, C]
+  return tf.reduce_sum(tf.gather(rows, ci, axis=1) * cw[None, :, :, None], axis=2)  # [wh, ww, C]
+
+
+def resize_bicubic(image, out_hw):
+  """Whole-image bicubic (a = -0.75, OpenCV INTER_CUBIC semantics) resize: float32."""
+  out_hw = tf.convert_to_tensor(out_hw, tf.int32)
+  return resize_window_bicubic(image, out_hw, tf.zeros([2], tf.int32), out_hw)
+
+
+def openseg_resize_size(hw, scale, aspect):
+  """openseg RandomResize: w * sqrt(aspect) * scale, h * scale / sqrt(aspect), truncated.
+
+  Args:
+    hw: int32 [2] (h, w); scale, aspect: float scalars.
+  Returns:
+    int32 [2] new (h, w) (at least 1).
+  """
+  hw_f = tf.cast(hw, tf.float64)
+  root = tf.sqrt(tf.cast(aspect, tf.float64))
+  scale = tf.cast(scale, tf.float64)
+  new = tf.stack([hw_f[0] * scale / root, hw_f[1] * scale * root])
+  return tf.maximum(tf.cast(tf.floor(new), tf.int32), 1)
+
+
+def _randint(seed, lo, hi):
+  """Uniform int32 in [lo, hi] (both included, like Python's random.randint)."""
+  return tf.random.stateless_uniform([], seed, minval=lo, maxval=hi + 1, dtype=tf.int32)
+
+
+def openseg_transform(image, label, seed, opts: TrainOptions):
+  """One training example with openseg.pytorch's cv2 transforms (official ProtoSeg).
+
+  The official trans_seq [random_resize, random_crop, random_hflip,
+  random_brightness] (each with ratio 1.0 except the flip's 0.5), then
+  ToTensor + Normalize and the collate's pad:
+    1. rescale by scale ~ U(ratio_range) with aspect ~ U(aspect_range):
+       w * scale * sqrt(aspect), h * scale / sqrt(aspect), truncated to int;
+       image bicubic (a = -0.75, OpenCV INTER_CUBIC) rounded to uint8, label
+       nearest (OpenCV INTER_NEAREST);
+    2. crop min(crop, size) per side at an offset uniform in
+       [0, size - crop] (no class-ratio retries; offset 0 when smaller);
+    3. horizontal flip with probability flip_prob;
+    4. brightness: + an integer uniform in [-shift, shift], clipped to 0..255
+       (always applied);
+    5. channel order, normalise;
+    6. pad to crop_size at a random offset (uniform in [0, pad] per side):
+       image 0 (after normalisation: the mean colour), label ignore_index.
+  Only the crop window of the rescaled image is computed.
+
+  Args:
+    image: uint8 [H, W, 3] RGB; label: uint8 [H, W]; seed: int [2].
+  Returns:
+    image float32 [ch, cw, 3] normalised, label int32 [ch, cw].
+  """
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 8))
+  lo, hi = opts.ratio_range
+  scale = tf.random.stateless_uniform([], seeds[0], lo, hi) if lo != hi else tf.constant(lo)
+  alo, ahi = opts.aspect_range
+  aspect = tf.random.stateless_uniform([], seeds[1], alo, ahi) if alo != ahi else tf.constant(alo)
+  in_hw = tf.shape(label)
+  new_hw = openseg_resize_size(in_hw, scale, aspect)
+  # 2. Crop offset (in the rescaled image).
+  crop = tf.constant(opts.crop_size, tf.int32)
+  win = tf.minimum(crop, new_hw)
+  top = _randint(seeds[2], 0, new_hw[0] - win[0])
+  left = _randint(seeds[3], 0, new_hw[1] - win[1])
+  rows = _nearest_index(in_hw[0], new_hw[0])[top:top + win[0]]
+  cols = _nearest_index(in_hw[1], new_hw[1])[left:left + win[1]]
+  label = tf.gather(tf.gather(label, rows, axis=0), cols, axis=1)
+  image = resize_window_bicubic(image, new_hw, tf.stack([top, left]), win)
+  image = tf.clip_by_value(tf.round(image), 0., 255.)          # cv2's uint8 output
+  # 3. Flip, 4. brightness.
+  image, label = random_flip(image, label, seeds[4], opts.flip_prob)
+  shift = opts.brightness_shift
+  if shift:
+    delta = tf.cast(_randint(seeds[5], -shift, shift), tf.float32)
+    image = tf.clip_by_value(image + delta, 0., 255.)
+  # 5. Normalise, 6. pad at a random offset.
+  image = normalize_input(image, opts.mean, opts.std, opts.input_order)
+  pad = crop - win
+  up = _randint(seeds[6], 0, pad[0])
+  lft = _randint(seeds[7], 0, pad[1])
+  paddings = [[up, pad[0] - up], [lft, pad[1] - lft]]
+  image = tf.pad(image, paddings + [[0, 0]], constant_values=0.)
+  label = tf.pad(tf.cast(label, tf.int32), paddings, constant_values=opts.ignore_index)
+  ch, cw = opts.crop_size
   image.set_shape([ch, cw, 3])
   label.set_shape([ch, cw])
   return image, label

@@ -24,26 +24,52 @@ import jax
 import jax.numpy as jnp
 
 from protoseg_jax.ops import l2_normalize, resize_nearest
-from protoseg_jax.prototypes import ASSIGNMENTS, learn_prototypes, prototype_similarity
+from protoseg_jax.prototypes import (ASSIGNMENTS, PROTOTYPE_UPDATES, learn_prototypes,
+                                     learn_prototypes_per_device, prototype_similarity)
 
 PROTOTYPE_RNG = "prototypes"  # rng stream for the Gumbel assignment
 PROJ_NORM_AXES = ("channel", "width")
+# Prototype initialisation before L2 normalisation (std 0.02):
+#   "trunc_normal_2std": normal truncated at +-2 std (+-0.04);
+#   "timm_trunc_normal": the official `timm.trunc_normal_(std=0.02)`, whose
+#     bounds a=-2, b=2 are ABSOLUTE (+-100 std), i.e. a plain normal in effect.
+PROTO_INITS = ("trunc_normal_2std", "timm_trunc_normal")
 
 
 @flax.struct.dataclass
 class HeadOutput:
   """logits [B, h, w, C]; for ProtoSegHead also embeddings [B, h, w, D] and,
   when prototypes were learned this call, proto_logits [B*h*w, C*M] and
-  proto_targets [B*h*w] (ignore_index for ignored pixels)."""
+  proto_targets [B*h*w] (in [0, C*M); -1 for ignored pixels, never the
+  label ignore_index, which is a real prototype when C*M > 255)."""
   logits: jnp.ndarray
   embeddings: Optional[jnp.ndarray] = None
   proto_logits: Optional[jnp.ndarray] = None
   proto_targets: Optional[jnp.ndarray] = None
 
 
-def init_prototypes(rng: jax.Array, shape: tuple[int, int, int], std: float = 0.02) -> jnp.ndarray:
-  """Truncated normal (std 0.02, cut at 2 std), then unit norm along D."""
-  return l2_normalize(std * jax.random.truncated_normal(rng, -2.0, 2.0, shape, jnp.float32))
+def init_prototypes(rng: jax.Array, shape: tuple[int, int, int], std: float = 0.02,
+                    mode: str = "trunc_normal_2std") -> jnp.ndarray:
+  """Truncated normal (std 0.02), then unit norm along D.
+
+  mode (PROTO_INITS): "trunc_normal_2std" cuts at +-2 std; "timm_trunc_normal"
+  cuts at +-2 absolute as timm's `trunc_normal_(std=0.02)` in the official code.
+  """
+  if mode not in PROTO_INITS:
+    raise ValueError(f"proto_init must be one of {PROTO_INITS}, got {mode!r}")
+  bound = 2.0 if mode == "trunc_normal_2std" else 2.0 / std   # in units of std
+  return l2_normalize(std * jax.random.truncated_normal(rng, -bound, bound, shape, jnp.float32))
+
+
+def _update_mesh():
+  """The mesh of a per-device prototype update: the context mesh
+  (`jax.set_mesh`) when it has the data axis, else the trainer's mesh over
+  all devices (`sharding.create_mesh()`)."""
+  from protoseg_jax import sharding
+  mesh = jax.sharding.get_abstract_mesh()
+  if not mesh.empty and sharding.DATA_AXIS in mesh.axis_names:
+    return mesh
+  return sharding.create_mesh()
 
 
 def labels_to_feature_size(labels: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
@@ -66,6 +92,17 @@ class ProtoSegHead(nn.Module):
     proj_norm_axis: "channel" (paper intent, default) or "width" (official
       code quirk: the projection output is L2-normalised along image width;
       set it when loading official checkpoints).
+    proto_init: prototype initialisation, one of PROTO_INITS
+      ("trunc_normal_2std" default; "timm_trunc_normal" official).
+    update_prototype: False = the official ablation: Sinkhorn targets and
+      PPC/PPD as usual, but the prototypes are never moved by the momentum
+      update (they stay at their initial, or warm-up-trained, values).
+    prototype_update: "global" (default: Sinkhorn sums and the update over
+      the global batch, identical on every device) or "per_device_mean"
+      (official multi-GPU: each device's own pixels, then the prototypes are
+      averaged over devices; `prototypes.learn_prototypes_per_device` over
+      the data axis of the context mesh, else of `sharding.create_mesh()`;
+      the batch must be sharded over that axis).
     ignore_index: ignored label value.
     dtype: compute dtype of the projection convs; the embedding, similarity
       and prototype maths always run in float32.
@@ -79,17 +116,27 @@ class ProtoSegHead(nn.Module):
   assignment: str = "gumbel"
   use_mask_norm: bool = True
   proj_norm_axis: str = "channel"
+  proto_init: str = "trunc_normal_2std"
+  update_prototype: bool = True
+  prototype_update: str = "global"
   ignore_index: int = 255
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, features: jnp.ndarray, labels: Optional[jnp.ndarray] = None, *,
-               train: bool = False, update: Any = True) -> HeadOutput:
+               train: bool = False, update: Any = True,
+               train_prototypes: Any = False) -> HeadOutput:
     """features [B, h, w, D_in]; labels [B, H, W] int (any H, W; resized with
     PyTorch nearest to h, w). `update` (bool or traced bool) gates the
-    prototype update, e.g. off during warm-up iterations."""
+    prototype update, e.g. off during warm-up iterations. `train_prototypes`
+    (bool or traced bool) lets the gradient reach the prototypes through the
+    class scores (official `pretrain_prototype` warm-up; see
+    `prototype_similarity`); default False: the gradient is stopped."""
     if self.assignment not in ASSIGNMENTS:
       raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {self.assignment!r}")
+    if self.prototype_update not in PROTOTYPE_UPDATES:
+      raise ValueError(f"prototype_update must be one of {PROTOTYPE_UPDATES}, "
+                       f"got {self.prototype_update!r}")
     if self.proj_norm_axis not in PROJ_NORM_AXES:
       raise ValueError(f"proj_norm_axis must be one of {PROJ_NORM_AXES}, got {self.proj_norm_axis!r}")
     if features.ndim != 4:
@@ -110,8 +157,8 @@ class ProtoSegHead(nn.Module):
 
     protos = self.variable("prototypes", "prototypes", init_prototypes,
                            self.make_rng("params") if self.is_initializing() else None,
-                           (c, m, d))
-    sim = prototype_similarity(emb, protos.value)  # [N, C*M]
+                           (c, m, d), 0.02, self.proto_init)
+    sim = prototype_similarity(emb, protos.value, train_prototypes)  # [N, C*M]
     scores = jnp.max(sim.reshape(-1, c, m), axis=-1)  # [N, C]
     if self.use_mask_norm:
       scores = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name="mask_norm")(scores)
@@ -130,11 +177,17 @@ class ProtoSegHead(nn.Module):
         raise ValueError("ProtoSegHead(assignment='gumbel') needs an rng stream "
                          f"{PROTOTYPE_RNG!r}: apply(..., rngs={{'{PROTOTYPE_RNG}': key}})")
       rng = self.make_rng(PROTOTYPE_RNG)
-    res = learn_prototypes(protos.value, emb, scores, y, gamma=self.gamma,
-                           num_iters=self.sinkhorn_iters, epsilon=self.sinkhorn_epsilon,
-                           assignment=self.assignment, rng=rng,
-                           ignore_index=self.ignore_index, similarity=sim)
-    protos.value = jnp.where(update, res.prototypes, protos.value)
+    kw = dict(gamma=self.gamma, num_iters=self.sinkhorn_iters, epsilon=self.sinkhorn_epsilon,
+              assignment=self.assignment, rng=rng, ignore_index=self.ignore_index,
+              similarity=sim)
+    if self.prototype_update == "per_device_mean":
+      from protoseg_jax.sharding import DATA_AXIS
+      res = learn_prototypes_per_device(_update_mesh(), DATA_AXIS, protos.value, emb, scores, y,
+                                        **kw)
+    else:
+      res = learn_prototypes(protos.value, emb, scores, y, **kw)
+    if self.update_prototype:
+      protos.value = jnp.where(update, res.prototypes, protos.value)
     return out.replace(proto_logits=res.proto_logits, proto_targets=res.proto_targets)
 
 
@@ -150,8 +203,9 @@ class LinearHead(nn.Module):
 
   @nn.compact
   def __call__(self, features: jnp.ndarray, labels: Optional[jnp.ndarray] = None, *,
-               train: bool = False, update: Any = True) -> HeadOutput:
-    del labels, train, update
+               train: bool = False, update: Any = True,
+               train_prototypes: Any = False) -> HeadOutput:
+    del labels, train, update, train_prototypes
     logits = nn.Conv(self.num_classes, (1, 1), use_bias=self.use_bias, dtype=self.dtype,
                      name="classifier")(features)
     return HeadOutput(logits=logits.astype(jnp.float32))

@@ -26,6 +26,13 @@ Semantics follow mmsegmentation (0.x `EncoderDecoder.inference/aug_test`,
     undone there) and the probabilities are averaged; the prediction is the
     argmax. A single pass without flip is argmax'ed on the logits directly
     (softmax does not change the argmax).
+  * options for openseg.pytorch's (official ProtoSeg) evaluation:
+    `resize` ("bilinear" above | "bilinear_align_corners": the tester's
+    align-corners upsampling to the input, then OpenCV bicubic to the
+    original size | "bicubic": the validation during training, logits at
+    feature resolution straight to the original size with OpenCV's
+    INTER_CUBIC, a = -0.75) and `merge` ("mean_softmax" above |
+    "sum_logits": openseg's ms_test sums the raw logits of all passes).
   * `make_predict_step` turns a batch into its confusion matrix
     (`protoseg_jax.metrics`), which `protoseg_jax.evaluate.Evaluator` sums.
 
@@ -100,8 +107,48 @@ def _dynamic_interp_matrix(in_valid: jnp.ndarray, out_valid: jnp.ndarray,
   return jnp.where(rows_ok[..., None], w, 0.0).astype(jnp.float32)
 
 
+CUBIC_A = -0.75  # OpenCV INTER_CUBIC and PyTorch bicubic
+
+
+def _dynamic_cubic_matrix(in_valid: jnp.ndarray, out_valid: jnp.ndarray,
+                          in_size: int, out_size: int, a: float = CUBIC_A) -> jnp.ndarray:
+  """[B, out_size, in_size] bicubic weights (Keys, a = -0.75), half-pixel centres, per example.
+
+  Output row i < out_valid[b] samples src = (i + 0.5) * in_valid / out_valid - 0.5
+  (not clamped) with taps floor(src) - 1 .. floor(src) + 2 clamped to
+  [0, ceil(in_valid) - 1]: `F.interpolate(mode="bicubic", align_corners=False)`
+  and OpenCV's INTER_CUBIC for an integer in_valid. Rows i >= out_valid[b] are zero.
+  """
+  in_valid = in_valid.astype(jnp.float32)[:, None]
+  out_valid = out_valid.astype(jnp.int32)[:, None]
+  dst = jnp.arange(out_size, dtype=jnp.float32)[None, :]
+  src = (dst + 0.5) * (in_valid / jnp.maximum(out_valid, 1).astype(jnp.float32)) - 0.5
+  last = jnp.clip(jnp.ceil(in_valid - 1e-3).astype(jnp.int32) - 1, 0, in_size - 1)
+  lo_f = jnp.floor(src)
+  t = src - lo_f
+  lo = lo_f.astype(jnp.int32)
+
+  def near(x):
+    return ((a + 2.) * x - (a + 3.)) * x * x + 1.
+
+  def far(x):
+    return ((a * x - 5. * a) * x + 8. * a) * x - 4. * a
+
+  cols = jnp.arange(in_size, dtype=jnp.int32)
+  w = 0.
+  for k, wk in zip(range(-1, 3), (far(t + 1.), near(t), near(1. - t), far(2. - t))):
+    idx = jnp.clip(lo + k, 0, last)
+    w = w + (idx[..., None] == cols) * wk[..., None]
+  rows_ok = jnp.arange(out_size)[None, :] < out_valid
+  return jnp.where(rows_ok[..., None], w, 0.0).astype(jnp.float32)
+
+
+RESIZES = ("bilinear", "bilinear_align_corners", "bicubic")
+MERGES = ("mean_softmax", "sum_logits")
+
+
 def resize_valid(x: jnp.ndarray, in_hw: jnp.ndarray, out_hw: jnp.ndarray,
-                 out_size: tuple[int, int]) -> jnp.ndarray:
+                 out_size: tuple[int, int], method: str = "bilinear") -> jnp.ndarray:
   """Crop each example's valid region and resize it, with static shapes.
 
   Args:
@@ -110,18 +157,23 @@ def resize_valid(x: jnp.ndarray, in_hw: jnp.ndarray, out_hw: jnp.ndarray,
       allowed, see `_dynamic_interp_matrix`).
     out_hw: int [B, 2] target (h, w), each <= out_size.
     out_size: static (Ho, Wo) of the output canvas.
+    method: "bilinear" or "bicubic" (a = -0.75), both align_corners=False.
 
   Returns:
     float32 [B, Ho, Wo, C]: `out[b, :oh, :ow]` equals
     `resize_bilinear(x[b:b+1, :ih, :iw], (oh, ow), align_corners=False)` for
-    integer in_hw; zero outside (oh, ow).
+    integer in_hw (bicubic: `F.interpolate(mode="bicubic", align_corners=False)`);
+    zero outside (oh, ow).
   """
+  if method not in ("bilinear", "bicubic"):
+    raise ValueError(f"method must be 'bilinear' or 'bicubic', got {method!r}")
+  matrix = _dynamic_interp_matrix if method == "bilinear" else _dynamic_cubic_matrix
   ho, wo = int(out_size[0]), int(out_size[1])
   b, h, w, _ = x.shape
   if in_hw.shape != (b, 2) or out_hw.shape != (b, 2):
     raise ValueError(f"in_hw and out_hw must be [{b}, 2], got {in_hw.shape} and {out_hw.shape}")
-  mh = _dynamic_interp_matrix(in_hw[:, 0], out_hw[:, 0], h, ho)
-  mw = _dynamic_interp_matrix(in_hw[:, 1], out_hw[:, 1], w, wo)
+  mh = matrix(in_hw[:, 0], out_hw[:, 0], h, ho)
+  mw = matrix(in_hw[:, 1], out_hw[:, 1], w, wo)
   x = x.astype(jnp.float32)
   x = jnp.einsum("boh,bhwc->bowc", mh, x, precision=_HIGHEST)
   return jnp.einsum("bpw,bowc->bopc", mw, x, precision=_HIGHEST)
@@ -229,7 +281,13 @@ def _scaled_size(size: tuple[int, int], ratio: float) -> tuple[int, int]:
 # --------------------------------------------------------------------------
 
 
-def _check_mode(mode, slide_crop, stride, scales):
+def _check_mode(mode, slide_crop, stride, scales, resize="bilinear", merge="mean_softmax"):
+  if resize not in RESIZES:
+    raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
+  if merge not in MERGES:
+    raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
+  if resize == "bicubic" and mode != "whole":
+    raise ValueError("resize='bicubic' (logits straight to the label size) needs mode='whole'")
   if mode not in ("whole", "slide"):
     raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
   if mode == "slide" and (slide_crop is None or stride is None):
@@ -242,7 +300,8 @@ def predict_scores(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
                    mode: str = "whole", slide_crop: Optional[Sequence[int]] = None,
                    stride: Optional[Sequence[int]] = None, scales: Sequence[float] = (1.0,),
                    flip: bool = False, num_classes: Optional[int] = None,
-                   align_corners: bool = False) -> jnp.ndarray:
+                   align_corners: bool = False, resize: str = "bilinear",
+                   merge: str = "mean_softmax") -> jnp.ndarray:
   """Class scores at the original resolution: float32 [B, Hl, Wl, C].
 
   With one scale and no flip the scores are the logits (resized to
@@ -260,8 +319,22 @@ def predict_scores(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
     flip: also run horizontally flipped inputs.
     num_classes: if given, checked against the logits' last dimension.
     align_corners: the model's feature -> input upsampling convention.
+    resize: how logits reach the label size.
+      "bilinear" (mmseg): bilinear (align_corners as above) to the input,
+        crop, bilinear align_corners=False to label_hw.
+      "bilinear_align_corners" (openseg tester `ss_test`): bilinear
+        align_corners=True to the input whatever `align_corners` says, crop,
+        bicubic (OpenCV INTER_CUBIC, a = -0.75) to label_hw (the identity
+        when the valid input size is label_hw).
+      "bicubic" (openseg validation during training, `update_score`): the
+        feature-resolution logits' valid region straight to label_hw with
+        bicubic a = -0.75, half-pixel centres (OpenCV INTER_CUBIC,
+        `F.interpolate(mode="bicubic", align_corners=False)`); mode='whole'.
+    merge: several passes (scales x flips): "mean_softmax" (mmseg: mean of
+      the softmax probabilities) or "sum_logits" (openseg ms_test: the sum of
+      the raw logits). One pass: the logits either way.
   """
-  _check_mode(mode, slide_crop, stride, scales)
+  _check_mode(mode, slide_crop, stride, scales, resize, merge)
   images = batch["image"]
   if images.ndim != 4:
     raise ValueError(f"batch['image'] must be [B, H, W, 3], got shape {images.shape}")
@@ -276,11 +349,16 @@ def predict_scores(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
     if c != num_classes:
       raise ValueError(f"logits_fn returns {c} classes, expected num_classes={num_classes}")
 
+  up_align = True if resize == "bilinear_align_corners" else align_corners
+  label_method = "bilinear" if resize == "bilinear" else "bicubic"
+
   def infer(x):
+    if resize == "bicubic":
+      return logits_fn(x).astype(jnp.float32)                 # feature resolution
     if mode == "slide":
       return slide_inference(logits_fn, x, slide_crop=tuple(slide_crop), stride=tuple(stride),
-                             align_corners=align_corners)
-    return whole_inference(logits_fn, x, align_corners=align_corners)
+                             align_corners=up_align)
+    return whole_inference(logits_fn, x, align_corners=up_align)
 
   passes = [(float(s), f) for s in scales for f in ((False, True) if flip else (False,))]
   total = None
@@ -288,18 +366,21 @@ def predict_scores(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
     x = flip_valid(images, image_hw[:, 1]) if flipped else images
     size = _scaled_size(canvas, ratio)
     x = resize_bilinear(x, size, align_corners=False)
-    logits = infer(x)                                          # [B, Hs, Ws, C]
-    # Multiply first: exact when the scaled extent is an integer.
-    valid = (image_hw.astype(jnp.float32) * jnp.asarray(size, jnp.float32)
+    logits = infer(x)                                          # [B, Hs, Ws, C] (bicubic: h', w')
+    # Multiply first: exact when the scaled extent is an integer. The logits
+    # cover the whole scaled canvas `size` (bicubic: at feature resolution).
+    out_hw = logits.shape[1:3]
+    valid = (image_hw.astype(jnp.float32) * jnp.asarray(out_hw, jnp.float32)
              / jnp.asarray(canvas, jnp.float32))
-    scores = resize_valid(logits, valid, label_hw, label_size)  # [B, Hl, Wl, C]
-    if len(passes) > 1:
+    scores = resize_valid(logits, valid, label_hw, label_size, method=label_method)
+    if len(passes) > 1 and merge == "mean_softmax":
       scores = jax.nn.softmax(scores, axis=-1)
     if flipped:
       scores = flip_valid(scores, label_hw[:, 1])
     total = scores if total is None else total + scores
   if len(passes) > 1:
-    total = total / len(passes)
+    if merge == "mean_softmax":
+      total = total / len(passes)
     inside = ((jnp.arange(label_size[0])[None, :, None] < label_hw[:, 0, None, None])
               & (jnp.arange(label_size[1])[None, None, :] < label_hw[:, 1, None, None]))
     total = jnp.where(inside[..., None], total, 0.0)
@@ -310,7 +391,8 @@ def predict(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
             mode: str = "whole", slide_crop: Optional[Sequence[int]] = None,
             stride: Optional[Sequence[int]] = None, scales: Sequence[float] = (1.0,),
             flip: bool = False, num_classes: Optional[int] = None,
-            align_corners: bool = False) -> jnp.ndarray:
+            align_corners: bool = False, resize: str = "bilinear",
+            merge: str = "mean_softmax") -> jnp.ndarray:
   """Predicted class ids at the original resolution: int32 [B, Hl, Wl].
 
   argmax of `predict_scores` (same arguments). Pixels outside label_hw are 0;
@@ -318,7 +400,7 @@ def predict(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
   """
   scores = predict_scores(logits_fn, batch, mode=mode, slide_crop=slide_crop, stride=stride,
                           scales=scales, flip=flip, num_classes=num_classes,
-                          align_corners=align_corners)
+                          align_corners=align_corners, resize=resize, merge=merge)
   return jnp.argmax(scores, axis=-1).astype(jnp.int32)
 
 
@@ -327,7 +409,8 @@ def make_predict_step(logits_fn_from_variables: Callable[[Any, jnp.ndarray], jnp
                       slide_crop: Optional[Sequence[int]] = None,
                       stride: Optional[Sequence[int]] = None,
                       scales: Sequence[float] = (1.0,), flip: bool = False,
-                      align_corners: bool = False) -> Callable[[Any, Mapping[str, jnp.ndarray]], jnp.ndarray]:
+                      align_corners: bool = False, resize: str = "bilinear",
+                      merge: str = "mean_softmax") -> Callable[[Any, Mapping[str, jnp.ndarray]], jnp.ndarray]:
   """`(variables, batch) -> int32 [C, C]` confusion matrix of one eval batch.
 
   `logits_fn_from_variables(variables, images [b, h, w, 3]) -> [b, h', w', C]`
@@ -336,12 +419,13 @@ def make_predict_step(logits_fn_from_variables: Callable[[Any, jnp.ndarray], jnp
   output (`out_shardings=NamedSharding(mesh, P())`) so that `Evaluator` can
   read the matrix on every host.
   """
-  _check_mode(mode, slide_crop, stride, scales)
+  _check_mode(mode, slide_crop, stride, scales, resize, merge)
 
   def predict_step(variables, batch):
     pred = predict(lambda x: logits_fn_from_variables(variables, x), batch, mode=mode,
                    slide_crop=slide_crop, stride=stride, scales=scales, flip=flip,
-                   num_classes=num_classes, align_corners=align_corners)
+                   num_classes=num_classes, align_corners=align_corners, resize=resize,
+                   merge=merge)
     return confusion_matrix(pred, batch["label"], num_classes, ignore_index=ignore_index,
                             mask=batch["mask"])
 

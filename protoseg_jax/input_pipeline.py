@@ -2,7 +2,8 @@
 
 The dataset comes from `protoseg_jax.datasets` (prepared builder, class facts,
 split sizes), the per-example training augmentation from
-`protoseg_jax.augment`; this module turns them into per-process tf.data
+`protoseg_jax.augment` (config.dataset.augmentation: "mmseg" or "openseg";
+config.dataset.input_order: "rgb" or "bgr", train and eval); this module turns them into per-process tf.data
 pipelines and iterators of global jax.Arrays. Every setting is read from the
 run config (configs/default.py sets them all); labels are padded with the
 dataset's ignore index.
@@ -74,17 +75,42 @@ def _train_options(config, ignore_index: int) -> augment.TrainOptions:
   if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
     raise ValueError(f"config.dataset.ratio_range must be (lo, hi) with 0 < lo <= hi, got {ratio}.")
   mean, std = _mean_std(config)
+  augmentation = _ds(config, "augmentation")
+  if augmentation not in augment.AUGMENTATIONS:
+    raise ValueError(f"config.dataset.augmentation must be one of {augment.AUGMENTATIONS}, "
+                     f"got {augmentation!r}.")
+  aspect = tuple(float(a) for a in _ds(config, "aspect_range"))
+  if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
+    raise ValueError(f"config.dataset.aspect_range must be (lo, hi) with 0 < lo <= hi, got {aspect}.")
+  cat_max_ratio = float(_ds(config, "cat_max_ratio"))
+  photometric = bool(_ds(config, "photometric"))
+  if augmentation == "openseg" and (photometric or cat_max_ratio < 1.0):
+    raise ValueError("config.dataset.augmentation='openseg' has no photometric distortion and no "
+                     "crop retries: set config.dataset.photometric=False and cat_max_ratio=1.0 "
+                     f"(got {photometric} and {cat_max_ratio}).")
   return augment.TrainOptions(
       crop_size=_pair(_ds(config, "crop_size"), "crop_size"),
       scale=_pair(_ds(config, "scale"), "scale"),
       ratio_range=ratio,
-      cat_max_ratio=float(_ds(config, "cat_max_ratio")),
+      cat_max_ratio=cat_max_ratio,
       flip_prob=float(_ds(config, "flip_prob")),
-      photometric=bool(_ds(config, "photometric")),
+      photometric=photometric,
       mean=mean,
       std=std,
       ignore_index=int(ignore_index),
+      input_order=_input_order(config),
+      augmentation=augmentation,
+      aspect_range=aspect,
+      brightness_shift=int(_ds(config, "brightness_shift")),
   )
+
+
+def _input_order(config) -> str:
+  order = _ds(config, "input_order")
+  if order not in augment.INPUT_ORDERS:
+    raise ValueError(f"config.dataset.input_order must be one of {augment.INPUT_ORDERS}, "
+                     f"got {order!r}.")
+  return order
 
 
 # ---------------------------------------------------------------------------
@@ -166,7 +192,7 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
 
   def transform(e, i, image_bytes, label_bytes):
     image, label = _decode(image_bytes, label_bytes)
-    image, label = augment.train_transform(image, label, example_seed(seed, e, i), opts)
+    image, label = augment.transform(image, label, example_seed(seed, e, i), opts)
     return {"image": image, "label": label}
 
   ds = ds.map(transform, num_parallel_calls=_num_parallel(config), deterministic=True)
@@ -186,6 +212,7 @@ def make_eval_dataset(config, *, process_index: int, process_count: int) -> tf.d
   hc, wc = _pair(_ds(config, "eval_canvas"), "eval_canvas")
   hl, wl = _pair(_ds(config, "eval_label_canvas"), "eval_label_canvas")
   mean, std = _mean_std(config)
+  input_order = _input_order(config)
   builder = check_prepared(config)
   ignore_index = builder_meta(builder).ignore_index
   split = _ds(config, "eval_split")
@@ -216,7 +243,7 @@ def make_eval_dataset(config, *, process_index: int, process_count: int) -> tf.d
                     "input_pipeline.scan_eval_sizes(config) gives the canvases that fit"),
     ]
     with tf.control_dependencies(checks):
-      image = augment.normalize(image, mean, std)
+      image = augment.normalize_input(image, mean, std, input_order)
       image = tf.pad(image, [[0, hc - new_hw[0]], [0, wc - new_hw[1]], [0, 0]])
       label = tf.pad(tf.cast(label, tf.int32), [[0, hl - label_hw[0]], [0, wl - label_hw[1]]],
                      constant_values=ignore_index)

@@ -41,18 +41,23 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, *, ignore_index: int
   return jnp.sum(w * nll) / jnp.maximum(jnp.sum(w), 1e-12)
 
 
-def ppc_loss(proto_logits: jnp.ndarray, proto_targets: jnp.ndarray, *,
-             ignore_index: int = 255) -> jnp.ndarray:
-  """Pixel-prototype contrast: CE of [N, C*M] proto_logits against [N] targets."""
-  return cross_entropy(proto_logits, proto_targets, ignore_index=ignore_index)
+def ppc_loss(proto_logits: jnp.ndarray, proto_targets: jnp.ndarray) -> jnp.ndarray:
+  """Pixel-prototype contrast: CE of [N, C*M] proto_logits against [N] targets.
+
+  Every target in [0, C*M) counts (255 too: a real prototype when C*M > 255);
+  negative targets (-1, prototypes.PROTO_IGNORE) are ignored pixels.
+  """
+  return cross_entropy(proto_logits, proto_targets, ignore_index=-1)
 
 
-def ppd_loss(proto_logits: jnp.ndarray, proto_targets: jnp.ndarray, *,
-             ignore_index: int = 255) -> jnp.ndarray:
-  """Pixel-prototype distance: mean over labelled pixels of (1 - s[n, target_n])^2."""
+def ppd_loss(proto_logits: jnp.ndarray, proto_targets: jnp.ndarray) -> jnp.ndarray:
+  """Pixel-prototype distance: mean over labelled pixels of (1 - s[n, target_n])^2.
+
+  Targets as in `ppc_loss`: [0, C*M) count, negative ones are ignored.
+  """
   k = proto_logits.shape[-1]
   t = proto_targets.astype(jnp.int32)
-  valid = (t != ignore_index) & (t >= 0) & (t < k)
+  valid = (t >= 0) & (t < k)
   s = jnp.take_along_axis(proto_logits.astype(jnp.float32), jnp.where(valid, t, 0)[:, None], axis=1)[:, 0]
   sq = jnp.where(valid, jnp.square(1.0 - s), 0.0)
   return jnp.sum(sq) / jnp.maximum(jnp.sum(valid), 1)
@@ -77,7 +82,9 @@ def protoseg_loss(seg_logits: jnp.ndarray, labels: jnp.ndarray,
     seg_logits: [B, h, w, C] class logits at feature resolution.
     labels: [B, H, W] int at label resolution.
     proto_logits, proto_targets: [N, C*M] and [N] from the prototype head
-      (feature resolution); when None (linear head, warm-up) the loss is CE only.
+      (feature resolution; targets in [0, C*M), -1 for ignored pixels; the
+      label `ignore_index` does not apply to them); when None (linear head)
+      the loss is CE only.
 
   Returns:
     (total, {"loss_ce", "loss_ppc", "loss_ppd"}).
@@ -87,7 +94,7 @@ def protoseg_loss(seg_logits: jnp.ndarray, labels: jnp.ndarray,
   if proto_logits is None:
     zero = jnp.zeros((), jnp.float32)
     return ce, {"loss_ce": ce, "loss_ppc": zero, "loss_ppd": zero}
-  ppc = ppc_loss(proto_logits, proto_targets, ignore_index=ignore_index)
-  ppd = ppd_loss(proto_logits, proto_targets, ignore_index=ignore_index)
+  ppc = ppc_loss(proto_logits, proto_targets)
+  ppd = ppd_loss(proto_logits, proto_targets)
   total = ce + lambda_ppc * ppc + lambda_ppd * ppd
   return total, {"loss_ce": ce, "loss_ppc": ppc, "loss_ppd": ppd}

@@ -9,12 +9,13 @@ sums here (Sinkhorn segment sums, feature sums, counts) run over the GLOBAL
 batch, as SwAV's distributed Sinkhorn does; the update is then identical on
 every device. The official code instead updates per GPU from local pixels and
 averages the resulting prototypes; the two differ only in how pixels of
-different GPUs are pooled.
+different GPUs are pooled. `learn_prototypes_per_device` is that official
+form (shard_map over the data axis, then pmean).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Optional
 
 import flax.struct
 import jax
@@ -24,6 +25,9 @@ from protoseg_jax.ops import l2_normalize
 from protoseg_jax.sinkhorn import sinkhorn_knopp
 
 ASSIGNMENTS = ("gumbel", "argmax")
+# proto_targets of ignored pixels (as the official code). Not the label
+# ignore_index: with C*M > 255 (ADE20K 1500) target 255 is a real prototype.
+PROTO_IGNORE = -1
 
 
 @flax.struct.dataclass
@@ -33,8 +37,8 @@ class PrototypeUpdate:
   prototypes:    [C, M, D] updated prototypes, unit norm.
   proto_logits:  [N, C*M] cosine similarity to the OLD prototypes (gradients
                  flow into the embeddings only).
-  proto_targets: [N] int32 c*M + index (Sinkhorn argmax), ignore_index for
-                 ignored pixels.
+  proto_targets: [N] int32 c*M + index (Sinkhorn argmax) in [0, C*M);
+                 PROTO_IGNORE (-1) for ignored pixels.
   assignments:   [N] int32 prototype (0..M-1) each pixel was assigned to for
                  the update (gumbel or argmax); -1 for ignored pixels.
   counts:        [C, M] int32 number of correctly classified pixels that
@@ -47,14 +51,25 @@ class PrototypeUpdate:
   counts: jnp.ndarray
 
 
-def prototype_similarity(embeddings: jnp.ndarray, prototypes: jnp.ndarray) -> jnp.ndarray:
+def prototype_similarity(embeddings: jnp.ndarray, prototypes: jnp.ndarray,
+                         trainable: Any = False) -> jnp.ndarray:
   """Cosine similarity [N, C*M] of unit embeddings [N, D] to prototypes [C, M, D].
 
   The prototypes are L2-normalised and the gradient through them is stopped:
   they are learned by the momentum update, never by gradient descent.
+
+  trainable (bool or traced bool; official `pretrain_prototype` warm-up):
+  where true the gradient flows into `prototypes` as if the normalised value
+  were the leaf (the official code normalises `prototypes.data` in place
+  before the forward pass, outside the graph): the value is unchanged and
+  the normalisation's Jacobian is replaced by the identity.
   """
   c, m, d = prototypes.shape
-  p = jax.lax.stop_gradient(l2_normalize(prototypes.reshape(c * m, d)))
+  flat = prototypes.reshape(c * m, d)
+  p = jax.lax.stop_gradient(l2_normalize(flat))
+  if trainable is not False:
+    # p + (flat - sg(flat)): exactly p in value, identity gradient to flat.
+    p = jnp.where(trainable, p + (flat - jax.lax.stop_gradient(flat)), p)
   return jnp.einsum("nd,kd->nk", embeddings, p.astype(embeddings.dtype))
 
 
@@ -114,7 +129,8 @@ def learn_prototypes(prototypes: jnp.ndarray, embeddings: jnp.ndarray, logits: j
       prototype a pixel updates; drawn by `sample_gumbel_argmax`, same
       distribution) or "argmax" (deterministic).
     rng: PRNG key, required for assignment="gumbel".
-    ignore_index: label of ignored pixels, kept in `proto_targets`.
+    ignore_index: label of ignored pixels in `labels` (their proto_targets
+      are PROTO_IGNORE = -1, never ignore_index).
     similarity: optional [N, C*M] `prototype_similarity(embeddings,
       prototypes)` if the caller already has it.
 
@@ -168,7 +184,7 @@ def learn_prototypes(prototypes: jnp.ndarray, embeddings: jnp.ndarray, logits: j
   moved = gamma * old + (1.0 - gamma) * l2_normalize(feat_sum)
   new = l2_normalize(jnp.where((counts > 0)[:, None], moved, old))
 
-  targets = jnp.where(valid, cls * m + index, ignore_index).astype(jnp.int32)
+  targets = jnp.where(valid, cls * m + index, PROTO_IGNORE).astype(jnp.int32)
   return PrototypeUpdate(
       prototypes=new.reshape(c, m, d).astype(prototypes.dtype),
       proto_logits=similarity,
@@ -176,3 +192,48 @@ def learn_prototypes(prototypes: jnp.ndarray, embeddings: jnp.ndarray, logits: j
       assignments=jnp.where(valid, assign, -1),
       counts=counts.reshape(c, m),
   )
+
+
+PROTOTYPE_UPDATES = ("global", "per_device_mean")
+
+
+def learn_prototypes_per_device(mesh, axis_name: str, prototypes: jnp.ndarray,
+                                embeddings: jnp.ndarray, logits: jnp.ndarray,
+                                labels: jnp.ndarray, *, rng: Optional[jax.Array] = None,
+                                similarity: Optional[jnp.ndarray] = None,
+                                **kwargs) -> PrototypeUpdate:
+  """`learn_prototypes` the official multi-GPU way: each device on its own pixels.
+
+  The N pixel rows are split over `axis_name` of `mesh` (device i holds rows
+  [i*N/n, (i+1)*N/n): its own images when the batch is sharded over that
+  axis). Every device runs Sinkhorn and the momentum update on its local
+  pixels alone, then the updated (unit-norm) prototypes are averaged over the
+  devices (pmean, not re-normalised: the official all_reduce / world_size;
+  the next use normalises). Targets and proto_logits are the local ones;
+  `counts` are summed over devices. The Gumbel draw of device i uses
+  fold_in(rng, i). kwargs: as `learn_prototypes` (gamma, num_iters, epsilon,
+  assignment, ignore_index).
+  """
+  from jax.sharding import PartitionSpec as P
+  n = embeddings.shape[0]
+  size = mesh.shape[axis_name]
+  if n % size:
+    raise ValueError(f"{n} pixels do not split over {size} devices of mesh axis {axis_name!r}")
+  if similarity is None:
+    similarity = prototype_similarity(embeddings, prototypes)
+  use_rng = rng is not None
+  key = rng if use_rng else jax.random.key(0)
+
+  def local(p, e, lg, y, s, k):
+    if use_rng:
+      k = jax.random.fold_in(k, jax.lax.axis_index(axis_name))
+    r = learn_prototypes(p, e, lg, y, rng=k if use_rng else None, similarity=s, **kwargs)
+    return r.replace(prototypes=jax.lax.pmean(r.prototypes, axis_name),
+                     counts=jax.lax.psum(r.counts, axis_name))
+
+  row, rep = P(axis_name), P()
+  out_specs = PrototypeUpdate(prototypes=rep, proto_logits=row, proto_targets=row,
+                              assignments=row, counts=rep)
+  fn = jax.shard_map(local, mesh=mesh, in_specs=(rep, row, row, row, row, rep),
+                     out_specs=out_specs)
+  return fn(prototypes, embeddings, logits, labels, similarity, key)

@@ -32,6 +32,7 @@ import optax
 from protoseg_jax import evaluate as evaluation
 from protoseg_jax import inference, losses, optim, sharding
 from protoseg_jax.models.segmentor import Segmentor, build_model
+from protoseg_jax.ops import l2_normalize
 
 TRAIN_KEYS = ("train/loss", "train/loss_ce", "train/loss_ppc", "train/loss_ppd", "train/lr")
 METRICS_FILE = "metrics.jsonl"
@@ -45,6 +46,9 @@ class TrainState:
   prototypes: Any            # {} for the linear head
   opt_state: Any
   rng: jnp.ndarray           # uint32 [2] base key; per-step keys are fold_in(rng, step)
+  # Optimizer state of the prototypes while they are trained by gradient
+  # during warm-up (config.protoseg.pretrain_prototype); {} otherwise.
+  proto_opt_state: Any = flax.struct.field(default_factory=dict)
 
   def variables(self) -> dict:
     v = {"params": self.params}
@@ -83,11 +87,37 @@ def create_train_state(config, model: Segmentor, mesh, image_shape) -> tuple[Tra
   params = variables["params"]
   tx, schedule = optim.create_optimizer(config, params)
   opt_state = jax.jit(tx.init, out_shardings=rep)(params)
+  prototypes = variables.get("prototypes", {})
+  proto_opt_state = {}
+  if _pretrains_prototypes(config, prototypes):
+    proto_opt_state = jax.jit(prototype_optimizer(config, prototypes).init,
+                              out_shardings=rep)(prototypes)
   state = TrainState(step=jax.device_put(jnp.zeros((), jnp.int32), rep), params=params,
                      batch_stats=variables.get("batch_stats", {}),
-                     prototypes=variables.get("prototypes", {}), opt_state=opt_state,
-                     rng=jax.device_put(state_rng, rep))
+                     prototypes=prototypes, opt_state=opt_state,
+                     rng=jax.device_put(state_rng, rep), proto_opt_state=proto_opt_state)
   return state, tx, schedule
+
+
+def _pretrains_prototypes(config, prototypes) -> bool:
+  """Whether prototypes are trained by gradient during warm-up (static)."""
+  p = config.protoseg
+  return bool(p.pretrain_prototype) and int(p.warmup_iters) > 0 and bool(prototypes)
+
+
+def prototype_optimizer(config, prototypes) -> optax.GradientTransformation:
+  """The optimizer of the warm-up prototype training (pretrain_prototype).
+
+  The official code puts the prototypes (an nn.Parameter) in the optimizer's
+  non-backbone group: same optimizer, schedule, weight decay and lr
+  multiplier as the head. Here: `optim.create_optimizer` over the prototypes
+  tree {"head": {"prototypes": ...}}, so the head's lr multiplier and the
+  decay mask apply as to the head's params. Its own optax step count equals
+  the global step because it only steps during warm-up, from step 0.
+  (Differences: a config.optim.grad_clip_norm clips the prototypes' gradient
+  by its own norm, not jointly with the params.)
+  """
+  return optim.create_optimizer(config, prototypes)[0]
 
 
 # ----------------------------------------------------------------------------
@@ -102,12 +132,23 @@ def train_step(state: TrainState, batch: dict, *, model: Segmentor, tx, schedule
   k_dropout, k_proto = jax.random.split(step_rng)
   learn = state.step >= p.warmup_iters          # prototype learning after warm-up
   class_weights = config.loss.class_weights
+  # Official `pretrain_prototype`: during warm-up the prototypes are trained
+  # by gradient through the CE loss (no clustering, no PPC/PPD); after it the
+  # gradient is stopped and only the momentum update moves them.
+  pretrain = _pretrains_prototypes(config, state.prototypes)
+  prototypes = state.prototypes
+  if pretrain:
+    # The official forward first L2-normalises prototypes.data in place.
+    prototypes = jax.tree.map(l2_normalize, prototypes)
 
-  def loss_fn(params):
+  def loss_fn(params, protos):
     variables = {**state.variables(), "params": params}
+    if protos:
+      variables["prototypes"] = protos
+    extra = {"train_prototypes": jnp.logical_not(learn)} if pretrain else {}
     out, updates = model.apply(variables, batch["image"], batch["label"], train=True,
                                update=learn, mutable=["batch_stats", "prototypes"],
-                               rngs={"dropout": k_dropout, "prototypes": k_proto})
+                               rngs={"dropout": k_dropout, "prototypes": k_proto}, **extra)
     scale = learn.astype(jnp.float32)
     total, parts = losses.protoseg_loss(
         out.logits, batch["label"], out.proto_logits, out.proto_targets,
@@ -120,12 +161,26 @@ def train_step(state: TrainState, batch: dict, *, model: Segmentor, tx, schedule
       parts["loss_aux"] = aux
     return total, (parts, updates)
 
-  (total, (parts, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  if pretrain:
+    (total, (parts, updates)), (grads, pgrads) = jax.value_and_grad(
+        loss_fn, argnums=(0, 1), has_aux=True)(state.params, prototypes)
+  else:
+    (total, (parts, updates)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.params, prototypes)
   upd, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, upd)
+  new_protos = updates.get("prototypes", state.prototypes)
+  proto_opt_state = state.proto_opt_state
+  if pretrain:
+    ptx = prototype_optimizer(config, prototypes)
+    pupd, popt = ptx.update(pgrads, state.proto_opt_state, prototypes)
+    trained = optax.apply_updates(prototypes, pupd)
+    warm = jnp.logical_not(learn)
+    new_protos = jax.tree.map(lambda a, b: jnp.where(warm, a, b), trained, new_protos)
+    proto_opt_state = jax.tree.map(lambda a, b: jnp.where(warm, a, b), popt, proto_opt_state)
   new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                             batch_stats=updates.get("batch_stats", state.batch_stats),
-                            prototypes=updates.get("prototypes", state.prototypes))
+                            prototypes=new_protos, proto_opt_state=proto_opt_state)
   metrics = {"train/loss": total, "train/lr": schedule(state.step)}
   metrics.update({f"train/{k}": v for k, v in parts.items()})
   return new_state, metrics
@@ -135,7 +190,17 @@ def make_train_step(model, tx, schedule, config, mesh, ignore_index: int = 255):
   rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   fn = functools.partial(train_step, model=model, tx=tx, schedule=schedule, config=config,
                          ignore_index=ignore_index)
-  return jax.jit(fn, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+  step = jax.jit(fn, in_shardings=(rep, data), out_shardings=(rep, rep), donate_argnums=0)
+  if config.protoseg.prototype_update != "per_device_mean":
+    return step
+
+  def step_under_mesh(state, batch):
+    # The per-device prototype update (a shard_map in the head) runs over this
+    # step's mesh, also when it is a subset of the devices.
+    with jax.set_mesh(mesh):
+      return step(state, batch)
+
+  return step_under_mesh
 
 
 def make_eval_step(model, config, mesh, num_classes: int, ignore_index: int = 255):
@@ -143,7 +208,8 @@ def make_eval_step(model, config, mesh, num_classes: int, ignore_index: int = 25
   step = inference.make_predict_step(
       lambda v, x: model.apply(v, x, train=False).logits, num_classes=num_classes,
       ignore_index=ignore_index, mode=e.mode, slide_crop=e.slide_crop, stride=e.stride,
-      scales=tuple(e.scales), flip=e.flip, align_corners=config.model.align_corners)
+      scales=tuple(e.scales), flip=e.flip, align_corners=config.model.align_corners,
+      resize=e.resize, merge=e.merge)
   rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   return jax.jit(step, in_shardings=(rep, data), out_shardings=rep)
 

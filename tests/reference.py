@@ -38,8 +38,10 @@ def l2n(x, axis=-1):
 
 
 def learn_prototypes_reference(prototypes, embeddings, logits, labels, gamma=0.999,
-                               num_iters=3, epsilon=0.05, ignore_index=255):
-  """Argmax-assignment prototype learning, one class at a time."""
+                               num_iters=3, epsilon=0.05):
+  """Argmax-assignment prototype learning, one class at a time.
+
+  Labels outside [0, C) are ignored; their targets are -1 (official code)."""
   P = l2n(np.asarray(prototypes, np.float64))
   C, M, D = P.shape
   e = np.asarray(embeddings, np.float64)
@@ -47,7 +49,7 @@ def learn_prototypes_reference(prototypes, embeddings, logits, labels, gamma=0.9
   sim = e @ P.reshape(C * M, D).T  # [N, C*M]
   pred = np.argmax(logits, axis=1)
   correct = pred == labels
-  targets = np.full(labels.shape, ignore_index, np.int64)
+  targets = np.full(labels.shape, -1, np.int64)
   new = P.copy()
   for c in range(C):
     idx = np.nonzero(labels == c)[0]

@@ -200,3 +200,223 @@ def test_normalize_is_per_channel_mean_std():
   image = tf.constant(np.array([[[10., 20., 30.]]], np.float32))
   got = augment.normalize(image, (1., 2., 3.), (3., 6., 9.)).numpy()
   np.testing.assert_allclose(got, [[[3., 3., 3.]]], rtol=1e-6)
+
+
+# ---------------------------------------------------------------------------
+# openseg (official ProtoSeg) transform and input order.
+
+
+def _openseg_opts(**kw):
+  base = dict(crop_size=(32, 48), scale=(40, 40), ratio_range=(1.0, 1.0), cat_max_ratio=1.0,
+              flip_prob=0.5, photometric=False, mean=(0., 0., 0.), std=(1., 1., 1.),
+              ignore_index=255, augmentation="openseg", aspect_range=(1.0, 1.0),
+              brightness_shift=10)
+  base.update(kw)
+  return augment.TrainOptions(**base)
+
+
+def _seed(i):
+  return tf.constant([i, 7], tf.int64)
+
+
+def _keys_cubic_reference(image, out_h, out_w, a=-0.75):
+  """Plain NumPy Keys cubic convolution (a = -0.75): half-pixel centres, border replicated,
+  no antialiasing (OpenCV INTER_CUBIC / PyTorch bicubic align_corners=False)."""
+  def kernel(x):
+    x = abs(x)
+    if x <= 1:
+      return (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1
+    if x < 2:
+      return a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a
+    return 0.0
+
+  def matrix(n_in, n_out):
+    m = np.zeros((n_out, n_in))
+    for i in range(n_out):
+      src = (i + 0.5) * n_in / n_out - 0.5
+      base = int(np.floor(src))
+      for k in range(base - 1, base + 3):
+        m[i, min(max(k, 0), n_in - 1)] += kernel(src - k)
+    return m
+
+  image = image.astype(np.float64)
+  mh, mw = matrix(image.shape[0], out_h), matrix(image.shape[1], out_w)
+  return np.einsum("oh,hwc,pw->opc", mh, image, mw)
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((7, 9), (15, 20)), ((20, 16), (9, 11)), ((8, 8), (8, 8))])
+def test_bicubic_matches_keys_a075_reference(in_hw, out_hw):
+  image = np.random.RandomState(0).randint(0, 256, (*in_hw, 3)).astype(np.uint8)
+  got = augment.resize_bicubic(tf.constant(image), out_hw).numpy()
+  want = _keys_cubic_reference(image, *out_hw)
+  np.testing.assert_allclose(got, want, atol=1e-3)
+  if in_hw == out_hw:
+    np.testing.assert_allclose(got, image, atol=1e-4)
+
+
+def test_bicubic_matches_torch_bicubic_and_its_window_matches_the_full_resize():
+  torch = pytest.importorskip("torch")
+  image = np.random.RandomState(1).rand(11, 13, 3).astype(np.float32) * 255
+  for out_hw in [(23, 30), (6, 5)]:
+    got = augment.resize_bicubic(tf.constant(image), out_hw).numpy()
+    want = torch.nn.functional.interpolate(
+        torch.from_numpy(image).permute(2, 0, 1)[None], size=out_hw, mode="bicubic",
+        align_corners=False)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_allclose(got, want, atol=2e-3)
+  full = augment.resize_bicubic(tf.constant(image), (23, 30)).numpy()
+  win = augment.resize_window_bicubic(tf.constant(image), tf.constant([23, 30]),
+                                      tf.constant([5, 7]), tf.constant([10, 12])).numpy()
+  np.testing.assert_allclose(win, full[5:15, 7:19], atol=1e-4)
+
+
+def test_openseg_resize_size_is_the_official_formula():
+  for scale, aspect in [(1.5, 1.1), (0.5, 0.9), (2.0, 1.0), (0.73, 1.04)]:
+    got = augment.openseg_resize_size(tf.constant([1024, 2048]), scale, aspect).numpy().tolist()
+    # openseg RandomResize: (int(width * sqrt(a) * s), int(height * sqrt(1 / a) * s)).
+    want = [int(1024 * np.sqrt(1.0 / aspect) * scale), int(2048 * np.sqrt(aspect) * scale)]
+    assert abs(got[0] - want[0]) <= 1 and abs(got[1] - want[1]) <= 1, (got, want)
+
+
+def _block_pair(h, w, block=8, seed=0):
+  """Image whose channel 0 minus channel 1 is 20 x the block's class; label = that class."""
+  r = np.random.RandomState(seed)
+  classes = r.randint(0, 5, (-(-h // block), -(-w // block)))
+  label = np.kron(classes, np.ones((block, block), np.int64))[:h, :w].astype(np.uint8)
+  image = np.full((h, w, 3), 100, np.uint8)
+  image[..., 0] += (20 * label).astype(np.uint8)
+  return image, label
+
+
+def test_openseg_keeps_image_and_label_aligned_through_rescale_crop_pad_and_flip():
+  image, label = _block_pair(48, 64, block=12)
+  opts = _openseg_opts(crop_size=(48, 64), ratio_range=(0.5, 2.0), aspect_range=(0.9, 1.1))
+  padded = 0
+  for i in range(40):
+    img, lbl = augment.openseg_transform(tf.constant(image), tf.constant(label), _seed(i), opts)
+    img, lbl = img.numpy(), lbl.numpy()
+    assert img.shape == (48, 64, 3) and lbl.shape == (48, 64)
+    valid = lbl != 255
+    decoded = np.round((img[..., 0] - img[..., 1]) / 20.)
+    agree = (decoded[valid] == lbl[valid]).mean()
+    # Only block edges may disagree (bicubic ringing; cv2's nearest has no half-pixel shift).
+    assert agree > 0.85, (i, agree)
+    mirrored = (decoded[:, ::-1][valid[:, ::-1] & valid] == lbl[valid[:, ::-1] & valid]).mean()
+    assert mirrored < agree or np.all(lbl[valid] == lbl[valid][0])
+    # Padding: image exactly 0 (normalised), label ignore.
+    np.testing.assert_array_equal(img[~valid], 0.)
+    padded += (~valid).any()
+  assert padded > 0
+
+
+def test_openseg_pad_value_and_random_offset_range():
+  image = np.full((10, 10, 3), 200, np.uint8)
+  label = np.ones((10, 10), np.uint8)
+  opts = _openseg_opts(crop_size=(16, 20), mean=(1., 2., 3.), std=(1., 1., 1.),
+                       brightness_shift=0)
+  tops, lefts = set(), set()
+  for i in range(300):
+    img, lbl = augment.openseg_transform(tf.constant(image), tf.constant(label), _seed(i), opts)
+    img, lbl = img.numpy(), lbl.numpy()
+    rows, cols = np.nonzero(lbl != 255)
+    top, left = rows.min(), cols.min()
+    assert rows.max() - top == 9 and cols.max() - left == 9
+    tops.add(int(top))
+    lefts.add(int(left))
+    np.testing.assert_array_equal(lbl[top:top + 10, left:left + 10], 1)
+    inside = np.zeros(lbl.shape, bool)
+    inside[top:top + 10, left:left + 10] = True
+    np.testing.assert_array_equal(lbl[~inside], 255)
+    np.testing.assert_array_equal(img[~inside], 0.)               # pad after normalisation
+    np.testing.assert_allclose(img[inside], np.array([199., 198., 197.])[None].repeat(100, 0))
+  assert tops == set(range(7)) and lefts == set(range(11)), (tops, lefts)
+
+
+def test_openseg_brightness_is_an_integer_shift_in_range_on_every_image():
+  image = np.full((8, 8, 3), 128, np.uint8)
+  label = np.zeros((8, 8), np.uint8)
+  opts = _openseg_opts(crop_size=(8, 8))
+  shifts = set()
+  for i in range(400):
+    img, _ = augment.openseg_transform(tf.constant(image), tf.constant(label), _seed(i), opts)
+    img = img.numpy()
+    assert np.all(img == img[0, 0, 0])
+    shifts.add(float(img[0, 0, 0]) - 128.)
+  assert shifts == {float(s) for s in range(-10, 11)}, sorted(shifts)
+  bright = np.full((8, 8, 3), 250, np.uint8)
+  outs = {float(augment.openseg_transform(tf.constant(bright), tf.constant(label), _seed(i),
+                                          opts)[0].numpy().max()) for i in range(60)}
+  assert max(outs) == 255. and min(outs) >= 240.
+
+
+def test_openseg_aspect_jitter_range():
+  image = np.full((100, 100, 3), 50, np.uint8)
+  label = np.zeros((100, 100), np.uint8)
+  opts = _openseg_opts(crop_size=(128, 128), aspect_range=(0.9, 1.1), brightness_shift=0)
+  ratios = []
+  for i in range(100):
+    _, lbl = augment.openseg_transform(tf.constant(image), tf.constant(label), _seed(i), opts)
+    rows, cols = np.nonzero(lbl.numpy() != 255)
+    h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+    # h = int(100 / sqrt(a)), w = int(100 * sqrt(a)): w / h ~ a, h * w ~ 100^2.
+    ratios.append(w / h)
+    assert abs(h * w - 10_000) < 250, (h, w)
+  ratios = np.array(ratios)
+  assert ratios.min() >= 0.9 - 0.02 and ratios.max() <= 1.1 + 0.02
+  assert ratios.min() < 0.93 and ratios.max() > 1.07
+
+
+def test_openseg_crop_has_no_category_ratio_retries():
+  # One class everywhere but a narrow strip: mmseg (cat_max_ratio 0.75) would retry
+  # single-class crops; openseg takes the uniform offset as drawn.
+  image = np.zeros((32, 200, 3), np.uint8)
+  label = np.zeros((32, 200), np.uint8)
+  label[:, 190:] = 1
+  opts = _openseg_opts(crop_size=(32, 32), flip_prob=0.0, brightness_shift=0)
+  single = 0
+  for i in range(60):
+    _, lbl = augment.openseg_transform(tf.constant(image), tf.constant(label), _seed(i), opts)
+    single += len(np.unique(lbl.numpy())) == 1
+  assert single > 40
+  # cat_max_ratio is not consulted: the same crops with a strict ratio.
+  strict = _openseg_opts(crop_size=(32, 32), flip_prob=0.0, brightness_shift=0,
+                         cat_max_ratio=0.5)
+  for i in range(10):
+    a = augment.openseg_transform(tf.constant(image), tf.constant(label), _seed(i), opts)[1]
+    b = augment.openseg_transform(tf.constant(image), tf.constant(label), _seed(i), strict)[1]
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_transform_dispatches_on_augmentation():
+  image, label = _block_pair(40, 40)
+  for aug, fn in [("mmseg", augment.train_transform), ("openseg", augment.openseg_transform)]:
+    opts = _openseg_opts(augmentation=aug)
+    a = augment.transform(tf.constant(image), tf.constant(label), _seed(3), opts)
+    b = fn(tf.constant(image), tf.constant(label), _seed(3), opts)
+    for x, y in zip(a, b):
+      np.testing.assert_array_equal(x.numpy(), y.numpy())
+  with pytest.raises(ValueError, match="augmentation"):
+    augment.transform(tf.constant(image), tf.constant(label), _seed(3),
+                      _openseg_opts(augmentation="nope"))
+
+
+def test_input_order_bgr_reverses_channels_then_normalises_with_mean_std_as_listed():
+  image = tf.constant(np.random.RandomState(2).rand(4, 5, 3).astype(np.float32) * 255)
+  mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+  got = augment.normalize_input(image, mean, std, "bgr").numpy()
+  bgr = image.numpy()[..., ::-1]
+  want = np.stack([(bgr[..., i] - mean[i]) / std[i] for i in range(3)], -1)
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(augment.normalize_input(image, mean, std, "rgb").numpy(),
+                                augment.normalize(image, mean, std).numpy())
+  with pytest.raises(ValueError, match="input_order"):
+    augment.normalize_input(image, mean, std, "gbr")
+  from protoseg_jax.convert import official
+  assert augment.INPUT_ORDERS == official.INPUT_ORDERS
+  # In the transforms: bgr == rgb with channels reversed (zero mean, unit std).
+  image8, label = _block_pair(40, 40)
+  for aug in augment.AUGMENTATIONS:
+    rgb = augment.transform(tf.constant(image8), tf.constant(label), _seed(5),
+                            _openseg_opts(augmentation=aug))[0].numpy()
+    bgr = augment.transform(tf.constant(image8), tf.constant(label), _seed(5),
+                            _openseg_opts(augmentation=aug, input_order="bgr"))[0].numpy()
+    np.testing.assert_array_equal(bgr, rgb[..., ::-1])

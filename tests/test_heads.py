@@ -116,7 +116,7 @@ def test_targets_follow_feature_resolution_labels():
   out, _ = head.apply(v, x, y, train=True, mutable=["prototypes"])
   small = np.asarray(y)[:, ::4, ::4].reshape(-1)   # PyTorch nearest for an exact 4x
   t = np.asarray(out.proto_targets)
-  np.testing.assert_array_equal(t == 255, small == 255)
+  np.testing.assert_array_equal(t == -1, small == 255)
   np.testing.assert_array_equal(t[small != 255] // M, small[small != 255])
 
 
@@ -128,7 +128,7 @@ def test_no_gradient_to_prototypes_and_gradient_to_params():
   def loss(params, protos):
     out, _ = head.apply({"params": params, "prototypes": protos}, x, y, train=True,
                         mutable=["prototypes"])
-    valid = out.proto_targets != 255
+    valid = out.proto_targets >= 0
     picked = jnp.take_along_axis(out.proto_logits, jnp.where(valid, out.proto_targets, 0)[:, None], 1)
     return jnp.sum(out.logits) * 0 + jnp.sum(jnp.where(valid[:, None], picked, 0))
 
@@ -144,3 +144,94 @@ def test_linear_head_same_interface():
   out = head.apply(v, x, _labels(), train=True)
   assert isinstance(out, HeadOutput) and out.logits.shape == (B, H, W, C)
   assert out.proto_logits is None
+
+
+def test_prototype_init_modes():
+  from protoseg_jax.heads import init_prototypes
+  shape = (50, 100, 200)   # 1e6 draws
+  std = 0.02
+  # Before L2 normalisation: the same draws as init_prototypes, unnormalised.
+  k = jax.random.key(0)
+  official = np.asarray(std * jax.random.truncated_normal(k, -2.0 / std, 2.0 / std, shape))
+  cut = np.asarray(std * jax.random.truncated_normal(k, -2.0, 2.0, shape))
+  # Untruncated in effect: sample std 0.02, extremes beyond 4 std (~63 of 1e6 expected).
+  assert abs(official.std() - std) < 2e-4
+  assert np.abs(official).max() > 4 * std
+  assert np.abs(official).max() < 2.0
+  # Cut at 2 std: range +-0.04 and std 0.02 * 0.8796 (truncated-normal variance).
+  assert np.abs(cut).max() <= 2 * std + 1e-7
+  assert abs(cut.std() - 0.8796 * std) < 2e-4
+  # init_prototypes = those draws, L2-normalised along D.
+  for mode, raw in (("timm_trunc_normal", official), ("trunc_normal_2std", cut)):
+    got = np.asarray(init_prototypes(k, shape, std, mode))
+    np.testing.assert_allclose(got, raw / np.linalg.norm(raw, axis=-1, keepdims=True), atol=1e-6)
+  with pytest.raises(ValueError, match="proto_init"):
+    init_prototypes(k, shape, std, "normal")
+  # The head's default is unchanged (bit-identical to the previous init).
+  head = ProtoSegHead(num_classes=C, num_prototypes=M)
+  v = head.init(jax.random.key(0), _x())
+  p_default = np.asarray(v["prototypes"]["prototypes"])
+  v2 = ProtoSegHead(num_classes=C, num_prototypes=M, proto_init="trunc_normal_2std").init(
+      jax.random.key(0), _x())
+  np.testing.assert_array_equal(p_default, np.asarray(v2["prototypes"]["prototypes"]))
+  v3 = ProtoSegHead(num_classes=C, num_prototypes=M, proto_init="timm_trunc_normal").init(
+      jax.random.key(0), _x())
+  assert not np.array_equal(p_default, np.asarray(v3["prototypes"]["prototypes"]))
+
+
+def test_train_prototypes_gradient_is_the_official_one():
+  # Official pretrain_prototype: prototypes.data is normalised in place, then
+  # used as a leaf: d loss / d P with no normalisation Jacobian.
+  head = ProtoSegHead(num_classes=C, num_prototypes=M, assignment="argmax")
+  x = _x()
+  v = head.init(jax.random.key(0), x)
+  protos = v["prototypes"]["prototypes"]          # unit norm after init
+  w = jax.random.normal(jax.random.key(5), (B, H, W, C))
+
+  def loss(pr, trainable):
+    out = head.apply({"params": v["params"], "prototypes": {"prototypes": pr}}, x,
+                     train_prototypes=trainable)
+    return jnp.sum(out.logits * w), out
+
+  g, out = jax.grad(loss, has_aux=True)(protos, True)
+  _, out0 = loss(protos, False)
+  np.testing.assert_array_equal(np.asarray(out.logits), np.asarray(out0.logits))  # same values
+
+  # Reference: the same forward with the prototypes as a raw leaf.
+  emb = out.embeddings.reshape(-1, D if head.embed_dim else DIN)
+
+  def ref(pr):
+    sim = emb @ pr.reshape(C * M, -1).T
+    s = jnp.max(sim.reshape(-1, C, M), axis=-1)
+    mu, var = s.mean(-1, keepdims=True), s.var(-1, keepdims=True)
+    p = v["params"]["mask_norm"]
+    s = (s - mu) / jnp.sqrt(var + 1e-5) * p["scale"] + p["bias"]
+    return jnp.sum(s.reshape(B, H, W, C) * w)
+
+  g_ref = jax.grad(ref)(protos)
+  assert np.abs(np.asarray(g_ref)).max() > 1e-3
+  np.testing.assert_allclose(np.asarray(g), np.asarray(g_ref), atol=1e-3, rtol=1e-3)
+  # ... and not the gradient through the normalisation (tangent projection).
+  pu = np.asarray(protos)
+  g_proj = np.asarray(g_ref) - np.sum(np.asarray(g_ref) * pu, -1, keepdims=True) * pu
+  assert np.abs(g_proj - np.asarray(g)).max() > 100 * np.abs(np.asarray(g) - np.asarray(g_ref)).max()
+  # Off (also as a traced False): no gradient.
+  g_off = jax.grad(lambda pr: loss(pr, False)[0])(protos)
+  assert np.all(np.asarray(g_off) == 0)
+  g_traced = jax.jit(jax.grad(lambda pr, t: loss(pr, t)[0]))(protos, jnp.asarray(False))
+  assert np.all(np.asarray(g_traced) == 0)
+
+
+def test_update_prototype_false_keeps_prototypes_but_gives_targets():
+  x, y = _x(), _labels()
+  on = ProtoSegHead(num_classes=C, num_prototypes=M, assignment="argmax")
+  off = ProtoSegHead(num_classes=C, num_prototypes=M, assignment="argmax", update_prototype=False)
+  v = on.init(jax.random.key(0), x)
+  out_on, m_on = on.apply(v, x, y, train=True, mutable=["prototypes"])
+  out_off, m_off = off.apply(v, x, y, train=True, mutable=["prototypes"])
+  np.testing.assert_array_equal(np.asarray(m_off["prototypes"]["prototypes"]),
+                                np.asarray(v["prototypes"]["prototypes"]))
+  assert not np.allclose(np.asarray(m_on["prototypes"]["prototypes"]),
+                         np.asarray(v["prototypes"]["prototypes"]))
+  np.testing.assert_array_equal(np.asarray(out_off.proto_targets), np.asarray(out_on.proto_targets))
+  assert np.any(np.asarray(out_off.proto_targets) >= 0)

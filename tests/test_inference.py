@@ -291,3 +291,81 @@ def test_padding_rows_with_zero_sizes_give_zero_scores():
     scores = np.asarray(jax.jit(lambda b: inf.predict_scores(fn, b, **kw))(batch))
     assert np.all(np.isfinite(scores)) and np.all(scores[1] == 0), kw
     assert np.abs(scores[0]).sum() > 0
+
+
+# ---------------------------------------------------------------- openseg resize / merge options
+
+
+def _torch_resize(x, size, mode, align_corners):
+  """[B, H, W, C] numpy -> F.interpolate(NCHW) -> [B, h, w, C] numpy."""
+  torch = pytest.importorskip("torch")
+  t = torch.from_numpy(np.array(x, np.float64)).permute(0, 3, 1, 2)
+  out = torch.nn.functional.interpolate(t, size=tuple(size), mode=mode, align_corners=align_corners)
+  return out.permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize("in_hw,out_hw", [((5, 7), (9, 11)), ((9, 12), (4, 5)), ((6, 6), (6, 6)),
+                                          ((9, 12), (10, 13))])
+def test_resize_valid_bicubic_equals_torch_bicubic_of_crop(in_hw, out_hw):
+  x = np.random.RandomState(3).randn(1, 9, 12, 3).astype(np.float32)
+  got = np.asarray(inf.resize_valid(jnp.asarray(x), jnp.asarray([in_hw]), jnp.asarray([out_hw]),
+                                    (10, 13), method="bicubic"))
+  want = _torch_resize(x[:, :in_hw[0], :in_hw[1]], out_hw, "bicubic", False)
+  np.testing.assert_allclose(got[0, :out_hw[0], :out_hw[1]], want[0], atol=1e-4)
+  outside = np.ones((10, 13), bool)
+  outside[:out_hw[0], :out_hw[1]] = False
+  assert np.all(got[0][outside] == 0)
+
+
+def test_predict_bicubic_resizes_feature_logits_straight_to_the_label():
+  rng = np.random.RandomState(4)
+  fn = _pooled_fn()
+  batch = make_batch(rng, [(8, 12), (6, 10)], [(15, 23), (6, 10)], (8, 12), (16, 24))
+  got = np.asarray(inf.predict_scores(fn, batch, resize="bicubic"))
+  feats = np.asarray(fn(batch["image"]))                      # [B, 4, 6, C]
+  # Example 0 fills the canvas: its whole 4x6 map goes to 15x23 (openseg update_score).
+  want0 = _torch_resize(feats[:1], (15, 23), "bicubic", False)[0]
+  np.testing.assert_allclose(got[0, :15, :23], want0, atol=1e-4)
+  assert np.all(got[0, 15:] == 0) and np.all(got[0, :, 23:] == 0)
+  # Example 1: valid extent 6x10 of the 8x12 canvas = 3x5 feature pixels.
+  want1 = _torch_resize(feats[1:, :3, :5], (6, 10), "bicubic", False)[0]
+  np.testing.assert_allclose(got[1, :6, :10], want1, atol=1e-4)
+  with pytest.raises(ValueError, match="bicubic"):
+    inf.predict_scores(fn, batch, resize="bicubic", mode="slide", slide_crop=(4, 4), stride=(2, 2))
+  with pytest.raises(ValueError, match="resize"):
+    inf.predict_scores(fn, batch, resize="nearest")
+  with pytest.raises(ValueError, match="merge"):
+    inf.predict_scores(fn, batch, merge="max")
+
+
+def test_predict_bilinear_align_corners_is_openseg_tester():
+  rng = np.random.RandomState(5)
+  fn = _pooled_fn()
+  batch = make_batch(rng, [(8, 12), (6, 10)], [(8, 12), (9, 14)], (8, 12), (10, 14))
+  got = np.asarray(inf.predict_scores(fn, batch, resize="bilinear_align_corners",
+                                      align_corners=False))
+  up = _torch_resize(np.asarray(fn(batch["image"])), (8, 12), "bilinear", True)  # ss_test
+  np.testing.assert_allclose(got[0, :8, :12], up[0], atol=1e-4)                   # same size: as is
+  want1 = _torch_resize(up[1:, :6, :10], (9, 14), "bicubic", False)[0]            # cv2 INTER_CUBIC
+  np.testing.assert_allclose(got[1, :9, :14], want1, atol=1e-4)
+
+
+def test_sum_logits_merge_is_openseg_ms_test():
+  rng = np.random.RandomState(6)
+  fn = _pooled_fn()
+  batch = make_batch(rng, [(8, 12)], [(8, 12)], (8, 12), (8, 12))
+  scales = (0.5, 1.0)
+  got = np.asarray(inf.predict_scores(fn, batch, scales=scales, flip=True, merge="sum_logits"))
+  img = np.asarray(batch["image"])
+  want = 0.
+  for s in scales:
+    for flipped in (False, True):
+      x = img[:, :, ::-1] if flipped else img
+      size = (int(8 * s + 0.5), int(12 * s + 0.5))
+      x = _torch_resize(x, size, "bilinear", False)
+      y = _torch_resize(np.asarray(fn(jnp.asarray(x.astype(np.float32)))), size, "bilinear", False)
+      y = _torch_resize(y, (8, 12), "bilinear", False)
+      want = want + (y[:, :, ::-1] if flipped else y)
+  np.testing.assert_allclose(got, want, atol=1e-4)
+  mean_sm = np.asarray(inf.predict_scores(fn, batch, scales=scales, flip=True))
+  assert np.all(mean_sm >= 0) and np.allclose(mean_sm.sum(-1), 1., atol=1e-5)

@@ -173,3 +173,44 @@ def test_a_missing_config_key_is_named(demo_dir):
       {k: v for k, v in config.dataset.items() if k != "shuffle_buffer"})
   with pytest.raises(KeyError, match="config.dataset.shuffle_buffer is missing"):
     ip.make_train_dataset(config, process_index=0, process_count=1)
+
+
+def test_openseg_augmentation_batches(demo_dir):
+  config = make_config(demo_dir, augmentation="openseg", photometric=False, cat_max_ratio=1.0)
+  for batch in _batches(ip.make_train_dataset(config, process_index=0, process_count=1), 4):
+    assert batch["image"].shape == (4, 64, 64, 3) and batch["label"].shape == (4, 64, 64)
+    values = set(np.unique(batch["label"]).tolist())
+    assert values <= set(range(NUM_CLASSES)) | {255}, values
+    assert np.isfinite(batch["image"]).all()
+  # Deterministic per example seed.
+  again = _batches(ip.make_train_dataset(config, process_index=0, process_count=1), 4)
+  first = _batches(ip.make_train_dataset(config, process_index=0, process_count=1), 4)
+  for a, b in zip(again, first):
+    np.testing.assert_array_equal(a["image"], b["image"])
+  with pytest.raises(ValueError, match="photometric"):
+    ip.make_train_dataset(make_config(demo_dir, augmentation="openseg"), process_index=0,
+                          process_count=1)
+  with pytest.raises(ValueError, match="augmentation"):
+    ip.make_train_dataset(make_config(demo_dir, augmentation="timm"), process_index=0,
+                          process_count=1)
+
+
+def test_input_order_bgr_in_train_and_eval(demo_dir):
+  mean, std = np.array([123.675, 116.28, 103.53]), np.array([58.395, 57.12, 57.375])
+  rgb_cfg = make_config(demo_dir, mean=tuple(mean), std=tuple(std))
+  bgr_cfg = make_config(demo_dir, mean=tuple(mean), std=tuple(std), input_order="bgr")
+  rgb = _batches(ip.make_eval_dataset(rgb_cfg, process_index=0, process_count=1), 1)[0]
+  bgr = _batches(ip.make_eval_dataset(bgr_cfg, process_index=0, process_count=1), 1)[0]
+  valid = rgb["image_hw"][0]
+  raw = rgb["image"][0, :valid[0], :valid[1]] * std + mean               # RGB 0..255
+  want = (raw[..., ::-1] - mean) / std                                   # BGR, mean[i]/std[i]
+  np.testing.assert_allclose(bgr["image"][0, :valid[0], :valid[1]], want, atol=1e-3)
+  np.testing.assert_array_equal(bgr["label"], rgb["label"])
+  rgb_t = _batches(ip.make_train_dataset(rgb_cfg, process_index=0, process_count=1), 1)[0]
+  bgr_t = _batches(ip.make_train_dataset(bgr_cfg, process_index=0, process_count=1), 1)[0]
+  np.testing.assert_array_equal(bgr_t["label"], rgb_t["label"])
+  raw_t = rgb_t["image"] * std + mean
+  np.testing.assert_allclose(bgr_t["image"], (raw_t[..., ::-1] - mean) / std, atol=1e-3)
+  with pytest.raises(ValueError, match="input_order"):
+    ip.make_eval_dataset(make_config(demo_dir, input_order="BGR"), process_index=0,
+                         process_count=1)

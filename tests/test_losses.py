@@ -41,10 +41,10 @@ def test_ppc_ppd_match_official_formulas():
   rng = np.random.RandomState(2)
   proto_logits = np.tanh(rng.randn(40, 12)).astype(np.float32)
   targets = rng.randint(0, 12, 40)
-  targets[::3] = 255
+  targets[::3] = -1
   tl, tt = torch.from_numpy(proto_logits), torch.from_numpy(targets)
-  ref_ppc = F.cross_entropy(tl, tt, ignore_index=255)
-  keep = tt != 255
+  ref_ppc = F.cross_entropy(tl, tt, ignore_index=-1)
+  keep = tt != -1
   ref_ppd = (1 - torch.gather(tl[keep], 1, tt[keep][:, None])).pow(2).mean()
   np.testing.assert_allclose(float(losses.ppc_loss(jnp.asarray(proto_logits), jnp.asarray(targets))),
                              float(ref_ppc), rtol=1e-5)
@@ -65,5 +65,44 @@ def test_protoseg_loss_combines_with_lambdas_and_handles_empty_batches():
   ce_only, parts = losses.protoseg_loss(jnp.asarray(logits), jnp.asarray(labels))
   assert float(parts["loss_ppc"]) == 0.0 and float(ce_only) == float(parts["loss_ce"])
   empty = jnp.full(labels.shape, 255)
-  total, parts = losses.protoseg_loss(jnp.asarray(logits), empty, pl, jnp.full((60,), 255))
+  total, parts = losses.protoseg_loss(jnp.asarray(logits), empty, pl, jnp.full((60,), -1))
   assert float(total) == 0.0
+
+
+def test_ppc_ppd_count_target_255_of_a_large_vocabulary():
+  # C=30, M=10: C*M = 300 > 255, so target 255 (class 25, prototype 5) is real.
+  k = 300
+  rng = np.random.RandomState(4)
+  proto_logits = np.tanh(rng.randn(64, k)).astype(np.float64)
+  targets = rng.randint(0, k, 64)
+  targets[:10] = 255
+  targets[10:16] = -1                     # ignored pixels
+  targets[16] = k - 1
+  keep = targets >= 0
+  z = proto_logits[keep]
+  t = targets[keep]
+  logp = z - z.max(1, keepdims=True)
+  logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
+  ce = -logp[np.arange(len(t)), t]
+  sq = (1.0 - z[np.arange(len(t)), t]) ** 2
+  pl, pt = jnp.asarray(proto_logits, jnp.float32), jnp.asarray(targets)
+  np.testing.assert_allclose(float(losses.ppc_loss(pl, pt)), ce.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(losses.ppd_loss(pl, pt)), sq.mean(), rtol=1e-5)
+  # Pixels with target 255 contribute exactly their CE and squared distance;
+  # ignored pixels (-1) contribute nothing, whatever their logits.
+  only255 = np.where(targets == 255, 255, -1)
+  np.testing.assert_allclose(float(losses.ppc_loss(pl, jnp.asarray(only255))),
+                             ce[t == 255].mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(losses.ppd_loss(pl, jnp.asarray(only255))),
+                             sq[t == 255].mean(), rtol=1e-5)
+  noisy = proto_logits.copy()
+  noisy[10:16] = rng.randn(6, k) * 5
+  noisy = jnp.asarray(noisy, jnp.float32)
+  np.testing.assert_allclose(float(losses.ppc_loss(noisy, pt)), float(losses.ppc_loss(pl, pt)), rtol=1e-6)
+  np.testing.assert_allclose(float(losses.ppd_loss(noisy, pt)), float(losses.ppd_loss(pl, pt)), rtol=1e-6)
+  # Through the total as well: labels' ignore_index 255 does not apply to targets.
+  seg = jnp.zeros((1, 2, 2, 30))
+  lab = jnp.zeros((1, 2, 2), jnp.int32)
+  _, parts = losses.protoseg_loss(seg, lab, pl, pt)
+  np.testing.assert_allclose(float(parts["loss_ppc"]), ce.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(parts["loss_ppd"]), sq.mean(), rtol=1e-5)

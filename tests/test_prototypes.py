@@ -117,7 +117,7 @@ def test_gradients_reach_embeddings_not_prototypes():
   def loss(p, e):
     res = learn_prototypes(p, e, jnp.asarray(logits), jnp.asarray(labels), assignment="argmax")
     t = res.proto_targets
-    valid = t != 255
+    valid = t >= 0
     picked = jnp.take_along_axis(res.proto_logits, jnp.where(valid, t, 0)[:, None], 1)[:, 0]
     return jnp.sum(jnp.where(valid, picked, 0.0)) + jnp.sum(res.prototypes)
 
@@ -136,7 +136,7 @@ def test_unit_norm_and_all_ignored_batch():
     p = np.asarray(res.prototypes)
     assert np.all(np.isfinite(p)) and np.all(np.isfinite(np.asarray(res.proto_logits)))
     np.testing.assert_allclose(p, protos, atol=1e-6)
-    assert np.all(np.asarray(res.proto_targets) == 255)
+    assert np.all(np.asarray(res.proto_targets) == -1)
 
 
 def _jaxpr_size(c):
@@ -181,3 +181,18 @@ def test_correctness_check_breaks_ties_like_torch_max():
   idx = rng.randint(0, 6, 500)
   got = np.asarray(_argmax_equals(jnp.asarray(logits), jnp.asarray(idx)))
   np.testing.assert_array_equal(got, np.argmax(logits, 1) == idx)
+
+
+def test_targets_of_a_large_vocabulary_reach_255_and_ignored_are_minus_one():
+  # C*M = 300 > 255: "class 25, prototype 5" is target 255, a real prototype.
+  c, m, d = 30, 10, 8
+  protos, emb, logits, labels = _inputs(11, n=2000, c=c, m=m, d=d)
+  labels = np.random.RandomState(11).randint(0, c, 2000)
+  labels[::7] = 255
+  res = _run(protos, emb, logits, labels)
+  _, _, ref_t = learn_prototypes_reference(protos, emb, logits, labels)
+  t = np.asarray(res.proto_targets)
+  np.testing.assert_array_equal(t, ref_t)
+  np.testing.assert_array_equal(t == -1, labels == 255)
+  assert np.any(t == 255)
+  np.testing.assert_array_equal(t[labels != 255] // m, labels[labels != 255])

@@ -131,3 +131,98 @@ def test_sharded_train_step_equals_single_device(data_dir, tiny_config):
                 for a, b in zip(jax.tree.leaves(getattr(s1, tree)),
                                 jax.tree.leaves(getattr(state0, tree))))
     assert moved > 1e-4, tree
+
+
+def _one_device_steps(config, num_steps):
+  info = datasets.get_dataset_info(config)
+  model = build_model(config, info.num_classes)
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  batch = jax.device_get(next(input_pipeline.create_train_iterator(
+      config, sharding.batch_sharding(mesh))))
+  state0, tx, schedule = train.create_train_state(config, model, mesh, (1, 64, 64, 3))
+  state0 = jax.device_get(state0)
+  step = train.make_train_step(model, tx, schedule, config, mesh)
+  state, out = jax.device_put(state0, sharding.replicated(mesh)), []
+  for _ in range(num_steps):
+    state, metrics = step(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
+    out.append(jax.device_get((state, metrics)))
+  return model, batch, state0, out
+
+
+def _protos(state):
+  return np.asarray(state.prototypes["head"]["prototypes"])
+
+
+@pytest.mark.slow
+def test_prototype_warmup_modes_and_frozen_prototypes(data_dir, tiny_config):
+  base = {"optim.name": "sgd", "optim.learning_rate": 0.05, "optim.warmup_steps": 0,
+          "protoseg.assignment": "argmax", "protoseg.warmup_iters": 1}
+  # pretrain_prototype=True (official trainer): warm-up step 0 is one SGD
+  # step of the normalised prototypes on the CE gradient; no PPC/PPD.
+  config = tiny_config(data_dir, **base, **{"protoseg.pretrain_prototype": True})
+  model, batch, state0, [(s1, m1), (s2, m2)] = _one_device_steps(config, 2)
+  # (loss_ppc/ppd are logged during warm-up too, with weight 0 in the total)
+  np.testing.assert_allclose(m1["train/loss"], m1["train/loss_ce"], rtol=1e-6)
+  assert m2["train/loss"] > m2["train/loss_ce"] and m2["train/loss_ppc"] > 0
+  p0 = _protos(state0)
+  p0n = p0 / np.linalg.norm(p0, axis=-1, keepdims=True)
+  k_dropout, k_proto = jax.random.split(jax.random.fold_in(state0.rng, 0))
+
+  def ce(protos):
+    v = {**state0.variables(), "prototypes": {"head": {"prototypes": protos}}}
+    out, _ = model.apply(v, batch["image"], batch["label"], train=True, update=False,
+                         train_prototypes=True, mutable=["batch_stats", "prototypes"],
+                         rngs={"dropout": k_dropout, "prototypes": k_proto})
+    return train.losses.segmentation_loss(out.logits, batch["label"],
+                                          class_weights=config.loss.class_weights,
+                                          align_corners=config.model.align_corners)
+
+  g = np.asarray(jax.grad(ce)(jnp.asarray(p0n)))
+  o = config.optim
+  lr = float(train.optim.learning_rate_schedule(o, config.num_train_steps)(0)) * o.head_lr_mult
+  expect = p0n - lr * (g + o.weight_decay * p0n)     # SGD's first step: momentum buffer = grad
+  assert np.abs(expect - p0n).max() > 1e-5
+  np.testing.assert_allclose(_protos(s1), expect, atol=1e-6)
+  assert jax.tree.leaves(s1.proto_opt_state)
+  # After warm-up: no gradient, only the momentum update (unit norm again);
+  # the prototype optimizer state stays as it was.
+  np.testing.assert_allclose(np.linalg.norm(_protos(s2), axis=-1), 1.0, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(s1.proto_opt_state), jax.tree.leaves(s2.proto_opt_state)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+  # Default (pretrain_prototype=False): frozen during warm-up, no extra state.
+  config = tiny_config(data_dir, **base)
+  _, _, state0, [(s1, m1)] = _one_device_steps(config, 1)
+  np.testing.assert_array_equal(_protos(s1), _protos(state0))
+  assert s1.proto_opt_state == {}
+  np.testing.assert_allclose(m1["train/loss"], m1["train/loss_ce"], rtol=1e-6)
+
+  # update_prototype=False (official ablation): PPC/PPD on, prototypes never move.
+  config = tiny_config(data_dir, **{**base, "protoseg.warmup_iters": 0,
+                                    "protoseg.update_prototype": False})
+  _, _, state0, [(s1, m1)] = _one_device_steps(config, 1)
+  np.testing.assert_array_equal(_protos(s1), _protos(state0))
+  assert m1["train/loss_ppc"] > 0 and m1["train/loss_ppd"] > 0
+
+
+def test_per_device_mean_train_step_on_8_devices(data_dir, tiny_config):
+  # The official multi-GPU prototype update inside the jitted train step:
+  # every device ends the step with the same prototypes (the pmean).
+  config = tiny_config(data_dir, **{"optim.name": "sgd", "optim.warmup_steps": 0,
+                                    "protoseg.assignment": "argmax",
+                                    "protoseg.prototype_update": "per_device_mean"})
+  info = datasets.get_dataset_info(config)
+  model = build_model(config, info.num_classes)
+  mesh = sharding.create_mesh(jax.devices()[:8])
+  state0, tx, schedule = train.create_train_state(config, model, mesh, (1, 64, 64, 3))
+  p0 = np.asarray(jax.device_get(state0.prototypes["head"]["prototypes"]))
+  batch = next(input_pipeline.create_train_iterator(config, sharding.batch_sharding(mesh)))
+  with jax.set_mesh(mesh):
+    state, metrics = train.make_train_step(model, tx, schedule, config, mesh)(state0, batch)
+  protos = state.prototypes["head"]["prototypes"]
+  shards = [np.asarray(s.data) for s in protos.addressable_shards]
+  assert len(shards) == 8
+  for s in shards[1:]:
+    np.testing.assert_array_equal(s, shards[0])
+  assert np.all(np.isfinite(shards[0])) and np.abs(shards[0] - p0).max() > 1e-5
+  assert np.isfinite(float(metrics["train/loss"])) and float(metrics["train/loss_ppc"]) > 0

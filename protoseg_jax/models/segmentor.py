@@ -7,7 +7,7 @@
     out.logits         # [B, h, w, C] at decoder resolution
     out.aux_logits     # [B, h', w', C] or None
     out.proto_logits   # [N, C*M] or None (ProtoSeg head learning this call)
-    out.proto_targets  # [N] or None
+    out.proto_targets  # [N] in [0, C*M), -1 = ignored pixel; or None
 
 Variables: params and batch_stats under "backbone", "decoder", "head",
 "aux_decoder", "aux_head"; prototypes under {"prototypes": {"head": ...}}.
@@ -67,8 +67,10 @@ class Segmentor(nn.Module):
 
   @nn.compact
   def __call__(self, images: jnp.ndarray, labels: Optional[jnp.ndarray] = None, *,
-               train: bool = False, update: Any = True) -> SegmentorOutput:
-    """images [B, H, W, 3] normalised; labels [B, H, W] int (training only)."""
+               train: bool = False, update: Any = True,
+               train_prototypes: Any = False) -> SegmentorOutput:
+    """images [B, H, W, 3] normalised; labels [B, H, W] int (training only).
+    update / train_prototypes: see heads.ProtoSegHead."""
     if self.head not in HEADS:
       raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
     backbone = get_backbone(self.backbone, dtype=self.dtype, **dict(self.backbone_kwargs))
@@ -77,7 +79,8 @@ class Segmentor(nn.Module):
                                         name="decoder")(feats, train=train)
     if self.head == "proto":
       out = heads.ProtoSegHead(self.num_classes, dtype=self.dtype, **dict(self.head_kwargs),
-                               name="head")(x, labels, train=train, update=update)
+                               name="head")(x, labels, train=train, update=update,
+                                            train_prototypes=train_prototypes)
     else:
       out = heads.LinearHead(self.num_classes, dtype=self.dtype, name="head")(x, train=train)
     aux = None
@@ -107,7 +110,9 @@ def build_model(config, num_classes: int, ignore_index: int = 255) -> Segmentor:
         num_prototypes=p.num_prototypes, embed_dim=p.embed_dim, gamma=p.gamma,
         sinkhorn_iters=p.sinkhorn_iters, sinkhorn_epsilon=p.sinkhorn_epsilon,
         assignment=p.assignment, use_mask_norm=p.use_mask_norm,
-        proj_norm_axis=p.proj_norm_axis, ignore_index=ignore_index))
+        proj_norm_axis=p.proj_norm_axis, proto_init=p.proto_init,
+        update_prototype=bool(p.update_prototype), prototype_update=p.prototype_update,
+        ignore_index=ignore_index))
   return Segmentor(num_classes=num_classes, backbone=m.backbone, decoder=m.decoder, head=m.head,
                    backbone_kwargs=_items(m.backbone_kwargs),
                    decoder_kwargs=_items(m.decoder_kwargs), head_kwargs=head_kwargs,
