@@ -9,6 +9,8 @@ in DIR. eval: evaluates the latest (or --checkpoint_step) checkpoint and
 appends its results to DIR/metrics.jsonl.
 """
 
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -47,10 +49,12 @@ def main(argv):
   logging.info("JAX process %d/%d, local devices: %s", jax.process_index(), jax.process_count(),
                jax.local_devices())
   logging.info("config:\n%s", FLAGS.config)
+  # `--workdir=~/runs/x`: the shell leaves a `~` after `=` alone.
+  workdir = os.path.expanduser(FLAGS.workdir)
   if FLAGS.mode == "train":
-    train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    train.train_and_evaluate(FLAGS.config, workdir)
   else:
-    train.evaluate_checkpoint(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint_step)
+    train.evaluate_checkpoint(FLAGS.config, workdir, FLAGS.checkpoint_step)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.hrnet import HighResolutionModule
 
-from protoseg_jax import checkpoints, convert, sharding, train
+from protoseg_jax import augment, checkpoints, convert, sharding, train
 from protoseg_jax.convert import hrnet as hrnet_convert
 from protoseg_jax.models import get_backbone, hrnet
 from protoseg_jax.models.segmentor import Segmentor, build_model
@@ -191,6 +191,13 @@ def test_protoseg_checkpoint_matches_official_forward(official, converted):
   err = rel_err(run_logits(compat, bgr, jnp.asarray(nhwc(official_input(rgb)))), ref)
   print(f"  input_order='bgr' with openseg's input: rel err {err:.3g}")
   assert err < TOL, err
+  # ... which is what the input pipeline makes under the bgr compat overrides
+  over = convert.protoseg_compat_overrides(bgr, arch=ARCH, input_order="bgr")
+  pipeline_x = augment.normalize_input(rgb.astype(np.float32), over["dataset.mean"],
+                                       over["dataset.std"], over["dataset.input_order"])
+  err = rel_err(run_logits(compat, bgr, jnp.asarray(pipeline_x)), ref)
+  print(f"  input_order='bgr' through augment.normalize_input: rel err {err:.3g}")
+  assert err < TOL, err
   # and the channel order matters: RGB input to the stored weights is clearly off
   diff = rel_err(run_logits(compat, bgr, x), ref)
   print(f"  stored (BGR) weights given RGB input: rel diff {diff:.3g}")
@@ -201,7 +208,7 @@ def test_compat_overrides_build_the_matching_model(official, converted, tmp_path
   _, _, rgb, ref = official
   overrides = convert.protoseg_compat_overrides(converted, arch=ARCH)
   assert overrides == {
-      "dataset.mean": OURS_MEAN, "dataset.std": OURS_STD,
+      "dataset.input_order": "rgb", "dataset.mean": OURS_MEAN, "dataset.std": OURS_STD,
       "model.backbone": ARCH, "model.backbone_kwargs.fusion": "bilinear_align_corners",
       "model.decoder": "hrnet", "model.head": "proto", "model.aux_head": False,
       "model.align_corners": True, "protoseg.num_prototypes": M, "protoseg.embed_dim": 240,
@@ -231,7 +238,10 @@ def test_softmax_baseline_checkpoint(official):
   overrides = convert.protoseg_compat_overrides(v, arch=ARCH)
   assert overrides["model.head"] == "linear" and "protoseg.proj_norm_axis" not in overrides
   assert overrides["dataset.mean"] == OURS_MEAN
-  assert "dataset.mean" not in convert.protoseg_compat_overrides(v, arch=ARCH, input_order="bgr")
+  bgr = convert.protoseg_compat_overrides(v, arch=ARCH, input_order="bgr")
+  assert bgr["dataset.input_order"] == "bgr" and overrides["dataset.input_order"] == "rgb"
+  assert bgr["dataset.mean"] == (123.675, 116.28, 103.53)   # openseg's list, on BGR channels
+  assert bgr["dataset.std"] == (58.395, 57.12, 57.375)
   seg = Segmentor(num_classes=C, backbone=ARCH, decoder="hrnet", head="linear",
                   backbone_kwargs=(("fusion", "bilinear_align_corners"),))
   err = rel_err(run_logits(seg, v, x), ref)

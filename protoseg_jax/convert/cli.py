@@ -45,7 +45,8 @@ def main(argv=None):
   p.add_argument("--input_order", choices=INPUT_ORDERS, default="rgb",
                  help=f"{FULL_MODEL_PREFIX}* only: 'rgb' (default) folds openseg's BGR input into "
                       "the stem conv so the model reads this project's RGB images (with the "
-                      "dataset statistics it prints); 'bgr' keeps the weights as stored")
+                      "dataset statistics it prints); 'bgr' keeps the weights as stored, for runs "
+                      "with dataset.input_order='bgr' (openseg's input; the official recipe)")
   p.add_argument("--prefix", default=None,
                  help="backbones only: read the backbone under this key prefix, e.g. 'backbone.' "
                       "for the backbone of an mmseg or official ProtoSeg segmentation checkpoint "
@@ -76,6 +77,3 @@ def main(argv=None):
           f"(also in {os.path.join(args.dst, 'config_overrides.json')}):")
     for k, v in overrides.items():
       print(f"  config.{k} = {v!r}")
-    if args.input_order == "bgr":
-      print("  (input_order=bgr: the weights expect openseg's BGR input, which this project's "
-            "input pipeline does not produce; convert with --input_order rgb to evaluate here)")

@@ -228,16 +228,21 @@ def protoseg_compat_overrides(variables: Mapping[str, Any], *, arch: str = "hrne
 
   `variables` from `convert_protoseg_checkpoint` with the same `input_order`.
   Besides these, the dataset must have `checkpoint_num_classes(variables)`
-  classes (19 for Cityscapes). input_order="bgr" sets no dataset statistics:
-  such weights need BGR images, which this project's input pipeline does not make.
+  classes (19 for Cityscapes). input_order="rgb": RGB images normalised with
+  the reversed statistics; "bgr": `dataset.input_order="bgr"` (the pipeline
+  feeds BGR images, as openseg) with the statistics as openseg lists them.
   """
   if input_order not in INPUT_ORDERS:
     raise ValueError(f"input_order={input_order!r}; expected one of {INPUT_ORDERS}")
   shape = _head_shape(variables)
   out = {}
+  out["dataset.input_order"] = input_order
   if input_order == "rgb":  # RGB channel c gets the statistics openseg applies to it
     out["dataset.mean"] = tuple(reversed(OFFICIAL_MEAN_BGR_INPUT))
     out["dataset.std"] = tuple(reversed(OFFICIAL_STD_BGR_INPUT))
+  else:  # BGR images, channel i normalised with the listed mean[i] / std[i], as openseg
+    out["dataset.mean"] = tuple(OFFICIAL_MEAN_BGR_INPUT)
+    out["dataset.std"] = tuple(OFFICIAL_STD_BGR_INPUT)
   out.update({
       "model.backbone": arch,
       "model.backbone_kwargs.fusion": _COMPAT_FUSION,  # openseg HRNet fuse upsampling
