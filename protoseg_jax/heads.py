@@ -209,3 +209,184 @@ class LinearHead(nn.Module):
     logits = nn.Conv(self.num_classes, (1, 1), use_bias=self.use_bias, dtype=self.dtype,
                      name="classifier")(features)
     return HeadOutput(logits=logits.astype(jnp.float32))
+
+
+# ----------------------------------------------------------------------------
+# Adding a class after training (no retraining).
+
+
+def _proto_head_paths(variables) -> tuple[tuple[str, ...], tuple[str, ...]]:
+  """(path of the prototypes array in variables["prototypes"], path of the
+  head's params in variables["params"]): a bare ProtoSegHead keeps them at
+  the top, a Segmentor under "head"."""
+  protos = variables.get("prototypes", {})
+  if "prototypes" in protos and hasattr(protos["prototypes"], "shape"):
+    return ("prototypes",), ()
+  if "head" in protos and "prototypes" in protos["head"]:
+    return ("head", "prototypes"), ("head",)
+  raise ValueError("variables hold no ProtoSeg prototypes (a ProtoSegHead's or a Segmentor's "
+                   f"with head='proto'); collections: {sorted(variables)}")
+
+
+def _get(tree, path):
+  for k in path:
+    tree = tree[k]
+  return tree
+
+
+def _with(tree, path, value):
+  """A copy of the nested dict `tree` with `path` set to `value` (only the
+  dicts along the path are copied; every other leaf is the same object)."""
+  if not path:
+    return value
+  out = dict(tree)
+  out[path[0]] = _with(tree[path[0]], path[1:], value)
+  return out
+
+
+def cluster_support(support_embeddings: jnp.ndarray, num_prototypes: int, *,
+                    sinkhorn_iters: int = 3, sinkhorn_epsilon: float = 0.05,
+                    num_rounds: int = 10) -> jnp.ndarray:
+  """M unit prototypes [M, D] of one class from its support embeddings [N, D].
+
+  Initialisation: farthest-point picks, a deterministic k-means++: the first
+  prototype is the support pixel closest (cosine) to the class mean, each
+  next one the pixel whose best cosine to the prototypes picked so far is
+  lowest. With N < M some picks repeat (harmless: equal prototypes score
+  equally). Then `num_rounds` rounds of the head's own clustering step,
+  `prototypes.learn_prototypes` on this one class with assignment="argmax"
+  and gamma=0: Sinkhorn-Knopp (`sinkhorn_iters`, `sinkhorn_epsilon`, the
+  equipartition over the M prototypes the head trains with) assigns each
+  pixel to a prototype, and each prototype becomes the normalised mean of
+  its pixels (a prototype left with no pixel keeps its value). Every support
+  pixel counts as "correctly classified" here (one class, logits [N, 1]).
+  """
+  x = l2_normalize(jnp.asarray(support_embeddings, jnp.float32))
+  if x.ndim != 2 or x.shape[0] < 1:
+    raise ValueError(f"support_embeddings must be [N >= 1, D], got shape {x.shape}")
+  n, m = x.shape[0], int(num_prototypes)
+  sim_mean = x @ l2_normalize(jnp.sum(x, axis=0))
+  picks = [int(jnp.argmax(sim_mean))]
+  best = x @ x[picks[0]]
+  for _ in range(1, m):
+    i = int(jnp.argmin(best))
+    picks.append(i)
+    best = jnp.maximum(best, x @ x[i])
+  protos = x[jnp.asarray(picks)][None]             # [1, M, D]
+
+  @jax.jit
+  def step(p):
+    return learn_prototypes(p, x, jnp.zeros((n, 1), jnp.float32), jnp.zeros((n,), jnp.int32),
+                            gamma=0.0, num_iters=sinkhorn_iters, epsilon=sinkhorn_epsilon,
+                            assignment="argmax").prototypes
+
+  for _ in range(int(num_rounds)):
+    protos = step(protos)
+  return protos[0]
+
+
+def add_class(variables: dict, support_embeddings: jnp.ndarray, *, num_prototypes: int,
+              sinkhorn_iters: int = 3, sinkhorn_epsilon: float = 0.05, num_rounds: int = 10,
+              mask_norm_scale: Optional[float] = None,
+              mask_norm_bias: Optional[float] = None) -> dict:
+  """Variables of the same model with one more class, C -> C + 1, no training.
+
+  variables: a ProtoSegHead's or a whole Segmentor's (head="proto").
+  support_embeddings: [N, D] the head's embeddings of pixels of the new class
+    (e.g. from `support_embeddings`); L2-normalised here.
+  num_prototypes, sinkhorn_iters, sinkhorn_epsilon: the head's M and Sinkhorn
+    settings (config.protoseg); num_rounds: clustering rounds (see
+    `cluster_support`, which builds the M prototypes).
+
+  The new class's prototypes are appended as class C: prototypes [C+1, M, D].
+  Every other array is the same object as in `variables` (bit-identical),
+  except:
+    * mask_norm (the LayerNorm over the class scores) gets one more
+      scale/bias entry. Default: the MEAN of the existing classes' scale and
+      bias (the new class is treated as a typical class; with the
+      initial scale 1 / bias 0 it is exactly "argmax of the raw cosine
+      scores"). `mask_norm_scale` / `mask_norm_bias` set them explicitly.
+      The old entries are unchanged, but note that every class's normalised
+      logit changes a little, since the LayerNorm's mean and variance now
+      run over C+1 scores.
+    * an auxiliary linear head (Segmentor aux_head, training only) gets a
+      zero column for the new class so that the model with C+1 classes loads.
+
+  Rebuild the model with num_classes=C+1 to use the result.
+  """
+  m = int(num_prototypes)
+  ppath, hpath = _proto_head_paths(variables)
+  old = _get(variables["prototypes"], ppath)
+  c, m_old, d = old.shape
+  if m_old != m:
+    raise ValueError(f"num_prototypes={m} but the model has {m_old} prototypes per class")
+  emb = jnp.asarray(support_embeddings)
+  if emb.ndim != 2 or emb.shape[1] != d:
+    raise ValueError(f"support_embeddings must be [N, D={d}], got shape {emb.shape}")
+  new = cluster_support(emb, m, sinkhorn_iters=sinkhorn_iters, sinkhorn_epsilon=sinkhorn_epsilon,
+                        num_rounds=num_rounds)
+  protos = jnp.concatenate([jnp.asarray(old), new[None].astype(old.dtype)], axis=0)
+  out = dict(variables)
+  out["prototypes"] = _with(variables["prototypes"], ppath, protos)
+
+  params = variables["params"]
+  head = _get(params, hpath)
+  if "mask_norm" in head:
+    mn = head["mask_norm"]
+    scale = jnp.asarray(mn["scale"])
+    bias = jnp.asarray(mn["bias"])
+    s = jnp.mean(scale) if mask_norm_scale is None else mask_norm_scale
+    b = jnp.mean(bias) if mask_norm_bias is None else mask_norm_bias
+    mn = dict(mn, scale=jnp.concatenate([scale, jnp.asarray([s], scale.dtype)]),
+              bias=jnp.concatenate([bias, jnp.asarray([b], bias.dtype)]))
+    params = _with(params, hpath + ("mask_norm",), mn)
+  elif mask_norm_scale is not None or mask_norm_bias is not None:
+    raise ValueError("mask_norm_scale/bias given but the head has no mask_norm")
+  if hpath and "aux_head" in params:
+    cls = dict(params["aux_head"]["classifier"])
+    k = jnp.asarray(cls["kernel"])
+    cls["kernel"] = jnp.concatenate([k, jnp.zeros(k.shape[:-1] + (1,), k.dtype)], axis=-1)
+    if "bias" in cls:
+      bb = jnp.asarray(cls["bias"])
+      cls["bias"] = jnp.concatenate([bb, jnp.zeros((1,), bb.dtype)])
+    params = _with(params, ("aux_head", "classifier"), cls)
+  out["params"] = params
+  return out
+
+
+def head_embeddings(model: nn.Module, variables: dict, images: jnp.ndarray) -> jnp.ndarray:
+  """The ProtoSeg head's unit embeddings [B, h, w, D] of `images` (inference
+  mode, train=False) for any model containing one ProtoSegHead (e.g. a
+  Segmentor; its `images` as it expects them: [B, H, W, 3] normalised).
+  Read with flax's `capture_intermediates`: the model's outputs are unchanged."""
+  is_head = lambda mdl, method: isinstance(mdl, ProtoSegHead) and method == "__call__"
+  _, state = model.apply(variables, images, train=False, capture_intermediates=is_head,
+                         mutable=["intermediates"])
+  found = []
+
+  def walk(tree):
+    for k, v in tree.items():
+      if k == "__call__":
+        found.extend(o.embeddings for o in v if isinstance(o, HeadOutput))
+      elif isinstance(v, dict):
+        walk(v)
+
+  walk(flax.core.unfreeze(state["intermediates"]))
+  if len(found) != 1:
+    raise ValueError(f"expected one ProtoSegHead in the model, found {len(found)}")
+  return found[0]
+
+
+def support_embeddings(model: nn.Module, variables: dict, images: jnp.ndarray,
+                       labels: jnp.ndarray, class_id: int) -> jnp.ndarray:
+  """[N, D] the head's embeddings of the pixels labelled `class_id`.
+
+  labels [B, H, W] (image resolution) are resized to the embedding map with
+  the head's PyTorch-nearest rule, as in training. Not jittable (N depends
+  on the labels).
+  """
+  emb = head_embeddings(model, variables, images)
+  b, h, w, d = emb.shape
+  y = labels_to_feature_size(jnp.asarray(labels), (h, w))
+  mask = (y == class_id).reshape(-1)
+  return emb.reshape(-1, d)[mask]

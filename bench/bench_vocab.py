@@ -1,0 +1,163 @@
+"""Benchmark: ProtoSeg head vs a linear head as the vocabulary grows (issue 11, part 6).
+
+Random unit features stand in for the decoder/projection output: N pixels of
+D = 720 dims (HRNet-W48's), C classes, M = 10 prototypes per class. Per size
+and head, one jitted step on one CPU (or whatever jax's default device is):
+
+  protoseg: class scores (cosine to the C*M prototypes, max over M,
+            mask_norm LayerNorm), CE + PPC + PPD losses (lambda 0.01 / 0.001)
+            and their gradient w.r.t. the embeddings and mask_norm, and one
+            prototype-learning step (`prototypes.learn_prototypes`, gumbel,
+            Sinkhorn 3 iterations) that reuses the forward's similarity.
+  linear:   logits = emb @ W + b (a 1x1 conv D -> C), CE and its gradient
+            w.r.t. the embeddings, W and b.
+
+The projection head / feat_norm of ProtoSeg (2 1x1 convs D -> D) does not
+depend on C and is left out of the timing; its parameters are counted.
+
+Reported per size (one JSON line each): learnable parameters of the head
+(`params_head`: protoseg = projection + feat_norm + mask_norm (2C); linear =
+D*C + C), the non-learnable prototype count (C*M*D), XLA's compiled memory
+analysis (`.compile().memory_analysis()`: argument, output and temp bytes;
+`peak_bytes_est` = their sum, an estimate, not a measured RSS), and the
+median time of `--repeats` runs after one warm-up. A size whose estimate is
+over `--max-gb` is compiled (for the memory figures) but not run; its line
+says `"skipped"` and why.
+
+  python bench/bench_vocab.py [--pixels 65536] [--classes 150,847,3000,10000]
+                              [--m 10] [--d 720] [--repeats 3] [--max-gb 12]
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from protoseg_jax import losses  # noqa: E402
+from protoseg_jax.ops import l2_normalize  # noqa: E402
+from protoseg_jax.prototypes import learn_prototypes, prototype_similarity  # noqa: E402
+
+
+def layer_norm(x, scale, bias, eps=1e-5):
+  mu = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mu), axis=-1, keepdims=True)
+  return (x - mu) * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+def protoseg_step(emb, protos, scale, bias, labels, rng):
+  c, m, _ = protos.shape
+
+  def loss_fn(emb, scale, bias):
+    sim = prototype_similarity(emb, protos)                    # [N, C*M]
+    scores = layer_norm(jnp.max(sim.reshape(-1, c, m), axis=-1), scale, bias)
+    res = learn_prototypes(protos, emb, scores, labels, rng=rng, similarity=sim,
+                           ignore_index=-1)
+    ce = losses.cross_entropy(scores, labels, ignore_index=-1)
+    ppc = losses.ppc_loss(sim, res.proto_targets)
+    ppd = losses.ppd_loss(sim, res.proto_targets)
+    return ce + 0.01 * ppc + 0.001 * ppd, res.prototypes
+
+  (loss, new_protos), grads = jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True)(
+      emb, scale, bias)
+  return loss, new_protos, grads
+
+
+def linear_step(emb, kernel, bias, labels):
+  def loss_fn(emb, kernel, bias):
+    return losses.cross_entropy(emb @ kernel + bias, labels, ignore_index=-1)
+  return jax.value_and_grad(loss_fn, argnums=(0, 1, 2))(emb, kernel, bias)
+
+
+def memory(compiled) -> dict:
+  try:
+    ma = compiled.memory_analysis()
+  except Exception as e:  # some backends do not implement it
+    return {"memory_analysis": f"unavailable: {type(e).__name__}"}
+  if ma is None:
+    return {"memory_analysis": "unavailable"}
+  arg, out, tmp = (int(ma.argument_size_in_bytes), int(ma.output_size_in_bytes),
+                   int(ma.temp_size_in_bytes))
+  return {"arg_bytes": arg, "out_bytes": out, "temp_bytes": tmp, "peak_bytes_est": arg + out + tmp}
+
+
+def timeit(fn, args, repeats) -> float:
+  jax.block_until_ready(fn(*args))
+  ts = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args))
+    ts.append(time.perf_counter() - t0)
+  return float(np.median(ts))
+
+
+def run_size(head, c, n, m, d, repeats, max_bytes) -> dict:
+  sds = jax.ShapeDtypeStruct
+  f32, i32 = jnp.float32, jnp.int32
+  proj = (d * d + d) * 2 + 2 * d    # proj_conv1, proj_conv2 (D_in = D), feat_norm
+  if head == "protoseg":
+    fn = jax.jit(protoseg_step)
+    shapes = (sds((n, d), f32), sds((c, m, d), f32), sds((c,), f32), sds((c,), f32),
+              sds((n,), i32), jax.eval_shape(lambda: jax.random.key(0)))
+    rec = {"params_head": proj + 2 * c, "prototypes": c * m * d}
+  else:
+    fn = jax.jit(linear_step)
+    shapes = (sds((n, d), f32), sds((d, c), f32), sds((c,), f32), sds((n,), i32))
+    rec = {"params_head": d * c + c, "prototypes": 0}
+  rec = {"head": head, "C": c, "M": m if head == "protoseg" else None, "D": d, "N": n, **rec}
+  t0 = time.perf_counter()
+  compiled = fn.lower(*shapes).compile()
+  rec["compile_s"] = round(time.perf_counter() - t0, 2)
+  rec.update(memory(compiled))
+  est = rec.get("peak_bytes_est")
+  if est is None:   # no analysis: the similarity (protoseg) or logits and their gradients
+    est = 4 * n * c * (3 * m if head == "protoseg" else 3)
+  if est > max_bytes:
+    rec["skipped"] = (f"estimated {est / 2**30:.1f} GiB > --max-gb {max_bytes / 2**30:.1f} GiB")
+    return rec
+  k = jax.random.split(jax.random.key(c), 4)
+  emb = l2_normalize(jax.random.normal(k[0], (n, d)))
+  labels = jax.random.randint(k[1], (n,), 0, c)
+  if head == "protoseg":
+    args = (emb, l2_normalize(jax.random.normal(k[2], (c, m, d))), jnp.ones((c,)),
+            jnp.zeros((c,)), labels, k[3])
+  else:
+    args = (emb, 0.01 * jax.random.normal(k[2], (d, c)), jnp.zeros((c,)), labels)
+  rec["step_ms"] = round(1000 * timeit(compiled, args, repeats), 1)
+  return rec
+
+
+def main():
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--pixels", type=int, default=65536, help="N pixels per step")
+  ap.add_argument("--classes", default="150,847,3000,10000")
+  ap.add_argument("--m", type=int, default=10)
+  ap.add_argument("--d", type=int, default=720)
+  ap.add_argument("--repeats", type=int, default=3)
+  ap.add_argument("--max-gb", type=float, default=12.0,
+                  help="run only sizes whose estimated peak memory (GiB) is below this")
+  ap.add_argument("--heads", default="protoseg,linear")
+  a = ap.parse_args()
+  dev = jax.devices()[0]
+  print(json.dumps({"date": datetime.date.today().isoformat(), "jax": jax.__version__,
+                    "device": f"{dev.platform}:{dev.device_kind}", "machine": platform.machine(),
+                    "cpus": os.cpu_count()}), flush=True)
+  for c in [int(x) for x in a.classes.split(",")]:
+    for head in a.heads.split(","):
+      print(json.dumps(run_size(head, c, a.pixels, a.m, a.d, a.repeats, a.max_gb * 2**30)),
+            flush=True)
+
+
+if __name__ == "__main__":
+  main()
