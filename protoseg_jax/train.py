@@ -30,7 +30,7 @@ import numpy as np
 import optax
 
 from protoseg_jax import evaluate as evaluation
-from protoseg_jax import inference, losses, optim, sharding
+from protoseg_jax import diagnostics, inference, losses, optim, sharding
 from protoseg_jax.models.segmentor import Segmentor, build_model
 from protoseg_jax.ops import l2_normalize
 
@@ -325,6 +325,9 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
       pending = []
       summary = {k: float(np.mean([m[k] for m in host])) for k in host[0]}
       summary["train/lr"] = float(host[-1]["train/lr"])
+      if state.prototypes:  # did the prototypes collapse? ({} for the linear head)
+        protos = jax.device_get(state.prototypes)
+        summary.update({k: float(v) for k, v in diagnostics.scalars(protos, "train").items()})
       if not np.isfinite(summary["train/loss"]):
         raise FloatingPointError(f"train/loss is {summary['train/loss']} at step {step}")
       run.writer.write_scalars(step, summary)

@@ -1,0 +1,118 @@
+"""protoseg_jax.diagnostics: every statistic against a plain NumPy computation."""
+
+import jax
+import numpy as np
+import pytest
+
+from protoseg_jax import diagnostics as dg
+
+C, M, D = 3, 4, 8
+
+
+def _unit(x):
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+@pytest.fixture
+def case():
+  rng = np.random.default_rng(0)
+  protos = rng.normal(size=(C, M, D)).astype(np.float32) * 3.0     # not unit: diagnostics normalise
+  protos[1, 3] = protos[1, 0] * 2.0                                # a near-copy in class 1
+  labels = rng.integers(0, C, size=(2, 5, 6))
+  labels[0, 0, :3] = 255                                           # ignored pixels
+  labels[labels == 2] = 0                                          # class 2 absent
+  emb = _unit(rng.normal(size=(2, 5, 6, D))).astype(np.float32)
+  return protos, emb, labels
+
+
+def _np_stats(protos, emb, labels, min_fraction=0.0, threshold=0.99):
+  p = _unit(protos.astype(np.float64))
+  cos = np.zeros((C, M, M))
+  for c in range(C):
+    for i in range(M):
+      for j in range(M):
+        cos[c, i, j] = p[c, i] @ p[c, j]
+  mean_cos = np.array([np.mean([cos[c, i, j] for i in range(M) for j in range(M) if i != j])
+                       for c in range(C)])
+  max_cos = np.array([max(cos[c, i, j] for i in range(M) for j in range(M) if i != j)
+                      for c in range(C)])
+  distinct = np.array([sum(all(cos[c, k, j] < threshold for j in range(k)) for k in range(M))
+                       for c in range(C)])
+  counts = np.zeros((C, M), np.int64)
+  for e, y in zip(emb.reshape(-1, D), labels.reshape(-1)):
+    if 0 <= y < C:
+      counts[y, int(np.argmax(p[y] @ e))] += 1
+  frac = np.full((C, M), np.nan)
+  used = np.zeros(C, np.int64)
+  for c in range(C):
+    n = counts[c].sum()
+    if n:
+      frac[c] = counts[c] / n
+      used[c] = sum(counts[c, k] >= 1 and counts[c, k] / n >= min_fraction for k in range(M))
+  return dict(cos=cos, mean_cos=mean_cos, max_cos=max_cos, distinct=distinct, counts=counts,
+              frac=frac, used=used)
+
+
+def test_prototype_statistics_match_numpy(case):
+  protos, _, _ = case
+  ref = _np_stats(*case)
+  np.testing.assert_allclose(dg.pairwise_cosine(protos), ref["cos"], atol=1e-5)
+  np.testing.assert_allclose(dg.mean_pairwise_cosine(protos), ref["mean_cos"], atol=1e-5)
+  np.testing.assert_allclose(dg.max_pairwise_cosine(protos), ref["max_cos"], atol=1e-5)
+  np.testing.assert_array_equal(dg.distinct_prototypes(protos), ref["distinct"])
+  assert list(ref["distinct"]) == [4, 3, 4]                  # the planted copy
+
+
+@pytest.mark.parametrize("min_fraction", [0.0, 0.2])
+def test_usage_statistics_match_numpy(case, min_fraction):
+  protos, emb, labels = case
+  ref = _np_stats(*case, min_fraction=min_fraction)
+  counts = dg.usage_counts(protos, emb, labels)
+  np.testing.assert_array_equal(counts, ref["counts"])
+  assert int(np.sum(counts)) == int(np.sum(labels < C))      # ignored pixels not counted
+  np.testing.assert_allclose(dg.usage_fraction(counts), ref["frac"], atol=1e-6)
+  np.testing.assert_array_equal(dg.used_prototypes(counts, min_fraction), ref["used"])
+  np.testing.assert_array_equal(dg.present_classes(counts), [True, True, False])
+  idx = dg.retrieved_prototype(protos, emb, labels)
+  assert idx.shape == labels.shape and np.all((np.asarray(idx) == -1) == (labels >= C))
+
+
+def test_scalars_match_numpy_and_jit(case):
+  protos, emb, labels = case
+  ref = _np_stats(*case)
+  s = jax.jit(lambda p: dg.scalars(p, "train"))({"head": {"prototypes": protos}})
+  assert set(s) == {"train/proto_mean_cosine", "train/proto_max_cosine",
+                    "train/proto_distinct_frac"}
+  np.testing.assert_allclose(s["train/proto_mean_cosine"], ref["mean_cos"].mean(), atol=1e-5)
+  np.testing.assert_allclose(s["train/proto_max_cosine"], ref["max_cos"].max(), atol=1e-5)
+  np.testing.assert_allclose(s["train/proto_distinct_frac"], ref["distinct"].sum() / (C * M))
+  s = dg.scalars(protos, "val/", embeddings=emb, labels=labels)
+  present = ref["counts"].sum(-1) > 0
+  np.testing.assert_allclose(s["val/proto_used_frac"], ref["used"][present].sum() / (M * present.sum()))
+
+
+def test_collapsed_prototypes():
+  rng = np.random.default_rng(1)
+  one = rng.normal(size=(C, 1, D)).astype(np.float32)
+  protos = np.repeat(one, M, axis=1)                          # identical within each class
+  np.testing.assert_allclose(dg.mean_pairwise_cosine(protos), np.ones(C), atol=1e-5)
+  np.testing.assert_allclose(dg.max_pairwise_cosine(protos), np.ones(C), atol=1e-5)
+  np.testing.assert_array_equal(dg.distinct_prototypes(protos), np.ones(C))
+  emb = _unit(rng.normal(size=(40, D))).astype(np.float32)
+  labels = np.arange(40) % C
+  counts = np.asarray(dg.usage_counts(protos, emb, labels))
+  np.testing.assert_array_equal(dg.used_prototypes(counts), np.ones(C))   # ties -> prototype 0
+  np.testing.assert_array_equal(counts[:, 1:], 0)
+  s = dg.scalars(protos, "train", embeddings=emb, labels=labels)
+  np.testing.assert_allclose(s["train/proto_mean_cosine"], 1.0, atol=1e-5)
+  np.testing.assert_allclose(s["train/proto_used_frac"], 1 / M)
+  np.testing.assert_allclose(s["train/proto_distinct_frac"], 1 / M)
+
+
+def test_single_prototype_gives_nan_cosine_and_table_prints(case):
+  protos, emb, labels = case
+  assert np.all(np.isnan(dg.mean_pairwise_cosine(protos[:, :1])))
+  assert set(dg.scalars(protos[:, :1], "train")) == {"train/proto_distinct_frac"}
+  table = dg.format_table(protos, ["a", "b", "c"], dg.usage_counts(protos, emb, labels))
+  assert "(no pixels)" in table.splitlines()[4] and table.splitlines()[3].startswith("b ")
+  assert "distinct 91.7% of 3x4" in table

@@ -1,0 +1,118 @@
+"""protoseg_jax.visualize (and the model-facing parts of diagnostics) on a fresh tiny model."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import data
+from protoseg_jax import diagnostics, sharding, train, visualize
+from protoseg_jax.models.segmentor import build_model
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+@pytest.fixture(scope="module")
+def tiny_state(data_dir):
+  """(config, DatasetMeta, model, a fresh TrainState) of configs/demo.py:runlocal."""
+  from tests.conftest import make_tiny_config
+  config = make_tiny_config(data_dir)
+  meta = data.dataset_meta(config.dataset.name)
+  model = build_model(config, meta.num_classes, meta.ignore_index)
+  state, _, _ = train.create_train_state(config, model, sharding.create_mesh(), (1, 64, 64, 3))
+  return config, meta, model, state
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_state):
+  config, meta, model, state = tiny_state
+  return config, meta, model, jax.device_get(state.variables())
+
+
+def test_prototype_colors_are_distinct_shades():
+  palette = [(0, 0, 0), (0, 0, 0), (255, 255, 255), (200, 10, 10)]
+  colors = visualize.prototype_colors(palette, 5)
+  assert colors.shape == (4, 5, 3) and colors.dtype == np.uint8
+  assert len({tuple(c) for c in colors.reshape(-1, 3)}) == 20
+  assert np.all(np.diff(colors[3, :, 0].astype(int)) > 0)        # dark -> light
+  c, m = visualize.decode_prototype_map(colors, colors)
+  np.testing.assert_array_equal(c, np.repeat(np.arange(4)[:, None], 5, 1))
+  np.testing.assert_array_equal(m, np.repeat(np.arange(5)[None], 4, 0))
+
+
+def test_pca_2d_matches_svd():
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(50, 6)) * np.array([5, 3, 1, 0.1, 0.1, 0.1])
+  p = visualize.pca_2d(x)
+  xc = x - x.mean(0)
+  cov_eig = np.linalg.eigvalsh(xc.T @ xc)[::-1][:2]
+  np.testing.assert_allclose(np.sum(p ** 2, axis=0), cov_eig, rtol=1e-6)
+
+
+def test_embed_gives_the_heads_unit_embeddings_and_the_logits(tiny):
+  config, meta, model, variables = tiny
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
+  logits, emb = diagnostics.embed(model, variables, x)
+  np.testing.assert_allclose(logits, model.apply(variables, x, train=False).logits, atol=1e-5)
+  assert emb.shape == (2, 16, 16, config.protoseg.embed_dim)
+  np.testing.assert_allclose(jnp.linalg.norm(emb, axis=-1), 1.0, atol=1e-4)
+
+
+def test_visualize_writes_decodable_pngs(tiny, tmp_path):
+  from PIL import Image
+  config, meta, model, variables = tiny
+  image = np.random.default_rng(1).integers(0, 256, size=(70, 50, 3), dtype=np.uint8)
+  paths = visualize.visualize(model, variables, image, config, meta.palette, meta.class_names,
+                              str(tmp_path / "out"), name="img", classes=None, max_points=100)
+  for p in paths.values():
+    assert os.path.getsize(p) > 0 and p.endswith(".png")
+  pmap = np.asarray(Image.open(paths["prototypes"]).convert("RGB"))
+  x, (h, w) = visualize.preprocess(image, config)
+  assert (h, w) == (96, 69)                              # the demo's eval_scale (96, 96)
+  assert x.shape == (1, 96, 96, 3) and pmap.shape == (h, w, 3)
+  protos = diagnostics.prototype_array(variables["prototypes"])
+  c, m, _ = protos.shape
+  colors = visualize.prototype_colors(meta.palette, m)
+  cls, proto = visualize.decode_prototype_map(pmap, colors)
+  assert np.all((cls >= 0) & (cls < c) & (proto >= 0) & (proto < m))
+  # The map is the model's retrieval: predicted class, then its nearest prototype.
+  logits, emb = diagnostics.embed(model, variables, jnp.asarray(x))
+  want_c, want_m = visualize.retrieval(protos, emb[0, :24, :18], logits[0, :24, :18])
+  np.testing.assert_array_equal(cls, visualize._upsample_nearest(want_c, (h, w)))
+  np.testing.assert_array_equal(proto, visualize._upsample_nearest(want_m, (h, w)))
+  assert len(np.unique(cls * m + proto)) > 1
+
+
+def test_usage_over_eval_batches_from_converted_variables(tiny, tmp_path):
+  from protoseg_jax import checkpoints, input_pipeline
+  config, meta, model, variables = tiny
+  checkpoints.save_variables(variables, str(tmp_path / "conv"))
+  model2, loaded, meta2 = diagnostics.load_model_variables(config, None, None, str(tmp_path / "conv"))
+  assert meta2.class_names == meta.class_names
+  protos = diagnostics.prototype_array(loaded["prototypes"])
+  batches = input_pipeline.create_eval_iterator(config, sharding.batch_sharding(sharding.create_mesh()))
+  counts, n = diagnostics.eval_usage_counts(model2, loaded, batches, *protos.shape[:2], num_batches=1)
+  assert n == config.eval_batch_size
+  assert counts.shape == protos.shape[:2] and counts.sum() > 0
+  table = diagnostics.format_table(protos, meta.class_names, counts)
+  assert table.splitlines()[0].startswith("class") and "background" in table
+
+
+def test_load_model_variables_from_a_checkpoint(tiny_state, tiny, tmp_path):
+  from protoseg_jax import checkpoints
+  config, meta, model, variables = tiny
+  mngr = checkpoints.checkpoint_manager(str(tmp_path), config)
+  checkpoints.save_state(mngr, 3, tiny_state[3])
+  mngr.wait_until_finished()
+  mngr.close()
+  _, loaded, _ = diagnostics.load_model_variables(config, str(tmp_path), None, None)
+  assert jax.tree.structure(loaded) == jax.tree.structure(variables)
+  for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(variables)):
+    np.testing.assert_array_equal(a, b)
+  with pytest.raises(FileNotFoundError, match="available: \\[3\\]"):
+    diagnostics.load_model_variables(config, str(tmp_path), 7, None)
