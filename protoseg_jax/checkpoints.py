@@ -12,6 +12,7 @@ losses, the train step) never needs it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Optional
 
@@ -51,7 +52,42 @@ def restore_state(mngr: ocp.CheckpointManager, state, step: Optional[int] = None
     raise FileNotFoundError(f"no checkpoint for step {step} in {mngr.directory}; "
                             f"available: {sorted(mngr.all_steps())}")
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+  try:
+    return mngr.restore(step, args=ocp.args.StandardRestore(abstract))
+  except ValueError as error:
+    older = _restore_older_layout(mngr, step, state, abstract)
+    if older is None:
+      raise error
+    return older
+
+
+def _stored_fields(mngr: ocp.CheckpointManager, step: int) -> set[str] | None:
+  """Top-level keys of the train state stored at `step` (None if unreadable)."""
+  try:
+    with ocp.StandardCheckpointer() as ckptr:
+      meta = ckptr.metadata(os.path.join(str(mngr.directory), str(step), "default"))
+    tree = getattr(meta, "item_metadata", meta)
+    tree = getattr(tree, "tree", tree)
+    return set(tree) if isinstance(tree, dict) else None
+  except (OSError, ValueError, TypeError):
+    return None
+
+
+def _restore_older_layout(mngr, step, state, abstract):
+  """A checkpoint written before a TrainState field was added (e.g.
+  `proto_opt_state`): restored when every field it lacks is empty in `state`
+  (those keep `state`'s value); None when that is not the case."""
+  stored = _stored_fields(mngr, step)
+  names = [f.name for f in dataclasses.fields(state)] if dataclasses.is_dataclass(state) else None
+  if stored is None or names is None or not stored <= set(names):
+    return None
+  missing = [n for n in names if n not in stored]
+  if not missing or any(jax.tree.leaves(getattr(state, n)) for n in missing):
+    return None
+  restored = mngr.restore(step, args=ocp.args.StandardRestore(
+      {n: getattr(abstract, n) for n in names if n in stored}))
+  logging.info("Restored step %d written before the state had %s (kept empty)", step, missing)
+  return state.replace(**restored)
 
 
 # --- converted weights (python -m protoseg_jax.convert) -----------------------
