@@ -98,7 +98,7 @@ def add_class_from_support(config, model, variables, pairs) -> tuple[dict, int]:
 def restore_variables(config, workdir: str, step: Optional[int] = None):
   """(model, variables, dataset info) of a checkpoint in WORKDIR."""
   import jax
-  from protoseg_jax import checkpoints, datasets, sharding, train
+  from protoseg_jax import datasets, sharding, train
   from protoseg_jax.models.segmentor import build_model
   if config.model.head != "proto":
     raise ValueError(f"adding a class needs the ProtoSeg head, config.model.head={config.model.head!r}")
@@ -107,9 +107,7 @@ def restore_variables(config, workdir: str, step: Optional[int] = None):
   crop = tuple(config.dataset.crop_size)
   mesh = sharding.create_mesh(jax.devices()[:1])
   state, _, _ = train.create_train_state(config, model, mesh, (1, crop[0], crop[1], 3))
-  mngr = checkpoints.checkpoint_manager(workdir, config, read_only=True)
-  state = checkpoints.restore_state(mngr, state, step)
-  mngr.close()
+  state = train.restore_checkpoint(config, workdir, state, step)
   return model, jax.device_get(state.variables()), info
 
 

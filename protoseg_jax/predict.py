@@ -249,22 +249,13 @@ class Predictor:
     Like `train.evaluate_checkpoint`: without any checkpoint and with
     config.init_from set, the weights init_from gives the model.
     """
-    from protoseg_jax import checkpoints, train
+    from protoseg_jax import train
     meta = data.dataset_meta(config.dataset.name)
     model = build_model(config, meta.num_classes, meta.ignore_index)
     mesh = sharding.create_mesh(jax.local_devices())
     crop = tuple(config.dataset.crop_size)
     state, _, _ = train.create_train_state(config, model, mesh, (1, crop[0], crop[1], 3))
-    mngr = checkpoints.checkpoint_manager(os.path.expanduser(workdir), config, read_only=True)
-    try:
-      if step is None and mngr.latest_step() is None and config.init_from:
-        logging.info("No checkpoint in %s: predicting with config.init_from=%s", workdir,
-                     config.init_from)
-      else:
-        state = checkpoints.restore_state(mngr, state, step)
-        logging.info("Restored step %d from %s", int(jax.device_get(state.step)), mngr.directory)
-    finally:
-      mngr.close()
+    state = train.restore_checkpoint(config, os.path.expanduser(workdir), state, step)
     return cls(config, model, state.variables(), ignore_index=meta.ignore_index, **kw)
 
   # -- preprocessing --------------------------------------------------------

@@ -343,18 +343,31 @@ def train_and_evaluate(config, workdir: str) -> TrainState:
   return state
 
 
+def restore_checkpoint(config, workdir: str, state: TrainState,
+                       step: Optional[int] = None) -> TrainState:
+  """`state` restored from the latest (or `step`) checkpoint in DIR.
+
+  With no checkpoint at all and config.init_from set, `state` itself: the
+  weights init_from gave the model (evaluate or predict converted weights).
+  """
+  from protoseg_jax import checkpoints
+  mngr = checkpoints.checkpoint_manager(workdir, config, read_only=True)
+  try:
+    if step is None and mngr.latest_step() is None and config.init_from:
+      logging.info("No checkpoint in %s: using config.init_from=%s", workdir, config.init_from)
+      return state
+    state = checkpoints.restore_state(mngr, state, step)
+    logging.info("Restored step %d from %s", int(jax.device_get(state.step)), mngr.directory)
+    return state
+  finally:
+    mngr.close()
+
+
 def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None) -> dict:
   """Evaluate the latest (or `step`) checkpoint in DIR; appends to DIR/metrics.jsonl."""
-  from protoseg_jax import checkpoints
   run = _Run(config, workdir)
-  mngr = checkpoints.checkpoint_manager(workdir, config, read_only=True)
-  if step is None and mngr.latest_step() is None and config.init_from:
-    state = run.state  # no checkpoint yet: the weights config.init_from gave the model
-  else:
-    state = checkpoints.restore_state(mngr, run.state, step)
-  step = int(jax.device_get(state.step))
+  state = restore_checkpoint(config, workdir, run.state, step)
   metrics = run.evaluate(state)
-  run.write_eval(step, metrics)
-  mngr.close()
+  run.write_eval(int(jax.device_get(state.step)), metrics)
   run.writer.close()
   return metrics
