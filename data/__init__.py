@@ -62,7 +62,8 @@ def dataset_meta(name: str):
   return builder_class(name).meta()
 
 
-def get_builder(name: str, data_dir: str | None = None, config: str | None = None):
+def get_builder(name: str, data_dir: str | None = None, config: str | None = None,
+                on_bad_file: str = "stop"):
   """A builder instance of dataset `name` reading/writing under `data_dir`.
 
   Args:
@@ -70,11 +71,15 @@ def get_builder(name: str, data_dir: str | None = None, config: str | None = Non
     data_dir: TFDS data dir; None = TFDS's default (~/tensorflow_datasets or
       $TFDS_DATA_DIR).
     config: builder config name (the demo has 'default' and 'tiny').
+    on_bad_file: when preparing, what to do with unreadable or inconsistent
+      files of the release: "stop" (raise `data.common.BadFilesError` naming
+      them all, prepare nothing) or "skip" (leave them out, log each and a
+      summary). See `data.common.ON_BAD_FILE`.
   """
   cls = builder_class(name)
   if data_dir is not None:
     data_dir = os.path.expanduser(os.fspath(data_dir))
-  kwargs = {"data_dir": data_dir}
+  kwargs = {"data_dir": data_dir, "on_bad_file": on_bad_file}
   if config is not None:
     kwargs["config"] = config
   return cls(**kwargs)

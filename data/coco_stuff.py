@@ -55,3 +55,6 @@ PALETTE = common.generated_palette(171, seed=171)
 LUT_164K = common.lookup_table(RAW_TO_TRAIN)
 # cocostuff-10k .mat 'S': 1-based ids, 0 unlabelled.
 LUT_10K = common.lookup_table({raw + 1: train for raw, train in RAW_TO_TRAIN.items()})
+# The ids the releases use (the unused thing ids included); any other is a bad file.
+RAW_IDS_164K = tuple(range(182)) + (255,)
+RAW_IDS_10K = tuple(range(183))

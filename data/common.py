@@ -18,15 +18,58 @@ import dataclasses
 import inspect
 import io
 import os
+import re
+import struct
 import zipfile
-from collections.abc import Iterable, Mapping, Sequence
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
+from absl import logging
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
 IGNORE_INDEX = 255
+# What a builder does with a bad file (unreadable, truncated, label of another
+# size, label ids the dataset does not define): "stop" (default) finishes the
+# scan, then raises BadFilesError naming every bad file and prepares nothing;
+# "skip" leaves them out, logging each and a summary, and records their names
+# in the prepared metadata ('skipped_files').
+ON_BAD_FILE = ("stop", "skip")
+# Errors of reading / decoding one file (PIL, zlib, zip members; TF's decoder's
+# become ValueError in `rgb_image_bytes`).
+READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, KeyError, IndexError, struct.error,
+               zlib.error, zipfile.BadZipFile, Image.DecompressionBombError)
+
+
+class BadFile(ValueError):
+  """One file of a release that cannot become an example.
+
+  Attributes:
+    name: the file (its path under manual_dir, or `archive.zip:member`).
+    reason: what is wrong with it.
+  """
+
+  def __init__(self, name: str, reason: str):
+    super().__init__(f"{name}: {reason}")
+    self.name, self.reason = name, reason
+
+
+class BadFilesError(ValueError):
+  """Preparation found bad files and on_bad_file='stop': nothing was prepared."""
+
+  def __init__(self, message: str, bad_files: Sequence[tuple[str, str]]):
+    super().__init__(message)
+    self.bad_files = list(bad_files)  # [(name, reason)]
+
+
+def error_reason(e: BaseException) -> str:
+  """A one-line reason from a read/decode error (TF's graph prefixes dropped)."""
+  msg = str(e)
+  msg = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", msg)
+  msg = re.sub(r"\s*\[Op:\w+\]", "", msg).strip().splitlines()
+  return f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,25 +127,88 @@ def encode_label_png(label: np.ndarray) -> bytes:
 
 
 def decode_label_png(data: bytes) -> np.ndarray:
-  """PNG bytes of an 8-bit label (grayscale or palette) -> uint8 [H, W] raw values."""
+  """Bytes of a label image (one id per pixel) -> uint8 [H, W] raw ids.
+
+  8-bit grayscale (L) or palette (P: the palette indices) images, and 16-bit
+  or 32-bit integer ones (I;16, I) whose ids all lie in 0..255 (taken as
+  they are, not rescaled). Colour (RGB) masks are refused: their colours
+  are not ids.
+
+  Raises:
+    ValueError: another mode, or ids above 255.
+    OSError, SyntaxError, ...: the file is truncated or not an image.
+  """
   img = Image.open(io.BytesIO(data))
-  if img.mode not in ("L", "P"):
-    raise ValueError(f"Expected an 8-bit label PNG (mode L or P), got mode {img.mode}.")
-  return np.asarray(img, dtype=np.uint8)
+  if img.mode in ("L", "P"):
+    return np.asarray(img, dtype=np.uint8)
+  if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+    ids = np.asarray(img)
+    if ids.size and (ids.min() < 0 or ids.max() > 255):
+      raise ValueError(f"{img.mode} label with ids {ids.min()}..{ids.max()}: label ids must lie "
+                       "in 0..255")
+    return ids.astype(np.uint8)
+  raise ValueError(f"expected a one-channel label image of ids (8-bit L or P, or 16-bit), got "
+                   f"mode {img.mode}")
+
+
+def to_rgb_uint8(img: Image.Image) -> np.ndarray:
+  """A PIL image -> uint8 [H, W, 3] RGB (the datasets' and predict's one rule).
+
+  Grayscale: repeated; palette: its colours; RGBA / LA / PA: alpha dropped;
+  CMYK, YCbCr, bilevel, ...: PIL's RGB conversion; 16-bit grayscale (I;16,
+  I): round(x * 255 / 65535); float (F): rounded and clipped to 0..255.
+  (Pillow reads 16-bit RGB(A) PNGs as 8-bit, keeping the high byte.)
+  """
+  if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+    x = np.asarray(img).astype(np.float64)
+    x = np.clip(np.round(np.clip(x, 0, 65535) * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+    return np.repeat(x[..., None], 3, axis=-1)
+  if img.mode == "F":
+    x = np.clip(np.round(np.asarray(img, np.float64)), 0, 255).astype(np.uint8)
+    return np.repeat(x[..., None], 3, axis=-1)
+  if img.mode == "P" or img.mode in ("LA", "PA"):
+    img = img.convert("RGBA")   # palette transparency goes through RGBA without a warning
+  if img.mode != "RGB":
+    img = img.convert("RGB")    # L, 1, RGBA (alpha dropped), CMYK, YCbCr, ...
+  return np.asarray(img, np.uint8).copy()
+
+
+def _png_bit_depth(data: bytes) -> int | None:
+  """The bit depth in a PNG's IHDR, None for other formats."""
+  if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) > 24:
+    return data[24]
+  return None
 
 
 def rgb_image_bytes(data: bytes, fmt: str) -> tuple[bytes, tuple[int, int]]:
-  """(encoded image, (height, width)); `data` unchanged when already RGB/gray `fmt`.
+  """(encoded image, (height, width)) of an image file, checked by decoding it.
 
-  Other modes (CMYK JPEGs, palette or RGBA PNGs) are converted to RGB and
-  re-encoded, so that decoding with 3 channels is well defined.
+  `data` is kept as released when it is an 8-bit RGB or grayscale `fmt`
+  file that the trainer's decoder (`tf.io.decode_image`) reads whole. Other
+  files (RGBA or palette PNGs, CMYK JPEGs, 16-bit PNGs or TIFFs, another
+  format) are decoded with PIL, converted by `to_rgb_uint8` and re-encoded
+  as `fmt` (JPEG: quality 95, 4:4:4), so decoding with 3 channels is well defined.
+
+  Raises:
+    OSError, ValueError, SyntaxError, ... (`READ_ERRORS`): the file is
+      truncated, corrupt or not an image.
   """
   img = Image.open(io.BytesIO(data))
   hw = (img.height, img.width)
-  if img.format == fmt.upper() and img.mode in ("RGB", "L"):
+  if img.format == fmt.upper() and img.mode in ("RGB", "L") and _png_bit_depth(data) in (None, 8):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top (only when preparing)
+    try:
+      decoded = tf.io.decode_image(data, channels=3, expand_animations=False)
+    except tf.errors.OpError as e:
+      raise ValueError(f"the trainer's decoder fails: {error_reason(e)}") from e
+    if tuple(decoded.shape[:2]) != hw:
+      raise ValueError(f"decodes to {tuple(decoded.shape[:2])}, its header says {hw}")
     return data, hw
+  img.load()  # the whole file: truncation raises here
+  rgb = to_rgb_uint8(img)
   buf = io.BytesIO()
-  img.convert("RGB").save(buf, format=fmt.upper(), **({"quality": 95} if fmt == "jpeg" else {}))
+  Image.fromarray(rgb).save(buf, format=fmt.upper(),
+                            **({"quality": 95, "subsampling": 0} if fmt == "jpeg" else {}))
   return buf.getvalue(), hw
 
 
@@ -193,6 +299,36 @@ class ManualFiles:
   def exists(self, path: str) -> bool:
     return os.path.isfile(os.path.join(self.root, path)) or path in self._members
 
+  def describe(self, path: str) -> str:
+    """Where logical `path` is: `manual_dir/path`, or `archive.zip:member`."""
+    disk = os.path.join(self.root, path)
+    if not os.path.isfile(disk) and path in self._members:
+      zpath, member = self._members[path]
+      return f"{zpath}:{member}"
+    return disk
+
+  def why_empty(self, folder: str, pattern: str) -> str:
+    """Why `folder` (logical) holds no `pattern`: for errors naming the folder."""
+    disk = os.path.join(self.root, folder)
+    if not os.path.isdir(self.root):
+      return f"manual_dir {self.root} does not exist"
+    if os.path.isdir(disk):
+      inside = "is empty" if not os.listdir(disk) else f"holds no {pattern}"
+      return f"the folder {disk} {inside}"
+    if self.found_archives:
+      return (f"there is no folder {disk}, and the archive(s) {', '.join(self.found_archives)} "
+              f"found there hold no {folder}/{pattern}")
+    return f"there is no folder {disk} and none of the release archives is in {self.root}"
+
+  def require_files(self, folder: str, suffix: str, what: str, instructions: str) -> list[str]:
+    """`list(folder, suffix)`, or FileNotFoundError naming the folder and what it should hold."""
+    found = self.list(folder, suffix)
+    if not found:
+      raise FileNotFoundError(
+          f"Found no {what} ({folder}/*{suffix}) under manual_dir={self.root}: "
+          f"{self.why_empty(folder, '*' + suffix)}.\n{instructions}")
+    return found
+
   def read(self, path: str) -> bytes:
     disk = os.path.join(self.root, path)
     if os.path.isfile(disk):
@@ -212,22 +348,107 @@ def _join(mount: str, member: str) -> str:
   return f"{mount.rstrip('/')}/{member}" if mount else member
 
 
-def require(files: Iterable[str], what: str, manual_dir: str, instructions: str) -> list[str]:
-  """Raises FileNotFoundError with the download instructions when `files` is empty."""
+def require(files: Iterable[str], what: str, manual_dir: str, instructions: str,
+            why: str = "") -> list[str]:
+  """Raises FileNotFoundError with the download instructions when `files` is empty.
+
+  Args:
+    files: what was found.
+    what: what was expected (named in the message).
+    manual_dir: where it was looked for.
+    instructions: the builder's download instructions.
+    why: optional detail (e.g. `ManualFiles.why_empty`).
+  """
   files = list(files)
   if not files:
     raise FileNotFoundError(
-        f"Found no {what} under manual_dir={manual_dir}.\n{instructions}")
+        f"Found no {what} under manual_dir={manual_dir}{': ' + why if why else ''}."
+        f"\n{instructions}")
   return files
+
+
+def _ranges(ids: Iterable[int]) -> str:
+  """'0..150' / '0..181, 255': a sorted id set as ranges."""
+  ids, parts = sorted(set(int(i) for i in ids)), []
+  for i in ids:
+    if parts and parts[-1][1] == i - 1:
+      parts[-1][1] = i
+    else:
+      parts.append([i, i])
+  return ", ".join(f"{a}..{b}" if b > a else f"{a}" for a, b in parts)
+
+
+def _read_decoded(files: ManualFiles, path: str, decode: Callable[[bytes], object], what: str,
+                  of: str):
+  """decode(bytes of `path`); every failure as BadFile naming the file."""
+  name = files.describe(path)
+  if not files.exists(path):
+    raise BadFile(name, f"missing (the {what} of {of})")
+  try:
+    return decode(files.read(path))
+  except READ_ERRORS as e:
+    raise BadFile(name, f"unreadable {what}, truncated or corrupt ({error_reason(e)})") from e
+
+
+def load_example(files: ManualFiles, stem: str, image_path: str, label_path: str, *,
+                 image_format: str, lut: np.ndarray, raw_ids: Iterable[int], num_classes: int,
+                 read_label: Callable[[bytes], np.ndarray] = decode_label_png) -> dict:
+  """The checked example of one (image, label) pair of a release.
+
+  Args:
+    files: the release.
+    stem: the example's file stem.
+    image_path, label_path: logical paths (see `ManualFiles`).
+    image_format: 'jpeg' | 'png', the stored image encoding.
+    lut: uint8 [256] raw id -> train id.
+    raw_ids: every raw id the release defines; any other id in the label is
+      an error (the dataset's ignore ids, e.g. ADE20K's 0, are in it).
+    num_classes: train ids are 0..num_classes-1, or IGNORE_INDEX.
+    read_label: label bytes -> uint8 [H, W] raw ids.
+  Raises:
+    BadFile: naming the file at fault: a missing, unreadable or truncated
+      image or label, a label of another size than its image, or label ids
+      outside `raw_ids`.
+  """
+  image = _read_decoded(files, image_path, lambda b: rgb_image_bytes(b, image_format), "image",
+                        files.describe(label_path))
+  raw = _read_decoded(files, label_path, read_label, "label", files.describe(image_path))
+  (h, w), label_name = image[1], files.describe(label_path)
+  if tuple(raw.shape) != (h, w):
+    raise BadFile(label_name, f"label is {raw.shape[0]}x{raw.shape[1]} but its image "
+                              f"{files.describe(image_path)} is {h}x{w} (expected the same size)")
+  valid = np.zeros((256,), bool)
+  valid[[i for i in raw_ids if 0 <= i < 256]] = True
+  found = np.unique(raw)
+  unknown = found[~valid[found]]
+  if unknown.size:
+    shown = ", ".join(str(int(i)) for i in unknown[:10]) + (", ..." if unknown.size > 10 else "")
+    raise BadFile(label_name, f"label ids {shown} are not ids of this dataset (expected "
+                              f"{_ranges(raw_ids)})")
+  label = lut[raw]
+  mapped = np.unique(label)
+  if np.any((mapped >= num_classes) & (mapped != IGNORE_INDEX)):
+    raise BadFile(label_name, f"label maps to train ids {mapped.tolist()} outside "
+                              f"0..{num_classes - 1} and {IGNORE_INDEX} (ignore)")
+  return make_example(stem, image, label, num_classes)
 
 
 class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the semantic segmentation builders (not registered with TFDS).
 
   Subclasses set `name`, VERSION, CLASS_NAMES, PALETTE, IMAGE_FORMAT and
-  implement `_split_generators` / `_generate_examples`. They are not
+  implement `_split_generators` / `_generate_examples`, passing the
+  examples of the release through `checked_examples`. They are not
   registered in TFDS's global registry (TFDS ships unrelated 'cityscapes'
   and similar builders): instantiate them through `data.get_builder`.
+
+  Bad files (`BadFile`: unreadable, truncated, a label of another size,
+  label ids the dataset does not define) are all found and named, then
+  handled by the constructor's `on_bad_file` (see `ON_BAD_FILE`): "stop"
+  raises `BadFilesError` listing them after the scan (nothing is prepared),
+  "skip" leaves them out with a warning each and a summary, and stores their
+  names as `info.metadata['skipped_files']`. `bad_files` holds the
+  (split, name, reason) of the last preparation.
   """
 
   CLASS_NAMES: Sequence[str] = ()
@@ -235,6 +456,73 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   IMAGE_FORMAT = "jpeg"
   DESCRIPTION = ""
   HOMEPAGE = ""
+
+  def __init__(self, *, on_bad_file: str = "stop", **kwargs):
+    """Args: on_bad_file: "stop" | "skip" (`ON_BAD_FILE`); **kwargs: TFDS's."""
+    if on_bad_file not in ON_BAD_FILE:
+      raise ValueError(f"on_bad_file must be one of {ON_BAD_FILE}, got {on_bad_file!r}")
+    super().__init__(**kwargs)
+    self._original_state["on_bad_file"] = on_bad_file  # kept when pickled
+    self.on_bad_file = on_bad_file
+    self.bad_files: list[tuple[str, str, str]] = []
+    self._split_counts: dict[str, list[int]] = {}
+
+  def checked_examples(self, split: str, candidates: Iterable[tuple[str, Callable[[], dict]]]
+                       ) -> Iterator[tuple[str, dict]]:
+    """(key, example) of each (key, load) whose `load()` does not raise BadFile.
+
+    A BadFile is logged (with its name and reason) and recorded in
+    `bad_files`; the scan goes on, so that every bad file is found.
+    """
+    good = bad = 0
+    for key, load in candidates:
+      try:
+        example = load()
+      except BadFile as e:
+        bad += 1
+        self.bad_files.append((split, e.name, e.reason))
+        logging.warning("%s %s: bad file %s: %s (%s)", self.name, split, e.name, e.reason,
+                        "skipped" if self.on_bad_file == "skip" else "reported at the end")
+        continue
+      good += 1
+      yield key, example
+    self._split_counts[split] = [good, bad]
+    if bad and not good:  # TFDS cannot write an empty split: stop here, naming what was found
+      raise BadFilesError(self._bad_files_message(
+          f"every one of the {bad} files of {split} is bad"), self._named_bad_files())
+
+  def _named_bad_files(self) -> list[tuple[str, str]]:
+    return [(name, reason) for _, name, reason in self.bad_files]
+
+  def _bad_files_message(self, headline: str) -> str:
+    listing = "\n".join(f"  {name}: {reason}" for _, name, reason in self.bad_files)
+    return (f"{self.name}: {headline}; {len(self.bad_files)} bad file(s), nothing was prepared:\n"
+            f"{listing}\nReplace these files (e.g. download the release again), or prepare "
+            f"without them: python -m data.prepare {self.meta_name()} --on_bad_file=skip ... "
+            f"(builder kwarg on_bad_file='skip'); the skipped files are logged and listed in "
+            f"the prepared metadata ('skipped_files').")
+
+  @classmethod
+  def meta_name(cls) -> str:
+    """The name `data.DATASETS` knows this builder by (config.dataset.name)."""
+    import data  # pylint: disable=g-import-not-at-top
+    for key, module in data.DATASETS.items():
+      if cls.__module__ == module or cls.__module__.startswith(module + "."):
+        return key
+    return cls.name
+
+  def _download_and_prepare(self, dl_manager, download_config):  # pylint: disable=arguments-differ
+    self.bad_files, self._split_counts = [], {}
+    super()._download_and_prepare(dl_manager=dl_manager, download_config=download_config)
+    if self.bad_files and self.on_bad_file == "stop":
+      raise BadFilesError(self._bad_files_message("found bad files"), self._named_bad_files())
+    if self.bad_files:
+      counts = ", ".join(f"{split}: {bad} of {good + bad}"
+                         for split, (good, bad) in self._split_counts.items() if bad)
+      logging.warning("%s: skipped %d bad file(s) (%s), listed in the metadata as "
+                      "'skipped_files':\n%s", self.name, len(self.bad_files), counts,
+                      "\n".join(f"  {name}: {reason}" for _, name, reason in self.bad_files))
+    self.info.metadata["skipped_files"] = [name for _, name, _ in self.bad_files]
 
   @tfds.core.utils.classproperty
   @classmethod

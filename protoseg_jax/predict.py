@@ -18,7 +18,17 @@ likewise with `eval_label_canvas`. Each image carries its valid sizes, which
 inference.py's masked resizes honour; one compile per canvas pair.
 
 Reading (`read_image`, PIL): EXIF orientation applied; grayscale, palette,
-RGBA (alpha dropped), CMYK, ... -> RGB; 16-bit -> 8-bit (x * 255 / 65535).
+RGBA (alpha dropped), CMYK, ... -> RGB; 16-bit grayscale -> 8-bit (x * 255 /
+65535); the same rule as the dataset builders (`data.common.to_rgb_uint8`).
+
+Untrusted inputs (`predict_paths`): a file that cannot be read (truncated,
+corrupt, not an image), an image of more than config.predict.max_pixels
+pixels (checked from the header, before decoding), or an output path that
+would leave the output folder (`..` in a relative path, a symlink in the
+output folder pointing outside it, an output file that is a symlink) is
+reported by name and skipped; the others are written, and the summary counts
+and lists what was skipped. `list_images` leaves out (and reports) files of
+an input folder or glob whose real path, symlinks resolved, is outside it.
 
 Files written by `predict_paths` under the output dir, at each input's path
 relative to its input root (subfolders kept), `<name>` without extension:
@@ -49,7 +59,9 @@ from PIL import Image, ImageOps
 import tensorflow as tf
 
 import data
+from data.common import READ_ERRORS, error_reason, to_rgb_uint8  # noqa: F401 (to_rgb_uint8: API)
 from protoseg_jax import augment, inference, input_pipeline, sharding
+from protoseg_jax.datasets import config_value
 from protoseg_jax.models.segmentor import build_model
 
 BUCKET = 32
@@ -63,39 +75,58 @@ OVERLAY_ALPHA = 0.5   # weight of the colour map in <name>_overlay.png
 # Reading images.
 
 
-def to_rgb_uint8(img: Image.Image) -> np.ndarray:
-  """A PIL image (EXIF already applied) -> uint8 [H, W, 3] RGB."""
-  if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-    # 16-bit grayscale (PIL opens 16-bit PNGs as I;16 or I): full range -> 0..255.
-    x = np.asarray(img).astype(np.float64)
-    x = np.clip(np.round(np.clip(x, 0, 65535) * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
-    return np.repeat(x[..., None], 3, axis=-1)
-  if img.mode == "F":
-    x = np.clip(np.round(np.asarray(img, np.float64)), 0, 255).astype(np.uint8)
-    return np.repeat(x[..., None], 3, axis=-1)
-  if img.mode == "P" or img.mode in ("LA", "PA"):
-    img = img.convert("RGBA")   # palette transparency goes through RGBA without a warning
-  if img.mode != "RGB":
-    img = img.convert("RGB")    # L, 1, RGBA (alpha dropped), CMYK, YCbCr, ...
-  return np.asarray(img, np.uint8).copy()
+class ImageTooLarge(ValueError):
+  """An input image has more pixels than config.predict.max_pixels."""
 
 
-def read_image(path: str) -> np.ndarray:
-  """uint8 [H, W, 3] RGB of an image file, EXIF orientation applied."""
-  with Image.open(path) as img:
+class UnsafeOutputPath(ValueError):
+  """An output path would be written outside the output folder."""
+
+
+def read_image(path: str, max_pixels: int = 0) -> np.ndarray:
+  """uint8 [H, W, 3] RGB of an image file, EXIF orientation applied.
+
+  Args:
+    path: the file.
+    max_pixels: > 0: refuse (ImageTooLarge) an image of more pixels, from
+      its header, before decoding it.
+  Raises:
+    ImageTooLarge: over `max_pixels` (or PIL's decompression-bomb limit).
+    OSError, SyntaxError, ... (`data.common.READ_ERRORS`): not a readable
+      image (truncated, corrupt, unknown format).
+  """
+  try:
+    img = Image.open(path)
+  except Image.DecompressionBombError as e:  # PIL's own limit (2 * Image.MAX_IMAGE_PIXELS)
+    raise ImageTooLarge(str(e)) from e
+  with img:
+    if max_pixels > 0 and img.width * img.height > max_pixels:
+      raise ImageTooLarge(f"{img.width}x{img.height} = {img.width * img.height} pixels, more than "
+                          f"config.predict.max_pixels={max_pixels}")
     img = ImageOps.exif_transpose(img)
     return to_rgb_uint8(img)
 
 
-def list_images(spec: str, exclude: Optional[str] = None) -> list[tuple[str, str]]:
+def _inside(path: str, root: str) -> bool:
+  """Whether real path `path` is `root` (a real path) or below it."""
+  return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def list_images(spec: str, exclude: Optional[str] = None,
+                refused: Optional[list] = None) -> list[tuple[str, str]]:
   """(path, path relative to its root) of the images a spec names, sorted.
 
   `spec`: a file, a directory (searched recursively for IMAGE_EXTENSIONS) or
   a glob (`**` recursive; the root is the glob's directory part before its
-  first wildcard). Files under `exclude` (the output dir) are skipped.
+  first wildcard). Files under `exclude` (the output dir) are skipped. Files
+  of a directory or glob whose real path (symlinks resolved) is outside its
+  root are left out with a warning, and appended as (path, reason) to
+  `refused` when given (pass it on to `Predictor.predict_paths`, which
+  counts them); a file named explicitly is read wherever it points.
   """
   spec = os.path.expanduser(spec)
-  if os.path.isfile(spec):
+  explicit = os.path.isfile(spec)
+  if explicit:
     found, root = [spec], os.path.dirname(spec)
   elif os.path.isdir(spec):
     root, found = spec, []
@@ -118,10 +149,21 @@ def list_images(spec: str, exclude: Optional[str] = None) -> list[tuple[str, str
   if exclude is not None:
     ex = os.path.abspath(exclude) + os.sep
     found = [p for p in found if not os.path.abspath(p).startswith(ex)]
-  out = sorted((p, os.path.relpath(p, root)) for p in found)
-  if not out:
+  if not found:
     raise FileNotFoundError(f"--input {spec!r} names no image files ({', '.join(IMAGE_EXTENSIONS)})")
-  return out
+  if not explicit:
+    real_root, kept = os.path.realpath(root), []
+    for p in found:
+      if _inside(os.path.realpath(p), real_root):
+        kept.append(p)
+        continue
+      reason = (f"refused: a symlink to {os.path.realpath(p)}, outside the input folder "
+                f"{real_root}")
+      logging.warning("predict: %s %s", p, reason)
+      if refused is not None:
+        refused.append((p, reason))
+    found = kept
+  return sorted((p, os.path.relpath(p, root)) for p in found)
 
 
 # --------------------------------------------------------------------------
@@ -160,23 +202,63 @@ def output_stem(output_dir: str, rel: str) -> str:
   return os.path.join(output_dir, os.path.splitext(rel)[0])
 
 
+def output_paths(stem: str, output_format: str = "default") -> list[str]:
+  """The files `write_outputs` writes for `stem`."""
+  if output_format == "cityscapes":
+    return [stem + "_labelIds.png"]
+  return [stem + ".png", stem + "_color.png", stem + "_overlay.png"]
+
+
+def check_output_paths(output_dir: str, rel: str, output_format: str = "default") -> str:
+  """The output stem of input `rel` under `output_dir`, checked to stay inside it.
+
+  Raises:
+    UnsafeOutputPath: `rel` is absolute or has a `..`, a folder on the way
+      is a symlink (or is reached through one) that leads outside
+      `output_dir`, or an output file is a symlink.
+  """
+  parts = rel.replace("\\", "/").split("/")
+  if os.path.isabs(rel) or os.pardir in parts:
+    raise UnsafeOutputPath(f"refused: its relative path {rel!r} leaves the output folder")
+  stem = output_stem(output_dir, rel)
+  root = os.path.realpath(output_dir)
+  folder = os.path.realpath(os.path.dirname(stem))  # symlinks of the existing part resolved
+  if not _inside(folder, root):
+    raise UnsafeOutputPath(f"refused: its output folder {os.path.dirname(stem)} leads to "
+                           f"{folder}, outside the output folder {root} (a symlink)")
+  for path in output_paths(stem, output_format):
+    if os.path.islink(path):
+      raise UnsafeOutputPath(f"refused: the output file {path} is a symlink (to "
+                             f"{os.path.realpath(path)}); it is not written through")
+  return stem
+
+
+def _save_png(array: np.ndarray, path: str):
+  """Image.save(path) that never follows a symlink at `path` (O_NOFOLLOW)."""
+  fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o666)
+  with os.fdopen(fd, "wb") as f:
+    Image.fromarray(array).save(f, format="PNG")
+
+
 def write_outputs(stem: str, image: np.ndarray, labels: np.ndarray, palette,
                   output_format: str = "default"):
-  """The files of one image (see the module docstring); returns their paths."""
+  """The files of one image (see the module docstring); returns their paths.
+
+  An existing symlink at an output file is not followed (OSError).
+  """
   os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+  paths = output_paths(stem, output_format)
   if output_format == "cityscapes":
-    path = stem + "_labelIds.png"
-    Image.fromarray(cityscapes_label_ids(labels)).save(path)
-    return [path]
+    _save_png(cityscapes_label_ids(labels), paths[0])
+    return paths
   if output_format != "default":
     raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
   ids = labels.astype(np.uint8 if labels.max(initial=0) < 256 and len(palette) <= 256
                       else np.uint16)
   color = colorize(labels, palette)
-  paths = [stem + ".png", stem + "_color.png", stem + "_overlay.png"]
-  Image.fromarray(ids).save(paths[0])
-  Image.fromarray(color).save(paths[1])
-  Image.fromarray(overlay(image, color)).save(paths[2])
+  _save_png(ids, paths[0])
+  _save_png(color, paths[1])
+  _save_png(overlay(image, color), paths[2])
   return paths
 
 
@@ -216,6 +298,7 @@ class Predictor:
     self.input_order = input_pipeline._input_order(config)
     self.canvas = input_pipeline._pair(config.dataset.eval_canvas, "eval_canvas")
     self.label_canvas = input_pipeline._pair(config.dataset.eval_label_canvas, "eval_label_canvas")
+    self.max_pixels = int(config_value(config, "predict.max_pixels"))
     e = config.eval
     self._infer_kwargs = dict(
         mode=e.mode, slide_crop=e.slide_crop, stride=e.stride, scales=tuple(e.scales),
@@ -356,7 +439,8 @@ class Predictor:
     return self.predict_batch([image], return_scores=return_scores, batch_size=1)[0]
 
   def predict_paths(self, paths: Iterable, output_dir: str, *, output_format: str = "default",
-                    batch_size: Optional[int] = None, log_every: int = 10) -> dict:
+                    batch_size: Optional[int] = None, log_every: int = 10,
+                    refused: Iterable[tuple[str, str]] = ()) -> dict:
     """Predict image files and write their outputs under `output_dir`.
 
     `paths`: file paths (written at their base names) or (path, relative
@@ -364,7 +448,15 @@ class Predictor:
     Images are grouped by canvas and run in batches; a progress line every
     `log_every` batches and a summary at the end.
 
-    Returns {'images', 'seconds', 'images_per_sec', 'outputs': [paths]}.
+    An input that cannot be read, has more than config.predict.max_pixels
+    pixels, or whose outputs would land outside `output_dir`
+    (`check_output_paths`), or whose outputs cannot be written, is logged
+    by name and skipped; the others are written. `refused`: (path, reason)
+    of inputs refused before this call (`list_images(refused=...)`), added
+    to the summary.
+
+    Returns {'images': number written, 'failed': [(path, reason)] of the
+    inputs not written, 'seconds', 'images_per_sec', 'outputs': [paths]}.
     """
     if output_format not in OUTPUT_FORMATS:
       raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
@@ -381,34 +473,54 @@ class Predictor:
       stems[stem] = p
     b = self._batch_size(batch_size)
     total, done, batches, written = len(items), 0, 0, []
+    failed = list(refused)
     pending: dict = {}
     t0 = time.time()
+
+    def skip(path, reason):
+      failed.append((path, reason))
+      logging.warning("predict: skipping %s: %s", path, reason)
 
     def flush(key):
       nonlocal done, batches
       members = pending.pop(key)
-      res = self._run([m[1] for m in members], key[0], key[1], b, False)
-      for (stem, (img, _, _)), (pred, _) in zip(members, res):
-        written.extend(write_outputs(stem, img, pred, self.palette, output_format))
-      done += len(members)
+      res = self._run([m[3] for m in members], key[0], key[1], b, False)
+      for (path, rel, stem, (img, _, _)), (pred, _) in zip(members, res):
+        try:
+          check_output_paths(output_dir, rel, output_format)  # again: the folder may have changed
+          written.extend(write_outputs(stem, img, pred, self.palette, output_format))
+          done += 1
+        except (UnsafeOutputPath, OSError) as e:
+          skip(path, str(e) if isinstance(e, UnsafeOutputPath) else f"not written ({e})")
       batches += 1
-      if batches % max(int(log_every), 1) == 0 or done == total:
+      if batches % max(int(log_every), 1) == 0:
         dt = time.time() - t0
         logging.info("predict: %d/%d images, %.1fs, %.2f images/s", done, total, dt,
                      done / max(dt, 1e-9))
 
     for p, rel in items:
-      img = read_image(p)
+      try:
+        stem = check_output_paths(output_dir, rel, output_format)
+        img = read_image(p, self.max_pixels)
+      except (UnsafeOutputPath, ImageTooLarge) as e:
+        skip(p, str(e) if isinstance(e, UnsafeOutputPath) else f"refused: {e}")
+        continue
+      except READ_ERRORS as e:
+        skip(p, f"unreadable, truncated or not an image ({error_reason(e)})")
+        continue
       x, hw = self.preprocess(img)
       key = self.bucket_of(img.shape[:2], hw)
-      pending.setdefault(key, []).append((output_stem(output_dir, rel), (img, x, hw)))
+      pending.setdefault(key, []).append((p, rel, stem, (img, x, hw)))
       if len(pending[key]) == b:
         flush(key)
     for key in list(pending):
       flush(key)
     dt = time.time() - t0
-    summary = {"images": total, "seconds": dt, "images_per_sec": total / max(dt, 1e-9),
-               "outputs": written}
+    summary = {"images": done, "failed": failed, "seconds": dt,
+               "images_per_sec": done / max(dt, 1e-9), "outputs": written}
     logging.info("predict: wrote %d images to %s in %.1fs (%.2f images/s, %d canvases compiled)",
-                 total, output_dir, dt, summary["images_per_sec"], len(self._steps))
+                 done, output_dir, dt, summary["images_per_sec"], len(self._steps))
+    if failed:
+      logging.warning("predict: %d of %d input(s) not written:\n%s", len(failed),
+                      len(failed) + done, "\n".join(f"  {p}: {r}" for p, r in failed))
     return summary

@@ -272,3 +272,91 @@ def test_cityscapes_output_scores_like_the_official_evaluator(tmp_path):
                                                                jnp.int32)[None], 19, ignore_index=255))
   ours = metrics.metrics_from_confusion(cm)["mIoU"]
   assert abs(official - ours) < 0.01, (official, ours)
+
+
+# ---------------------------------------------------------------------------
+# Untrusted inputs: unreadable files, the pixel budget, output paths.
+
+
+def _png_header(w, h):
+  """A PNG claiming w x h RGB pixels with 16 bytes of pixel data: only its
+  header can be read."""
+  import struct
+  import zlib
+
+  def chunk(kind, payload):
+    return (struct.pack(">I", len(payload)) + kind + payload +
+            struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF))
+
+  return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)) +
+          chunk(b"IDAT", zlib.compress(bytes(16))))
+
+
+def test_unreadable_and_oversized_inputs_are_skipped_by_name(setup, tmp_path, monkeypatch):
+  *_, predictor = setup
+  src, out = tmp_path / "in", tmp_path / "out"
+  src.mkdir()
+  Image.fromarray(_rng_image(20, 24, 1)).save(src / "good.png")
+  Image.fromarray(_rng_image(20, 24, 2)).save(src / "truncated.jpg", quality=90)
+  jpeg = (src / "truncated.jpg").read_bytes()
+  (src / "truncated.jpg").write_bytes(jpeg[:len(jpeg) // 2])
+  (src / "notes.png").write_text("not an image")
+  (src / "empty.png").write_bytes(b"")
+  Image.fromarray(_rng_image(25, 25, 3)).save(src / "big.png")           # 625 pixels
+  (src / "huge.png").write_bytes(_png_header(5000, 5000))               # refused before decoding
+  (src / "bomb.png").write_bytes(_png_header(20000, 20000))             # PIL's limit
+  monkeypatch.setattr(predictor, "max_pixels", 600)
+  summary = predictor.predict_paths(P.list_images(str(src)), str(out))
+  assert summary["images"] == 1
+  assert sorted(os.listdir(out)) == ["good.png", "good_color.png", "good_overlay.png"]
+  failed = {os.path.basename(p): reason for p, reason in summary["failed"]}
+  assert sorted(failed) == ["big.png", "bomb.png", "empty.png", "huge.png", "notes.png",
+                            "truncated.jpg"]
+  assert "Truncated" in failed["truncated.jpg"] and "unreadable" in failed["notes.png"]
+  assert "unreadable" in failed["empty.png"]
+  assert "25x25 = 625 pixels" in failed["big.png"] and "max_pixels=600" in failed["big.png"]
+  assert "refused: 5000x5000" in failed["huge.png"]
+  assert "refused" in failed["bomb.png"] and "400000000 pixels" in failed["bomb.png"]
+  with pytest.raises(P.ImageTooLarge):
+    P.read_image(str(src / "bomb.png"), max_pixels=10**9)  # over PIL's bomb limit too
+  # The budget is the config's.
+  config, _, variables, meta, _ = setup
+  config = make_tiny_config(config.dataset.data_dir, **{"predict.max_pixels": 1234})
+  assert P.Predictor.from_variables(config, variables, meta.num_classes).max_pixels == 1234
+
+
+def test_outputs_never_leave_the_output_folder(setup, tmp_path):
+  *_, predictor = setup
+  src, out, elsewhere = tmp_path / "in", tmp_path / "out", tmp_path / "elsewhere"
+  for d in (src / "sub", out, elsewhere, tmp_path / "secret"):
+    d.mkdir(parents=True)
+  for rel in ("a.png", "sub/b.png", "c.png", "../secret/s.png"):
+    Image.fromarray(_rng_image(20, 24, 4)).save(src / rel)
+  (src / "link.png").symlink_to(tmp_path / "secret" / "s.png")  # input symlink out of the tree
+  (out / "sub").symlink_to(elsewhere)                             # OUT/sub -> elsewhere
+  (elsewhere / "target.png").write_bytes(b"keep")
+  (out / "c.png").symlink_to(elsewhere / "target.png")            # an output file is a symlink
+  refused = []
+  items = P.list_images(str(src), refused=refused)
+  assert [r for _, r in items] == ["a.png", "c.png", os.path.join("sub", "b.png")]
+  assert [os.path.basename(p) for p, _ in refused] == ["link.png"]
+  items.append((str(src / "a.png"), os.path.join("..", "escape.png")))  # `..` in a relative path
+  summary = predictor.predict_paths(items, str(out), refused=refused)
+  assert summary["images"] == 1 and (out / "a_color.png").is_file()
+  failed = [(os.path.basename(p), reason) for p, reason in summary["failed"]]
+  assert [name for name, _ in failed] == ["link.png", "c.png", "b.png", "a.png"]
+  assert "outside the input folder" in failed[0][1]
+  assert "is a symlink" in failed[1][1]
+  assert "outside the output folder" in failed[2][1] and str(elsewhere) in failed[2][1]
+  assert "'../escape.png'" in failed[3][1]
+  assert sorted(os.listdir(elsewhere)) == ["target.png"]
+  assert (elsewhere / "target.png").read_bytes() == b"keep"
+  assert not (tmp_path / "escape.png").exists() and not (tmp_path / "escape_color.png").exists()
+  # write_outputs itself does not follow a symlink at an output file.
+  with pytest.raises(OSError):
+    P.write_outputs(str(out / "c"), _rng_image(2, 2), np.zeros((2, 2), np.int32), meta_palette(setup))
+  assert (elsewhere / "target.png").read_bytes() == b"keep"
+
+
+def meta_palette(setup):  # noqa: D103
+  return setup[3].palette

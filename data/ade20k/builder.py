@@ -6,6 +6,7 @@ Labels follow mmsegmentation's ADE20KDataset (reduce_zero_label=True): raw 0
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -46,6 +47,8 @@ assert len(CLASS_NAMES) == 150, len(CLASS_NAMES)
 
 # raw 0 -> ignore, k -> k - 1.
 LUT = common.lookup_table({k: k - 1 for k in range(1, 151)})
+# The ids of the released annotations; any other is a bad file.
+RAW_IDS = range(0, 151)
 
 INSTRUCTIONS = f"""\
 Download {ARCHIVE} (the MIT Scene Parsing Benchmark / ADE20K challenge data,
@@ -74,11 +77,14 @@ class Builder(common.SegmentationBuilder, skip_registration=True):
     return {split: self._generate_examples(files, folder) for split, folder in SPLITS.items()}
 
   def _generate_examples(self, files: common.ManualFiles, folder: str):
-    images = common.require(
-        files.list(f"{ROOT}/images/{folder}", ".jpg"), f"{ROOT}/images/{folder}/*.jpg",
-        files.root, INSTRUCTIONS)
-    for path in images:
-      stem = os.path.basename(path)[:-len(".jpg")]
-      raw = common.decode_label_png(files.read(f"{ROOT}/annotations/{folder}/{stem}.png"))
-      image = common.rgb_image_bytes(files.read(path), "jpeg")
-      yield stem, common.make_example(stem, image, LUT[raw], len(CLASS_NAMES))
+    images = files.require_files(f"{ROOT}/images/{folder}", ".jpg", "images", INSTRUCTIONS)
+    files.require_files(f"{ROOT}/annotations/{folder}", ".png", "label images", INSTRUCTIONS)
+
+    def load(path, stem):
+      return common.load_example(
+          files, stem, path, f"{ROOT}/annotations/{folder}/{stem}.png", image_format="jpeg",
+          lut=LUT, raw_ids=RAW_IDS, num_classes=len(CLASS_NAMES))
+
+    stems = [(os.path.basename(path)[:-len(".jpg")], path) for path in images]
+    yield from self.checked_examples(
+        folder, ((stem, functools.partial(load, path, stem)) for stem, path in stems))

@@ -7,6 +7,8 @@ every other id (unlabeled, ego vehicle, ..., license plate) becomes 255. The
 
 from __future__ import annotations
 
+import functools
+
 import tensorflow_datasets as tfds
 
 from data import common
@@ -30,6 +32,8 @@ LABEL_ID_TO_TRAIN_ID = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
     23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 LUT = common.lookup_table(LABEL_ID_TO_TRAIN_ID)
+# The labelIds of cityscapesScripts (0 unlabeled .. 33 bicycle); any other is a bad file.
+RAW_IDS = range(0, 34)
 
 INSTRUCTIONS = f"""\
 Log in at https://www.cityscapes-dataset.com/downloads/ and download
@@ -61,11 +65,19 @@ class Builder(common.SegmentationBuilder, skip_registration=True):
   def _generate_examples(self, files: common.ManualFiles, folder: str):
     cities = common.require(
         files.list_subfolders(f"leftImg8bit/{folder}"), f"leftImg8bit/{folder}/<city>/",
-        files.root, INSTRUCTIONS)
-    for city in cities:
-      for path in files.list(f"leftImg8bit/{folder}/{city}", "_leftImg8bit.png"):
-        stem = path.rsplit("/", 1)[1][:-len("_leftImg8bit.png")]
-        raw = common.decode_label_png(
-            files.read(f"gtFine/{folder}/{city}/{stem}_gtFine_labelIds.png"))
-        image = common.rgb_image_bytes(files.read(path), "png")
-        yield stem, common.make_example(stem, image, LUT[raw], len(CLASS_NAMES))
+        files.root, INSTRUCTIONS, files.why_empty(f"leftImg8bit/{folder}", "city folders"))
+    common.require(files.list_subfolders(f"gtFine/{folder}"), f"gtFine/{folder}/<city>/",
+                   files.root, INSTRUCTIONS, files.why_empty(f"gtFine/{folder}", "city folders"))
+
+    def load(city, path, stem):
+      return common.load_example(
+          files, stem, path, f"gtFine/{folder}/{city}/{stem}_gtFine_labelIds.png",
+          image_format="png", lut=LUT, raw_ids=RAW_IDS, num_classes=len(CLASS_NAMES))
+
+    def candidates():
+      for city in cities:
+        for path in files.list(f"leftImg8bit/{folder}/{city}", "_leftImg8bit.png"):
+          stem = path.rsplit("/", 1)[1][:-len("_leftImg8bit.png")]
+          yield stem, functools.partial(load, city, path, stem)
+
+    yield from self.checked_examples(folder, candidates())

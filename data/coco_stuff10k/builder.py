@@ -7,6 +7,7 @@ the .mat files needs scipy.
 
 from __future__ import annotations
 
+import functools
 import io
 
 import numpy as np
@@ -33,7 +34,10 @@ def read_mat_labels(data: bytes) -> np.ndarray:
     from scipy import io as sio  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     raise ImportError("coco_stuff10k needs scipy to read its .mat labels: pip install scipy") from e
-  s = np.asarray(sio.loadmat(io.BytesIO(data))["S"])
+  try:
+    s = np.asarray(sio.loadmat(io.BytesIO(data))["S"])
+  except Exception as e:  # scipy's MatReadError is no OSError/ValueError
+    raise ValueError(f"not a readable .mat file with an 'S' array ({type(e).__name__}: {e})") from e
   if s.ndim != 2 or s.min() < 0 or s.max() > 255:
     raise ValueError(f"Unexpected 'S' array: shape {s.shape}, range {s.min()}..{s.max()}.")
   return s.astype(np.uint8)
@@ -59,10 +63,19 @@ class Builder(common.SegmentationBuilder, skip_registration=True):
   def _generate_examples(self, files: common.ManualFiles, list_name: str):
     list_path = f"imageLists/{list_name}.txt"
     if not files.exists(list_path):
-      common.require([], list_path, files.root, INSTRUCTIONS)
+      common.require([], list_path, files.root, INSTRUCTIONS,
+                     files.why_empty("imageLists", f"{list_name}.txt"))
     names = [n.strip() for n in files.read(list_path).decode().splitlines() if n.strip()]
-    for stem in names:
-      raw = read_mat_labels(files.read(f"annotations/{stem}.mat"))
-      image = common.rgb_image_bytes(files.read(f"images/{stem}.jpg"), "jpeg")
-      yield stem, common.make_example(
-          stem, image, coco_stuff.LUT_10K[raw], len(coco_stuff.CLASS_NAMES))
+    common.require(names, f"image names in {list_path}", files.root, INSTRUCTIONS,
+                   f"{files.describe(list_path)} is empty")
+    files.require_files("images", ".jpg", "images", INSTRUCTIONS)
+    files.require_files("annotations", ".mat", "label files", INSTRUCTIONS)
+
+    def load(stem):
+      return common.load_example(
+          files, stem, f"images/{stem}.jpg", f"annotations/{stem}.mat", image_format="jpeg",
+          lut=coco_stuff.LUT_10K, raw_ids=coco_stuff.RAW_IDS_10K,
+          num_classes=len(coco_stuff.CLASS_NAMES), read_label=read_mat_labels)
+
+    yield from self.checked_examples(
+        list_name, ((stem, functools.partial(load, stem)) for stem in names))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 
 import tensorflow_datasets as tfds
@@ -12,6 +13,7 @@ from data import coco_stuff
 LABELS_ZIP = "stuffthingmaps_trainval2017.zip"
 IMAGE_ZIPS = {"train": "train2017.zip", "validation": "val2017.zip"}
 SPLITS = {"train": "train2017", "validation": "val2017"}
+IMAGE_ZIPS_BY_FOLDER = {SPLITS[split]: name for split, name in IMAGE_ZIPS.items()}
 
 INSTRUCTIONS = f"""\
 Download {LABELS_ZIP} (https://github.com/nightrome/cocostuff, 'Downloads':
@@ -45,12 +47,17 @@ class Builder(common.SegmentationBuilder, skip_registration=True):
     return {split: self._generate_examples(files, folder) for split, folder in SPLITS.items()}
 
   def _generate_examples(self, files: common.ManualFiles, folder: str):
-    labels = common.require(
-        files.list(f"annotations/{folder}", ".png"), f"{folder}/*.png of {LABELS_ZIP}",
-        files.root, INSTRUCTIONS)
-    for path in labels:
-      stem = os.path.basename(path)[:-len(".png")]
-      raw = common.decode_label_png(files.read(path))
-      image = common.rgb_image_bytes(files.read(f"images/{folder}/{stem}.jpg"), "jpeg")
-      yield stem, common.make_example(
-          stem, image, coco_stuff.LUT_164K[raw], len(coco_stuff.CLASS_NAMES))
+    labels = files.require_files(f"annotations/{folder}", ".png",
+                                 f"label images of {LABELS_ZIP}", INSTRUCTIONS)
+    files.require_files(f"images/{folder}", ".jpg", f"images of {IMAGE_ZIPS_BY_FOLDER[folder]}",
+                        INSTRUCTIONS)
+
+    def load(path, stem):
+      return common.load_example(
+          files, stem, f"images/{folder}/{stem}.jpg", path, image_format="jpeg",
+          lut=coco_stuff.LUT_164K, raw_ids=coco_stuff.RAW_IDS_164K,
+          num_classes=len(coco_stuff.CLASS_NAMES))
+
+    stems = [(os.path.basename(path)[:-len(".png")], path) for path in labels]
+    yield from self.checked_examples(
+        folder, ((stem, functools.partial(load, path, stem)) for stem, path in stems))
