@@ -14,6 +14,13 @@ Writes OUT/variables (`checkpoints.save_variables`, the converted-weights
 format: load with `checkpoints.load_variables`; the model is
 `build_model(config, C + 1)`) and OUT/classes.json (class names, the new one
 last, and the class count).
+
+A model trained with config.dataset.held_out_class=k (pass the same config)
+has the dataset's classes minus k; adding k back (--name defaults to its
+name) appends it last, and classes.json gives `dataset_class_ids`, the
+dataset id of each output (`held_out.model_class_ids(C, k, added=True)`):
+evaluate with them as `class_ids` of `train.make_eval_step`
+(bench/bench_few_shot.py does).
 """
 
 from __future__ import annotations
@@ -96,14 +103,16 @@ def add_class_from_support(config, model, variables, pairs) -> tuple[dict, int]:
 
 
 def restore_variables(config, workdir: str, step: Optional[int] = None):
-  """(model, variables, dataset info) of a checkpoint in WORKDIR."""
+  """(model, variables, dataset info) of a checkpoint in WORKDIR (the model's
+  classes: the dataset's, minus config.dataset.held_out_class if set)."""
   import jax
-  from protoseg_jax import datasets, sharding, train
+  from protoseg_jax import datasets, held_out, sharding, train
   from protoseg_jax.models.segmentor import build_model
   if config.model.head != "proto":
     raise ValueError(f"adding a class needs the ProtoSeg head, config.model.head={config.model.head!r}")
   info = datasets.get_dataset_info(config)
-  model = build_model(config, info.num_classes, info.ignore_index)
+  ids = held_out.model_class_ids(info.num_classes, held_out.held_out_class(config, info.num_classes))
+  model = build_model(config, len(ids), info.ignore_index)
   crop = tuple(config.dataset.crop_size)
   mesh = sharding.create_mesh(jax.devices()[:1])
   state, _, _ = train.create_train_state(config, model, mesh, (1, crop[0], crop[1], 3))
@@ -116,20 +125,27 @@ def main(argv):
   FLAGS = flags.FLAGS
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  from protoseg_jax import checkpoints
+  from protoseg_jax import checkpoints, held_out
   workdir = os.path.expanduser(FLAGS.workdir)
   output = os.path.expanduser(FLAGS.output)
-  model, variables, info = restore_variables(FLAGS.config, workdir, FLAGS.checkpoint_step)
   pairs = list_support(os.path.expanduser(FLAGS.support))
+  model, variables, info = restore_variables(FLAGS.config, workdir, FLAGS.checkpoint_step)
+  k = held_out.held_out_class(FLAGS.config, info.num_classes)
+  name = FLAGS.name or (info.class_names[k] if k != held_out.NONE else None)
+  if not name:
+    raise app.UsageError("--name is required (no config.dataset.held_out_class to add back)")
   new, n = add_class_from_support(FLAGS.config, model, variables, pairs)
   os.makedirs(output, exist_ok=True)
   checkpoints.save_variables(new, output)
-  names = list(info.class_names) + [FLAGS.name]
+  names = list(held_out.class_names(info.class_names,
+                                    held_out.model_class_ids(info.num_classes, k))) + [name]
+  record = {"num_classes": len(names), "class_names": names,
+            "added": {"name": name, "support_images": len(pairs), "support_pixels": int(n)}}
+  if k != held_out.NONE and name == info.class_names[k]:   # the held-out class comes back
+    record["dataset_class_ids"] = list(held_out.model_class_ids(info.num_classes, k, added=True))
   with open(os.path.join(output, "classes.json"), "w") as f:
-    json.dump({"num_classes": len(names), "class_names": names,
-               "added": {"name": FLAGS.name, "support_images": len(pairs),
-                         "support_pixels": int(n)}}, f, indent=1)
-  print(f"added class {len(names) - 1} {FLAGS.name!r} from {len(pairs)} images ({n} embedding "
+    json.dump(record, f, indent=1)
+  print(f"added class {len(names) - 1} {name!r} from {len(pairs)} images ({n} embedding "
         f"pixels); wrote {output}/variables and classes.json")
 
 
@@ -138,12 +154,13 @@ def _define_flags():
   from ml_collections import config_flags
   flags.DEFINE_string("workdir", None, "Training directory with checkpoints.")
   flags.DEFINE_string("support", None, "Directory of <stem>.png|jpg images and <stem>_mask.png masks.")
-  flags.DEFINE_string("name", None, "Name of the new class.")
+  flags.DEFINE_string("name", None, "Name of the new class (default: the dataset's name of "
+                      "config.dataset.held_out_class).")
   flags.DEFINE_string("output", None, "Output directory (variables/ and classes.json).")
   flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step (default: latest).")
   config_flags.DEFINE_config_file("config", None, "Run config (configs/*.py[:variant]).",
                                   lock_config=True)
-  flags.mark_flags_as_required(["config", "workdir", "support", "name", "output"])
+  flags.mark_flags_as_required(["config", "workdir", "support", "output"])
 
 
 if __name__ == "__main__":
