@@ -46,7 +46,9 @@ MODELS = {
     "mit_b5": ("ade20k_mit_b5_proto", None),
 }
 DEFAULT = ("r101_fcn", "hrnet48", "swin_t", "swin_b", "mit_b2", "mit_b5")
-NUM_CLASSES = {"ade20k": 150, "cityscapes": 19, "coco_stuff164k": 171}
+# Class counts of the datasets (data.dataset_meta(name).num_classes, which needs
+# tensorflow_datasets; bench/suite.py must run without it).
+NUM_CLASSES = {"ade20k": 150, "cityscapes": 19, "coco_stuff164k": 171, "demo": 6}
 
 
 def parse_args(argv=None):

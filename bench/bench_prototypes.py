@@ -12,6 +12,9 @@ in JAX eager mode, and a floor: one jitted pass that reads the embeddings and
 the logits once.
 
   python bench/bench_prototypes.py [--n 65536 --c C --m 10 --d 720 --repeats 5] [--pieces]
+                                   [--torch-device cuda]
+
+`measure(...)` returns the same figures as a dict (bench/suite.py uses it).
 """
 
 from __future__ import annotations
@@ -73,27 +76,29 @@ def torch_official_loop(torch, F, protos, _c, masks, out_seg, gt_seg, gamma=0.99
   return F.normalize(protos, p=2, dim=-1), proto_target
 
 
-def main():
-  ap = argparse.ArgumentParser()
-  ap.add_argument("--n", type=int, default=65536)
-  ap.add_argument("--c", type=int, default=None, help="classes (default: ADE20K's)")
-  ap.add_argument("--m", type=int, default=10)
-  ap.add_argument("--d", type=int, default=720)
-  ap.add_argument("--repeats", type=int, default=5)
-  ap.add_argument("--skip-jax-loop", action="store_true")
-  ap.add_argument("--pieces", action="store_true",
-                  help="also time the main pieces of learn_prototypes, each jitted alone")
-  args = ap.parse_args()
+def _sync_timeit(fn, repeats, sync=lambda: None):
+  def run():
+    fn()
+    sync()
+  return _timeit(run, repeats)
 
+
+def measure(n: int, c: int, m: int = 10, d: int = 720, repeats: int = 5, *,
+            pieces: bool = False, jax_loop: bool = False, torch_device: str = "cpu") -> dict:
+  """Times learn_prototypes (jit, argmax and gumbel), the read-once floor and
+  the official-style PyTorch loop on the same random inputs.
+
+  Returns {"rows": [(what, seconds)], "pieces": [(what, seconds)], "t_torch",
+  "t_read", "t_argmax", "t_gumbel", "torch": version, "torch_device"}; times
+  are medians of `repeats` runs after a warm-up (the PyTorch loop:
+  max(1, repeats // 2) runs). torch_device: "cpu" or "cuda" (then each run
+  ends with torch.cuda.synchronize()).
+  """
   import jax
   import jax.numpy as jnp
   from protoseg_jax.prototypes import learn_prototypes, prototype_similarity
   from protoseg_jax.sinkhorn import sinkhorn_knopp
 
-  if args.c is None:
-    import data  # pylint: disable=g-import-not-at-top
-    args.c = data.dataset_meta("ade20k").num_classes
-  n, c, m, d = args.n, args.c, args.m, args.d
   rng = np.random.RandomState(0)
   protos = rng.randn(c, m, d).astype(np.float32)
   protos /= np.linalg.norm(protos, axis=-1, keepdims=True)
@@ -107,7 +112,6 @@ def main():
   good = (rng.rand(n) < 0.7) & (labels != 255)
   logits[np.nonzero(good)[0], labels[good]] += 5
 
-  dev = jax.devices()[0]
   p_j, e_j, l_j, y_j = map(jnp.asarray, (protos, emb, logits, labels))
   sim_j = jax.block_until_ready(jax.jit(prototype_similarity)(e_j, p_j))
 
@@ -121,15 +125,15 @@ def main():
       return r.prototypes, r.proto_targets, r.assignments, r.counts
     f = jax.jit(run)
     key = jax.random.key(0)
-    t = _timeit(lambda: jax.block_until_ready(f(p_j, e_j, l_j, y_j, sim_j, key)), args.repeats)
+    t = _timeit(lambda: jax.block_until_ready(f(p_j, e_j, l_j, y_j, sim_j, key)), repeats)
     rows.append((f"protoseg_jax learn_prototypes (jit, {mode})", t))
 
   read_once = jax.jit(lambda e, lg: jnp.sum(e, axis=0).sum() + jnp.sum(lg, axis=0).sum())
-  t_read = _timeit(lambda: jax.block_until_ready(read_once(e_j, l_j)), args.repeats)
+  t_read = _timeit(lambda: jax.block_until_ready(read_once(e_j, l_j)), repeats)
   rows.append(("floor: read embeddings + logits once (jit)", t_read))
 
-  pieces = []
-  if args.pieces:
+  piece_rows = []
+  if pieces:
     valid = (y_j >= 0) & (y_j < c)
     cls = jnp.where(valid, y_j, 0)
     own = jnp.take_along_axis(sim_j.reshape(n, c, m), cls[:, None, None], axis=1)[:, 0, :]
@@ -143,20 +147,24 @@ def main():
         ("sinkhorn_knopp on [N, M] (3 iterations)",
          lambda q, y: sinkhorn_knopp(q, jnp.where(valid, y, -1), c), (own, y_j))]:
       f = jax.jit(fn)
-      pieces.append((name, _timeit(lambda f=f, fargs=fargs: jax.block_until_ready(f(*fargs)),
-                                   args.repeats)))
+      piece_rows.append((name, _timeit(lambda f=f, fargs=fargs: jax.block_until_ready(f(*fargs)),
+                                       repeats)))
 
   import torch
   import torch.nn.functional as F
   torch.manual_seed(0)
-  tp, te, tl, ty = map(torch.from_numpy, (protos, emb, logits, labels.astype(np.int64)))
+  dev = torch.device(torch_device)
+  tp, te, tl, ty = (torch.from_numpy(a).to(dev)
+                    for a in (protos, emb, logits, labels.astype(np.int64)))
   ty = torch.where(ty == 255, torch.full_like(ty, -1), ty)
-  ts = torch.from_numpy(np.asarray(sim_j))
-  t_torch = _timeit(lambda: torch_official_loop(torch, F, tp, te, ts, tl, ty), max(1, args.repeats // 2))
-  rows.append(("official-style per-class loop (PyTorch eager)", t_torch))
+  ts = torch.from_numpy(np.array(sim_j)).to(dev)
+  sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+  t_torch = _sync_timeit(lambda: torch_official_loop(torch, F, tp, te, ts, tl, ty),
+                         max(1, repeats // 2), sync)
+  rows.append((f"official-style per-class loop (PyTorch eager, {dev.type})", t_torch))
 
-  if not args.skip_jax_loop:
-    def jax_loop():
+  if jax_loop:
+    def loop():
       out = np.array(protos)
       for k in range(c):
         idx = np.nonzero(labels == k)[0]
@@ -174,24 +182,50 @@ def main():
         f = jax.nn.one_hot(index, m).T @ (e_j[idx] * ok[:, None])
         out[k] = np.asarray(f)
       return out
-    t_jl = _timeit(jax_loop, 1)
-    rows.append(("same per-class loop in JAX eager", t_jl))
+    rows.append(("same per-class loop in JAX eager", _timeit(loop, 1)))
 
+  return {"rows": rows, "pieces": piece_rows, "t_torch": t_torch, "t_read": t_read,
+          "t_argmax": rows[0][1], "t_gumbel": rows[1][1], "torch": torch.__version__,
+          "torch_device": dev.type}
+
+
+def main():
+  ap = argparse.ArgumentParser()
+  ap.add_argument("--n", type=int, default=65536)
+  ap.add_argument("--c", type=int, default=None, help="classes (default: ADE20K's)")
+  ap.add_argument("--m", type=int, default=10)
+  ap.add_argument("--d", type=int, default=720)
+  ap.add_argument("--repeats", type=int, default=5)
+  ap.add_argument("--skip-jax-loop", action="store_true")
+  ap.add_argument("--pieces", action="store_true",
+                  help="also time the main pieces of learn_prototypes, each jitted alone")
+  ap.add_argument("--torch-device", default="cpu", help="cpu | cuda")
+  args = ap.parse_args()
+
+  import jax
+
+  if args.c is None:
+    import data  # pylint: disable=g-import-not-at-top
+    args.c = data.dataset_meta("ade20k").num_classes
+  res = measure(args.n, args.c, args.m, args.d, args.repeats, pieces=args.pieces,
+                jax_loop=not args.skip_jax_loop, torch_device=args.torch_device)
+  dev = jax.devices()[0]
   print(f"device: {dev.platform} ({dev.device_kind}), {os.cpu_count()} CPU cores, "
-        f"python {platform.python_version()}, jax {jax.__version__}, torch {torch.__version__}")
-  print(f"N={n} C={c} M={m} D={d}, similarity given, median of {args.repeats} runs\n")
+        f"python {platform.python_version()}, jax {jax.__version__}, torch {res['torch']}")
+  print(f"N={args.n} C={args.c} M={args.m} D={args.d}, similarity given, "
+        f"median of {args.repeats} runs\n")
   print(f"| {'what':<50} | {'ms':>9} |")
   print(f"|{'-' * 52}|{'-' * 11}|")
-  for name, t in rows:
+  for name, t in res["rows"]:
     print(f"| {name:<50} | {t * 1e3:9.1f} |")
-  print(f"\nspeed-up vs PyTorch loop: {t_torch / rows[1][1]:.1f}x (gumbel), "
-        f"{t_torch / rows[0][1]:.1f}x (argmax); "
-        f"time / read-once floor: {rows[1][1] / t_read:.2f}x (gumbel), {rows[0][1] / t_read:.2f}x (argmax)")
-  if pieces:
+  t_torch, t_read, t_a, t_g = res["t_torch"], res["t_read"], res["t_argmax"], res["t_gumbel"]
+  print(f"\nspeed-up vs PyTorch loop: {t_torch / t_g:.1f}x (gumbel), {t_torch / t_a:.1f}x (argmax); "
+        f"time / read-once floor: {t_g / t_read:.2f}x (gumbel), {t_a / t_read:.2f}x (argmax)")
+  if res["pieces"]:
     print(f"\npieces of learn_prototypes, each jitted alone, median of {args.repeats} runs\n")
     print(f"| {'piece':<50} | {'ms':>9} |")
     print(f"|{'-' * 52}|{'-' * 11}|")
-    for name, t in pieces:
+    for name, t in res["pieces"]:
       print(f"| {name:<50} | {t * 1e3:9.1f} |")
 
 

@@ -26,12 +26,15 @@ says `"skipped"` and why.
 
   python bench/bench_vocab.py [--pixels 65536] [--classes 150,847,3000,10000]
                               [--m 10] [--d 720] [--repeats 3] [--max-gb 12]
+                              [--losses library|fused|fused_max]
+  python bench/bench_vocab.py --check   # the --losses variants agree (max |diff| per output)
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import functools
 import json
 import os
 import platform
@@ -56,17 +59,65 @@ def layer_norm(x, scale, bias, eps=1e-5):
   return (x - mu) * jax.lax.rsqrt(var + eps) * scale + bias
 
 
-def protoseg_step(emb, protos, scale, bias, labels, rng):
+def _picked(x, idx):
+  """x[n, idx[n]] as a masked sum: no gather, so its gradient is an elementwise
+  select that fuses into its consumer, not a scatter into a zero [N, K] buffer."""
+  hit = jnp.arange(x.shape[-1], dtype=jnp.int32) == idx[..., None]
+  return jnp.sum(jnp.where(hit, x, 0.0), axis=-1)
+
+
+def cross_entropy_fused(logits, labels):
+  """losses.cross_entropy (no class weights, ignore = any id outside [0, K)) as
+  logsumexp(x) - x[label]: no [N, K] log_softmax or gather; the gradient is one
+  fused softmax(x) - onehot."""
+  k = logits.shape[-1]
+  valid = (labels >= 0) & (labels < k)
+  x = logits.astype(jnp.float32)
+  nll = jax.nn.logsumexp(x, axis=-1) - _picked(x, jnp.where(valid, labels, 0))
+  w = valid.astype(jnp.float32)
+  return jnp.sum(w * nll) / jnp.maximum(jnp.sum(w), 1e-12)
+
+
+def ppd_fused(proto_logits, proto_targets):
+  """losses.ppd_loss with `_picked` instead of take_along_axis."""
+  k = proto_logits.shape[-1]
+  valid = (proto_targets >= 0) & (proto_targets < k)
+  s = _picked(proto_logits.astype(jnp.float32), jnp.where(valid, proto_targets, 0))
+  sq = jnp.where(valid, jnp.square(1.0 - s), 0.0)
+  return jnp.sum(sq) / jnp.maximum(jnp.sum(valid), 1)
+
+
+def max_over_m_select(sim3):
+  """max over the last axis as x[argmax]: the gradient goes to the first maximum
+  through a select (jnp.max's gradient builds an f32 [N, C, M] tie mask and its
+  normaliser: extra [N, C*M] buffers)."""
+  idx = jnp.argmax(jax.lax.stop_gradient(sim3), axis=-1).astype(jnp.int32)
+  return _picked(sim3, idx)
+
+
+# (CE, PPC, PPD, max over M): the library's (protoseg_jax/losses.py, jnp.max),
+# the gather-free losses above ("fused"), and those with max_over_m_select too
+# ("fused_max"): proposed changes to losses.py / heads.py, measured here.
+LOSSES = {
+    "library": (lambda lg, y: losses.cross_entropy(lg, y, ignore_index=-1),
+                losses.ppc_loss, losses.ppd_loss, lambda x: jnp.max(x, axis=-1)),
+    "fused": (cross_entropy_fused, cross_entropy_fused, ppd_fused, lambda x: jnp.max(x, axis=-1)),
+    "fused_max": (cross_entropy_fused, cross_entropy_fused, ppd_fused, max_over_m_select),
+}
+
+
+def protoseg_step(emb, protos, scale, bias, labels, rng, loss_impl="library"):
   c, m, _ = protos.shape
+  ce_fn, ppc_fn, ppd_fn, max_m = LOSSES[loss_impl]
 
   def loss_fn(emb, scale, bias):
     sim = prototype_similarity(emb, protos)                    # [N, C*M]
-    scores = layer_norm(jnp.max(sim.reshape(-1, c, m), axis=-1), scale, bias)
+    scores = layer_norm(max_m(sim.reshape(-1, c, m)), scale, bias)
     res = learn_prototypes(protos, emb, scores, labels, rng=rng, similarity=sim,
                            ignore_index=-1)
-    ce = losses.cross_entropy(scores, labels, ignore_index=-1)
-    ppc = losses.ppc_loss(sim, res.proto_targets)
-    ppd = losses.ppd_loss(sim, res.proto_targets)
+    ce = ce_fn(scores, labels)
+    ppc = ppc_fn(sim, res.proto_targets)
+    ppd = ppd_fn(sim, res.proto_targets)
     return ce + 0.01 * ppc + 0.001 * ppd, res.prototypes
 
   (loss, new_protos), grads = jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True)(
@@ -74,9 +125,11 @@ def protoseg_step(emb, protos, scale, bias, labels, rng):
   return loss, new_protos, grads
 
 
-def linear_step(emb, kernel, bias, labels):
+def linear_step(emb, kernel, bias, labels, loss_impl="library"):
+  ce_fn = LOSSES[loss_impl][0]
+
   def loss_fn(emb, kernel, bias):
-    return losses.cross_entropy(emb @ kernel + bias, labels, ignore_index=-1)
+    return ce_fn(emb @ kernel + bias, labels)
   return jax.value_and_grad(loss_fn, argnums=(0, 1, 2))(emb, kernel, bias)
 
 
@@ -102,20 +155,20 @@ def timeit(fn, args, repeats) -> float:
   return float(np.median(ts))
 
 
-def run_size(head, c, n, m, d, repeats, max_bytes) -> dict:
+def run_size(head, c, n, m, d, repeats, max_bytes, loss_impl="library") -> dict:
   sds = jax.ShapeDtypeStruct
   f32, i32 = jnp.float32, jnp.int32
   proj = (d * d + d) * 2 + 2 * d    # proj_conv1, proj_conv2 (D_in = D), feat_norm
   if head == "protoseg":
-    fn = jax.jit(protoseg_step)
+    fn = jax.jit(functools.partial(protoseg_step, loss_impl=loss_impl))
     shapes = (sds((n, d), f32), sds((c, m, d), f32), sds((c,), f32), sds((c,), f32),
               sds((n,), i32), jax.eval_shape(lambda: jax.random.key(0)))
     rec = {"params_head": proj + 2 * c, "prototypes": c * m * d}
   else:
-    fn = jax.jit(linear_step)
+    fn = jax.jit(functools.partial(linear_step, loss_impl=loss_impl))
     shapes = (sds((n, d), f32), sds((d, c), f32), sds((c,), f32), sds((n,), i32))
     rec = {"params_head": d * c + c, "prototypes": 0}
-  rec = {"head": head, "C": c, "M": m if head == "protoseg" else None, "D": d, "N": n, **rec}
+  rec = {"head": head, "losses": loss_impl, "C": c, "M": m if head == "protoseg" else None, "D": d, "N": n, **rec}
   t0 = time.perf_counter()
   compiled = fn.lower(*shapes).compile()
   rec["compile_s"] = round(time.perf_counter() - t0, 2)
@@ -138,6 +191,25 @@ def run_size(head, c, n, m, d, repeats, max_bytes) -> dict:
   return rec
 
 
+def check_variants(n=512, c=40, m=10, d=32):
+  """Max |difference| of every output (loss, new prototypes, gradients) of each
+  --losses variant against "library", on one small random problem."""
+  k = jax.random.split(jax.random.key(0), 4)
+  emb = l2_normalize(jax.random.normal(k[0], (n, d)))
+  labels = jax.random.randint(k[1], (n,), -1, c)            # -1: ignored pixels
+  protos = l2_normalize(jax.random.normal(k[2], (c, m, d)))
+  proto_args = (emb, protos, jnp.full((c,), 1.3), jnp.full((c,), 0.1), labels, k[3])
+  lin_args = (emb, 0.1 * jax.random.normal(k[2], (d, c)), jnp.zeros((c,)), labels)
+  out = {}
+  for head, step, args in (("protoseg", protoseg_step, proto_args),
+                           ("linear", linear_step, lin_args)):
+    ref = jax.tree.leaves(jax.jit(functools.partial(step, loss_impl="library"))(*args))
+    for impl in LOSSES:
+      got = jax.tree.leaves(jax.jit(functools.partial(step, loss_impl=impl))(*args))
+      out[f"{head}/{impl}"] = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(ref, got)]
+  return out
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--pixels", type=int, default=65536, help="N pixels per step")
@@ -148,15 +220,22 @@ def main():
   ap.add_argument("--max-gb", type=float, default=12.0,
                   help="run only sizes whose estimated peak memory (GiB) is below this")
   ap.add_argument("--heads", default="protoseg,linear")
+  ap.add_argument("--losses", default="library", choices=sorted(LOSSES),
+                  help="library: protoseg_jax.losses; fused: the gather-free CE/PPC/PPD above")
+  ap.add_argument("--check", action="store_true",
+                  help="only compare the --losses variants on a small problem and exit")
   a = ap.parse_args()
+  if a.check:
+    print(json.dumps(check_variants()))
+    return
   dev = jax.devices()[0]
   print(json.dumps({"date": datetime.date.today().isoformat(), "jax": jax.__version__,
                     "device": f"{dev.platform}:{dev.device_kind}", "machine": platform.machine(),
                     "cpus": os.cpu_count()}), flush=True)
   for c in [int(x) for x in a.classes.split(",")]:
     for head in a.heads.split(","):
-      print(json.dumps(run_size(head, c, a.pixels, a.m, a.d, a.repeats, a.max_gb * 2**30)),
-            flush=True)
+      print(json.dumps(run_size(head, c, a.pixels, a.m, a.d, a.repeats, a.max_gb * 2**30,
+                                a.losses)), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,125 @@
+"""Memory saved by backbone remat (config.model.remat): XLA's compiled estimate.
+
+  export XLA_FLAGS=--xla_disable_hlo_passes=cse_barrier_expander   # on a CPU, see below
+  python bench/bench_remat.py --config=configs/cityscapes_hrnet48_proto.py \
+      --num_classes=19 --batch=2 --crop=512,1024 --remat=none,stage,block
+  python bench/bench_remat.py --config=configs/cityscapes_swin_b_proto.py \
+      --num_classes=19 --batch=2 --crop=512,1024 --remat=none,stage,block
+
+For each remat setting, builds the run config's model, abstract train state
+(shapes only: nothing is initialised or executed) and the jitted, donated
+train step of the library (`train.train_step` jitted and donated as
+`train.make_train_step` does: forward, losses,
+gradient, prototype update, optimizer update) on one device, compiles it for
+a random-shaped batch and prints one JSON line with XLA's
+`compiled.memory_analysis()`: temp bytes (the activations and other scratch
+buffers the step needs beside its arguments and outputs; what remat
+reduces), argument, output and alias bytes, the peak estimate
+(argument + output + temp - alias), the compile seconds and the step's
+FLOPs from `cost_analysis()` (recomputation shows up there). Nothing is run,
+so this works on a CPU for models whose step would take minutes.
+
+XLA:CPU undoes remat by default: its pipeline starts by expanding the
+optimization barriers that `jax.checkpoint(prevent_cse=True)` puts around
+the recomputation (pass `cse_barrier_expander`), after which common
+subexpression elimination merges the recomputation with the forward pass
+and every activation is stored again (temp bytes equal to, or above, those
+without remat). Disable that pass (the export above) to see what remat does
+on a backend that keeps the barriers. Each JSON line records XLA_FLAGS and
+`barriers_kept`, the number of `opt-barrier` instructions left in the
+compiled program (0 with remat on: the remat was undone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from bench.bench_train_step import load_config, num_classes_of  # noqa: E402
+from protoseg_jax import sharding, train  # noqa: E402
+from protoseg_jax.models.segmentor import build_model  # noqa: E402
+
+
+def abstract_state(config, model, mesh, image_shape):
+  """(TrainState of ShapeDtypeStructs, tx, schedule): create_train_state traced, not run."""
+  found = {}
+
+  def make():
+    state, tx, schedule = train.create_train_state(config, model, mesh, image_shape)
+    found.update(tx=tx, schedule=schedule)
+    return state
+
+  state = jax.eval_shape(make)
+  return state, found["tx"], found["schedule"]
+
+
+def measure(config, num_classes: int, batch: int, crop: tuple[int, int], remat: str) -> dict:
+  config = config.copy_and_resolve_references()
+  config.model.remat = remat
+  model = build_model(config, num_classes)
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  state, tx, schedule = abstract_state(config, model, mesh, (1, crop[0], crop[1], 3))
+  # As train.make_train_step on one device (its jit, unwrapped; the mesh set
+  # for a per-device prototype update).
+  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
+                                   config=config), donate_argnums=0)
+  images = jax.ShapeDtypeStruct((batch, crop[0], crop[1], 3), jnp.float32)
+  labels = jax.ShapeDtypeStruct((batch, crop[0], crop[1]), jnp.int32)
+  t0 = time.time()
+  with jax.set_mesh(mesh):
+    compiled = step.lower(state, {"image": images, "label": labels}).compile()
+  seconds = time.time() - t0
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  arg, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
+  temp, alias = int(mem.temp_size_in_bytes), int(mem.alias_size_in_bytes)
+  return {
+      "backbone": config.model.backbone, "decoder": config.model.decoder,
+      "dtype": config.model.dtype, "batch": batch, "crop": list(crop), "remat": remat,
+      "temp_bytes": temp, "argument_bytes": arg, "output_bytes": out, "alias_bytes": alias,
+      "peak_estimate_bytes": arg + out + temp - alias,
+      "temp_gib": round(temp / 2**30, 3),
+      "gflops": round(float(cost.get("flops", float("nan"))) / 1e9, 1),
+      "compile_s": round(seconds, 1),
+      "barriers_kept": compiled.as_text().count("opt-barrier"),
+      "device": jax.devices()[0].device_kind,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+  }
+
+
+def main(argv=None):
+  p = argparse.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+  p.add_argument("--config", default="configs/cityscapes_hrnet48_proto.py")
+  p.add_argument("--num_classes", type=int, default=None,
+                 help="class count (default: the dataset's, which needs tensorflow_datasets)")
+  p.add_argument("--batch", type=int, default=2, help="batch on the one device")
+  p.add_argument("--crop", default=None, help="h,w (default: the config's crop_size)")
+  p.add_argument("--dtype", default=None, help="model.dtype (default: the config's)")
+  p.add_argument("--remat", default="none,stage,block",
+                 help="remat settings to compare, separated by ';' or ',' (e.g. 'none;block:3,4')")
+  args = p.parse_args(argv)
+  config = load_config(args.config)
+  if args.dtype:
+    config.model.dtype = args.dtype
+  crop = tuple(int(v) for v in args.crop.split(",")) if args.crop else tuple(config.dataset.crop_size)
+  num_classes = num_classes_of(config, args.num_classes)
+  sep = ";" if ";" in args.remat else ","
+  for remat in [r.strip() for r in args.remat.split(sep) if r.strip()]:
+    rec = measure(config, num_classes, args.batch, crop, remat)
+    rec["config"] = args.config
+    print(json.dumps(rec), flush=True)
+
+
+if __name__ == "__main__":
+  main()
