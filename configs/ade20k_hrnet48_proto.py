@@ -15,12 +15,12 @@ Evaluation: whole image, rescaled keeping ratio to (2048, 512) (short side
 512, long side at most 2048), on the guaranteed ADE20K canvases of
 configs/datasets.py (see there for `input_pipeline.scan_eval_sizes`, which
 gives tighter, much cheaper ones on the prepared split).
-Variants: "runlocal".
+Variants: "fsdp" (FSDP sharding), "runlocal".
 """
 
 from configs import datasets, default, models
 
-VARIANTS = ("runlocal",)
+VARIANTS = ("fsdp", "runlocal")
 
 
 def get_config(arg=None):

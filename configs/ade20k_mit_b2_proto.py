@@ -14,12 +14,12 @@ Decoder width: 768 for B2-B5 and 256 for B0/B1, as in the official SegFormer
 port keeps 256 for every size (add
 `--config.model.decoder_kwargs.channels=256 --config.protoseg.embed_dim=256`).
 Eval as in ade20k_hrnet48_proto.py (whole image, short side 512).
-Variants: "mit_b0" .. "mit_b5" (default here b2), "runlocal".
+Variants: "mit_b0" .. "mit_b5" (default here b2), "fsdp" (FSDP sharding), "runlocal".
 """
 
 from configs import datasets, default, models
 
-VARIANTS = (*models.MIT_ARCHS, "runlocal")
+VARIANTS = (*models.MIT_ARCHS, "fsdp", "runlocal")
 
 
 def get_config(arg=None):

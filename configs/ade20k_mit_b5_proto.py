@@ -3,12 +3,12 @@ MiT-B5 (mmseg segformer_mit-b5_512x512_160k_ade20k: same schedule; 768-wide head
 
   python main.py --config=configs/ade20k_mit_b5_proto.py --workdir=DIR
 
-Variants: "runlocal".
+Variants: "fsdp" (FSDP sharding), "runlocal".
 """
 
 from configs import datasets, default, models
 
-VARIANTS = ("runlocal",)
+VARIANTS = ("fsdp", "runlocal")
 
 
 def get_config(arg=None):

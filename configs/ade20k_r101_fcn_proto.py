@@ -11,12 +11,12 @@ iterations, batch 16, crop 512x512, PhotoMetricDistortion, align_corners
 False. The ProtoSeg head replaces the main classifier (D = 512, the FCN
 width); the auxiliary head stays a linear classifier, as in the paper's
 mmseg-based runs. Eval as in ade20k_hrnet48_proto.py.
-Variants: "runlocal".
+Variants: "fsdp" (FSDP sharding), "runlocal".
 """
 
 from configs import datasets, default, models
 
-VARIANTS = ("runlocal",)
+VARIANTS = ("fsdp", "runlocal")
 
 
 def get_config(arg=None):

@@ -16,12 +16,12 @@ lr 6e-5 betas (0.9, 0.999) wd 0.01 with no decay on norms, position tables
 warm-up 1500 iterations from 1e-6 * lr, then poly power 1.0 to 0, 160k
 iterations, batch 16, crop 512x512, align_corners False. ProtoSeg head on the
 UPerHead output: D = 512. Eval as in ade20k_hrnet48_proto.py.
-Variants (comma-separated): "swin_t" | "swin_b", "runlocal".
+Variants (comma-separated): "swin_t" | "swin_b", "fsdp" (FSDP sharding), "runlocal".
 """
 
 from configs import datasets, default, models
 
-VARIANTS = (*models.SWIN_ARCHS, "runlocal")
+VARIANTS = (*models.SWIN_ARCHS, "fsdp", "runlocal")
 
 
 def get_config(arg=None):

@@ -74,12 +74,12 @@ Differences from the official training:
   nn.Parameter the optimizer keeps (prototype_learning swaps in a new one
   with requires_grad=False), so it never reaches the live prototypes; here
   their gradient is stopped.
-Variants (comma-separated arg): "runlocal" (a few tiny steps on a laptop).
+Variants (comma-separated arg): "fsdp" (FSDP sharding), "runlocal" (a few tiny steps on a laptop).
 """
 
 from configs import datasets, default, models
 
-VARIANTS = ("runlocal",)
+VARIANTS = ("fsdp", "runlocal")
 
 
 def get_config(arg=None):

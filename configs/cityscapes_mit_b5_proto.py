@@ -11,12 +11,12 @@ head lr x10, no decay on norms/position blocks (here also biases), warm-up
 align_corners False; test: sliding window 1024x1024, stride 768, on the
 2048x1024 image (the window grid tiles the 1024x2048 canvas exactly, so it is
 mmseg's grid). ProtoSeg head: D = 768.
-Variants: "runlocal" (also a 512x512 window, stride 384).
+Variants: "fsdp" (FSDP sharding), "runlocal" (also a 512x512 window, stride 384).
 """
 
 from configs import datasets, default, models
 
-VARIANTS = ("runlocal",)
+VARIANTS = ("fsdp", "runlocal")
 
 
 def get_config(arg=None):

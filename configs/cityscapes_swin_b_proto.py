@@ -9,12 +9,12 @@ biases and position tables, warm-up 1500 then poly 1.0) on mmseg's standard
 Cityscapes data pipeline and length: 80k iterations, batch 8, crop 512x1024
 (h, w), random rescale 0.5-2.0 of (2048, 1024), flip, PhotoMetricDistortion,
 whole-image test at 2048x1024, no class weights, align_corners False.
-Variants: "swin_t" | "swin_b" (default), "runlocal".
+Variants: "swin_t" | "swin_b" (default), "fsdp" (FSDP sharding), "runlocal".
 """
 
 from configs import datasets, default, models
 
-VARIANTS = (*models.SWIN_ARCHS, "runlocal")
+VARIANTS = (*models.SWIN_ARCHS, "fsdp", "runlocal")
 
 
 def get_config(arg=None):

@@ -14,12 +14,12 @@ Evaluation: whole image rescaled keeping ratio to (2048, 512), on the
 guaranteed COCO canvases of configs/datasets.py (original labels (640, 640),
 rescaled images (2048, 2048)); `input_pipeline.scan_eval_sizes(config)` on
 the prepared val2017 split gives the tight canvas.
-Variants: "160k", "runlocal".
+Variants: "160k", "fsdp" (FSDP sharding), "runlocal".
 """
 
 from configs import datasets, default, models
 
-VARIANTS = ("160k", "runlocal")
+VARIANTS = ("160k", "fsdp", "runlocal")
 
 
 def get_config(arg=None):

@@ -7,12 +7,12 @@ warm-up 1500, poly 1.0, aux FCN 0.4, D = 512) on mmseg's COCO-Stuff 164k
 pipeline (batch 16, crop 512x512, rescale 0.5-2.0 of (2048, 512)) for 80k
 iterations (mmseg's shorter COCO-Stuff 164k schedule; variant "160k": 160k).
 Eval as in coco_stuff164k_hrnet48_proto.py.
-Variants: "swin_t" | "swin_b" (default), "160k", "runlocal".
+Variants: "swin_t" | "swin_b" (default), "160k", "fsdp" (FSDP sharding), "runlocal".
 """
 
 from configs import datasets, default, models
 
-VARIANTS = (*models.SWIN_ARCHS, "160k", "runlocal")
+VARIANTS = (*models.SWIN_ARCHS, "160k", "fsdp", "runlocal")
 
 
 def get_config(arg=None):

@@ -28,8 +28,12 @@ def get_config():
   config.eval_every_steps = 8_000
   config.checkpoint_every_steps = 4_000
   config.keep_checkpoints = 3           # the last K checkpoints are kept
+  config.max_consecutive_nonfinite = 10 # a step with a non-finite loss/gradient is skipped (counted in
+                                        # train/nonfinite_steps); this many in a row stop the run with
+                                        # FloatingPointError (checked at log steps); 0: never stop
   config.max_eval_batches = -1          # -1: the whole eval split
   config.init_from = ""                 # dir written by `python -m protoseg_jax.convert` (backbone weights)
+  config.compilation_cache_dir = ""      # JAX persistent compilation cache: "" = DIR/compilation_cache, "off", or a dir
   config.init_from_scope = "backbone"   # backbone | all (a whole converted model, e.g. official ProtoSeg)
 
   # Data: read by protoseg_jax.input_pipeline.
@@ -40,6 +44,9 @@ def get_config():
   ds.builder_config = ml_collections.FieldReference(None, field_type=str)
   ds.train_split = "train"
   ds.eval_split = "validation"
+  ds.held_out_class = -1                # a class id: train without it (its labels -> ignore, ids above
+                                        # it down by one; protoseg_jax/held_out.py), add it back later
+                                        # with protoseg_jax.add_class; -1: all classes
   ds.crop_size = (512, 1024)            # (h, w)
   ds.scale = (2048, 1024)               # mmseg img_scale (long, short) for the keep-ratio rescale
   ds.ratio_range = (0.5, 2.0)
@@ -59,6 +66,15 @@ def get_config():
   ds.num_parallel_calls = -1            # tf.data map parallelism; -1: AUTOTUNE
   ds.prefetch = 2
 
+  # Sharding over the 1-D "data" mesh (protoseg_jax/sharding.py): the batch is
+  # split; params follow the first (regex, strategy) rule that fully matches
+  # their path ('backbone/stage2/.../kernel'): "replicate" (data parallel) or
+  # "fsdp" (param + optimizer state split over the data axis; `set_fsdp`).
+  # Prototypes and BatchNorm statistics are always replicated.
+  config.sharding = ml_collections.ConfigDict()
+  config.sharding.rules = ((".*", "replicate"),)
+  config.sharding.fsdp_min_size = 2**14   # fsdp leaves smaller params replicated
+
   # Model: backbone -> decoder -> head (+ optional auxiliary FCN head).
   config.model = ml_collections.ConfigDict()
   m = config.model
@@ -72,6 +88,9 @@ def get_config():
   m.aux_channels = 256
   m.align_corners = True                # CE upsampling convention (official HRNet: True; mmseg: False)
   m.dtype = "float32"                   # compute dtype; "bfloat16" keeps params in float32
+  m.remat = "none"                      # backbone activation checkpointing: none | stage | block,
+                                        # or per stage: "block:3,4", "stage:1,2;block:3,4"
+                                        # (models/layers.remat_plan; docs/benchmarks.md)
 
   # ProtoSeg head and prototype learning (PROTOSEG.md).
   config.protoseg = ml_collections.ConfigDict()
@@ -130,6 +149,20 @@ def get_config():
   e.resize = "bilinear"                 # logits -> label size: bilinear (mmseg) | bilinear_align_corners (openseg tester) | bicubic (openseg val)
   e.merge = "mean_softmax"              # multi-pass merge: mean_softmax (mmseg) | sum_logits (openseg ms_test)
   e.log_every_batches = 50
+  e.proto_usage_batches = 8             # eval batches (at most) whose pixels give val/proto_* (which
+                                        # prototypes the eval pixels retrieve; one extra forward pass
+                                        # each); -1: all the evaluation's batches, 0: off
+
+  # Testing switches (fault injection; the compiled train step is the same either way).
+  config.debug = ml_collections.ConfigDict()
+  config.debug.nan_steps = ()           # steps (as numbered in metrics.jsonl) trained on all-NaN
+                                        # images (non-finite loss and gradients), e.g. (3, 4)
+
+  # Predict on your own images (protoseg_jax/predict.py, main.py --mode=predict).
+  config.predict = ml_collections.ConfigDict()
+  config.predict.max_pixels = 4096 * 4096  # larger inputs are refused by name (from the header,
+                                           # before decoding; scores of a 16.8 MP image with 150
+                                           # classes take 10 GB); 0: no limit
   return config
 
 
@@ -152,10 +185,12 @@ def choose_one(variants: set, options, default: str, what: str) -> str:
 
 def apply_variants(config, variants: set):
   """The variants every run may declare in its VARIANTS: "160k" (the run's
-  schedule for 160k iterations, evaluated as often as before) and "runlocal"
-  (`runlocal`). Run-specific variants are applied by the run itself."""
+  schedule for 160k iterations, evaluated as often as before), "fsdp"
+  (`set_fsdp`) and "runlocal" (`runlocal`). Run-specific variants are applied by the run itself."""
   if "160k" in variants:
     config.num_train_steps = 160_000
+  if "fsdp" in variants:
+    set_fsdp(config)
   if "runlocal" in variants:
     runlocal(config)
   return config
@@ -163,11 +198,13 @@ def apply_variants(config, variants: set):
 
 def runlocal(config):
   """Shrink a run to a few tiny steps (smoke test on a laptop CPU): crops 128
-  high with the run's crop aspect ratio (512x1024 -> 128x256). The eval
-  canvases stay: the dataset's images must still fit them."""
+  high with the run's crop aspect ratio (512x1024 -> 128x256), the lr warm-up
+  cut to the run's length. The eval canvases stay: the dataset's images must
+  still fit them."""
   h, w = config.dataset.crop_size
   crop = (128, 128 * w // h)
   config.num_train_steps = 4
+  config.optim.warmup_steps = min(config.optim.warmup_steps, config.num_train_steps)
   config.batch_size = 2
   config.eval_batch_size = 1
   config.log_every_steps = 1
@@ -176,6 +213,13 @@ def runlocal(config):
   config.max_eval_batches = 2
   config.dataset.crop_size = crop
   config.dataset.shuffle_buffer = 16
+  return config
+
+
+def set_fsdp(config):
+  """FSDP: every parameter with >= fsdp_min_size elements (and its optimizer
+  state) sharded over the data axis; for Swin-L / MiT-B5 at large batch."""
+  config.sharding.rules = ((".*", "fsdp"),)
   return config
 
 

@@ -7,14 +7,18 @@ ProtoSeg head for a few minutes on 2 CPU cores and evaluates it.
 
 Variant "runlocal" (`--config=configs/demo.py:runlocal`): the smallest real
 run, in seconds: the demo's "tiny" builder config (a few dozen scenes), 64x64
-crops, 2 steps of batch 8 with a checkpoint and an evaluation at the end,
-M=2 prototypes of 16 dimensions. The tests' tiny runs start from it.
+crops, 2 steps of batch 8 (lr warm-up cut to 2 steps) with a checkpoint and
+an evaluation at the end (without the val/proto_* usage pass), M=2
+prototypes of 16 dimensions. The tests' tiny runs start from it.
+
+Variant "fsdp": parameters and optimizer state sharded over the devices
+(configs/default.py:set_fsdp), e.g. `--config=configs/demo.py:fsdp`.
 """
 
 from configs import datasets, default
 
 
-VARIANTS = ("runlocal",)
+VARIANTS = ("fsdp", "runlocal")
 
 
 def get_config(arg=None):
@@ -39,6 +43,8 @@ def get_config(arg=None):
   config.eval_every_steps = 200
   config.checkpoint_every_steps = 200
   config.keep_checkpoints = 2
+  if "fsdp" in variants:
+    default.set_fsdp(config)
   if "runlocal" in variants:
     runlocal(config)
   return config
@@ -51,10 +57,12 @@ def runlocal(config):
   config.batch_size = 8
   config.eval_batch_size = 8
   config.num_train_steps = 2
+  config.optim.warmup_steps = 2   # the lr warm-up may not be longer than the run
   config.log_every_steps = 1
   config.eval_every_steps = 2
   config.checkpoint_every_steps = 2
   config.keep_checkpoints = 5
   config.protoseg.num_prototypes = 2
   config.protoseg.embed_dim = 16
+  config.eval.proto_usage_batches = 0   # no val/proto_* usage pass (a second compile)
   return config

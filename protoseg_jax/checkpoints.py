@@ -31,10 +31,14 @@ INIT_FROM_SCOPES = ("backbone", "all")
 # --- train-state checkpoints --------------------------------------------------
 
 def checkpoint_manager(workdir: str, config, *, read_only: bool = False) -> ocp.CheckpointManager:
-  """Keeps the last `config.keep_checkpoints` steps; asynchronous saves unless read-only."""
+  """Keeps the last `config.keep_checkpoints` steps; asynchronous saves unless read-only.
+
+  Unless read-only, removes the unfinished save a killed run left behind
+  (`<step>.orbax-checkpoint-tmp*`; never restored) when it opens.
+  """
   options = ocp.CheckpointManagerOptions(
       max_to_keep=int(config.keep_checkpoints), create=not read_only,
-      enable_async_checkpointing=not read_only)
+      enable_async_checkpointing=not read_only, cleanup_tmp_directories=not read_only)
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
                                options=options)
 

@@ -27,8 +27,9 @@ statistic L2-normalises P along D first, as the head does):
 
 All functions are pure jax.numpy (jit-able) and also take NumPy arrays.
 `scalars(prototypes, prefix)` gives the cheap prototype-only numbers for a
-training log; `main` prints the per-class table of a checkpoint or of a
-converted model:
+training log; `eval_summaries` the `val/proto_*` entries of an evaluation
+(usage counts over eval batches, `make_usage_step` jitted on device);
+`main` prints the per-class table of a checkpoint or of a converted model:
 
   python -m protoseg_jax.diagnostics --config=configs/X.py --workdir=DIR [--checkpoint_step=N]
   python -m protoseg_jax.diagnostics --config=configs/X.py --variables=CONVERTED_DIR
@@ -41,6 +42,7 @@ import math
 import os
 from typing import Any, Optional
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -114,8 +116,11 @@ def retrieved_prototype(prototypes, embeddings, labels) -> jnp.ndarray:
   e = jnp.asarray(embeddings, jnp.float32).reshape(-1, d)
   y = jnp.asarray(labels).reshape(-1)
   valid = (y >= 0) & (y < c)
-  own = p[jnp.where(valid, y, 0)]                       # [N, M, D]
-  idx = jnp.argmax(jnp.einsum("nd,nmd->nm", e, own), axis=-1)
+  # The head's [N, C*M] similarity, then the pixel's own class's M columns
+  # (no [N, M, D] gather of prototypes: that is D times larger).
+  sim = (e @ p.reshape(c * m, d).T).reshape(-1, c, m)
+  own = jnp.take_along_axis(sim, jnp.where(valid, y, 0)[:, None, None], axis=1)[:, 0]
+  idx = jnp.argmax(own, axis=-1)
   return jnp.where(valid, idx, -1).reshape(jnp.shape(labels))
 
 
@@ -174,11 +179,17 @@ def scalars(prototypes, prefix: str = "train", *, embeddings=None, labels=None,
   if (embeddings is None) != (labels is None):
     raise ValueError("give both embeddings and labels, or neither")
   if embeddings is not None:
-    counts = usage_counts(p, embeddings, labels)
-    present = present_classes(counts)
-    used = jnp.sum(jnp.where(present, used_prototypes(counts, min_fraction), 0))
-    out[f"{prefix}/proto_used_frac"] = used / jnp.maximum(m * jnp.sum(present), 1)
+    out[f"{prefix}/proto_used_frac"] = used_fraction(usage_counts(p, embeddings, labels),
+                                                     min_fraction)
   return out
+
+
+def used_fraction(counts, min_fraction: float = 0.0) -> jnp.ndarray:
+  """Used prototypes / (M * classes present), over the classes present in counts [C, M]."""
+  counts = jnp.asarray(counts)
+  present = present_classes(counts)
+  used = jnp.sum(jnp.where(present, used_prototypes(counts, min_fraction), 0))
+  return used / jnp.maximum(counts.shape[-1] * jnp.sum(present), 1)
 
 
 # --- embeddings of a Segmentor with the ProtoSeg head ------------------------------
@@ -213,30 +224,134 @@ def labels_at(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return labels[rows][:, cols]
 
 
+def make_usage_step(model, label_lut=None):
+  """`(variables, batch) -> (int32 [C, M] usage counts, int32 images)` of one
+  eval batch (input_pipeline's dict: image, image_hw, label, label_hw, mask);
+  jit-able, every size per example is data.
+
+  Each example's embeddings [h, w] cover the whole canvas [Hc, Wc]; its
+  image's part is the first fh = ceil(image_h * h / Hc) rows and
+  fw = ceil(image_w * w / Wc) columns, and its original-size label is
+  resized to (fh, fw) with PyTorch `nearest` (row i <- floor(i * label_h /
+  fh)), as `labels_at`. Pixels outside that part and masked rows count
+  nowhere. label_lut (int [L], e.g. `held_out.label_lut`): dataset label ->
+  model class, for a model whose classes are not the dataset's.
+  """
+  lut = None if label_lut is None else jnp.asarray(label_lut, jnp.int32)
+
+  def step(variables, batch):
+    emb = embed(model, variables, batch["image"])[1]             # [B, h, w, D]
+    _, h, w, _ = emb.shape
+    hc, wc = batch["image"].shape[1:3]
+    hl, wl = batch["label"].shape[1:3]
+    ihw = batch["image_hw"].astype(jnp.int32)
+    lhw = batch["label_hw"].astype(jnp.int32)
+    fh = (ihw[:, 0] * h + hc - 1) // hc
+    fw = (ihw[:, 1] * w + wc - 1) // wc
+    i, j = jnp.arange(h), jnp.arange(w)
+
+    def one(label, fh, fw, lh, lw, keep):
+      rows = jnp.minimum(i * lh // jnp.maximum(fh, 1), hl - 1)
+      cols = jnp.minimum(j * lw // jnp.maximum(fw, 1), wl - 1)
+      y = label[rows[:, None], cols[None, :]].astype(jnp.int32)
+      if lut is not None:
+        inside_lut = (y >= 0) & (y < lut.shape[0])
+        y = jnp.where(inside_lut, lut[jnp.clip(y, 0, lut.shape[0] - 1)], -1)
+      inside = (i[:, None] < fh) & (j[None, :] < fw) & keep
+      return jnp.where(inside, y, -1)
+
+    labels = jax.vmap(one)(batch["label"], fh, fw, lhw[:, 0], lhw[:, 1],
+                           batch["mask"].astype(bool))
+    counts = usage_counts(variables["prototypes"], emb, labels)
+    return counts, jnp.sum(batch["mask"].astype(jnp.int32))
+
+  return step
+
+
+def _host_int64(x) -> np.ndarray:
+  """A replicated (possibly multi-host) array as an int64 host array."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = x.addressable_data(0)
+  return np.asarray(jax.device_get(x)).astype(np.int64)
+
+
 def eval_usage_counts(model, variables, batches, num_classes: int, num_prototypes: int,
-                      num_batches: int) -> tuple[np.ndarray, int]:
-  """[C, M] usage counts over `num_batches` eval batches (input_pipeline's
-  dict with image_hw / label_hw / mask); each example's embeddings are cut to
-  its image and its label resized (nearest) to that size. -> (counts, images)."""
-  fn = jax.jit(lambda v, x: embed(model, v, x)[1])
+                      num_batches: Optional[int], *, label_lut=None) -> tuple[np.ndarray, int]:
+  """[C, M] usage counts over the first `num_batches` eval batches (None or
+  -1: all) and the number of images counted (`make_usage_step`, jitted;
+  global batches sharded over a mesh give replicated counts on every host)."""
   protos = prototype_array(variables["prototypes"])
+  if protos.shape[:2] != (num_classes, num_prototypes):
+    raise ValueError(f"the prototypes are {protos.shape[:2]}, expected "
+                     f"({num_classes}, {num_prototypes})")
   counts = np.zeros((num_classes, num_prototypes), np.int64)
   images = 0
+  step = None
   for i, batch in enumerate(batches):
-    if i >= num_batches:
+    if num_batches is not None and 0 <= num_batches <= i:
       break
-    emb = np.asarray(jax.device_get(fn(variables, batch["image"])))
-    host = jax.device_get({k: batch[k] for k in ("image_hw", "label", "label_hw", "mask")})
-    stride = batch["image"].shape[1] / emb.shape[1]
-    for b in range(emb.shape[0]):
-      if not host["mask"][b]:
-        continue
-      fh, fw = (math.ceil(int(s) / stride) for s in host["image_hw"][b])
-      lh, lw = (int(s) for s in host["label_hw"][b])
-      lab = labels_at(np.asarray(host["label"][b][:lh, :lw]), (fh, fw))
-      counts += np.asarray(usage_counts(protos, emb[b, :fh, :fw], lab))
-      images += 1
+    if step is None:
+      kw = {}
+      sh = getattr(batch["image"], "sharding", None)
+      if isinstance(sh, jax.sharding.NamedSharding):
+        kw["out_shardings"] = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec())
+      step = jax.jit(make_usage_step(model, label_lut), **kw)
+    c, n = step(variables, batch)
+    counts += _host_int64(c)
+    images += int(_host_int64(n))
   return counts, images
+
+
+def usage_summaries(counts, images: int, class_names, prefix: str = "val",
+                    min_fraction: float = 0.0) -> tuple[dict, dict]:
+  """(metrics.jsonl record, TensorBoard scalars) of usage counts [C, M]:
+
+    <prefix>/proto_used_frac  used prototypes / (M * classes present)
+    <prefix>/proto_used       {class: prototypes used by its pixels; None
+                              when it has no pixel}; TensorBoard:
+                              <prefix>/proto_used/<class>
+    <prefix>/proto_usage      {class: [fraction of its pixels retrieving
+                              prototype m, m < M]; None when no pixel}
+                              (metrics.jsonl only: C*M numbers)
+    <prefix>/proto_images     images the counts come from
+  """
+  counts = np.asarray(counts)
+  prefix = prefix.rstrip("/")
+  present = np.asarray(present_classes(counts))
+  used = np.asarray(used_prototypes(counts, min_fraction))
+  frac = np.asarray(usage_fraction(counts))
+  names = list(class_names)
+  if len(names) != counts.shape[0]:
+    raise ValueError(f"{len(names)} class names for {counts.shape[0]} classes")
+  used_frac = float(used_fraction(counts, min_fraction))
+  record = {f"{prefix}/proto_used_frac": used_frac,
+            f"{prefix}/proto_images": int(images),
+            f"{prefix}/proto_used": {n: int(used[c]) if present[c] else None
+                                     for c, n in enumerate(names)},
+            f"{prefix}/proto_usage": {n: [round(float(f), 6) for f in frac[c]] if present[c]
+                                      else None for c, n in enumerate(names)}}
+  tb = {f"{prefix}/proto_used_frac": used_frac}
+  tb.update({f"{prefix}/proto_used/{n}": int(used[c]) for c, n in enumerate(names) if present[c]})
+  return record, tb
+
+
+def eval_summaries(config, model, variables, batches, class_names, *, label_lut=None,
+                   prefix: str = "val") -> tuple[dict, dict]:
+  """The `<prefix>/proto_*` entries of an evaluation: `scalars` of the
+  prototypes and `usage_summaries` of the usage counts over at most
+  config.eval.proto_usage_batches eval batches (-1: all; also at most
+  config.max_eval_batches when that is >= 0). -> (metrics.jsonl record,
+  TensorBoard scalars). class_names: the model's, in output order."""
+  protos = prototype_array(variables["prototypes"])
+  limits = [int(n) for n in (config.eval.proto_usage_batches, config.max_eval_batches)
+            if n is not None and int(n) >= 0]
+  counts, images = eval_usage_counts(model, variables, batches, *protos.shape[:2],
+                                     min(limits) if limits else None, label_lut=label_lut)
+  record, tb = usage_summaries(counts, images, class_names, prefix)
+  cheap = {k: float(v) for k, v in scalars(protos, prefix).items()}
+  logging.info("prototype usage over %d eval images:\n%s", images,
+               format_table(protos, class_names, counts))
+  return {**cheap, **record}, {**cheap, **tb}
 
 
 # --- the table ------------------------------------------------------------------------
@@ -295,13 +410,14 @@ def load_model_variables(config, workdir: Optional[str], checkpoint_step: Option
   """(model, variables (host arrays), DatasetMeta) of the latest (or
   `checkpoint_step`) checkpoint in `workdir`, or of converted weights in
   `variables_dir`. The class facts (names, palette) come from the dataset's
-  builder class: no prepared data needed."""
+  builder class: no prepared data needed. The model has as many classes as
+  the variables have prototypes (a model trained with
+  config.dataset.held_out_class or extended by protoseg_jax.add_class)."""
   import data
   import orbax.checkpoint as ocp
   from protoseg_jax import checkpoints
   from protoseg_jax.models.segmentor import build_model
   meta = data.dataset_meta(config.dataset.name)
-  model = build_model(config, meta.num_classes, meta.ignore_index)
   if variables_dir:
     variables = checkpoints.load_variables(variables_dir)
   elif workdir:
@@ -320,7 +436,22 @@ def load_model_variables(config, workdir: Optional[str], checkpoint_step: Option
   if not variables.get("prototypes"):
     raise ValueError(f"{variables_dir or workdir!r} holds no prototypes (config.model.head "
                      "is not 'proto')")
-  return model, jax.device_get(variables), meta
+  num_classes = prototype_array(variables["prototypes"]).shape[0]
+  return build_model(config, num_classes, meta.ignore_index), jax.device_get(variables), meta
+
+
+def model_classes(config, meta, num_classes: int):
+  """(class names in output order, label_lut or None) of a model with
+  `num_classes` outputs on config.dataset (`held_out.class_ids_for_model`);
+  classes the dataset lacks (added by protoseg_jax.add_class) are class_<i>."""
+  from protoseg_jax import held_out
+  try:
+    ids = held_out.class_ids_for_model(config, meta.num_classes, num_classes)
+  except ValueError:
+    names = list(meta.class_names[:num_classes])
+    return names + [f"class_{i}" for i in range(len(names), num_classes)], None
+  lut = None if held_out.is_identity(ids) else held_out.label_lut(ids, meta.ignore_index)
+  return list(held_out.class_names(meta.class_names, ids)), lut
 
 
 def main(argv):
@@ -335,6 +466,7 @@ def main(argv):
       f.config, f.workdir and os.path.expanduser(f.workdir), f.checkpoint_step,
       f.variables and os.path.expanduser(f.variables))
   protos = prototype_array(variables["prototypes"])
+  names, lut = model_classes(f.config, meta, protos.shape[0])
   counts = None
   if f.num_batches > 0:
     from protoseg_jax import datasets, input_pipeline, sharding
@@ -345,10 +477,10 @@ def main(argv):
       print("dataset not prepared: prototype-only statistics")
     else:
       counts, n = eval_usage_counts(model, variables, batches, protos.shape[0], protos.shape[1],
-                                    f.num_batches)
+                                    f.num_batches, label_lut=lut)
       print(f"usage over {n} images of {f.config.dataset.eval_split} "
             f"(up to {f.num_batches} eval batches)")
-  print(format_table(protos, meta.class_names, counts, threshold=f.threshold,
+  print(format_table(protos, names, counts, threshold=f.threshold,
                      min_fraction=f.min_fraction))
 
 

@@ -410,7 +410,9 @@ def make_predict_step(logits_fn_from_variables: Callable[[Any, jnp.ndarray], jnp
                       stride: Optional[Sequence[int]] = None,
                       scales: Sequence[float] = (1.0,), flip: bool = False,
                       align_corners: bool = False, resize: str = "bilinear",
-                      merge: str = "mean_softmax") -> Callable[[Any, Mapping[str, jnp.ndarray]], jnp.ndarray]:
+                      merge: str = "mean_softmax",
+                      class_ids: Optional[Sequence[int]] = None
+                      ) -> Callable[[Any, Mapping[str, jnp.ndarray]], jnp.ndarray]:
   """`(variables, batch) -> int32 [C, C]` confusion matrix of one eval batch.
 
   `logits_fn_from_variables(variables, images [b, h, w, 3]) -> [b, h', w', C]`
@@ -418,14 +420,30 @@ def make_predict_step(logits_fn_from_variables: Callable[[Any, jnp.ndarray], jnp
   is not jitted: jit it with the batch sharded over 'data' and a replicated
   output (`out_shardings=NamedSharding(mesh, P())`) so that `Evaluator` can
   read the matrix on every host.
+
+  class_ids: the dataset class id of each model output when they are not
+  0 .. C-1 (`held_out.model_class_ids`: a model trained without a class, or
+  with it appended by `heads.add_class`). The model then has len(class_ids)
+  outputs; each prediction is mapped to its dataset id and scored against
+  the labels with all `num_classes` dataset classes (a class no output maps
+  to is never predicted).
   """
   _check_mode(mode, slide_crop, stride, scales, resize, merge)
+  ids, num_outputs = None, num_classes
+  if class_ids is not None:
+    ids = np.asarray(class_ids, np.int32)
+    if (ids.ndim != 1 or len(np.unique(ids)) != len(ids) or (ids < 0).any()
+        or (ids >= num_classes).any()):
+      raise ValueError(f"class_ids must be distinct ids in [0, {num_classes}), got {class_ids}")
+    num_outputs = len(ids)
 
   def predict_step(variables, batch):
     pred = predict(lambda x: logits_fn_from_variables(variables, x), batch, mode=mode,
                    slide_crop=slide_crop, stride=stride, scales=scales, flip=flip,
-                   num_classes=num_classes, align_corners=align_corners, resize=resize,
+                   num_classes=num_outputs, align_corners=align_corners, resize=resize,
                    merge=merge)
+    if ids is not None:
+      pred = jnp.asarray(ids)[pred]
     return confusion_matrix(pred, batch["label"], num_classes, ignore_index=ignore_index,
                             mask=batch["mask"])
 

@@ -8,13 +8,15 @@ pipelines and iterators of global jax.Arrays. Every setting is read from the
 run config (configs/default.py sets them all); labels are padded with the
 dataset's ignore index.
 
-Determinism and resuming: each process reads its slice of the split in the
-stored order (TFDS shuffles examples when preparing), epoch `e` is shuffled
-with a buffer seeded by (seed, e), and the augmentation randomness of an
-example is drawn from stateless RNGs keyed by (seed, e, example index). A
-run resumed with `start_step=k` starts at epoch k*B/N and skips the encoded
-records before its position, so it yields exactly the batches an
-uninterrupted run yields from step k, without decoding what it skips.
+Determinism and resuming: row r of every global batch comes from its own
+slice of the split (TFDS shuffles examples when preparing), shuffled in
+epoch `e` with a buffer seeded by (seed, e, r); each process reads the rows
+it supplies, so the global batches do not depend on the number of processes
+(2 processes x 2 devices train exactly like 1 x 4). The augmentation
+randomness of an example is drawn from stateless RNGs keyed by (seed, e,
+example index). A run resumed with `start_step=k` starts every row at its
+position for step k, skipping encoded records without decoding them, so it
+yields exactly the batches an uninterrupted run yields from step k.
 
 Evaluation: one pass over the eval split; every process pads its slice with
 masked rows so that all processes run the same number of batches and every
@@ -30,7 +32,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from protoseg_jax import augment
+from protoseg_jax import augment, held_out
 from protoseg_jax.datasets import builder_meta, check_prepared, config_value, split_size
 
 _MAX_EPOCHS = 1 << 40
@@ -113,15 +115,48 @@ def _input_order(config) -> str:
   return order
 
 
+def _held_out_lut(config, builder):
+  """uint8 [256] training-label map of config.dataset.held_out_class (that
+  class -> ignore, ids above it down by one; `held_out.label_lut`), or None."""
+  meta = builder_meta(builder)
+  k = held_out.held_out_class(config, meta.num_classes)
+  if k == held_out.NONE:
+    return None
+  if not 0 <= meta.ignore_index <= 255:
+    raise ValueError(f"config.dataset.held_out_class needs an ignore index in 0..255 (uint8 "
+                     f"label PNGs), dataset has {meta.ignore_index}")
+  ids = held_out.model_class_ids(meta.num_classes, k)
+  return tf.constant(held_out.label_lut(ids, meta.ignore_index, 256)[:256].astype(np.uint8))
+
+
 # ---------------------------------------------------------------------------
 # Reading and seeds.
 
 
 def _decode(image_bytes, label_bytes):
-  """-> uint8 [H, W, 3], uint8 [H, W]."""
+  """-> uint8 [H, W, 3], uint8 [H, W].
+
+  A record that does not decode (truncated, corrupt) or whose image and
+  label differ in size raises InvalidArgumentError here; the pipelines drop
+  such examples with `_skip_bad_records`.
+  """
   image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
   label = tf.io.decode_png(label_bytes, channels=1)[..., 0]
-  return image, label
+  same = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(label)))
+  check = tf.debugging.Assert(same, ["bad record: image and label differ in size:",
+                                     tf.shape(image)[:2], tf.shape(label)])
+  with tf.control_dependencies([check]):
+    return tf.identity(image), tf.identity(label)
+
+
+def _skip_bad_records(ds: tf.data.Dataset) -> tf.data.Dataset:
+  """`ds` without the elements whose computation failed (`_decode`'s errors).
+
+  Training never stops on one bad stored record (a dataset prepared by an
+  older version, a corrupted file): TF logs a warning with the error for
+  each element dropped, and the order of the others is kept.
+  """
+  return ds.ignore_errors(log_warning=True)
 
 
 def example_seed(seed: int, epoch, index):
@@ -131,10 +166,11 @@ def example_seed(seed: int, epoch, index):
   return tf.random.experimental.stateless_fold_in(key, tf.cast(index, tf.int64))
 
 
-def _epoch_shuffle_seed(seed: int, epoch):
-  """int64 scalar seed of the shuffle buffer of `epoch`."""
+def _epoch_shuffle_seed(seed: int, epoch, row: int = 0):
+  """int64 scalar seed of the shuffle buffer of `epoch` for batch row `row`."""
   key = tf.random.experimental.stateless_fold_in(
       tf.constant([seed & 0x7FFFFFFF, 0x5F0FF1E], tf.int64), tf.cast(epoch, tf.int64))
+  key = tf.random.experimental.stateless_fold_in(key, tf.cast(row, tf.int64))
   return tf.random.stateless_uniform([], key, minval=1, maxval=(1 << 62), dtype=tf.int64)
 
 
@@ -160,42 +196,64 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
                        start_step: int = 0) -> tf.data.Dataset:
   """Endless dataset of this process's local training batches.
 
+  The data order does not depend on the number of processes: row r of every
+  global batch (B = config.batch_size rows) is drawn from its own slice of
+  the split, examples [r*n, (r+1)*n) with n = N // B (the last N mod B
+  examples are never used), shuffled per epoch with a buffer seeded by
+  (seed, epoch, r). Process p reads the slices of its rows
+  [p*b, (p+1)*b), b = B // process_count, and yields them round robin, so
+  the global batches of P processes are those of one process. (TFDS shuffles
+  the examples when preparing, so the slices are random subsets.)
+
   Returns:
     tf.data.Dataset of {'image': float32 [b, ch, cw, 3], 'label': int32
     [b, ch, cw]} with b = config.batch_size // process_count.
   """
+  global_batch = int(config_value(config, "batch_size"))
   local_batch = _local_batch(config, "batch_size", process_count)
   seed = int(config_value(config, "seed"))
   builder = check_prepared(config)
   opts = _train_options(config, builder_meta(builder).ignore_index)
   split = _ds(config, "train_split")
-  split_size(builder, split)
-  subsplit = tfds.split_for_jax_process(split, process_index=process_index,
-                                        process_count=process_count, drop_remainder=True)
-  n_local = split_size(builder, subsplit)
-  if n_local == 0:
-    raise ValueError(f"Split {split!r} has too few examples for {process_count} processes.")
-  records = _read_split(builder, subsplit).enumerate()
-  first_index = process_index * n_local  # global index of this slice's first example
-  buffer = max(1, min(int(_ds(config, "shuffle_buffer")), n_local))
+  n_total = split_size(builder, split)
+  per_row = n_total // global_batch
+  if per_row == 0:
+    raise ValueError(f"Split {split!r} has {n_total} examples, fewer than "
+                     f"config.batch_size={global_batch}.")
+  buffer = max(1, min(int(_ds(config, "shuffle_buffer")), per_row))
+  start_epoch, offset = divmod(int(start_step), per_row)
 
-  def epoch(e):
-    shuffled = records.shuffle(buffer, seed=_epoch_shuffle_seed(seed, e),
-                               reshuffle_each_iteration=False)
-    return shuffled.map(lambda i, ex: (e, i + first_index, ex[0], ex[1]))
+  def row_stream(row: int) -> tf.data.Dataset:
+    first = row * per_row  # global index of the slice's first example
+    records = _read_split(builder, f"{split}[{first}:{first + per_row}]").enumerate()
 
-  start_example = int(start_step) * local_batch
-  start_epoch, offset = divmod(start_example, n_local)
-  ds = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch)
-  if offset:
-    ds = ds.skip(offset)
+    def epoch(e):
+      shuffled = records.shuffle(buffer, seed=_epoch_shuffle_seed(seed, e, row),
+                                 reshuffle_each_iteration=False)
+      return shuffled.map(lambda i, ex: (e, i + first, ex[0], ex[1]))
+
+    stream = tf.data.Dataset.range(start_epoch, _MAX_EPOCHS).flat_map(epoch)
+    return stream.skip(offset) if offset else stream
+
+  rows = range(process_index * local_batch, (process_index + 1) * local_batch)
+  ds = tf.data.Dataset.choose_from_datasets(
+      [row_stream(r) for r in rows], tf.data.Dataset.range(local_batch).repeat())
+
+  lut = _held_out_lut(config, builder)
 
   def transform(e, i, image_bytes, label_bytes):
     image, label = _decode(image_bytes, label_bytes)
+    if lut is not None:  # config.dataset.held_out_class: the model never sees its labels
+      label = tf.gather(lut, tf.cast(label, tf.int32))
     image, label = augment.transform(image, label, example_seed(seed, e, i), opts)
     return {"image": image, "label": label}
 
   ds = ds.map(transform, num_parallel_calls=_num_parallel(config), deterministic=True)
+  # A record that fails to decode is dropped, and the next example takes its
+  # place. The batches stay deterministic, but from that record on they are
+  # shifted by one example against the resume arithmetic (which counts
+  # records): a run resumed after a dropped record is not bit-exact.
+  ds = _skip_bad_records(ds)
   ds = ds.batch(local_batch, drop_remainder=True)
   return ds.prefetch(int(_ds(config, "prefetch")))
 
@@ -219,12 +277,10 @@ def make_eval_dataset(config, *, process_index: int, process_count: int) -> tf.d
   n_total = split_size(builder, split)
   subsplit = tfds.split_for_jax_process(split, process_index=process_index,
                                         process_count=process_count, drop_remainder=False)
-  n_local = split_size(builder, subsplit)
   largest = -(-n_total // process_count)
   num_batches = -(-largest // local_batch)
 
-  def transform(image_bytes, label_bytes):
-    image, label = _decode(image_bytes, label_bytes)
+  def transform(image, label):
     label_hw = tf.shape(label)
     if scale is None:
       new_hw = label_hw
@@ -252,13 +308,15 @@ def make_eval_dataset(config, *, process_index: int, process_count: int) -> tf.d
     return {"image": image, "image_hw": tf.cast(new_hw, tf.int32), "label": label,
             "label_hw": tf.cast(label_hw, tf.int32), "mask": tf.constant(True)}
 
-  ds = _read_split(builder, subsplit).map(transform, num_parallel_calls=_num_parallel(config))
-  n_pad = num_batches * local_batch - n_local
-  if n_pad:
-    pad = {"image": tf.zeros([hc, wc, 3], tf.float32), "image_hw": tf.zeros([2], tf.int32),
-           "label": tf.fill([hl, wl], ignore_index), "label_hw": tf.zeros([2], tf.int32),
-           "mask": tf.constant(False)}
-    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(n_pad))
+  # Records that fail to decode are dropped (logged) before the canvas checks,
+  # which still stop the pipeline; the padding below fills in for them.
+  ds = _read_split(builder, subsplit).map(_decode, num_parallel_calls=_num_parallel(config))
+  ds = _skip_bad_records(ds).map(transform, num_parallel_calls=_num_parallel(config))
+  pad = {"image": tf.zeros([hc, wc, 3], tf.float32), "image_hw": tf.zeros([2], tf.int32),
+         "label": tf.fill([hl, wl], ignore_index), "label_hw": tf.zeros([2], tf.int32),
+         "mask": tf.constant(False)}
+  ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
+  ds = ds.take(num_batches * local_batch)  # the slice's rows (fewer if some were dropped) + padding
   ds = ds.batch(local_batch, drop_remainder=True)
   return ds.prefetch(int(_ds(config, "prefetch")))
 
@@ -281,7 +339,7 @@ def scan_eval_sizes(config) -> dict[str, tuple[int, int]]:
     return tf.concat([hw, augment.rescale_size(hw, scale) if scale is not None else hw], 0)
 
   ds = _read_split(builder, _ds(config, "eval_split"))
-  ds = ds.map(sizes, num_parallel_calls=_num_parallel(config))
+  ds = _skip_bad_records(ds.map(sizes, num_parallel_calls=_num_parallel(config)))
   most = ds.reduce(tf.zeros([4], tf.int32), tf.maximum).numpy().tolist()
   return {"eval_canvas": tuple(most[2:]), "eval_label_canvas": tuple(most[:2])}
 
@@ -297,9 +355,36 @@ def _to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
   return {k: put(k, v) for k, v in batch.items()}
 
 
-def _global_batches(ds: tf.data.Dataset, sharding) -> Iterator[dict[str, jax.Array]]:
+def _global_batches(ds: tf.data.Dataset, sharding, pad_rows=None) -> Iterator[dict[str, jax.Array]]:
   for batch in ds.as_numpy_iterator():
-    yield _to_global(batch, sharding)
+    yield _to_global(pad_rows(batch) if pad_rows else batch, sharding)
+
+
+def _local_shards(sharding) -> int:
+  """How many devices of this process share the batch dimension."""
+  s = next(iter(sharding.values())) if isinstance(sharding, Mapping) else sharding
+  return len(s.addressable_devices)
+
+
+def pad_eval_rows(batch: dict[str, np.ndarray], multiple: int,
+                  ignore_index: int) -> dict[str, np.ndarray]:
+  """An eval batch with masked rows appended up to a multiple of `multiple`.
+
+  Padding rows are zero images with zero sizes, labels all `ignore_index`
+  and mask False: they add nothing to the confusion matrix and are not
+  counted as images. Lets config.eval_batch_size be any multiple of the
+  process count, whatever the number of devices.
+  """
+  rows = len(batch["mask"])
+  extra = -rows % multiple
+  if not extra:
+    return batch
+  out = {}
+  for key, value in batch.items():
+    fill = ignore_index if key == "label" else 0
+    pad = np.full((extra,) + value.shape[1:], fill, value.dtype)
+    out[key] = np.concatenate([value, pad])
+  return out
 
 
 def create_train_iterator(config, sharding, *, start_step: int = 0
@@ -323,7 +408,9 @@ def create_train_iterator(config, sharding, *, start_step: int = 0
 
 
 def create_eval_iterator(config, sharding) -> Iterator[dict[str, jax.Array]]:
-  """One pass over the eval split in global batches of config.eval_batch_size.
+  """One pass over the eval split in global batches of config.eval_batch_size
+  (each process's rows padded with masked rows to a multiple of its devices,
+  so the batch size need not divide the device count).
 
   Returns:
     An iterator of {'image': float32 [B, Hc, Wc, 3], 'image_hw': int32 [B, 2],
@@ -332,4 +419,6 @@ def create_eval_iterator(config, sharding) -> Iterator[dict[str, jax.Array]]:
   """
   ds = make_eval_dataset(config, process_index=jax.process_index(),
                          process_count=jax.process_count())
-  return _global_batches(ds, sharding)
+  ignore_index = builder_meta(check_prepared(config)).ignore_index
+  multiple = _local_shards(sharding)
+  return _global_batches(ds, sharding, lambda b: pad_eval_rows(b, multiple, ignore_index))

@@ -19,6 +19,14 @@ if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", "")
                              " --xla_force_host_platform_device_count=8").strip()
 
 
+# One persistent compilation cache for the session (the trainer's default is
+# <workdir>/compilation_cache): tests, and the main.py subprocesses they
+# start, load the programs other tests compiled instead of compiling again.
+if not os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+  import tempfile
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="protoseg_jax_cache_")
+
+
 class _InertTorchvision(importlib.abc.MetaPathFinder, importlib.abc.Loader):
   """Stand-in for `torchvision` so that timm imports without it.
 

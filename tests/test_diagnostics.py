@@ -116,3 +116,65 @@ def test_single_prototype_gives_nan_cosine_and_table_prints(case):
   table = dg.format_table(protos, ["a", "b", "c"], dg.usage_counts(protos, emb, labels))
   assert "(no pixels)" in table.splitlines()[4] and table.splitlines()[3].startswith("b ")
   assert "distinct 91.7% of 3x4" in table
+
+
+def test_eval_usage_counts_match_numpy_on_padded_batches():
+  """The jitted usage step behind val/proto_* against a per-example NumPy count:
+  embeddings cut to each image, its original-size label resized (nearest) to
+  that, mapped through a label map (class 1 held out), masked rows skipped."""
+  import flax.linen as nn
+  from protoseg_jax import held_out
+  from protoseg_jax.heads import ProtoSegHead
+
+  class Tiny(nn.Module):            # stride 4, like the segmentors' heads
+    @nn.compact
+    def __call__(self, x, train=False):
+      f = nn.Dense(6)(nn.avg_pool(x, (4, 4), strides=(4, 4)))
+      return ProtoSegHead(num_classes=C, num_prototypes=M, embed_dim=D)(f, train=train)
+
+  rng = np.random.default_rng(2)
+  model = Tiny()
+  variables = jax.tree.map(np.asarray, jax.jit(model.init)(jax.random.key(0),
+                                                          np.zeros((1, 16, 20, 3))))
+  protos = np.asarray(dg.prototype_array(variables["prototypes"]), np.float64)
+  ids = held_out.model_class_ids(C + 1, 1)                 # dataset 0..3 -> model 0..2
+  lut = held_out.label_lut(ids, 255)
+
+  def batch(image_hws, label_hws, mask):
+    lab = np.full((len(mask), 24, 24), 255, np.int32)
+    for b, (lh, lw) in enumerate(label_hws):
+      lab[b, :lh, :lw] = rng.choice([0, 1, 2, 3, 255], size=(lh, lw), p=[.3, .2, .2, .2, .1])
+    return {"image": rng.normal(size=(len(mask), 16, 20, 3)).astype(np.float32),
+            "image_hw": np.asarray(image_hws, np.int32), "label": lab,
+            "label_hw": np.asarray(label_hws, np.int32), "mask": np.asarray(mask)}
+
+  batches = [batch([(16, 20), (13, 9), (0, 0)], [(24, 22), (11, 14), (0, 0)], [True, True, False]),
+             batch([(7, 18), (16, 20), (16, 20)], [(9, 23), (20, 24), (24, 24)], [True, True, True])]
+  want, images = np.zeros((C, M), np.int64), 0
+  embed = jax.jit(lambda v, x: dg.embed(model, v, x)[1])
+  for bt in batches:
+    emb = np.asarray(embed(variables, bt["image"]), np.float64)   # [B, 4, 5, D]
+    for b in np.flatnonzero(bt["mask"]):
+      (ih, iw), (lh, lw) = bt["image_hw"][b], bt["label_hw"][b]
+      fh, fw = -(-ih * 4 // 16), -(-iw * 5 // 20)
+      y = lut[dg.labels_at(bt["label"][b, :lh, :lw], (fh, fw))]
+      for e, c in zip(emb[b, :fh, :fw].reshape(-1, D), y.reshape(-1)):
+        if c < C:
+          want[c, int(np.argmax(_unit(protos[c]) @ e))] += 1
+      images += 1
+  # num_batches=2: a third batch is not read.
+  counts, n = dg.eval_usage_counts(model, variables, iter(batches + [batches[1]]), C, M, 2,
+                                   label_lut=lut)
+  np.testing.assert_array_equal(counts, want)
+  assert n == images == 5 and want.sum() > 40
+
+  # The log entries of these counts (class 2 made absent).
+  want[2] = 0
+  record, tb = dg.usage_summaries(want, images, ["a", "b", "c"], prefix="val")
+  present = want.sum(-1) > 0
+  used = (want > 0).sum(-1)
+  np.testing.assert_allclose(record["val/proto_used_frac"], used[present].sum() / (M * 2), rtol=1e-6)
+  assert record["val/proto_used"] == {"a": used[0], "b": used[1], "c": None}
+  np.testing.assert_allclose(record["val/proto_usage"]["b"], want[1] / want[1].sum(), atol=1e-6)
+  assert record["val/proto_usage"]["c"] is None and record["val/proto_images"] == 5
+  assert set(tb) == {"val/proto_used_frac", "val/proto_used/a", "val/proto_used/b"}

@@ -137,7 +137,7 @@ def test_library_imports_and_trains_without_tensorflow_tfds_clu_orbax():
       library = ["protoseg_jax.heads", "protoseg_jax.prototypes", "protoseg_jax.sinkhorn",
                  "protoseg_jax.losses", "protoseg_jax.ops", "protoseg_jax.optim",
                  "protoseg_jax.sharding", "protoseg_jax.train", "protoseg_jax.metrics",
-                 "protoseg_jax.inference", "protoseg_jax.evaluate"]
+                 "protoseg_jax.inference", "protoseg_jax.evaluate", "protoseg_jax.validate"]
       library += [f"protoseg_jax.models.{m.name}" for m in pkgutil.iter_modules(models.__path__)]
       for name in library:
         importlib.import_module(name)
@@ -147,6 +147,8 @@ def test_library_imports_and_trains_without_tensorflow_tfds_clu_orbax():
       config = demo.get_config()
       config.protoseg.num_prototypes = 2
       config.protoseg.embed_dim = 16
+      from protoseg_jax.validate import validate_config
+      validate_config(config, num_devices=1, num_processes=1)
       model = build_model(config, num_classes=3)
       mesh = sharding.create_mesh()
       state, tx, schedule = train.create_train_state(config, model, mesh, (1, 32, 32, 3))

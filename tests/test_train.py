@@ -26,7 +26,7 @@ def _records(workdir):
 @pytest.mark.slow
 def test_train_and_evaluate_end_to_end(data_dir, tmp_path, tiny_config):
   workdir = str(tmp_path / "run")
-  config = tiny_config(data_dir)
+  config = tiny_config(data_dir, **{"eval.proto_usage_batches": -1})   # runlocal: 0
   state = train.train_and_evaluate(config, workdir)
   assert int(state.step) == 2
   recs = _records(workdir)
@@ -39,12 +39,26 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path, tiny_config):
   assert len(val_recs) == 1 and val_recs[0]["step"] == 2
   for key in ("val/mIoU", "val/mAcc", "val/aAcc"):
     assert 0.0 <= val_recs[0][key] <= 100.0
+  # Prototype usage by the eval pixels (diagnostics.eval_summaries; its counts
+  # are checked against NumPy in test_diagnostics.py).
+  val, m = val_recs[0], config.protoseg.num_prototypes
+  assert val["val/proto_images"] == 10 and 0 < val["val/proto_used_frac"] <= 1
+  for key in ("val/proto_mean_cosine", "val/proto_max_cosine", "val/proto_distinct_frac"):
+    assert np.isfinite(val[key]), key
+  names = datasets.get_dataset_info(config).class_names
+  assert list(val["val/proto_used"]) == list(val["val/proto_usage"]) == list(names)
+  present = [n for n in names if val["val/proto_usage"][n] is not None]
+  assert "background" in present
+  for n in present:
+    assert 1 <= val["val/proto_used"][n] <= m and len(val["val/proto_usage"][n]) == m
+    np.testing.assert_allclose(sum(val["val/proto_usage"][n]), 1.0, atol=1e-4)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
   # eval mode: evaluates the checkpoint and appends to the same file.
   metrics = train.evaluate_checkpoint(config, workdir)
   recs2 = _records(workdir)
   assert len(recs2) == len(recs) + 1 and recs2[-1]["step"] == 2
   np.testing.assert_allclose(recs2[-1]["val/mIoU"], val_recs[0]["val/mIoU"], atol=1e-6)
+  assert recs2[-1]["val/proto_usage"] == val["val/proto_usage"]
   assert metrics["mIoU"] == recs2[-1]["val/mIoU"]
   with pytest.raises(FileNotFoundError, match="step 7"):
     train.evaluate_checkpoint(config, workdir, step=7)
@@ -226,3 +240,129 @@ def test_per_device_mean_train_step_on_8_devices(data_dir, tiny_config):
     np.testing.assert_array_equal(s, shards[0])
   assert np.all(np.isfinite(shards[0])) and np.abs(shards[0] - p0).max() > 1e-5
   assert np.isfinite(float(metrics["train/loss"])) and float(metrics["train/loss_ppc"]) > 0
+
+
+# ----------------------------------------------------------------------------
+# Non-finite steps: skipped inside the jitted step, counted in the log; too
+# many in a row stop the run with its last checkpoints intact.
+
+TREES = ("params", "opt_state", "batch_stats", "prototypes", "proto_opt_state")
+
+
+def _checkpoint(workdir, step):
+  import orbax.checkpoint as ocp
+  with ocp.StandardCheckpointer() as ckptr:
+    return ckptr.restore(os.path.join(workdir, "checkpoints", str(step), "default"))
+
+
+def _tree(state, name):
+  return state[name] if isinstance(state, dict) else getattr(state, name)
+
+
+def _assert_same(a, b, what):
+  """Every tree of TREES bit for bit."""
+  for name in TREES:
+    x, y = _tree(a, name), _tree(b, name)
+    assert jax.tree.structure(x) == jax.tree.structure(y), (what, name)
+    for u, v in zip(jax.tree.leaves(x), jax.tree.leaves(y)):
+      np.testing.assert_array_equal(np.asarray(u), np.asarray(v), err_msg=f"{what}: {name}")
+
+
+def _moved(a, b, name):
+  return max(float(np.abs(np.asarray(u) - np.asarray(v)).max())
+             for u, v in zip(jax.tree.leaves(_tree(a, name)), jax.tree.leaves(_tree(b, name))))
+
+
+def _all_finite(state):
+  return all(np.all(np.isfinite(np.asarray(x, np.float64)))
+             for name in TREES for x in jax.tree.leaves(_tree(state, name)))
+
+
+@pytest.mark.slow
+def test_nan_steps_are_skipped_counted_and_a_streak_stops_the_run(data_dir, tmp_path, tiny_config):
+  # test_resume_continues_exactly's run (its compiled step, through the
+  # persistent cache) on all-NaN images at steps 1, 3, 4 (config.debug.nan_steps:
+  # loss, gradients, BatchNorm statistics and prototype update non-finite).
+  # NaN at step 1 (alone: skipped, the run goes on) and at steps 3 and 4 (2 in
+  # a row = the limit: the run stops at step 4, the last, without saving it).
+  workdir = str(tmp_path / "run")
+  config = tiny_config(data_dir, num_train_steps=4, checkpoint_every_steps=1, eval_every_steps=1000,
+                       max_consecutive_nonfinite=2, **{"debug.nan_steps": (1, 3, 4)})
+  with pytest.raises(FloatingPointError, match=r"2 consecutive train steps \(3\.\.4\).*stopped at "
+                                               r"step 4 without saving it.*latest checkpoint \(step 3 "):
+    train.train_and_evaluate(config, workdir)
+
+  recs = {r["step"]: r for r in _records(workdir) if "train/lr" in r}
+  assert sorted(recs) == [1, 2, 3, 4] and not [r for r in _records(workdir) if "val/mIoU" in r]
+  assert [recs[s]["train/nonfinite_steps"] for s in range(1, 5)] == [1, 0, 1, 1]
+  assert [recs[s]["train/nonfinite_steps_total"] for s in range(1, 5)] == [1, 1, 2, 3]
+  for key in train.TRAIN_KEYS:   # the finite step's means
+    assert np.isfinite(recs[2][key]), key
+  for s in (1, 3, 4):   # a window of skipped steps only: no loss means at all
+    assert not [k for k in recs[s] if k.startswith("train/loss")], recs[s]
+
+  # Nothing saved at the stop; the checkpoints are restorable and finite.
+  assert sorted(int(n) for n in os.listdir(os.path.join(workdir, "checkpoints"))) == [1, 2, 3]
+  ckpt = {s: _checkpoint(workdir, s) for s in (1, 2, 3)}
+  for s, c in ckpt.items():
+    assert int(c["step"]) == s and _all_finite(c), s   # the step count advances over skipped steps
+  _assert_same(ckpt[2], ckpt[3], "skipped step 3")
+  for name in ("params", "prototypes", "batch_stats"):   # step 2 trained again
+    assert _moved(ckpt[1], ckpt[2], name) > 0, name
+
+
+def test_skipped_step_keeps_warmup_and_momentum_prototype_updates(data_dir, tiny_config):
+  # test_prototype_warmup_modes_and_frozen_prototypes' first config (its
+  # compiled step, through the persistent cache): state.step 0 is warm-up
+  # (prototypes trained by gradient with their own optimizer state), from
+  # state.step 1 on the momentum update in the forward.
+  config = tiny_config(data_dir, **{
+      "optim.name": "sgd", "optim.learning_rate": 0.05, "optim.warmup_steps": 0,
+      "protoseg.assignment": "argmax", "protoseg.warmup_iters": 1,
+      "protoseg.pretrain_prototype": True})
+  info = datasets.get_dataset_info(config)
+  model = build_model(config, info.num_classes)
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  batch = jax.device_get(next(input_pipeline.create_train_iterator(
+      config, sharding.batch_sharding(mesh))))
+  state0, tx, schedule = train.create_train_state(config, model, mesh, (1, 64, 64, 3))
+  state0 = jax.device_get(state0)
+  step = train.make_train_step(model, tx, schedule, config, mesh)
+  bad = jax.device_get(train._nan_images(batch))
+  assert np.all(np.isnan(bad["image"])) and np.array_equal(bad["label"], batch["label"])
+
+  def run(state, b):
+    state, metrics = step(jax.device_put(state, sharding.replicated(mesh)),
+                          jax.device_put(b, sharding.batch_sharding(mesh)))
+    return jax.device_get((state, metrics))
+
+  s1, m1 = run(state0, bad)    # warm-up step: skipped
+  s2, m2 = run(s1, bad)        # momentum step: skipped
+  s3, m3 = run(s2, batch)      # finite: learns
+  assert [float(m["train/nonfinite"]) for m in (m1, m2, m3)] == [1.0, 1.0, 0.0]
+  assert not np.isfinite(m1["train/loss"]) and np.isfinite(m3["train/loss"])
+  assert [int(s.step) for s in (s1, s2, s3)] == [1, 2, 3]
+  assert jax.tree.leaves(state0.proto_opt_state)
+  _assert_same(state0, s1, "skipped warm-up step")
+  _assert_same(state0, s2, "skipped momentum step")
+  assert _all_finite(s3)
+  for name in ("params", "prototypes", "batch_stats", "opt_state"):
+    assert _moved(s2, s3, name) > 0, name
+
+
+def test_log_window_means_over_finite_steps_and_streaks_across_windows():
+  log = train._SkippedSteps(limit=3)
+  step = lambda loss, lr, bad: {"train/loss": loss, "train/lr": lr, "train/nonfinite": float(bad)}
+  s = log.summary([step(1.0, 0.1, 0), step(np.nan, 0.2, 1), step(3.0, 0.3, 0), step(np.inf, 0.4, 1)],
+                  last_step=4)
+  assert s == {"train/loss": 2.0, "train/lr": 0.4, "train/nonfinite_steps": 2,
+               "train/nonfinite_steps_total": 2}
+  assert log.tripped is None
+  # Steps 4, 5, 6 in a row (across windows): tripped, also with a finite step 7 after.
+  s = log.summary([step(np.nan, 0.5, 1), step(np.nan, 0.6, 1), step(5.0, 0.7, 0)], last_step=7)
+  assert log.tripped == (4, 6) and s["train/loss"] == 5.0
+  assert s["train/nonfinite_steps"] == 2 and s["train/nonfinite_steps_total"] == 4
+  assert "(4..6)" in log.message(7, "/w/checkpoints", 3)
+  never = train._SkippedSteps(limit=0)
+  never.summary([step(np.nan, 0.1, 1)] * 50, last_step=50)
+  assert never.tripped is None and never.total == 50

@@ -52,7 +52,8 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from protoseg_jax import ops
-from protoseg_jax.models.layers import BasicBlock, Bottleneck, ConvBN, batch_norm, conv2d
+from protoseg_jax.models.layers import (BasicBlock, Bottleneck, ConvBN, batch_norm, conv2d,
+                                        maybe_remat, remat_plan)
 
 FUSIONS = ("nearest", "bilinear_align_corners")
 _BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
@@ -158,14 +159,21 @@ class HRModule(nn.Module):
 
 
 class HRNet(nn.Module):
-  """HRNetV2 trunk. `__call__(x [B,H,W,3], train)` -> 4 NHWC branch outputs (1/4 .. 1/32)."""
+  """HRNetV2 trunk. `__call__(x [B,H,W,3], train)` -> 4 NHWC branch outputs (1/4 .. 1/32).
+
+  remat (`layers.remat_plan`): stage 1 is layer1 (its Bottlenecks are the
+  blocks), stage s >= 2 is transition{s-1} + the HRModules stage{s}_* (the
+  blocks); the stem is never recomputed.
+  """
   config: HRNetConfig
   fusion: str = "nearest"
+  remat: str = "none"
   dtype: Any = jnp.float32
 
   def __post_init__(self):
     if self.fusion not in FUSIONS:   # at construction: get_backbone(..., fusion=...) fails early
       raise ValueError(f"HRNet fusion={self.fusion!r}; expected one of {FUSIONS}")
+    remat_plan(self.remat)
     super().__post_init__()
 
   @nn.compact
@@ -173,49 +181,55 @@ class HRNet(nn.Module):
     if x.ndim != 4:
       raise ValueError(f"HRNet expects images [B, H, W, C], got shape {x.shape}")
     cfg, d = self.config, self.dtype
+    if len(cfg.stages[0].channels) != 1:
+      raise ValueError(f"HRNet stage 1 must have one branch, got channels {cfg.stages[0].channels}")
     x = x.astype(d)
     x = conv2d(cfg.stem_width, 3, stride=2, dtype=d, name="conv1")(x)
     x = nn.relu(batch_norm(train, dtype=d, name="bn1")(x))
     x = conv2d(cfg.stem_out, 3, stride=2, dtype=d, name="conv2")(x)
     x = nn.relu(batch_norm(train, dtype=d, name="bn2")(x))
-
-    s1 = cfg.stages[0]
-    if len(s1.channels) != 1:
-      raise ValueError(f"HRNet stage 1 must have one branch, got channels {s1.channels}")
-    block_cls = _BLOCKS[s1.block]
-    cin = cfg.stem_out
-    for b in range(s1.num_blocks[0]):
-      ds = "conv" if (b == 0 and cin != s1.out_channels[0]) else None
-      x = block_cls(s1.channels[0], downsample=ds, dtype=d, name=f"layer1_{b}")(x, train)
-      cin = s1.out_channels[0]
-    ys = [x]
-    pre = list(s1.out_channels)
-
-    for s, scfg in enumerate(cfg.stages[1:], start=2):
-      cur = scfg.out_channels
-      xs = []
-      for i, c in enumerate(cur):
-        if i < len(pre):
-          t = ys[i]
-          if c != pre[i]:
-            t = ConvBN(c, 3, dtype=d, name=f"transition{s - 1}_{i}")(t, train)
-        else:
-          t = ys[-1]
-          for k in range(i + 1 - len(pre)):
-            last = k == i - len(pre)
-            t = ConvBN(c if last else pre[-1], 3, stride=2, dtype=d,
-                       name=f"transition{s - 1}_{i}_{k}")(t, train)
-        xs.append(t)
-      in_ch = tuple(cur)
-      for m in range(scfg.num_modules):
-        xs = HRModule(in_ch, scfg, fusion=self.fusion, dtype=d, name=f"stage{s}_{m}")(xs, train)
-        in_ch = cur
-      ys, pre = xs, list(cur)
+    ys = (x,)
+    for s, mode in enumerate(remat_plan(self.remat, len(cfg.stages)), start=1):
+      stage = maybe_remat(type(self)._stage, mode == "stage", static_argnums=(1, 3, 4))
+      ys = stage(self, s, ys, train, mode == "block")
     return tuple(ys)
 
+  def _stage(self, s: int, ys: tuple, train: bool, remat_blocks: bool) -> tuple:
+    """Stage s (1-based) on the branch outputs `ys` of stage s - 1 (stem: one)."""
+    cfg, d = self.config, self.dtype
+    scfg = cfg.stages[s - 1]
+    if s == 1:
+      block_cls = maybe_remat(_BLOCKS[scfg.block], remat_blocks)
+      x, cin = ys[0], cfg.stem_out
+      for b in range(scfg.num_blocks[0]):
+        ds = "conv" if (b == 0 and cin != scfg.out_channels[0]) else None
+        x = block_cls(scfg.channels[0], downsample=ds, dtype=d, name=f"layer1_{b}")(x, train)
+        cin = scfg.out_channels[0]
+      return (x,)
+    pre, cur = cfg.stages[s - 2].out_channels, scfg.out_channels
+    xs = []
+    for i, c in enumerate(cur):
+      if i < len(pre):
+        t = ys[i]
+        if c != pre[i]:
+          t = ConvBN(c, 3, dtype=d, name=f"transition{s - 1}_{i}")(t, train)
+      else:
+        t = ys[-1]
+        for k in range(i + 1 - len(pre)):
+          last = k == i - len(pre)
+          t = ConvBN(c if last else pre[-1], 3, stride=2, dtype=d,
+                     name=f"transition{s - 1}_{i}_{k}")(t, train)
+      xs.append(t)
+    module_cls = maybe_remat(HRModule, remat_blocks)
+    in_ch = tuple(cur)
+    for m in range(scfg.num_modules):
+      xs = module_cls(in_ch, scfg, fusion=self.fusion, dtype=d, name=f"stage{s}_{m}")(xs, train)
+    return tuple(xs)
 
-def _make(arch: str, *, fusion: str = "nearest", dtype: Any = jnp.float32) -> HRNet:
-  return HRNet(CONFIGS[arch], fusion=fusion, dtype=dtype)
+
+def _make(arch: str, *, fusion: str = "nearest", remat: str = "none",
+          dtype: Any = jnp.float32) -> HRNet:
+  return HRNet(CONFIGS[arch], fusion=fusion, remat=remat, dtype=dtype)
 
 
 ARCHS = {name: functools.partial(_make, name) for name in CONFIGS}

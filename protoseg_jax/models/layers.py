@@ -6,6 +6,8 @@
   BasicBlock, Bottleneck           ResNet blocks (ResNet, HRNet branches)
   DropPath                         stochastic depth (Swin, MiT)
   attention, Mlp                   the attention core and the MLP of Swin and MiT blocks
+  remat_plan, maybe_remat          activation checkpointing of backbone stages / blocks
+                                   (config.model.remat)
 
 Model modules import their shared layers from here (and resizing from
 `protoseg_jax.ops`), never from each other; the state_dict key maps of these
@@ -19,6 +21,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+# config.model.remat: what a backbone recomputes in the backward pass instead of
+# storing (activation checkpointing, `nn.remat`).
+REMAT_MODES = ("none", "stage", "block")
+NUM_STAGES = 4
 
 # PyTorch's ResNet/HRNet init (kaiming normal, fan_out, relu gain).
 conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
@@ -198,3 +205,65 @@ class Mlp(nn.Module):
                   dtype=self.dtype, name="dwconv")(x)
     x = nn.gelu(x, approximate=False)
     return nn.Dense(c, dtype=self.dtype, name="fc2")(x)
+
+
+def remat_plan(spec: str, num_stages: int = NUM_STAGES) -> tuple[str, ...]:
+  """The checkpointing mode of each backbone stage from `config.model.remat`.
+
+  spec: "none" (store every activation), "stage" (one `nn.remat` per stage:
+  only the stage's input is kept, the whole stage is recomputed in the
+  backward pass), "block" (one per block of the stage: residual block,
+  HRNet HighResolutionModule, Swin / MiT transformer block). A mode may be
+  restricted to some stages by 1-based numbers after a colon ("block:3,4":
+  stages 1 and 2 store everything), and clauses for disjoint stages joined
+  by ";" ("stage:1,2;block:3,4").
+
+  Returns one of REMAT_MODES per stage, e.g. ("none", "none", "block", "block").
+  Raises ValueError on anything else.
+  """
+  plan = ["none"] * num_stages
+  error = (f"config.model.remat={spec!r}; expected 'none', 'stage' or 'block', optionally "
+           f"for some of the stages 1..{num_stages} ('block:3,4'), clauses joined by ';' "
+           "('stage:1,2;block:3,4'), each stage named at most once")
+  clauses = [c.strip() for c in str(spec).split(";")]
+  seen = set()
+  for clause in clauses:
+    mode, colon, which = clause.partition(":")
+    mode = mode.strip()
+    if mode not in REMAT_MODES or (len(clauses) > 1 and not colon):
+      raise ValueError(error)
+    stages = set(range(1, num_stages + 1))
+    if colon:
+      try:
+        stages = {int(t) for t in which.split(",")}
+      except ValueError:
+        raise ValueError(error) from None
+      if not stages <= set(range(1, num_stages + 1)):
+        raise ValueError(error)
+    if stages & seen:
+      raise ValueError(error)
+    seen |= stages
+    for i in stages:
+      plan[i - 1] = mode
+  return tuple(plan)
+
+
+def maybe_remat(target, on: bool = True, static_argnums: tuple[int, ...] = (2,)):
+  """`target` (a Module class, or a function whose first argument is a Module)
+  under `nn.remat` when `on`, else unchanged.
+
+  `static_argnums` (the module counted as 0) are the positions of the
+  wrapped call that hold Python values; by default 2, the `train` flag of
+  a block called as `Block(...)(x, train)`. They must be passed
+  POSITIONALLY: keyword arguments would be traced, and `train` must stay a
+  Python bool (`use_running_average=not train`, `deterministic=not train`).
+  Variables of every collection are lifted: BatchNorm's `batch_stats`
+  update comes out of the forward pass as without remat (the recomputation
+  in the backward pass discards its own), and the `dropout` rng is lifted,
+  so the recomputed DropPath masks equal the forward's. Parameter names are
+  those of the unwrapped target. `prevent_cse` stays on (needed under jit:
+  without it XLA may merge the recomputation with the forward pass).
+  """
+  if not on:
+    return target
+  return nn.remat(target, static_argnums=tuple(static_argnums))

@@ -32,7 +32,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from protoseg_jax.models.layers import DropPath, Mlp, attention
+from protoseg_jax.models.layers import DropPath, Mlp, attention, maybe_remat, remat_plan
 
 Dtype = Any
 
@@ -71,7 +71,7 @@ class MiTBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     drop = DropPath(self.drop_path)
     y = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name="norm1")(x)
     y = EfficientAttention(self.dim, self.num_heads, self.sr_ratio, dtype=self.dtype, name="attn")(y)
@@ -82,7 +82,11 @@ class MiTBlock(nn.Module):
 
 
 class MixVisionTransformer(nn.Module):
-  """MiT encoder: `images [B, H, W, 3]` -> 4 NHWC features at 1/4, 1/8, 1/16, 1/32."""
+  """MiT encoder: `images [B, H, W, 3]` -> 4 NHWC features at 1/4, 1/8, 1/16, 1/32.
+
+  remat (`layers.remat_plan`): stage i + 1 is patch_embed{i}, its MiTBlocks
+  block{i}_* (the blocks) and norm{i}.
+  """
   embed_dims: Sequence[int] = (32, 64, 160, 256)
   num_heads: Sequence[int] = (1, 2, 5, 8)
   depths: Sequence[int] = (2, 2, 2, 2)
@@ -90,6 +94,7 @@ class MixVisionTransformer(nn.Module):
   mlp_ratio: float = 4.0
   drop_path_rate: float = 0.1  # SegFormer's training configs
   norm_eps: float = 1e-6
+  remat: str = "none"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -99,19 +104,28 @@ class MixVisionTransformer(nn.Module):
     x = images.astype(self.dtype)
     dpr = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
     outs, start = [], 0
+    modes = remat_plan(self.remat, len(self.depths))
     for i, depth in enumerate(self.depths):
-      k, s = (7, 4) if i == 0 else (3, 2)
-      x = nn.Conv(self.embed_dims[i], (k, k), strides=(s, s), padding=((k // 2, k // 2),) * 2,
-                  dtype=self.dtype, name=f"patch_embed{i}_proj")(x)
-      x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=f"patch_embed{i}_norm")(x)
-      for j in range(depth):
-        x = MiTBlock(self.embed_dims[i], self.num_heads[i], self.sr_ratios[i], self.mlp_ratio,
-                     drop_path=float(dpr[start + j]), norm_eps=self.norm_eps, dtype=self.dtype,
-                     name=f"block{i}_{j}")(x, train=train)
+      stage = maybe_remat(type(self)._stage, modes[i] == "stage", static_argnums=(1, 2, 4, 5))
+      x = stage(self, i, tuple(float(r) for r in dpr[start:start + depth]), x, train,
+                modes[i] == "block")
       start += depth
-      x = nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name=f"norm{i}")(x)
       outs.append(x)
     return tuple(outs)
+
+  def _stage(self, i: int, drop_path: tuple[float, ...], x: jnp.ndarray, train: bool,
+             remat_blocks: bool) -> jnp.ndarray:
+    """Stage i (0-based): patch embedding, blocks (drop_path rates), norm."""
+    k, s = (7, 4) if i == 0 else (3, 2)
+    x = nn.Conv(self.embed_dims[i], (k, k), strides=(s, s), padding=((k // 2, k // 2),) * 2,
+                dtype=self.dtype, name=f"patch_embed{i}_proj")(x)
+    x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=f"patch_embed{i}_norm")(x)
+    block_cls = maybe_remat(MiTBlock, remat_blocks)
+    for j, rate in enumerate(drop_path):
+      x = block_cls(self.embed_dims[i], self.num_heads[i], self.sr_ratios[i], self.mlp_ratio,
+                    drop_path=rate, norm_eps=self.norm_eps, dtype=self.dtype,
+                    name=f"block{i}_{j}")(x, train)
+    return nn.LayerNorm(epsilon=self.norm_eps, dtype=self.dtype, name=f"norm{i}")(x)
 
 
 _WIDE = (64, 128, 320, 512)

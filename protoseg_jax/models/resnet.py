@@ -44,7 +44,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from protoseg_jax.models.layers import Bottleneck, batch_norm, conv2d
+from protoseg_jax.models.layers import Bottleneck, batch_norm, conv2d, maybe_remat, remat_plan
 
 
 def stage_plan(output_stride: int, num_stages: int = 4) -> list[tuple[int, int, int]]:
@@ -66,12 +66,17 @@ def stage_plan(output_stride: int, num_stages: int = 4) -> list[tuple[int, int, 
 
 
 class ResNet(nn.Module):
-  """Bottleneck ResNet trunk. `__call__(x [B,H,W,3], train)` -> tuple of 4 NHWC stage outputs."""
+  """Bottleneck ResNet trunk. `__call__(x [B,H,W,3], train)` -> tuple of 4 NHWC stage outputs.
+
+  remat (`layers.remat_plan`): stage s is layer{s} (its Bottlenecks are the
+  blocks); the stem and its max-pool are never recomputed.
+  """
   layers: tuple[int, ...] = (3, 4, 6, 3)
   deep_stem: bool = False
   stem_width: int = 32  # deep stem only: 3 -> w -> w -> 2w
   avg_down: bool = False
   output_stride: int = 8
+  remat: str = "none"
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -85,30 +90,40 @@ class ResNet(nn.Module):
       for i, w in enumerate(widths):
         x = conv2d(w, 3, stride=2 if i == 0 else 1, dtype=d, name=f"stem_conv{i + 1}")(x)
         x = nn.relu(batch_norm(train, dtype=d, name=f"stem_bn{i + 1}")(x))
-      inplanes = 2 * self.stem_width
     else:
       x = conv2d(64, 7, stride=2, dtype=d, name="conv1")(x)
       x = nn.relu(batch_norm(train, dtype=d, name="bn1")(x))
-      inplanes = 64
     x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
 
     feats = []
-    for s, (num_blocks, (stride, first_dil, dil)) in enumerate(
-        zip(self.layers, stage_plan(self.output_stride, len(self.layers)))):
-      planes = 64 * 2 ** s
-      for b in range(num_blocks):
-        downsample = None
-        if b == 0 and (stride != 1 or inplanes != planes * Bottleneck.expansion):
-          if not self.avg_down:
-            downsample = "conv"
-          else:
-            downsample = "avg_same" if dil > 1 else "avg"
-        x = Bottleneck(planes, stride=stride if b == 0 else 1,
-                       dilation=first_dil if b == 0 else dil, downsample=downsample,
-                       dtype=d, name=f"layer{s + 1}_{b}")(x, train)
-        inplanes = planes * Bottleneck.expansion
+    modes = remat_plan(self.remat, len(self.layers))
+    for s, plan in enumerate(stage_plan(self.output_stride, len(self.layers))):
+      stage = maybe_remat(type(self)._stage, modes[s] == "stage", static_argnums=(1, 2, 4, 5))
+      x = stage(self, s, plan, x, train, modes[s] == "block")
       feats.append(x)
     return tuple(feats)
+
+  def _stage(self, s: int, plan: tuple[int, int, int], x: jnp.ndarray, train: bool,
+             remat_blocks: bool) -> jnp.ndarray:
+    """Stage s (0-based: layer{s + 1}) with its (stride, first_dilation, dilation)."""
+    stride, first_dil, dil = plan
+    planes = 64 * 2 ** s
+    if s > 0:
+      inplanes = 64 * 2 ** (s - 1) * Bottleneck.expansion
+    else:
+      inplanes = 2 * self.stem_width if self.deep_stem else 64
+    block_cls = maybe_remat(Bottleneck, remat_blocks)
+    for b in range(self.layers[s]):
+      downsample = None
+      if b == 0 and (stride != 1 or inplanes != planes * Bottleneck.expansion):
+        if not self.avg_down:
+          downsample = "conv"
+        else:
+          downsample = "avg_same" if dil > 1 else "avg"
+      x = block_cls(planes, stride=stride if b == 0 else 1,
+                    dilation=first_dil if b == 0 else dil, downsample=downsample,
+                    dtype=self.dtype, name=f"layer{s + 1}_{b}")(x, train)
+    return x
 
 
 # arch -> (layers, deep_stem, avg_down)
@@ -124,10 +139,11 @@ _SPECS = {
 }
 
 
-def _make(arch: str, *, output_stride: int = 8, dtype: Any = jnp.float32) -> ResNet:
+def _make(arch: str, *, output_stride: int = 8, remat: str = "none",
+          dtype: Any = jnp.float32) -> ResNet:
   layers, deep, avg = _SPECS[arch]
   return ResNet(layers=layers, deep_stem=deep, avg_down=avg, output_stride=output_stride,
-                dtype=dtype)
+                remat=remat, dtype=dtype)
 
 
 ARCHS = {name: functools.partial(_make, name) for name in _SPECS}

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from protoseg_jax import heads
 from protoseg_jax.models import get_backbone
+from protoseg_jax.models.layers import remat_plan
 
 # decoder name -> (module, class). Each decoder maps the 4 backbone features
 # to one [B, h, w, D] map at 1/4 resolution: __call__(features, *, train).
@@ -63,6 +64,7 @@ class Segmentor(nn.Module):
   head_kwargs: tuple = ()
   aux_head: bool = False
   aux_channels: int = 256
+  remat: str = "none"  # backbone activation checkpointing (layers.remat_plan)
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -73,7 +75,8 @@ class Segmentor(nn.Module):
     update / train_prototypes: see heads.ProtoSegHead."""
     if self.head not in HEADS:
       raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
-    backbone = get_backbone(self.backbone, dtype=self.dtype, **dict(self.backbone_kwargs))
+    backbone = get_backbone(self.backbone, dtype=self.dtype, remat=self.remat,
+                            **dict(self.backbone_kwargs))
     feats = backbone.clone(parent=self, name="backbone")(images, train=train)
     x = get_decoder_class(self.decoder)(dtype=self.dtype, **dict(self.decoder_kwargs),
                                         name="decoder")(feats, train=train)
@@ -104,6 +107,7 @@ def build_model(config, num_classes: int, ignore_index: int = 255) -> Segmentor:
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(m.dtype)
   if dtype is None:
     raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {m.dtype!r}")
+  remat_plan(m.remat)  # a bad config.model.remat fails here, not at the first trace
   head_kwargs = ()
   if m.head == "proto":
     head_kwargs = _items(dict(
@@ -116,4 +120,5 @@ def build_model(config, num_classes: int, ignore_index: int = 255) -> Segmentor:
   return Segmentor(num_classes=num_classes, backbone=m.backbone, decoder=m.decoder, head=m.head,
                    backbone_kwargs=_items(m.backbone_kwargs),
                    decoder_kwargs=_items(m.decoder_kwargs), head_kwargs=head_kwargs,
-                   aux_head=bool(m.aux_head), aux_channels=int(m.aux_channels), dtype=dtype)
+                   aux_head=bool(m.aux_head), aux_channels=int(m.aux_channels),
+                   remat=str(m.remat), dtype=dtype)

@@ -39,7 +39,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from protoseg_jax.models.layers import DropPath, Mlp, attention
+from protoseg_jax.models.layers import DropPath, Mlp, attention, maybe_remat, remat_plan
 
 Dtype = Any
 
@@ -122,7 +122,7 @@ class SwinBlock(nn.Module):
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     ws, s = self.window_size, self.shift
     _, h, w, _ = x.shape
     y = nn.LayerNorm(epsilon=_LN_EPS, dtype=self.dtype, name="norm1")(x)
@@ -167,6 +167,7 @@ class PatchMerging(nn.Module):
 
 
 class SwinStage(nn.Module):
+  """[patch merging ->] `depth` SwinBlocks; `remat_blocks`: each block under nn.remat."""
   dim: int
   depth: int
   num_heads: int
@@ -175,24 +176,31 @@ class SwinStage(nn.Module):
   mlp_ratio: float = 4.0
   qkv_bias: bool = True
   drop_path: Sequence[float] = ()
+  remat_blocks: bool = False
   dtype: Dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jnp.ndarray, *, train: bool) -> jnp.ndarray:
+  def __call__(self, x: jnp.ndarray, train: bool = False) -> jnp.ndarray:
     if self.downsample:
       x = PatchMerging(self.dim, dtype=self.dtype, name="downsample")(x)
+    block_cls = maybe_remat(SwinBlock, self.remat_blocks)
     for j in range(self.depth):
-      x = SwinBlock(self.dim, self.num_heads, self.window_size,
+      x = block_cls(self.dim, self.num_heads, self.window_size,
                     shift=0 if j % 2 == 0 else self.window_size // 2,
                     mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
                     drop_path=float(self.drop_path[j]) if self.drop_path else 0.0,
-                    dtype=self.dtype, name=f"blocks_{j}")(x, train=train)
+                    dtype=self.dtype, name=f"blocks_{j}")(x, train)
     return x
 
 
 class SwinTransformer(nn.Module):
   """Swin backbone: `images [B, H, W, 3]` -> 4 features `[B, H/4*2^-i, W/4*2^-i, C*2^i]`
-  (sizes rounded up: H/4 is ceil(H/4), each stage halves with ceil)."""
+  (sizes rounded up: H/4 is ceil(H/4), each stage halves with ceil).
+
+  remat (`layers.remat_plan`): stage i + 1 is `layers_{i}` (patch merging and
+  its SwinBlocks, the blocks); patch embedding and the output norms
+  `norm{i}` are never recomputed.
+  """
   embed_dim: int = 96
   depths: Sequence[int] = (2, 2, 6, 2)
   num_heads: Sequence[int] = (3, 6, 12, 24)
@@ -203,6 +211,7 @@ class SwinTransformer(nn.Module):
   # mmseg's UperNet-Swin configs use 0.3 (T/S/B); ImageNet training used 0.2-0.5.
   drop_path_rate: float = 0.3
   out_norms: bool = True
+  remat: str = "none"
   dtype: Dtype = jnp.float32
 
   @nn.compact
@@ -218,11 +227,14 @@ class SwinTransformer(nn.Module):
     dpr = np.linspace(0.0, self.drop_path_rate, sum(self.depths))
     outs = []
     start = 0
+    modes = remat_plan(self.remat, len(self.depths))
     for i, depth in enumerate(self.depths):
-      x = SwinStage(self.embed_dim * 2 ** i, depth, self.num_heads[i], self.window_size,
+      stage_cls = maybe_remat(SwinStage, modes[i] == "stage")
+      x = stage_cls(self.embed_dim * 2 ** i, depth, self.num_heads[i], self.window_size,
                     downsample=i > 0, mlp_ratio=self.mlp_ratio, qkv_bias=self.qkv_bias,
-                    drop_path=tuple(dpr[start:start + depth]), dtype=self.dtype,
-                    name=f"layers_{i}")(x, train=train)
+                    drop_path=tuple(float(r) for r in dpr[start:start + depth]),
+                    remat_blocks=modes[i] == "block", dtype=self.dtype,
+                    name=f"layers_{i}")(x, train)
       start += depth
       out = x
       if self.out_norms:
