@@ -136,9 +136,12 @@ def test_sharded_train_step_equals_single_device(data_dir, tiny_config):
   (s1, m1), (s8, m8) = results
   for key in train.TRAIN_KEYS:
     np.testing.assert_allclose(m8[key], m1[key], rtol=1e-5, atol=1e-6)
+  # 3e-5: with the batch of the process-count-independent data order, one
+  # 432-element leaf differs by up to 2.05e-5 (reduction order of SyncBN and
+  # the gradient sums over 8 devices vs 1).
   for tree in ("params", "batch_stats", "prototypes"):
     for x, y in zip(jax.tree.leaves(getattr(s1, tree)), jax.tree.leaves(getattr(s8, tree))):
-      np.testing.assert_allclose(y, x, atol=1e-5)
+      np.testing.assert_allclose(y, x, atol=3e-5)
   # The step did learn prototypes and params.
   for tree in ("params", "prototypes"):
     moved = max(np.abs(np.asarray(a) - np.asarray(b)).max()
