@@ -6,18 +6,22 @@
   python bench/bench_remat.py --config=configs/cityscapes_swin_b_proto.py \
       --num_classes=19 --batch=2 --crop=512,1024 --remat=none,stage,block
 
-For each remat setting, builds the run config's model, abstract train state
-(shapes only: nothing is initialised or executed) and the jitted, donated
-train step of the library (`train.train_step` jitted and donated as
-`train.make_train_step` does: forward, losses,
-gradient, prototype update, optimizer update) on one device, compiles it for
-a random-shaped batch and prints one JSON line with XLA's
+For each remat setting, builds the run config's model and abstract train
+state (shapes only: nothing is initialised or executed) and compiles, on one
+device, for a batch of the given shape, either (`--what=grad`, default) the
+gradient of the train step's loss (`loss_fn`: train-mode forward with the
+prototype update, CE + PPC + PPD (+ aux), `jax.value_and_grad` w.r.t. the
+params) or (`--what=step`) the whole library train step (`train.train_step`
+jitted and donated as `train.make_train_step` does, optimizer update
+included). Prints one JSON line per setting with XLA's
 `compiled.memory_analysis()`: temp bytes (the activations and other scratch
-buffers the step needs beside its arguments and outputs; what remat
-reduces), argument, output and alias bytes, the peak estimate
-(argument + output + temp - alias), the compile seconds and the step's
-FLOPs from `cost_analysis()` (recomputation shows up there). Nothing is run,
-so this works on a CPU for models whose step would take minutes.
+buffers beside arguments and outputs: what remat reduces), argument, output
+and alias bytes, the peak estimate (argument + output + temp - alias); the
+FLOPs from `cost_analysis()` (recomputation shows up there); the compile
+seconds; and `residual_bytes`: what JAX itself keeps from the forward pass
+for the backward pass of the loss (backend-independent, params included).
+Nothing is run, so this works on a CPU for models whose step would take
+minutes.
 
 XLA:CPU undoes remat by default: its pipeline starts by expanding the
 optimization barriers that `jax.checkpoint(prevent_cse=True)` puts around
@@ -35,6 +39,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -45,7 +50,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bench.bench_train_step import load_config, num_classes_of  # noqa: E402
-from protoseg_jax import sharding, train  # noqa: E402
+from protoseg_jax import losses, sharding, train  # noqa: E402
 from protoseg_jax.models.segmentor import build_model  # noqa: E402
 
 
@@ -62,21 +67,62 @@ def abstract_state(config, model, mesh, image_shape):
   return state, found["tx"], found["schedule"]
 
 
-def measure(config, num_classes: int, batch: int, crop: tuple[int, int], remat: str) -> dict:
+def loss_fn(config, model):
+  """The train step's loss of (variables, params, images, labels): train-mode
+  forward with the prototype update, CE + PPC + PPD (+ aux) as in
+  `train.train_step` (warm-up over, dropout and Gumbel keys fixed)."""
+  p, m = config.protoseg, config.model
+
+  def loss(variables, params, x, y):
+    out, updates = model.apply({**variables, "params": params}, x, y, train=True,
+                               mutable=["batch_stats", "prototypes"],
+                               rngs={"dropout": jax.random.key(0), "prototypes": jax.random.key(1)})
+    total, _ = losses.protoseg_loss(out.logits, y, out.proto_logits, out.proto_targets,
+                                    lambda_ppc=p.lambda_ppc, lambda_ppd=p.lambda_ppd,
+                                    align_corners=m.align_corners)
+    if out.aux_logits is not None:
+      total = total + m.aux_weight * losses.segmentation_loss(out.aux_logits, y,
+                                                              align_corners=m.align_corners)
+    return total, updates
+
+  return loss
+
+
+def residual_bytes(config, model, state, images, labels) -> int:
+  """Bytes JAX keeps from the forward pass for the backward pass of the
+  step's loss (`loss_fn`): the leaves of `jax.vjp`'s backward function,
+  traced abstractly (params included, the same for every remat setting).
+  Backend-independent: what remat removes before XLA schedules anything."""
+  loss = loss_fn(config, model)
+  res = jax.eval_shape(
+      lambda v, x, y: jax.tree.leaves(jax.vjp(lambda q: loss(v, q, x, y)[0], v["params"])[1]),
+      state.variables(), images, labels)
+  return sum(math.prod(r.shape) * r.dtype.itemsize for r in res)
+
+
+def measure(config, num_classes: int, batch: int, crop: tuple[int, int], remat: str,
+            what: str = "grad") -> dict:
   config = config.copy_and_resolve_references()
   config.model.remat = remat
   model = build_model(config, num_classes)
   mesh = sharding.create_mesh(jax.devices()[:1])
   state, tx, schedule = abstract_state(config, model, mesh, (1, crop[0], crop[1], 3))
-  # As train.make_train_step on one device (its jit, unwrapped; the mesh set
-  # for a per-device prototype update).
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
-                                   config=config), donate_argnums=0)
   images = jax.ShapeDtypeStruct((batch, crop[0], crop[1], 3), jnp.float32)
   labels = jax.ShapeDtypeStruct((batch, crop[0], crop[1]), jnp.int32)
-  t0 = time.time()
+  if what == "step":
+    # As train.make_train_step on one device (its jit, unwrapped; the mesh set
+    # for a per-device prototype update).
+    fn = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
+                                   config=config), donate_argnums=0)
+    args = (state, {"image": images, "label": labels})
+  else:
+    # The gradient of the step's loss and the variable updates, alone.
+    fn = jax.jit(jax.value_and_grad(loss_fn(config, model), argnums=1, has_aux=True))
+    args = (state.variables(), state.params, images, labels)
   with jax.set_mesh(mesh):
-    compiled = step.lower(state, {"image": images, "label": labels}).compile()
+    residuals = residual_bytes(config, model, state, images, labels)
+    t0 = time.time()
+    compiled = fn.lower(*args).compile()
   seconds = time.time() - t0
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
@@ -86,9 +132,11 @@ def measure(config, num_classes: int, batch: int, crop: tuple[int, int], remat: 
   return {
       "backbone": config.model.backbone, "decoder": config.model.decoder,
       "dtype": config.model.dtype, "batch": batch, "crop": list(crop), "remat": remat,
+      "what": what,
       "temp_bytes": temp, "argument_bytes": arg, "output_bytes": out, "alias_bytes": alias,
       "peak_estimate_bytes": arg + out + temp - alias,
       "temp_gib": round(temp / 2**30, 3),
+      "residual_bytes": residuals, "residual_gib": round(residuals / 2**30, 3),
       "gflops": round(float(cost.get("flops", float("nan"))) / 1e9, 1),
       "compile_s": round(seconds, 1),
       "barriers_kept": compiled.as_text().count("opt-barrier"),
@@ -106,6 +154,8 @@ def main(argv=None):
   p.add_argument("--batch", type=int, default=2, help="batch on the one device")
   p.add_argument("--crop", default=None, help="h,w (default: the config's crop_size)")
   p.add_argument("--dtype", default=None, help="model.dtype (default: the config's)")
+  p.add_argument("--what", default="grad", choices=("grad", "step"),
+                 help="grad: the gradient of the step's loss alone; step: the whole train step")
   p.add_argument("--remat", default="none,stage,block",
                  help="remat settings to compare, separated by ';' or ',' (e.g. 'none;block:3,4')")
   args = p.parse_args(argv)
@@ -116,7 +166,7 @@ def main(argv=None):
   num_classes = num_classes_of(config, args.num_classes)
   sep = ";" if ";" in args.remat else ","
   for remat in [r.strip() for r in args.remat.split(sep) if r.strip()]:
-    rec = measure(config, num_classes, args.batch, crop, remat)
+    rec = measure(config, num_classes, args.batch, crop, remat, args.what)
     rec["config"] = args.config
     print(json.dumps(rec), flush=True)
 

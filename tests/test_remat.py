@@ -31,15 +31,16 @@ COMPILER_OPTIONS = {"xla_disable_hlo_passes": "cse_barrier_expander",
 FAMILIES = {
     "hrnet": (lambda r: hrnet.HRNet(hrnet.CONFIGS["hrnet_tiny"], remat=r),
               "block:1,3;stage:2,4", 4),
-    "resnet": (lambda r: resnet.ResNet(layers=(1, 2, 1, 1), deep_stem=True, stem_width=8,
+    "resnet": (lambda r: resnet.ResNet(layers=(1, 1, 1, 1), deep_stem=True, stem_width=8,
                                        output_stride=16, remat=r),
-               "stage:1,3;block:2,4", 5),
+               "stage:1,3;block:2,4", 4),
     # DropPath on: the recomputed masks must be the forward's (lifted rngs).
-    "swin": (lambda r: swin.SwinTransformer(embed_dim=8, depths=(2, 2, 1, 1), num_heads=(1, 2, 2, 2),
+    # Two blocks in stage 1: the shifted-window block runs under remat too.
+    "swin": (lambda r: swin.SwinTransformer(embed_dim=8, depths=(2, 1, 1, 1), num_heads=(1, 2, 2, 2),
                                             window_size=4, drop_path_rate=0.3, remat=r),
              "block:1,3;stage:2,4", 5),
     "mit": (lambda r: mit.MixVisionTransformer(embed_dims=(8, 16, 16, 16), num_heads=(1, 1, 2, 2),
-                                               depths=(2, 1, 1, 1), sr_ratios=(4, 2, 1, 1),
+                                               depths=(1, 1, 1, 1), sr_ratios=(4, 2, 1, 1),
                                                drop_path_rate=0.3, remat=r),
             "stage:1,3;block:2,4", 4),
 }
