@@ -225,7 +225,10 @@ def _all_finite(*trees) -> jnp.ndarray:
 
 def make_train_step(model, tx, schedule, config, mesh, ignore_index: int = 255,
                     state_shardings=None):
-  """The jitted, donated train step over `mesh`.
+  """The jitted, donated train step over `mesh`: `step(state, batch) -> (state,
+  metrics)`, with `.lower` / `.trace` for ahead-of-time compilation and
+  `.jitted`, the `jax.jit` object (the step itself, or the one a
+  per_device_mean step calls under the mesh).
 
   Args:
     state_shardings: the TrainState's shardings (`state_sharding(state)`),
@@ -238,6 +241,7 @@ def make_train_step(model, tx, schedule, config, mesh, ignore_index: int = 255,
   step = jax.jit(fn, in_shardings=(state_sh, data), out_shardings=(state_sh, rep),
                  donate_argnums=0)
   if config.protoseg.prototype_update != "per_device_mean":
+    step.jitted = step
     return step
 
   def step_under_mesh(state, batch):
@@ -246,6 +250,17 @@ def make_train_step(model, tx, schedule, config, mesh, ignore_index: int = 255,
     with jax.set_mesh(mesh):
       return step(state, batch)
 
+  def under_mesh(method):
+    def call(*args, **kwargs):
+      with jax.set_mesh(mesh):
+        return method(*args, **kwargs)
+    return call
+
+  # The jitted step itself, and AOT .trace / .lower (e.g. `.lower(state,
+  # batch).compile()`) under the mesh, as with the plain jitted step.
+  step_under_mesh.jitted = step
+  step_under_mesh.trace = under_mesh(step.trace)
+  step_under_mesh.lower = under_mesh(step.lower)
   return step_under_mesh
 
 
