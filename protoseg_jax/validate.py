@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from typing import Optional, Sequence
 
 from absl import logging
 
 from protoseg_jax import heads, inference, prototypes, sharding
 from protoseg_jax.models import list_backbones
+from protoseg_jax.models.layers import remat_plan
 from protoseg_jax.models.segmentor import DECODERS, HEADS
 
 # Copies of constants of modules that import TensorFlow (augment) or orbax
@@ -453,6 +455,43 @@ def _check_eval(ck: _Checker):
   ck.integer("eval.log_every_batches", 1)
 
 
+def _check_runtime(ck: _Checker):
+  """Keys of the trainer's machinery: sharding rules, remat, fault handling,
+  compilation cache, predict and the debug switches."""
+  rules = ck.get("sharding.rules")
+  if _valid(rules):
+    ok = isinstance(rules, (tuple, list)) and len(rules) >= 1
+    for rule in rules if ok else ():
+      if not (isinstance(rule, (tuple, list)) and len(rule) == 2 and isinstance(rule[0], str)
+              and rule[1] in sharding.STRATEGIES):
+        ok = False
+        break
+      try:
+        re.compile(rule[0])
+      except re.error as e:
+        ck.add("sharding.rules", rules, f"regex {rule[0]!r} does not compile ({e})")
+        break
+    if not ok:
+      ck.add("sharding.rules", rules, "must be a non-empty sequence of (regex, strategy) pairs, "
+             f"strategy one of {', '.join(repr(x) for x in sharding.STRATEGIES)}")
+  ck.integer("sharding.fsdp_min_size", 0)
+  remat = ck.get("model.remat")
+  if _valid(remat):
+    try:
+      remat_plan(remat)
+    except ValueError as e:   # "config.model.remat=...; expected ..."
+      ck.add("model.remat", remat, str(e).partition("; ")[2] or str(e))
+  ck.integer("max_consecutive_nonfinite", 0, allowed="must be an integer >= 0 (0: never stop)")
+  ck.string("compilation_cache_dir")
+  ck.integer("eval.proto_usage_batches", -1,
+             allowed="must be an integer >= -1 (-1: every eval batch, 0: off)")
+  ck.integer("predict.max_pixels", 0, allowed="must be an integer >= 0 (0: no limit)")
+  nan_steps = ck.get("debug.nan_steps")
+  if _valid(nan_steps) and not (isinstance(nan_steps, (tuple, list))
+                                and all(_is_int(v) and v >= 1 for v in nan_steps)):
+    ck.add("debug.nan_steps", nan_steps, "must be a sequence of step numbers >= 1 (or empty)")
+
+
 def _check_classes(ck: _Checker, data, name):
   """loss.class_weights (and dataset.held_out_class) against the dataset's class count."""
   weights = ck.numbers("loss.class_weights", none_ok=True)
@@ -502,6 +541,8 @@ def validate_config(config, *, num_devices: Optional[int] = None,
   * eval.mode='slide' has eval.slide_crop and eval.stride (stride <= crop);
     eval.resize='bicubic' needs eval.mode='whole'; augmentation='openseg'
     needs photometric=False and cat_max_ratio=1.0.
+  * sharding.rules are (regex, 'replicate'|'fsdp') pairs whose regexes
+    compile; model.remat parses (`models.layers.remat_plan`).
 
   Args:
     config: the run config (ml_collections.ConfigDict).
@@ -522,6 +563,7 @@ def validate_config(config, *, num_devices: Optional[int] = None,
   _check_protoseg(ck, steps)
   _check_optim(ck, steps)
   _check_eval(ck)
+  _check_runtime(ck)
   _check_classes(ck, data, name)
   if ck.problems:
     raise ConfigError(ck.problems)
