@@ -26,8 +26,11 @@ says `"skipped"` and why.
 
   python bench/bench_vocab.py [--pixels 65536] [--classes 150,847,3000,10000]
                               [--m 10] [--d 720] [--repeats 3] [--max-gb 12]
-                              [--losses library|fused|fused_max]
+                              [--losses library|gather]
   python bench/bench_vocab.py --check   # the --losses variants agree (max |diff| per output)
+
+--losses=gather measures the loss and max-over-M forms the library used
+before 2026-11-28 (log_softmax + take_along_axis, jnp.max), for comparison.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ import jax.numpy as jnp  # noqa: E402
 
 from protoseg_jax import losses  # noqa: E402
 from protoseg_jax.ops import l2_normalize  # noqa: E402
-from protoseg_jax.prototypes import learn_prototypes, prototype_similarity  # noqa: E402
+from protoseg_jax.prototypes import (learn_prototypes, max_over_prototypes,  # noqa: E402
+                                     prototype_similarity)
 
 
 def layer_norm(x, scale, bias, eps=1e-5):
@@ -59,50 +63,36 @@ def layer_norm(x, scale, bias, eps=1e-5):
   return (x - mu) * jax.lax.rsqrt(var + eps) * scale + bias
 
 
-def _picked(x, idx):
-  """x[n, idx[n]] as a masked sum: no gather, so its gradient is an elementwise
-  select that fuses into its consumer, not a scatter into a zero [N, K] buffer."""
-  hit = jnp.arange(x.shape[-1], dtype=jnp.int32) == idx[..., None]
-  return jnp.sum(jnp.where(hit, x, 0.0), axis=-1)
-
-
-def cross_entropy_fused(logits, labels):
-  """losses.cross_entropy (no class weights, ignore = any id outside [0, K)) as
-  logsumexp(x) - x[label]: no [N, K] log_softmax or gather; the gradient is one
-  fused softmax(x) - onehot."""
+def cross_entropy_gather(logits, labels):
+  """The library's CE (no class weights, ignore = any id outside [0, K)) in its
+  form before 2026-11-28: log_softmax, then the target's entry by
+  `take_along_axis` (whose gradient is a scatter into a zero [N, K] buffer)."""
   k = logits.shape[-1]
   valid = (labels >= 0) & (labels < k)
-  x = logits.astype(jnp.float32)
-  nll = jax.nn.logsumexp(x, axis=-1) - _picked(x, jnp.where(valid, labels, 0))
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  nll = -jnp.take_along_axis(logp, jnp.where(valid, labels, 0)[:, None], axis=-1)[:, 0]
   w = valid.astype(jnp.float32)
   return jnp.sum(w * nll) / jnp.maximum(jnp.sum(w), 1e-12)
 
 
-def ppd_fused(proto_logits, proto_targets):
-  """losses.ppd_loss with `_picked` instead of take_along_axis."""
+def ppd_gather(proto_logits, proto_targets):
+  """losses.ppd_loss before 2026-11-28: s[target] by take_along_axis."""
   k = proto_logits.shape[-1]
   valid = (proto_targets >= 0) & (proto_targets < k)
-  s = _picked(proto_logits.astype(jnp.float32), jnp.where(valid, proto_targets, 0))
+  s = jnp.take_along_axis(proto_logits.astype(jnp.float32),
+                          jnp.where(valid, proto_targets, 0)[:, None], axis=1)[:, 0]
   sq = jnp.where(valid, jnp.square(1.0 - s), 0.0)
   return jnp.sum(sq) / jnp.maximum(jnp.sum(valid), 1)
 
 
-def max_over_m_select(sim3):
-  """max over the last axis as x[argmax]: the gradient goes to the first maximum
-  through a select (jnp.max's gradient builds an f32 [N, C, M] tie mask and its
-  normaliser: extra [N, C*M] buffers)."""
-  idx = jnp.argmax(jax.lax.stop_gradient(sim3), axis=-1).astype(jnp.int32)
-  return _picked(sim3, idx)
-
-
-# (CE, PPC, PPD, max over M): the library's (protoseg_jax/losses.py, jnp.max),
-# the gather-free losses above ("fused"), and those with max_over_m_select too
-# ("fused_max"): proposed changes to losses.py / heads.py, measured here.
+# (CE, PPC, PPD, max over M): the library's (protoseg_jax.losses: logsumexp -
+# masked pick; prototypes.max_over_prototypes: select at the argmax) and the
+# forms it used before ("gather": log_softmax + take_along_axis, jnp.max).
 LOSSES = {
     "library": (lambda lg, y: losses.cross_entropy(lg, y, ignore_index=-1),
-                losses.ppc_loss, losses.ppd_loss, lambda x: jnp.max(x, axis=-1)),
-    "fused": (cross_entropy_fused, cross_entropy_fused, ppd_fused, lambda x: jnp.max(x, axis=-1)),
-    "fused_max": (cross_entropy_fused, cross_entropy_fused, ppd_fused, max_over_m_select),
+                losses.ppc_loss, losses.ppd_loss, max_over_prototypes),
+    "gather": (cross_entropy_gather, cross_entropy_gather, ppd_gather,
+               lambda x: jnp.max(x, axis=-1)),
 }
 
 
@@ -221,7 +211,7 @@ def main():
                   help="run only sizes whose estimated peak memory (GiB) is below this")
   ap.add_argument("--heads", default="protoseg,linear")
   ap.add_argument("--losses", default="library", choices=sorted(LOSSES),
-                  help="library: protoseg_jax.losses; fused: the gather-free CE/PPC/PPD above")
+                  help="library: protoseg_jax's forms; gather: the forms before 2026-11-28")
   ap.add_argument("--check", action="store_true",
                   help="only compare the --losses variants on a small problem and exit")
   a = ap.parse_args()

@@ -15,8 +15,8 @@ get a "skipped" record. A record is one JSON object:
   {"what", "item", "config", "device", "dtype", "batch", "figures", "date", ...}
 
 Items (default order: matmul, the ProtoSeg configs of Cityscapes HRNet-W48
-and ADE20K Swin-B, prototypes, their linear twins, scaling, the rest of the
-grid, vocab; `--list` prints it):
+and ADE20K Swin-B, prototypes, their linear twins, head_overhead, scaling,
+the rest of the grid, vocab; `--list` prints it):
   matmul          a large matmul in bfloat16 (and in --dtype): the FLOP/s this
                   chip reaches on plain matmuls, measured in the same run.
   model:<config>  configs/<config>.py with random data at its crop size and
@@ -36,6 +36,11 @@ grid, vocab; `--list` prints it):
                   batch: partitioning overhead only (the simulated devices
                   share the host's cores), plus the compiled per-device FLOPs,
                   memory and collectives, which do not depend on the load.
+  head_overhead   the ProtoSeg head alone vs the linear head at the Cityscapes
+                  HRNet-W48 shapes (bench_head_overhead.measure: linear,
+                  retrieval without learning, the whole train-mode head,
+                  inference): where the ProtoSeg step's extra time goes;
+                  --profile_dir adds a jax.profiler trace per variant.
   vocab           ProtoSeg vs linear head step as C grows (bench_vocab.run_size).
 
 FLOPs (per train step / forward pass, 2 per multiply-add):
@@ -120,10 +125,10 @@ def grid_configs() -> list[str]:
 
 def default_items() -> list[str]:
   """matmul, the two headline models' ProtoSeg configs, prototypes, their
-  linear twins, scaling, the rest of the grid, vocab."""
+  linear twins, head_overhead, scaling, the rest of the grid, vocab."""
   models = [f"model:{c}" for c in grid_configs()]   # [proto1, linear1, proto2, linear2, ...]
-  return ["matmul", models[0], models[2], "prototypes", models[1], models[3], "scaling",
-          *models[4:], "vocab"]
+  return ["matmul", models[0], models[2], "prototypes", models[1], models[3], "head_overhead",
+          "scaling", *models[4:], "vocab"]
 
 
 # ----------------------------------------------------------------------------
@@ -211,23 +216,10 @@ def _memory(compiled) -> dict:
 
 
 def _jit_object(step):
-  """The jax.jit object behind train.make_train_step's result, for .trace().
-
-  With config.protoseg.prototype_update="per_device_mean" make_train_step
-  returns a plain function that enters `jax.set_mesh(mesh)` and calls its
-  jitted step (so it cannot be traced itself); that jitted step is read from
-  the function's closure (or a `.jitted` attribute, should the library add
-  one). Trace it under `jax.set_mesh(mesh)` as the wrapper does.
-  """
-  if hasattr(step, "trace"):
-    return step
-  inner = getattr(step, "jitted", None)
-  if inner is None and getattr(step, "__closure__", None):
-    cells = dict(zip(step.__code__.co_freevars, (c.cell_contents for c in step.__closure__)))
-    inner = cells.get("step")
-  if not hasattr(inner, "trace"):
-    raise TypeError(f"cannot find the jitted step behind {step!r} (train.make_train_step changed?)")
-  return inner
+  """The jax.jit object behind train.make_train_step's result, for .trace():
+  its `.jitted` (with prototype_update="per_device_mean" the step is a function
+  that calls it under `jax.set_mesh(mesh)`; trace it under that mesh too)."""
+  return step.jitted
 
 
 def _flop_counts(child, traced, compiled, args) -> dict:
@@ -512,6 +504,21 @@ def child_scaling(child: Child):
                figures=figs, host_cpus=os.cpu_count())
 
 
+def child_head_overhead(child: Child):
+  """The head alone at the Cityscapes HRNet-W48 recipe's shapes (batch 8,
+  128x256x720 features, C=19, M=10): bench_head_overhead's variants."""
+  import bench_head_overhead
+  args = child.args
+  batch, hw = (1, (16, 32)) if args.quick else (8, (128, 256))
+  profile = os.path.join(args.profile_dir, "head_overhead") if args.profile_dir else None
+  recs = bench_head_overhead.measure(batch=batch, hw=hw, dtype=child.dtype, steps=args.steps,
+                                     profile_dir=profile)
+  for r in recs:
+    figs = {k: v for k, v in r.items() if k not in ("bench", "dtype", "batch", "device", "jax")}
+    child.emit("head_overhead", config="head of configs/cityscapes_hrnet48_proto.py vs _linear",
+               dtype=child.dtype, batch=batch, figures=figs)
+
+
 def child_vocab(child: Child):
   import bench_vocab
   args = child.args
@@ -543,6 +550,8 @@ def child_main(args):
     child_scaling(child)
   elif item == "vocab":
     child_vocab(child)
+  elif item == "head_overhead":
+    child_head_overhead(child)
   else:
     raise SystemExit(f"unknown item {item!r}")
 
@@ -619,7 +628,8 @@ def run_item(item: str, args, deadline: float, rec: Recorder) -> str:
   cmd = [sys.executable, os.path.abspath(__file__), f"--child={item}", f"--dtype={args.dtype}",
          f"--block={args.block}", f"--steps={args.steps}", f"--windows={args.windows}",
          f"--vocab_max_gb={args.vocab_max_gb}"] + (["--quick"] if args.quick else []) + (
-             ["--flops_only"] if args.flops_only else [])
+             ["--flops_only"] if args.flops_only else []) + (
+             [f"--profile_dir={args.profile_dir}"] if args.profile_dir else [])
   env = dict(os.environ)
   if args.cache_dir:
     env["JAX_COMPILATION_CACHE_DIR"] = args.cache_dir
@@ -736,6 +746,8 @@ def main(argv=None):
   ap.add_argument("--flops_only", action="store_true",
                   help="model items: FLOP counts only, from the CPU lowering of abstract shapes "
                        "(no init, compile or run; any host)")
+  ap.add_argument("--profile_dir", default="",
+                  help="head_overhead item: a jax.profiler trace of each variant's timed steps here")
   ap.add_argument("--child", default="", help=argparse.SUPPRESS)
   args = ap.parse_args(argv)
   if args.child:

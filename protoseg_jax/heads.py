@@ -25,7 +25,8 @@ import jax.numpy as jnp
 
 from protoseg_jax.ops import l2_normalize, resize_nearest
 from protoseg_jax.prototypes import (ASSIGNMENTS, PROTOTYPE_UPDATES, learn_prototypes,
-                                     learn_prototypes_per_device, prototype_similarity)
+                                     learn_prototypes_per_device, max_over_prototypes,
+                                     prototype_similarity)
 
 PROTOTYPE_RNG = "prototypes"  # rng stream for the Gumbel assignment
 PROJ_NORM_AXES = ("channel", "width")
@@ -159,7 +160,7 @@ class ProtoSegHead(nn.Module):
                            self.make_rng("params") if self.is_initializing() else None,
                            (c, m, d), 0.02, self.proto_init)
     sim = prototype_similarity(emb, protos.value, train_prototypes)  # [N, C*M]
-    scores = jnp.max(sim.reshape(-1, c, m), axis=-1)  # [N, C]
+    scores = max_over_prototypes(sim.reshape(-1, c, m))  # [N, C]
     if self.use_mask_norm:
       scores = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name="mask_norm")(scores)
     logits = scores.reshape(b, h, w, c)

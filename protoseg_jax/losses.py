@@ -14,6 +14,14 @@ import jax.numpy as jnp
 from protoseg_jax.ops import resize_bilinear
 
 
+def _pick(x: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
+  """x[..., index[...]] as a masked sum over the last axis. Its gradient is an
+  elementwise select that fuses into its neighbours; `take_along_axis`'s is a
+  scatter-add into a zero buffer the size of x."""
+  hit = jnp.arange(x.shape[-1], dtype=jnp.int32) == index[..., None]
+  return jnp.sum(jnp.where(hit, x, 0.0), axis=-1)
+
+
 def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, *, ignore_index: int = 255,
                   class_weights: Optional[Sequence[float] | jnp.ndarray] = None) -> jnp.ndarray:
   """Mean cross-entropy over labelled pixels, like `F.cross_entropy(weight=w, ignore_index=i)`.
@@ -29,8 +37,10 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, *, ignore_index: int
   labels = labels.astype(jnp.int32)
   valid = (labels != ignore_index) & (labels >= 0) & (labels < k)
   safe = jnp.where(valid, labels, 0)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+  # logsumexp(x) - x[label]: no [..., K] log-softmax is stored, and the
+  # gradient is one fused softmax(x) - onehot (bench/bench_vocab.py).
+  x = logits.astype(jnp.float32)
+  nll = jax.nn.logsumexp(x, axis=-1) - _pick(x, safe)
   if class_weights is None:
     w = valid.astype(jnp.float32)
   else:
@@ -58,7 +68,7 @@ def ppd_loss(proto_logits: jnp.ndarray, proto_targets: jnp.ndarray) -> jnp.ndarr
   k = proto_logits.shape[-1]
   t = proto_targets.astype(jnp.int32)
   valid = (t >= 0) & (t < k)
-  s = jnp.take_along_axis(proto_logits.astype(jnp.float32), jnp.where(valid, t, 0)[:, None], axis=1)[:, 0]
+  s = _pick(proto_logits.astype(jnp.float32), jnp.where(valid, t, 0))
   sq = jnp.where(valid, jnp.square(1.0 - s), 0.0)
   return jnp.sum(sq) / jnp.maximum(jnp.sum(valid), 1)
 

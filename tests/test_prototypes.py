@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from protoseg_jax.ops import l2_normalize
-from protoseg_jax.prototypes import learn_prototypes, prototype_similarity
+from protoseg_jax.prototypes import learn_prototypes, max_over_prototypes, prototype_similarity
 from reference import l2n, learn_prototypes_reference
 
 C, M, D, N = 6, 4, 16, 400
@@ -196,3 +196,23 @@ def test_targets_of_a_large_vocabulary_reach_255_and_ignored_are_minus_one():
   np.testing.assert_array_equal(t == -1, labels == 255)
   assert np.any(t == 255)
   np.testing.assert_array_equal(t[labels != 255] // m, labels[labels != 255])
+
+
+def test_max_over_prototypes_value_and_gradient():
+  # Value: jnp.max exactly. Gradient: one-hot at the maximum (NumPy), which is
+  # also jnp.max's when there are no ties; with a tie, all of it goes to the
+  # first maximum (jnp.max / torch.amax would split it).
+  rng = np.random.RandomState(3)
+  sim = rng.uniform(-1, 1, size=(50, C, M)).astype(np.float32)
+  sim[0, 0] = [0.5, 0.9, 0.9, 0.1]                         # a tie at m = 1, 2
+  g = rng.randn(50, C).astype(np.float32)
+  got = max_over_prototypes(jnp.asarray(sim))
+  np.testing.assert_array_equal(np.asarray(got), sim.max(-1))
+  grad = np.asarray(jax.grad(lambda x: jnp.sum(max_over_prototypes(x) * g))(jnp.asarray(sim)))
+  want = np.zeros_like(sim)
+  n, c = np.meshgrid(np.arange(50), np.arange(C), indexing="ij")
+  want[n, c, sim.argmax(-1)] = g
+  np.testing.assert_array_equal(grad, want)
+  assert grad[0, 0, 1] == g[0, 0] and grad[0, 0, 2] == 0.0
+  ref = np.asarray(jax.grad(lambda x: jnp.sum(jnp.max(x, -1) * g))(jnp.asarray(sim)))
+  np.testing.assert_array_equal(grad[1:], ref[1:])

@@ -1,0 +1,32 @@
+"""The benchmark scripts that a GPU session runs blind: small smoke runs here."""
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "bench"))
+
+import bench_head_overhead  # noqa: E402
+
+
+def test_head_overhead_variants_costs_and_profile(tmp_path):
+  recs = bench_head_overhead.measure(batch=1, hw=(8, 16), d_in=16, num_classes=3,
+                                     num_prototypes=2, embed_dim=16, dtype="float32", steps=2,
+                                     profile_dir=str(tmp_path))
+  *variants, summary = recs
+  by = {r["variant"]: r for r in variants}
+  assert sorted(by) == sorted(["linear/train", "retrieval/train", "protoseg/train",
+                               "linear/inference", "protoseg/inference"])
+  for r in variants:
+    assert r["ms"] > 0 and r["gflops_xla"] >= 0
+  # Nested variants: the projection head adds FLOPs; learning adds memory traffic.
+  assert by["retrieval/train"]["flops_xla"] > by["linear/train"]["flops_xla"]
+  assert by["protoseg/train"]["bytes_accessed_xla"] > by["retrieval/train"]["bytes_accessed_xla"]
+  assert summary["summary"] and summary["protoseg_minus_linear_ms"] == pytest.approx(
+      by["protoseg/train"]["ms"] - by["linear/train"]["ms"], abs=1e-3)
+  # The trace was read back and its ops named after the head's modules.
+  ops = by["retrieval/train"]["top_ops"]
+  assert ops and all(o["us_per_step"] >= 0 and 0 <= o["share"] <= 1 for o in ops)
+  assert any("ProtoSegHead" in o["op_name"] for o in ops)
