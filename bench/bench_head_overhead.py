@@ -61,19 +61,15 @@ def make_variants(num_classes: int, num_prototypes: int, embed_dim: int, dtype, 
                              dtype=dtype)
   linear = heads.LinearHead(num_classes, dtype=dtype)
 
-  def linear_train(v, x, y, key):
-    def loss(params, x):
-      logits = linear.apply({**v, "params": params}, x, train=True).logits
-      return losses.segmentation_loss(logits, y, align_corners=align_corners)
-    val, grads = jax.value_and_grad(loss, argnums=(0, 1))(v["params"], x)
-    return val, grads, None
-
-  def retrieval_train(v, x, y, key):
-    def loss(params, x):
-      logits = proto.apply({**v, "params": params}, x, train=True).logits
-      return losses.segmentation_loss(logits, y, align_corners=align_corners)
-    val, grads = jax.value_and_grad(loss, argnums=(0, 1))(v["params"], x)
-    return val, grads, None
+  def ce_train(head):
+    """CE on the head's logits without labels (no prototype learning)."""
+    def fn(v, x, y, key):
+      def loss(params, x):
+        logits = head.apply({**v, "params": params}, x, train=True).logits
+        return losses.segmentation_loss(logits, y, align_corners=align_corners)
+      val, grads = jax.value_and_grad(loss, argnums=(0, 1))(v["params"], x)
+      return val, grads, None
+    return fn
 
   def protoseg_train(v, x, y, key):
     def loss(params, x):
@@ -86,8 +82,8 @@ def make_variants(num_classes: int, num_prototypes: int, embed_dim: int, dtype, 
     return val, grads, protos
 
   return {
-      "linear/train": (linear, linear_train),
-      "retrieval/train": (proto, retrieval_train),
+      "linear/train": (linear, ce_train(linear)),
+      "retrieval/train": (proto, ce_train(proto)),
       "protoseg/train": (proto, protoseg_train),
       "linear/inference": (linear, lambda v, x, y, key: linear.apply(v, x).logits),
       "protoseg/inference": (proto, lambda v, x, y, key: proto.apply(v, x).logits),
