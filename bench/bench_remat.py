@@ -21,7 +21,11 @@ FLOPs from `cost_analysis()` (recomputation shows up there); the compile
 seconds; and `residual_bytes`: what JAX itself keeps from the forward pass
 for the backward pass of the loss (backend-independent, params included).
 Nothing is run, so this works on a CPU for models whose step would take
-minutes.
+minutes. `--residuals_only` skips the compile (XLA:CPU needs more than 24 GB
+of host memory to compile HRNet-W48's step at 256x512) and reports only the
+residual bytes and the gradient's matmul + conv FLOPs counted from its jaxpr
+(`bench/flops.py`; recomputation included), from abstract tracing: seconds
+for any model and size.
 
 XLA:CPU undoes remat by default: its pipeline starts by expanding the
 optimization barriers that `jax.checkpoint(prevent_cse=True)` puts around
@@ -101,7 +105,7 @@ def residual_bytes(config, model, state, images, labels) -> int:
 
 
 def measure(config, num_classes: int, batch: int, crop: tuple[int, int], remat: str,
-            what: str = "grad") -> dict:
+            what: str = "grad", residuals_only: bool = False) -> dict:
   config = config.copy_and_resolve_references()
   config.model.remat = remat
   model = build_model(config, num_classes)
@@ -121,6 +125,18 @@ def measure(config, num_classes: int, batch: int, crop: tuple[int, int], remat: 
     args = (state.variables(), state.params, images, labels)
   with jax.set_mesh(mesh):
     residuals = residual_bytes(config, model, state, images, labels)
+  if residuals_only:
+    from bench.flops import matmul_conv_flops
+    grad = jax.value_and_grad(loss_fn(config, model), argnums=1, has_aux=True)
+    with jax.set_mesh(mesh):
+      flops = matmul_conv_flops(jax.make_jaxpr(grad)(state.variables(), state.params, images,
+                                                     labels))["flops"]
+    return {"backbone": config.model.backbone, "decoder": config.model.decoder,
+            "dtype": config.model.dtype, "batch": batch, "crop": list(crop), "remat": remat,
+            "what": "residuals", "residual_bytes": residuals,
+            "residual_gib": round(residuals / 2**30, 3),
+            "grad_gflops_jaxpr": round(flops / 1e9, 1)}
+  with jax.set_mesh(mesh):
     t0 = time.time()
     compiled = fn.lower(*args).compile()
   seconds = time.time() - t0
@@ -156,6 +172,9 @@ def main(argv=None):
   p.add_argument("--dtype", default=None, help="model.dtype (default: the config's)")
   p.add_argument("--what", default="grad", choices=("grad", "step"),
                  help="grad: the gradient of the step's loss alone; step: the whole train step")
+  p.add_argument("--residuals_only", action="store_true",
+                 help="only JAX's residual bytes (abstract tracing, seconds, any model size); "
+                      "no XLA compile")
   p.add_argument("--remat", default="none,stage,block",
                  help="remat settings to compare, separated by ';' or ',' (e.g. 'none;block:3,4')")
   args = p.parse_args(argv)
@@ -166,7 +185,7 @@ def main(argv=None):
   num_classes = num_classes_of(config, args.num_classes)
   sep = ";" if ";" in args.remat else ","
   for remat in [r.strip() for r in args.remat.split(sep) if r.strip()]:
-    rec = measure(config, num_classes, args.batch, crop, remat, args.what)
+    rec = measure(config, num_classes, args.batch, crop, remat, args.what, args.residuals_only)
     rec["config"] = args.config
     print(json.dumps(rec), flush=True)
 

@@ -9,18 +9,24 @@ alone (no TensorFlow, TFDS, clu or orbax is imported: this runs on an image
 that has only jax, flax, optax and ml_collections) and times the jitted,
 donated step over all local devices on one random batch of the config's crop
 size. Prints one JSON line: device, config, global batch, dtype, compile
-seconds, median step milliseconds and images per second, and which trainer
-packages were imported (expected: none).
+seconds, seconds from the process start to the end of the first step,
+median step milliseconds and images per second, and which trainer packages
+were imported (expected: none). `--compilation_cache_dir=DIR` turns on JAX's
+persistent compilation cache as the trainer does (`bench/bench_compile_cache.py`
+starts this twice on one cache to measure a restart).
 """
 
 from __future__ import annotations
+
+import time
+
+T_START = time.perf_counter()  # before JAX is imported: "time to the first step" counts from here
 
 import argparse
 import importlib
 import json
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -62,6 +68,9 @@ def main(argv=None):
   p.add_argument("--num_classes", type=int, default=None,
                  help="default: the dataset's (needs tensorflow_datasets)")
   p.add_argument("--steps", type=int, default=20, help="timed steps after the compile")
+  p.add_argument("--compilation_cache_dir", default="off",
+                 help="JAX's persistent compilation cache for this run, as the trainer's "
+                      "config.compilation_cache_dir: a directory, or 'off' (default)")
   args = p.parse_args(argv)
 
   config = load_config(args.config)
@@ -72,6 +81,8 @@ def main(argv=None):
   crop = tuple(int(v) for v in args.crop.split(",")) if args.crop else tuple(config.dataset.crop_size)
   num_classes = num_classes_of(config, args.num_classes)
   batch = int(config.batch_size)
+  config.compilation_cache_dir = args.compilation_cache_dir
+  cache_dir = train.enable_compilation_cache(config, workdir=".")
 
   model = build_model(config, num_classes)
   mesh = sharding.create_mesh()
@@ -89,6 +100,7 @@ def main(argv=None):
   state, metrics = step(state, inputs)
   jax.block_until_ready(metrics)
   compile_s = time.perf_counter() - t0
+  first_step_s = time.perf_counter() - T_START
   times = []
   for _ in range(args.steps):
     t0 = time.perf_counter()
@@ -102,7 +114,8 @@ def main(argv=None):
       "num_devices": jax.device_count(), "jax": jax.__version__, "config": args.config,
       "backbone": config.model.backbone, "head": config.model.head, "num_classes": num_classes,
       "batch": batch, "crop": list(crop), "dtype": str(config.model.dtype),
-      "compile_s": round(compile_s, 2), "step_ms_median": round(1e3 * step_s, 2),
+      "compile_s": round(compile_s, 2), "first_step_after_start_s": round(first_step_s, 2),
+      "compilation_cache": cache_dir is not None, "step_ms_median": round(1e3 * step_s, 2),
       "step_ms_min": round(1e3 * min(times), 2), "img_per_s": round(batch / step_s, 2),
       "steps": args.steps, "final_loss": loss, "loss_finite": bool(np.isfinite(loss)),
       "trainer_stack_imported": sorted(m for m in TRAINER_STACK if m in sys.modules),
