@@ -30,3 +30,14 @@ def test_head_overhead_variants_costs_and_profile(tmp_path):
   ops = by["retrieval/train"]["top_ops"]
   assert ops and all(o["us_per_step"] >= 0 and 0 <= o["share"] <= 1 for o in ops)
   assert any("ProtoSegHead" in o["op_name"] for o in ops)
+
+
+def test_remat_residuals_only_shrinks_and_recomputes():
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  import bench_remat
+  from bench_train_step import load_config
+  config = load_config("configs/demo.py:runlocal")
+  none, stage = (bench_remat.measure(config, 6, 2, (64, 64), r, residuals_only=True)
+                 for r in ("none", "stage"))
+  assert stage["residual_bytes"] < 0.8 * none["residual_bytes"]
+  assert stage["grad_gflops_jaxpr"] > none["grad_gflops_jaxpr"] > 0
