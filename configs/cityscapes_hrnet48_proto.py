@@ -69,9 +69,6 @@ Differences from the official training:
     loss scaling).
   * the Gumbel draws of the prototype assignment are JAX's, not PyTorch's
     (same distribution), and each device's draw is fold_in(key, device).
-  * the max over a class's M prototypes sends its gradient to the first of
-    exactly tied maxima (torch.amax splits it among them); a tie needs two
-    identical prototypes (prototypes.max_over_prototypes).
   Not a difference: after warm-up the official prototypes still get an
   optimizer step at the first learning step, but on the replaced
   nn.Parameter the optimizer keeps (prototype_learning swaps in a new one

@@ -77,13 +77,12 @@ def prototype_similarity(embeddings: jnp.ndarray, prototypes: jnp.ndarray,
 def max_over_prototypes(similarity: jnp.ndarray) -> jnp.ndarray:
   """Class scores [N, C]: the max over M of the similarity [N, C, M].
 
-  The value is `jnp.max(similarity, -1)` (the forward pass, and inference, is
-  that one reduction); the gradient goes to the first maximum of each (n, c)
-  through an elementwise select (`torch.amax`, the official op, splits it
-  among tied maxima, which only exactly equal prototypes produce).
-  `jnp.max`'s own gradient builds a float [N, C, M] tie mask and its
-  normaliser: extra full-size buffers in the train step (bench/bench_vocab.py:
-  with the losses' masked picks, 45% less memory at C = 10000).
+  Value and gradient are `jnp.max`'s and the official `torch.amax`'s: the
+  gradient is split evenly among exactly tied maxima. Only the form of the
+  gradient differs from `jnp.max`'s: a boolean [N, C, M] mask and an
+  elementwise select, where `jnp.max`'s JVP builds a float mask and
+  multiplies (one full-size f32 buffer more in the train step;
+  bench/bench_vocab.py measures the head step's memory).
   """
   return jnp.max(similarity, axis=-1)
 
@@ -91,9 +90,10 @@ def max_over_prototypes(similarity: jnp.ndarray) -> jnp.ndarray:
 @max_over_prototypes.defjvp
 def _max_over_prototypes_jvp(primals, tangents):
   (x,), (t,) = primals, tangents
-  idx = jnp.argmax(x, axis=-1).astype(jnp.int32)
-  hit = jnp.arange(x.shape[-1], dtype=jnp.int32) == idx[..., None]
-  return jnp.max(x, axis=-1), jnp.sum(jnp.where(hit, t, jnp.zeros_like(t)), axis=-1)
+  best = jnp.max(x, axis=-1)
+  hit = x == best[..., None]
+  count = jnp.sum(hit, axis=-1).astype(t.dtype)
+  return best, jnp.sum(jnp.where(hit, t, jnp.zeros_like(t)), axis=-1) / count
 
 
 def _argmax_equals(logits: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:

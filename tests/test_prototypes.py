@@ -2,6 +2,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import torch
 
 from protoseg_jax.ops import l2_normalize
 from protoseg_jax.prototypes import learn_prototypes, max_over_prototypes, prototype_similarity
@@ -199,9 +200,8 @@ def test_targets_of_a_large_vocabulary_reach_255_and_ignored_are_minus_one():
 
 
 def test_max_over_prototypes_value_and_gradient():
-  # Value: jnp.max exactly. Gradient: one-hot at the maximum (NumPy), which is
-  # also jnp.max's when there are no ties; with a tie, all of it goes to the
-  # first maximum (jnp.max / torch.amax would split it).
+  # Value: jnp.max exactly. Gradient: one-hot at the maximum (NumPy), split
+  # evenly among tied maxima as torch.amax does; equal to jnp.max's.
   rng = np.random.RandomState(3)
   sim = rng.uniform(-1, 1, size=(50, C, M)).astype(np.float32)
   sim[0, 0] = [0.5, 0.9, 0.9, 0.1]                         # a tie at m = 1, 2
@@ -209,10 +209,13 @@ def test_max_over_prototypes_value_and_gradient():
   got = max_over_prototypes(jnp.asarray(sim))
   np.testing.assert_array_equal(np.asarray(got), sim.max(-1))
   grad = np.asarray(jax.grad(lambda x: jnp.sum(max_over_prototypes(x) * g))(jnp.asarray(sim)))
-  want = np.zeros_like(sim)
-  n, c = np.meshgrid(np.arange(50), np.arange(C), indexing="ij")
-  want[n, c, sim.argmax(-1)] = g
-  np.testing.assert_array_equal(grad, want)
-  assert grad[0, 0, 1] == g[0, 0] and grad[0, 0, 2] == 0.0
+  hit = sim == sim.max(-1, keepdims=True)
+  want = np.where(hit, (g / hit.sum(-1))[..., None], 0.0).astype(np.float32)
+  np.testing.assert_allclose(grad, want, rtol=1e-6, atol=0)
+  assert grad[0, 0, 1] == grad[0, 0, 2] == np.float32(g[0, 0] / 2)
   ref = np.asarray(jax.grad(lambda x: jnp.sum(jnp.max(x, -1) * g))(jnp.asarray(sim)))
-  np.testing.assert_array_equal(grad[1:], ref[1:])
+  np.testing.assert_allclose(grad, ref, rtol=1e-6, atol=0)
+  # The official op.
+  ts = torch.tensor(sim, requires_grad=True)
+  (torch.amax(ts, dim=-1) * torch.tensor(g)).sum().backward()
+  np.testing.assert_allclose(grad, ts.grad.numpy(), rtol=1e-6, atol=0)
