@@ -150,19 +150,30 @@ def test_sharded_train_step_equals_single_device(data_dir, tiny_config):
     assert moved > 1e-4, tree
 
 
-def _one_device_steps(config, num_steps):
+def _one_device_setup(config):
+  """(model, host batch, host initial state, run) on one device; run(state,
+  batch) -> the host (state, metrics) after one train step."""
   info = datasets.get_dataset_info(config)
   model = build_model(config, info.num_classes)
   mesh = sharding.create_mesh(jax.devices()[:1])
   batch = jax.device_get(next(input_pipeline.create_train_iterator(
       config, sharding.batch_sharding(mesh))))
   state0, tx, schedule = train.create_train_state(config, model, mesh, (1, 64, 64, 3))
-  state0 = jax.device_get(state0)
   step = train.make_train_step(model, tx, schedule, config, mesh)
-  state, out = jax.device_put(state0, sharding.replicated(mesh)), []
+
+  def run(state, b):
+    return jax.device_get(step(jax.device_put(state, sharding.replicated(mesh)),
+                               jax.device_put(b, sharding.batch_sharding(mesh))))
+
+  return model, batch, jax.device_get(state0), run
+
+
+def _one_device_steps(config, num_steps):
+  model, batch, state0, run = _one_device_setup(config)
+  state, out = state0, []
   for _ in range(num_steps):
-    state, metrics = step(state, jax.device_put(batch, sharding.batch_sharding(mesh)))
-    out.append(jax.device_get((state, metrics)))
+    state, metrics = run(state, batch)
+    out.append((state, metrics))
   return model, batch, state0, out
 
 
@@ -325,21 +336,9 @@ def test_skipped_step_keeps_warmup_and_momentum_prototype_updates(data_dir, tiny
       "optim.name": "sgd", "optim.learning_rate": 0.05, "optim.warmup_steps": 0,
       "protoseg.assignment": "argmax", "protoseg.warmup_iters": 1,
       "protoseg.pretrain_prototype": True})
-  info = datasets.get_dataset_info(config)
-  model = build_model(config, info.num_classes)
-  mesh = sharding.create_mesh(jax.devices()[:1])
-  batch = jax.device_get(next(input_pipeline.create_train_iterator(
-      config, sharding.batch_sharding(mesh))))
-  state0, tx, schedule = train.create_train_state(config, model, mesh, (1, 64, 64, 3))
-  state0 = jax.device_get(state0)
-  step = train.make_train_step(model, tx, schedule, config, mesh)
+  _, batch, state0, run = _one_device_setup(config)
   bad = jax.device_get(train._nan_images(batch))
   assert np.all(np.isnan(bad["image"])) and np.array_equal(bad["label"], batch["label"])
-
-  def run(state, b):
-    state, metrics = step(jax.device_put(state, sharding.replicated(mesh)),
-                          jax.device_put(b, sharding.batch_sharding(mesh)))
-    return jax.device_get((state, metrics))
 
   s1, m1 = run(state0, bad)    # warm-up step: skipped
   s2, m2 = run(s1, bad)        # momentum step: skipped
