@@ -25,9 +25,11 @@ and the features, which the decoder's backward pass needs):
 and the inference forward pass (`train=False`) of the linear and ProtoSeg
 heads. retrieval - linear is the cost of the projection head and the
 nearest-prototype classifier; protoseg - retrieval is prototype learning.
-Prints one JSON line per variant (median ms over --steps, the compiled
-program's FLOPs and bytes accessed from XLA's cost analysis, its temp
-memory) and a summary line with those differences. With --profile_dir the
+Prints one JSON line per variant (matmul + conv FLOPs counted from its
+jaxpr by `bench/flops.py`, median ms over --steps, the compiled program's
+FLOPs and bytes accessed from XLA's cost analysis, its temp memory) and a
+summary line with those differences; `--flops_only` traces the variants for
+their jaxpr FLOPs alone (seconds at any size; no compile, no run). With --profile_dir the
 timed steps of each variant run under `jax.profiler.trace` (open with
 TensorBoard's profile plugin or Perfetto) and each record gets `top_ops`:
 the instructions that took most time, per step, with the head's module path
@@ -49,6 +51,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
+from bench.flops import matmul_conv_flops  # noqa: E402
 from protoseg_jax import heads, losses  # noqa: E402
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -141,8 +144,10 @@ def _cost(compiled) -> dict:
 
 def measure(*, batch=8, hw=(128, 256), d_in=720, num_classes=19, num_prototypes=10,
             embed_dim=720, dtype="bfloat16", label_stride=4, steps=10, profile_dir=None,
-            variants=None) -> list[dict]:
-  """One record per variant (see the module docstring), then the summary."""
+            variants=None, flops_only=False) -> list[dict]:
+  """One record per variant (see the module docstring), then the summary.
+  flops_only: only the matmul + conv FLOPs counted from each variant's jaxpr
+  (`bench/flops.py`; traced, not compiled or run)."""
   h, w = hw
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(batch, h, w, d_in)), DTYPES[dtype])
@@ -158,6 +163,12 @@ def measure(*, batch=8, hw=(128, 256), d_in=720, num_classes=19, num_prototypes=
   for name in variants or table:
     module, fn = table[name]
     v = module.init({"params": jax.random.key(0)}, x[:1])
+    rec = {"bench": "head_overhead", "variant": name, **shape,
+           "gflops_jaxpr": round(matmul_conv_flops(jax.make_jaxpr(fn)(v, x, y, key))["flops"]
+                                 / 1e9, 3)}
+    if flops_only:
+      out.append(rec)
+      continue
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(v, x, y, key).compile()
     compile_s = time.perf_counter() - t0
@@ -170,24 +181,25 @@ def measure(*, batch=8, hw=(128, 256), d_in=720, num_classes=19, num_prototypes=
       t0 = time.perf_counter()
       jax.block_until_ready(compiled(v, x, y, key))
       times.append(time.perf_counter() - t0)
-    rec = {"bench": "head_overhead", "variant": name, **shape,
-           "ms": round(1e3 * float(np.median(times)), 3), "ms_min": round(1e3 * min(times), 3),
-           "compile_s": round(compile_s, 2), **_cost(compiled)}
+    rec.update({"ms": round(1e3 * float(np.median(times)), 3),
+                "ms_min": round(1e3 * min(times), 3), "compile_s": round(compile_s, 2),
+                **_cost(compiled)})
     if trace_dir:
       jax.profiler.stop_trace()
       rec["top_ops"] = top_ops(trace_dir, compiled.as_text(), steps)
     out.append(rec)
-  ms = {r["variant"]: r["ms"] for r in out}
-  gb = {r["variant"]: r["bytes_accessed_xla"] / 1e9 for r in out}
+  by = {r["variant"]: r for r in out}
   summary = {"bench": "head_overhead", "summary": True, **shape}
   pairs = (("retrieval_minus_linear", "retrieval/train", "linear/train"),
            ("learning_minus_retrieval", "protoseg/train", "retrieval/train"),
            ("protoseg_minus_linear", "protoseg/train", "linear/train"),
            ("inference_protoseg_minus_linear", "protoseg/inference", "linear/inference"))
+  figures = (("gflops_jaxpr", "gflops_jaxpr", 1.0), ("ms", "ms", 1.0),
+             ("gbytes", "bytes_accessed_xla", 1e-9))
   for label, a, b in pairs:
-    if a in ms and b in ms:
-      summary[f"{label}_ms"] = round(ms[a] - ms[b], 3)
-      summary[f"{label}_gbytes"] = round(gb[a] - gb[b], 3)
+    for suffix, key, scale in figures:
+      if a in by and b in by and key in by[a]:
+        summary[f"{label}_{suffix}"] = round(scale * (by[a][key] - by[b][key]), 3)
   out.append(summary)
   return out
 
@@ -205,12 +217,14 @@ def main(argv=None):
   p.add_argument("--steps", type=int, default=10)
   p.add_argument("--variants", default=None, help="comma-separated subset (default: all)")
   p.add_argument("--profile_dir", default=None)
+  p.add_argument("--flops_only", action="store_true",
+                 help="only the jaxpr matmul + conv FLOPs of each variant (no compile, no run)")
   args = p.parse_args(argv)
   for rec in measure(batch=args.batch, hw=tuple(int(v) for v in args.hw.split(",")),
                      d_in=args.d_in, num_classes=args.num_classes,
                      num_prototypes=args.num_prototypes, embed_dim=args.embed_dim,
                      dtype=args.dtype, label_stride=args.label_stride, steps=args.steps,
-                     profile_dir=args.profile_dir,
+                     profile_dir=args.profile_dir, flops_only=args.flops_only,
                      variants=args.variants.split(",") if args.variants else None):
     print(json.dumps(rec), flush=True)
 

@@ -41,7 +41,6 @@ compiled program (0 with remat on: the remat was undone).
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import math
 import os
@@ -54,6 +53,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from bench.bench_train_step import load_config, num_classes_of  # noqa: E402
+from bench.flops import cost_flops, matmul_conv_flops  # noqa: E402
 from protoseg_jax import losses, sharding, train  # noqa: E402
 from protoseg_jax.models.segmentor import build_model  # noqa: E402
 
@@ -113,47 +113,36 @@ def measure(config, num_classes: int, batch: int, crop: tuple[int, int], remat: 
   state, tx, schedule = abstract_state(config, model, mesh, (1, crop[0], crop[1], 3))
   images = jax.ShapeDtypeStruct((batch, crop[0], crop[1], 3), jnp.float32)
   labels = jax.ShapeDtypeStruct((batch, crop[0], crop[1]), jnp.int32)
-  if what == "step":
-    # As train.make_train_step on one device (its jit, unwrapped; the mesh set
-    # for a per-device prototype update).
-    fn = jax.jit(functools.partial(train.train_step, model=model, tx=tx, schedule=schedule,
-                                   config=config), donate_argnums=0)
-    args = (state, {"image": images, "label": labels})
-  else:
-    # The gradient of the step's loss and the variable updates, alone.
-    fn = jax.jit(jax.value_and_grad(loss_fn(config, model), argnums=1, has_aux=True))
-    args = (state.variables(), state.params, images, labels)
+  rec = {"backbone": config.model.backbone, "decoder": config.model.decoder,
+         "dtype": config.model.dtype, "batch": batch, "crop": list(crop), "remat": remat}
+  # The gradient of the step's loss and the variable updates, alone.
+  grad = jax.value_and_grad(loss_fn(config, model), argnums=1, has_aux=True)
+  grad_args = (state.variables(), state.params, images, labels)
   with jax.set_mesh(mesh):
     residuals = residual_bytes(config, model, state, images, labels)
-  if residuals_only:
-    from bench.flops import matmul_conv_flops
-    grad = jax.value_and_grad(loss_fn(config, model), argnums=1, has_aux=True)
-    with jax.set_mesh(mesh):
-      flops = matmul_conv_flops(jax.make_jaxpr(grad)(state.variables(), state.params, images,
-                                                     labels))["flops"]
-    return {"backbone": config.model.backbone, "decoder": config.model.decoder,
-            "dtype": config.model.dtype, "batch": batch, "crop": list(crop), "remat": remat,
-            "what": "residuals", "residual_bytes": residuals,
-            "residual_gib": round(residuals / 2**30, 3),
-            "grad_gflops_jaxpr": round(flops / 1e9, 1)}
-  with jax.set_mesh(mesh):
+    if residuals_only:
+      flops = matmul_conv_flops(jax.make_jaxpr(grad)(*grad_args))["flops"]
+      return {**rec, "what": "residuals", "residual_bytes": residuals,
+              "residual_gib": round(residuals / 2**30, 3),
+              "grad_gflops_jaxpr": round(flops / 1e9, 1)}
     t0 = time.time()
-    compiled = fn.lower(*args).compile()
+    if what == "step":   # the library's jitted, donated train step on this one device
+      compiled = train.make_train_step(model, tx, schedule, config, mesh).lower(
+          state, {"image": images, "label": labels}).compile()
+    else:
+      compiled = jax.jit(grad).lower(*grad_args).compile()
   seconds = time.time() - t0
   mem = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   arg, out = int(mem.argument_size_in_bytes), int(mem.output_size_in_bytes)
   temp, alias = int(mem.temp_size_in_bytes), int(mem.alias_size_in_bytes)
+  flops = cost_flops(compiled.cost_analysis())
   return {
-      "backbone": config.model.backbone, "decoder": config.model.decoder,
-      "dtype": config.model.dtype, "batch": batch, "crop": list(crop), "remat": remat,
-      "what": what,
+      **rec, "what": what,
       "temp_bytes": temp, "argument_bytes": arg, "output_bytes": out, "alias_bytes": alias,
       "peak_estimate_bytes": arg + out + temp - alias,
       "temp_gib": round(temp / 2**30, 3),
       "residual_bytes": residuals, "residual_gib": round(residuals / 2**30, 3),
-      "gflops": round(float(cost.get("flops", float("nan"))) / 1e9, 1),
+      "gflops": round(flops / 1e9, 1) if flops is not None else None,
       "compile_s": round(seconds, 1),
       "barriers_kept": compiled.as_text().count("opt-barrier"),
       "device": jax.devices()[0].device_kind,

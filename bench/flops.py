@@ -95,13 +95,14 @@ def abstract(tree, sharding):
   return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding), tree)
 
 
-def cost_flops(cost: Any) -> float | None:
-  """The "flops" entry of a cost analysis (a dict, or a list of them in older jax)."""
+def cost_flops(cost: Any, key: str = "flops") -> float | None:
+  """An entry ("flops", "bytes accessed", ...) of a cost analysis (a dict, or
+  a list of them in older jax); None where it has none."""
   if isinstance(cost, (list, tuple)):
     cost = cost[0] if cost else None
-  if not cost or "flops" not in cost:
+  if not cost or key not in cost:
     return None
-  return float(cost["flops"])
+  return float(cost[key])
 
 
 def _self_check():

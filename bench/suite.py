@@ -215,13 +215,6 @@ def _memory(compiled) -> dict:
           "compiled_peak_bytes_est": arg + out - alias + tmp}
 
 
-def _jit_object(step):
-  """The jax.jit object behind train.make_train_step's result, for .trace():
-  its `.jitted` (with prototype_update="per_device_mean" the step is a function
-  that calls it under `jax.set_mesh(mesh)`; trace it under that mesh too)."""
-  return step.jitted
-
-
 def _flop_counts(child, traced, compiled, args) -> dict:
   """flops_model (jaxpr), flops_xla_cpu (CPU lowering of the same jaxpr),
   flops_xla_device (the device's compiled cost analysis)."""
@@ -286,8 +279,8 @@ def child_model(child: Child, name: str):
   t0 = time.perf_counter()
   state, tx, schedule = train.create_train_state(config, model, mesh, (1, *crop, 3))
   init_s = time.perf_counter() - t0
-  kw = {"state_shardings": train.state_sharding(state)} if hasattr(train, "state_sharding") else {}
-  step = _jit_object(train.make_train_step(model, tx, schedule, config, mesh, **kw))
+  step = train.make_train_step(model, tx, schedule, config, mesh,
+                               state_shardings=train.state_sharding(state))
   rng = np.random.default_rng(0)
   labels = rng.integers(0, num_classes, size=(batch, *crop)).astype(np.int32)
   labels[:, : crop[0] // 8] = 255   # some ignored pixels, as in real labels
@@ -361,7 +354,7 @@ def _model_flops_only(child: Child, config, model, crop, batch, common):
   t0 = time.perf_counter()
   state = jax.eval_shape(lambda: train.create_train_state(config, model, mesh, (1, *crop, 3))[0])
   tx, schedule = optim.create_optimizer(config, state.params)
-  step = _jit_object(train.make_train_step(model, tx, schedule, config, mesh))
+  step = train.make_train_step(model, tx, schedule, config, mesh)
   state = fl.abstract(state, rep)
   data = fl.abstract({"image": jax.ShapeDtypeStruct((batch, *crop, 3), jnp.float32),
                       "label": jax.ShapeDtypeStruct((batch, *crop), jnp.int32)}, data_sh)
@@ -470,8 +463,8 @@ def child_scaling(child: Child):
     model = build_model(config, 6)   # the demo dataset's 6 classes
     mesh = sharding.create_mesh(jax.devices()[:k])
     state, tx, schedule = train.create_train_state(config, model, mesh, (1, *crop, 3))
-    kw = {"state_shardings": train.state_sharding(state)} if hasattr(train, "state_sharding") else {}
-    step = _jit_object(train.make_train_step(model, tx, schedule, config, mesh, **kw))
+    step = train.make_train_step(model, tx, schedule, config, mesh,
+                                 state_shardings=train.state_sharding(state))
     rng = np.random.default_rng(0)
     data = jax.device_put(
         {"image": rng.normal(size=(config.batch_size, *crop, 3)).astype(np.float32),
