@@ -220,7 +220,10 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
   if per_row == 0:
     raise ValueError(f"Split {split!r} has {n_total} examples, fewer than "
                      f"config.batch_size={global_batch}.")
-  buffer = max(1, min(int(_ds(config, "shuffle_buffer")), per_row))
+  # config.dataset.shuffle_buffer is the total over the global batch's row
+  # streams (each buffers encoded records of its own slice; per row it must
+  # not depend on the process count).
+  buffer = max(1, min(int(_ds(config, "shuffle_buffer")) // global_batch, per_row))
   start_epoch, offset = divmod(int(start_step), per_row)
 
   def row_stream(row: int) -> tf.data.Dataset:
@@ -241,19 +244,24 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
 
   lut = _held_out_lut(config, builder)
 
-  def transform(e, i, image_bytes, label_bytes):
+  def decode(e, i, image_bytes, label_bytes):
     image, label = _decode(image_bytes, label_bytes)
     if lut is not None:  # config.dataset.held_out_class: the model never sees its labels
       label = tf.gather(lut, tf.cast(label, tf.int32))
+    return e, i, image, label
+
+  def transform(e, i, image, label):
     image, label = augment.transform(image, label, example_seed(seed, e, i), opts)
     return {"image": image, "label": label}
 
-  ds = ds.map(transform, num_parallel_calls=_num_parallel(config), deterministic=True)
+  parallel = _num_parallel(config)
   # A record that fails to decode is dropped, and the next example takes its
   # place. The batches stay deterministic, but from that record on they are
   # shifted by one example against the resume arithmetic (which counts
-  # records): a run resumed after a dropped record is not bit-exact.
-  ds = _skip_bad_records(ds)
+  # records): a run resumed after a dropped record is not bit-exact. Only
+  # decoding errors are dropped: an error in the augmentation stops the run.
+  ds = _skip_bad_records(ds.map(decode, num_parallel_calls=parallel, deterministic=True))
+  ds = ds.map(transform, num_parallel_calls=parallel, deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
   return ds.prefetch(int(_ds(config, "prefetch")))
 
