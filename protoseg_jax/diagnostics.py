@@ -276,10 +276,13 @@ def _host_int64(x) -> np.ndarray:
 
 
 def eval_usage_counts(model, variables, batches, num_classes: int, num_prototypes: int,
-                      num_batches: Optional[int], *, label_lut=None) -> tuple[np.ndarray, int]:
+                      num_batches: Optional[int], *, label_lut=None,
+                      step=None) -> tuple[np.ndarray, int]:
   """[C, M] usage counts over the first `num_batches` eval batches (None or
   -1: all) and the number of images counted (`make_usage_step`, jitted;
-  global batches sharded over a mesh give replicated counts on every host)."""
+  global batches sharded over a mesh give replicated counts on every host).
+  step: that jitted step, built once by a caller that evaluates repeatedly
+  (default: jitted here, for these batches' mesh)."""
   protos = prototype_array(variables["prototypes"])
   if protos.shape[:2] != (num_classes, num_prototypes):
     raise ValueError(f"the prototypes are {protos.shape[:2]}, expected "
@@ -336,17 +339,19 @@ def usage_summaries(counts, images: int, class_names, prefix: str = "val",
 
 
 def eval_summaries(config, model, variables, batches, class_names, *, label_lut=None,
-                   prefix: str = "val") -> tuple[dict, dict]:
+                   prefix: str = "val", step=None) -> tuple[dict, dict]:
   """The `<prefix>/proto_*` entries of an evaluation: `scalars` of the
   prototypes and `usage_summaries` of the usage counts over at most
   config.eval.proto_usage_batches eval batches (-1: all; also at most
   config.max_eval_batches when that is >= 0). -> (metrics.jsonl record,
-  TensorBoard scalars). class_names: the model's, in output order."""
+  TensorBoard scalars). class_names: the model's, in output order; step:
+  as in `eval_usage_counts`."""
   protos = prototype_array(variables["prototypes"])
   limits = [int(n) for n in (config.eval.proto_usage_batches, config.max_eval_batches)
             if n is not None and int(n) >= 0]
   counts, images = eval_usage_counts(model, variables, batches, *protos.shape[:2],
-                                     min(limits) if limits else None, label_lut=label_lut)
+                                     min(limits) if limits else None, label_lut=label_lut,
+                                     step=step)
   record, tb = usage_summaries(counts, images, class_names, prefix)
   cheap = {k: float(v) for k, v in scalars(protos, prefix).items()}
   logging.info("prototype usage over %d eval images:\n%s", images,
@@ -445,11 +450,11 @@ def model_classes(config, meta, num_classes: int):
   `num_classes` outputs on config.dataset (`held_out.class_ids_for_model`);
   classes the dataset lacks (added by protoseg_jax.add_class) are class_<i>."""
   from protoseg_jax import held_out
-  try:
-    ids = held_out.class_ids_for_model(config, meta.num_classes, num_classes)
-  except ValueError:
+  k = held_out.held_out_class(config, meta.num_classes)   # a bad config value raises here
+  if num_classes not in (meta.num_classes, meta.num_classes - (k != held_out.NONE)):
     names = list(meta.class_names[:num_classes])
     return names + [f"class_{i}" for i in range(len(names), num_classes)], None
+  ids = held_out.class_ids_for_model(config, meta.num_classes, num_classes)
   lut = None if held_out.is_identity(ids) else held_out.label_lut(ids, meta.ignore_index)
   return list(held_out.class_names(meta.class_names, ids)), lut
 

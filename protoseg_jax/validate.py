@@ -503,6 +503,10 @@ def _check_classes(ck: _Checker, data, name):
   if has_held_out:
     held_out = ck.integer("dataset.held_out_class", -1,
                           allowed="must be -1 (no class held out) or a class id >= 0")
+  if _valid(weights, held_out) and weights is not None and held_out >= 0:
+    # held_out.held_out_class refuses this at the start of training.
+    ck.add("dataset.held_out_class", held_out, "cannot be combined with loss.class_weights "
+           "(the weights are per dataset class); set one of them")
   needs_c = (_valid(weights) and weights is not None) or (_valid(held_out) and held_out >= 0)
   if not needs_c or data is None or not _valid(name):
     return

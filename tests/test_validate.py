@@ -142,6 +142,8 @@ INVALID = [
     ({"loss.class_weights": (1.0, 2.0)}, "config.loss.class_weights=(1.0, 2.0):",
      "dataset 'demo': 6 numbers, got 2"),
     ({"loss.class_weights": (1.0,) * 5 + (-1.0,)}, "config.loss.class_weights=(1.0,", ">= 0"),
+    ({"dataset.held_out_class": 3, "loss.class_weights": (1.0,) * 6},
+     "config.dataset.held_out_class=3:", "cannot be combined with loss.class_weights"),
 ]
 
 
