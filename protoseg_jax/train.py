@@ -244,20 +244,17 @@ def make_train_step(model, tx, schedule, config, mesh, ignore_index: int = 255,
     step.jitted = step
     return step
 
-  def step_under_mesh(state, batch):
+  def under_mesh(method):
     # The per-device prototype update (a shard_map in the head) runs over this
     # step's mesh, also when it is a subset of the devices.
-    with jax.set_mesh(mesh):
-      return step(state, batch)
-
-  def under_mesh(method):
     def call(*args, **kwargs):
       with jax.set_mesh(mesh):
         return method(*args, **kwargs)
     return call
 
-  # The jitted step itself, and AOT .trace / .lower (e.g. `.lower(state,
-  # batch).compile()`) under the mesh, as with the plain jitted step.
+  # The step, and AOT .trace / .lower (e.g. `.lower(state, batch).compile()`),
+  # under the mesh, as with the plain jitted step.
+  step_under_mesh = under_mesh(step)
   step_under_mesh.jitted = step
   step_under_mesh.trace = under_mesh(step.trace)
   step_under_mesh.lower = under_mesh(step.lower)
@@ -509,6 +506,11 @@ class _Run:
                        class_ids=self.class_ids),
         num_classes=self.info.num_classes, class_names=self.info.class_names,
         log_every=config.eval.log_every_batches)
+    # val/proto_*: jitted once here, not at every evaluation.
+    self.usage_step = jax.jit(
+        diagnostics.make_usage_step(
+            self.model, held_out.label_lut(self.class_ids, self.info.ignore_index)),
+        out_shardings=sharding.replicated(self.mesh))
     if jax.process_index() == 0:
       os.makedirs(workdir, exist_ok=True)
     self.writer = metric_writers.create_default_writer(
@@ -527,7 +529,7 @@ class _Run:
           self.config, self.model, state.variables(),
           input_pipeline.create_eval_iterator(self.config, self.data_sharding),
           held_out.class_names(self.info.class_names, self.class_ids),
-          label_lut=held_out.label_lut(self.class_ids, self.info.ignore_index))
+          step=self.usage_step)
     return metrics
 
   def write_eval(self, step: int, metrics: dict):
