@@ -15,10 +15,12 @@ Dataset names (config.dataset.name) -> builder modules:
   coco_stuff10k   data.coco_stuff10k   cocostuff-10k-v1.1.zip
 pascal_context59 is not provided: see docs/datasets.md.
 
-The class facts of a dataset (class names and count, ignore index, palette)
-are written once, as constants of its builder module; `dataset_meta(name)`
-returns them without preparing anything, and a prepared builder stores the
-same facts as its metadata.
+The facts of a dataset (its splits, class names and count, ignore index,
+palette, release ids) are written once, as attributes of its builder class;
+`dataset_meta(name)` returns the class facts without preparing anything, a
+prepared builder stores the same facts as its metadata, and `SPLITS` maps
+each name to its builder's split names (read from the builder classes on
+first use, so that `import data` itself needs no TFDS).
 """
 
 from __future__ import annotations
@@ -33,14 +35,6 @@ DATASETS = {
     "coco_stuff164k": "data.coco_stuff164k",
     "coco_stuff10k": "data.coco_stuff10k",
 }
-# Splits of each dataset (TFDS names).
-SPLITS = {
-    "demo": ("train", "validation"),
-    "ade20k": ("train", "validation"),
-    "cityscapes": ("train", "validation", "test"),
-    "coco_stuff164k": ("train", "validation"),
-    "coco_stuff10k": ("train", "test"),
-}
 
 
 def builder_class(name: str):
@@ -54,8 +48,31 @@ def builder_class(name: str):
   return importlib.import_module(DATASETS[name]).Builder
 
 
+def __getattr__(attr: str):
+  """`SPLITS`: {name: (TFDS split names)} of every dataset, from its builder's SPLITS.
+
+  Computed when first asked for (it imports every builder, hence TFDS); {}
+  where TFDS is not installed (nothing can be prepared or read then, and the
+  config checks that need the splits are skipped).
+  """
+  if attr != "SPLITS":
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+  try:
+    splits = {name: tuple(builder_class(name).SPLITS) for name in DATASETS}
+  except ImportError:
+    try:
+      import tensorflow_datasets  # pylint: disable=g-import-not-at-top,unused-import
+    except ImportError:  # no TFDS: the builders cannot be imported
+      return {}
+    raise  # another import error: a builder's own
+  globals()["SPLITS"] = splits
+  return splits
+
+
 def dataset_meta(name: str):
-  """`data.common.DatasetMeta` (num_classes, class_names, ignore_index, palette) of `name`.
+  """`DatasetMeta` (num_classes, class_names, ignore_index, palette, release_ids) of `name`.
+
+  (`protoseg_jax.classes.DatasetMeta`, also `data.common.DatasetMeta`.)
 
   Read from the builder's class constants: no data_dir, no preparation.
   """

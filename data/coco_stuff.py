@@ -1,4 +1,4 @@
-"""COCO-Stuff classes shared by the 164k and 10k builders.
+"""COCO-Stuff classes shared by the 164k and 10k builders (and their base, `Builder`).
 
 The released label maps use 182 ids (0-based: 0..90 things, 91..181 stuff),
 of which 11 thing ids are never used (COCO dropped those categories), leaving
@@ -58,3 +58,10 @@ LUT_10K = common.lookup_table({raw + 1: train for raw, train in RAW_TO_TRAIN.ite
 # The ids the releases use (the unused thing ids included); any other is a bad file.
 RAW_IDS_164K = tuple(range(182)) + (255,)
 RAW_IDS_10K = tuple(range(183))
+
+
+class Builder(common.SegmentationBuilder, skip_registration=True):
+  """Base of the COCO-Stuff builders (164k, 10k): their classes and palette."""
+
+  CLASS_NAMES = CLASS_NAMES
+  PALETTE = PALETTE

@@ -8,20 +8,23 @@ Every builder stores examples with the same features:
   'file_name': the official file stem
 
 and the same metadata (`builder.info.metadata`, a MetadataDict saved as JSON):
-num_classes, ignore_index, class_names, palette ([[r, g, b], ...]), written
-and read back through `DatasetMeta`.
+num_classes, ignore_index, class_names, palette ([[r, g, b], ...]) and, where
+the release numbers its classes otherwise, release_ids, written and read back
+through `DatasetMeta` (protoseg_jax.classes).
+
+A builder of a release is a `SegmentationBuilder` subclass that states its
+facts as class attributes (SPLITS, ARCHIVES, IMAGE_FORMAT, LUT, RAW_IDS,
+CLASS_NAMES, PALETTE, ...) and the (stem, image, label) files of a split
+(`example_files`); the base class reads and checks every example.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import functools
 import inspect
 import io
 import os
-import re
-import struct
 import zipfile
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from absl import logging
@@ -30,6 +33,9 @@ import tensorflow_datasets as tfds
 from etils import epath
 from PIL import Image
 
+from protoseg_jax.classes import DatasetMeta
+from protoseg_jax.trainer.images import READ_ERRORS, error_reason, to_rgb_uint8
+
 IGNORE_INDEX = 255
 # What a builder does with a bad file (unreadable, truncated, label of another
 # size, label ids the dataset does not define): "stop" (default) finishes the
@@ -37,12 +43,6 @@ IGNORE_INDEX = 255
 # "skip" leaves them out, logging each and a summary, and records their names
 # in the prepared metadata ('skipped_files').
 ON_BAD_FILE = ("stop", "skip")
-# Errors of reading / decoding one file (PIL, zlib, zip members; TF's decoder's
-# become ValueError in `rgb_image_bytes`).
-READ_ERRORS = (OSError, ValueError, SyntaxError, EOFError, KeyError, IndexError, struct.error,
-               zlib.error, zipfile.BadZipFile, Image.DecompressionBombError)
-
-
 class BadFile(ValueError):
   """One file of a release that cannot become an example.
 
@@ -62,49 +62,6 @@ class BadFilesError(ValueError):
   def __init__(self, message: str, bad_files: Sequence[tuple[str, str]]):
     super().__init__(message)
     self.bad_files = list(bad_files)  # [(name, reason)]
-
-
-def error_reason(e: BaseException) -> str:
-  """A one-line reason from a read/decode error (TF's graph prefixes dropped)."""
-  msg = str(e)
-  msg = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", msg)
-  msg = re.sub(r"\s*\[Op:\w+\]", "", msg).strip().splitlines()
-  return f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
-
-
-@dataclasses.dataclass(frozen=True)
-class DatasetMeta:
-  """The class facts of a dataset: what every builder stores as its metadata.
-
-  `SegmentationBuilder.meta()` gives them from the builder's constants (no
-  preparation needed), `from_metadata` from a prepared builder's info.
-  """
-  class_names: tuple[str, ...]
-  palette: tuple[tuple[int, int, int], ...]
-  ignore_index: int = IGNORE_INDEX
-
-  @property
-  def num_classes(self) -> int:
-    return len(self.class_names)
-
-  def metadata(self) -> dict:
-    """The builder metadata (JSON-friendly) holding these facts."""
-    return {"num_classes": self.num_classes, "ignore_index": int(self.ignore_index),
-            "class_names": list(self.class_names), "palette": [list(c) for c in self.palette]}
-
-  @classmethod
-  def from_metadata(cls, metadata: Mapping) -> DatasetMeta:
-    """The inverse of `metadata()` (e.g. of a prepared `builder.info.metadata`)."""
-    meta = cls(class_names=tuple(metadata["class_names"]), palette=_palette(metadata["palette"]),
-               ignore_index=int(metadata["ignore_index"]))
-    if int(metadata["num_classes"]) != meta.num_classes:
-      raise ValueError(f"metadata says {metadata['num_classes']} classes but names "
-                       f"{meta.num_classes}.")
-    return meta
-
-
-def _palette(colours) -> tuple[tuple[int, int, int], ...]:
-  return tuple(tuple(int(v) for v in c) for c in colours)
 
 
 def lookup_table(mapping: Mapping[int, int], default: int = IGNORE_INDEX) -> np.ndarray:
@@ -149,28 +106,6 @@ def decode_label_png(data: bytes) -> np.ndarray:
     return ids.astype(np.uint8)
   raise ValueError(f"expected a one-channel label image of ids (8-bit L or P, or 16-bit), got "
                    f"mode {img.mode}")
-
-
-def to_rgb_uint8(img: Image.Image) -> np.ndarray:
-  """A PIL image -> uint8 [H, W, 3] RGB (the datasets' and predict's one rule).
-
-  Grayscale: repeated; palette: its colours; RGBA / LA / PA: alpha dropped;
-  CMYK, YCbCr, bilevel, ...: PIL's RGB conversion; 16-bit grayscale (I;16,
-  I): round(x * 255 / 65535); float (F): rounded and clipped to 0..255.
-  (Pillow reads 16-bit RGB(A) PNGs as 8-bit, keeping the high byte.)
-  """
-  if img.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
-    x = np.asarray(img).astype(np.float64)
-    x = np.clip(np.round(np.clip(x, 0, 65535) * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
-    return np.repeat(x[..., None], 3, axis=-1)
-  if img.mode == "F":
-    x = np.clip(np.round(np.asarray(img, np.float64)), 0, 255).astype(np.uint8)
-    return np.repeat(x[..., None], 3, axis=-1)
-  if img.mode == "P" or img.mode in ("LA", "PA"):
-    img = img.convert("RGBA")   # palette transparency goes through RGBA without a warning
-  if img.mode != "RGB":
-    img = img.convert("RGB")    # L, 1, RGBA (alpha dropped), CMYK, YCbCr, ...
-  return np.asarray(img, np.uint8).copy()
 
 
 def _png_bit_depth(data: bytes) -> int | None:
@@ -253,11 +188,14 @@ class ManualFiles:
   `manual_dir`, '' for none) its members would land in when extracted, so a
   logical path like 'ADEChallengeData2016/images/training/x.jpg' resolves to
   `manual_dir/<that path>` or to the member of the zip. Extracted files win
-  over zip members.
+  over zip members. `instructions` (the builder's download instructions)
+  end the errors of `require_files` and `require`.
   """
 
-  def __init__(self, manual_dir: os.PathLike | str, archives: Mapping[str, str]):
+  def __init__(self, manual_dir: os.PathLike | str, archives: Mapping[str, str],
+               instructions: str = ""):
     self.root = os.fspath(manual_dir)
+    self.instructions = instructions
     self._members: dict[str, tuple[str, str]] = {}  # logical path -> (zip path, member)
     self._zips: dict[str, zipfile.ZipFile] = {}
     self.found_archives = []
@@ -320,14 +258,23 @@ class ManualFiles:
               f"found there hold no {folder}/{pattern}")
     return f"there is no folder {disk} and none of the release archives is in {self.root}"
 
-  def require_files(self, folder: str, suffix: str, what: str, instructions: str) -> list[str]:
-    """`list(folder, suffix)`, or FileNotFoundError naming the folder and what it should hold."""
+  def require_files(self, folder: str, suffix: str, what: str,
+                    instructions: str | None = None) -> list[str]:
+    """`list(folder, suffix)`, or FileNotFoundError naming the folder and what it should hold.
+
+    `instructions` (default: this release's) end the message.
+    """
     found = self.list(folder, suffix)
     if not found:
       raise FileNotFoundError(
           f"Found no {what} ({folder}/*{suffix}) under manual_dir={self.root}: "
-          f"{self.why_empty(folder, '*' + suffix)}.\n{instructions}")
+          f"{self.why_empty(folder, '*' + suffix)}.\n"
+          f"{self.instructions if instructions is None else instructions}")
     return found
+
+  def require(self, found: Iterable[str], what: str, why: str = "") -> list[str]:
+    """`common.require` under this manual_dir, with this release's instructions."""
+    return require(found, what, self.root, self.instructions, why)
 
   def read(self, path: str) -> bytes:
     disk = os.path.join(self.root, path)
@@ -436,9 +383,32 @@ def load_example(files: ManualFiles, stem: str, image_path: str, label_path: str
 class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   """Base of the semantic segmentation builders (not registered with TFDS).
 
-  Subclasses set `name`, VERSION, CLASS_NAMES, PALETTE, IMAGE_FORMAT and
-  implement `_split_generators` / `_generate_examples`, passing the
-  examples of the release through `checked_examples`. They are not
+  A builder of an official release states its facts as class attributes and
+  says which files make the examples of a split; this class reads, checks
+  and stores them (`_split_generators`, `_generate_examples`). Besides TFDS's
+  `name` (and VERSION, RELEASE_NOTES: 1.0.0 unless set; DESCRIPTION, HOMEPAGE):
+
+    SPLITS        TFDS split name -> the release's folder / split name of it
+                  (`data.SPLITS` lists their keys)
+    ARCHIVES      release archive name -> the folder its members land in when
+                  extracted ('' for none), for `ManualFiles`
+    MANUAL_DOWNLOAD_INSTRUCTIONS  what to download and where to put it (ends
+                  every missing-files error)
+    IMAGE_FORMAT  'jpeg' | 'png': the stored image encoding
+    LUT           uint8 [256] raw label id -> train id (`lookup_table`)
+    RAW_IDS       every raw id the release defines (others: a bad file)
+    CLASS_NAMES, PALETTE  the train ids' names and colours
+    RELEASE_IDS   optional: the release's id of each train id, where the
+                  release numbers its classes otherwise (`DatasetMeta`)
+    example_files(files, folder)  the (stem, image path, label path) of each
+                  example of a split, raising FileNotFoundError (through
+                  `files.require_files` / `files.require`) where the layout
+                  lacks them
+    read_label    optional: label file bytes -> uint8 [H, W] raw ids
+                  (default `decode_label_png`)
+
+  A builder without files (the procedural demo) sets SPLITS and overrides
+  `_split_generators` / `_generate_examples` instead. Builders are not
   registered in TFDS's global registry (TFDS ships unrelated 'cityscapes'
   and similar builders): instantiate them through `data.get_builder`.
 
@@ -448,14 +418,26 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   raises `BadFilesError` listing them after the scan (nothing is prepared),
   "skip" leaves them out with a warning each and a summary, and stores their
   names as `info.metadata['skipped_files']`. `bad_files` holds the
-  (split, name, reason) of the last preparation.
+  (split, name, reason) of the last preparation, `split` being the
+  release's folder (a value of SPLITS).
   """
 
+  # Every builder is at its first release; one whose prepared data change sets
+  # its own VERSION and RELEASE_NOTES.
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release."}
+  SPLITS: Mapping[str, object] = {}
+  ARCHIVES: Mapping[str, str] = {}
+  IMAGE_FORMAT = "jpeg"
+  LUT: np.ndarray | None = None
+  RAW_IDS: Sequence[int] = ()
   CLASS_NAMES: Sequence[str] = ()
   PALETTE: Sequence[tuple[int, int, int]] = ()
-  IMAGE_FORMAT = "jpeg"
+  RELEASE_IDS: Sequence[int] | None = None
   DESCRIPTION = ""
   HOMEPAGE = ""
+
+  read_label = staticmethod(decode_label_png)
 
   def __init__(self, *, on_bad_file: str = "stop", **kwargs):
     """Args: on_bad_file: "stop" | "skip" (`ON_BAD_FILE`); **kwargs: TFDS's."""
@@ -466,6 +448,29 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     self.on_bad_file = on_bad_file
     self.bad_files: list[tuple[str, str, str]] = []
     self._split_counts: dict[str, list[int]] = {}
+
+  def example_files(self, files: ManualFiles, folder) -> Iterable[tuple[str, str, str]]:
+    """(stem, image path, label path) of each example of the release's `folder`.
+
+    Paths are logical (see `ManualFiles`). Raises FileNotFoundError naming
+    what is missing where the layout lacks the folder or its files.
+    """
+    raise NotImplementedError(f"{type(self).__name__} must implement example_files")
+
+  def _split_generators(self, dl_manager):
+    files = ManualFiles(dl_manager.manual_dir, self.ARCHIVES, self.MANUAL_DOWNLOAD_INSTRUCTIONS)
+    return {split: self._generate_examples(files, folder) for split, folder in self.SPLITS.items()}
+
+  def _generate_examples(self, files: ManualFiles, folder):
+    yield from self.checked_examples(folder, (
+        (stem, functools.partial(self.read_example, files, stem, image_path, label_path))
+        for stem, image_path, label_path in self.example_files(files, folder)))
+
+  def read_example(self, files: ManualFiles, stem: str, image_path: str, label_path: str) -> dict:
+    """The checked example of one (image, label) pair: `load_example` with this dataset's facts."""
+    return load_example(files, stem, image_path, label_path, image_format=self.IMAGE_FORMAT,
+                        lut=self.LUT, raw_ids=self.RAW_IDS, num_classes=len(self.CLASS_NAMES),
+                        read_label=self.read_label)
 
   def checked_examples(self, split: str, candidates: Iterable[tuple[str, Callable[[], dict]]]
                        ) -> Iterator[tuple[str, dict]]:
@@ -537,7 +542,10 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     if len(cls.PALETTE) != len(cls.CLASS_NAMES):
       raise ValueError(f"{cls.name}: {len(cls.PALETTE)} palette colours for "
                        f"{len(cls.CLASS_NAMES)} classes.")
-    return DatasetMeta(class_names=tuple(cls.CLASS_NAMES), palette=_palette(cls.PALETTE))
+    return DatasetMeta(
+        class_names=tuple(cls.CLASS_NAMES),
+        palette=tuple(tuple(int(v) for v in c) for c in cls.PALETTE),
+        release_ids=None if cls.RELEASE_IDS is None else tuple(int(i) for i in cls.RELEASE_IDS))
 
   def _info(self) -> tfds.core.DatasetInfo:
     meta = self.meta()

@@ -1,512 +1,69 @@
-"""Prototype diagnostics: are the M prototypes of each class alive and distinct?
+"""Did the prototypes collapse? The per-class table of a run's prototypes.
 
-Definitions (C classes, M prototypes per class, prototypes P [C, M, D]; every
-statistic L2-normalises P along D first, as the head does):
-
-  pairwise cosine     cos[c, i, j] = <P[c, i], P[c, j]>                 [C, M, M]
-  mean cosine         mean over the M*(M-1) off-diagonal entries of
-                      cos[c] (i != j); NaN when M == 1                  [C]
-  distinct            prototypes of class c that are not near-copies of
-                      an earlier one: m counts when cos[c, m, m'] <
-                      `threshold` (0.99) for every m' < m. Identical
-                      prototypes give 1, M orthogonal ones give M.      [C]
-
-  From prototypes + pixel embeddings e [..., D] (unit norm, as the head's)
-  + labels y [...] at the embeddings' resolution (ignored: outside [0, C)):
-
-  retrieved prototype idx[n] = argmax_m <e_n, P[y_n, m]>: the nearest
-                      prototype OF THE PIXEL'S OWN CLASS (the one that
-                      gives the class score max_m in the head).
-  counts[c, m]        pixels of class c retrieving prototype m          [C, M]
-  usage fraction      counts[c, m] / N_c, N_c = pixels of class c;
-                      NaN for a class with no pixel                     [C, M]
-  used                prototypes of class c with counts[c, m] >= 1 and
-                      counts[c, m] / N_c >= `min_fraction` (default 0:
-                      "retrieved by at least one pixel"); 0 for a class
-                      with no pixel (see `present`)                     [C]
-
-All functions are pure jax.numpy (jit-able) and also take NumPy arrays.
-`scalars(prototypes, prefix)` gives the cheap prototype-only numbers for a
-training log; `eval_summaries` the `val/proto_*` entries of an evaluation
-(usage counts over eval batches, `make_usage_step` jitted on device);
-`main` prints the per-class table of a checkpoint or of a converted model:
-
-  python -m protoseg_jax.diagnostics --config=configs/X.py --workdir=DIR [--checkpoint_step=N]
+  python -m protoseg_jax.diagnostics --workdir=DIR [--config=configs/X.py] [--checkpoint_step=N]
   python -m protoseg_jax.diagnostics --config=configs/X.py --variables=CONVERTED_DIR
       [--num_batches=2] [--min_fraction=0.01] [--threshold=0.99]
+
+Per class (rows named by the run's classes, held-out and added ones
+included): mean / max cosine between its M prototypes, how many are
+distinct and, over --num_batches eval batches, how many are used and by
+what share of its pixels (`protoseg_jax.prototype_stats`, where the
+definitions are). The run comes from `trainer.run.load_run`; a dataset that
+is not prepared (or --num_batches=0) gives the prototype-only columns.
 """
 
 from __future__ import annotations
 
-import math
-import os
-from typing import Any, Optional
+from absl import flags
 
-from absl import logging
-import jax
-import jax.numpy as jnp
-import numpy as np
+from protoseg_jax import prototype_stats, sharding
+from protoseg_jax.trainer import cli, datasets, input_pipeline, run as runs
 
-DISTINCT_THRESHOLD = 0.99
+FLAGS = flags.FLAGS
+NAME = "python -m protoseg_jax.diagnostics"
 
 
-def _normalize(x: jnp.ndarray) -> jnp.ndarray:
-  x = jnp.asarray(x, jnp.float32)
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
-
-
-def prototype_array(prototypes: Any) -> jnp.ndarray:
-  """The [C, M, D] array from an array, a TrainState's `prototypes` tree
-  ({"head": {"prototypes": ...}}) or a whole variables dict."""
-  if isinstance(prototypes, dict):
-    if "prototypes" in prototypes and isinstance(prototypes["prototypes"], dict):
-      prototypes = prototypes["prototypes"]      # a variables dict
-    leaves = jax.tree.leaves(prototypes)
-    if len(leaves) != 1:
-      raise ValueError(f"expected one prototype array in the tree, found {len(leaves)}")
-    prototypes = leaves[0]
-  if prototypes.ndim != 3:
-    raise ValueError(f"prototypes must be [C, M, D], got shape {prototypes.shape}")
-  return prototypes
-
-
-# --- from the prototypes alone --------------------------------------------------
-
-def pairwise_cosine(prototypes) -> jnp.ndarray:
-  """[C, M, D] -> [C, M, M] cosine similarity between a class's prototypes."""
-  p = _normalize(prototype_array(prototypes))
-  return jnp.einsum("cmd,cnd->cmn", p, p)
-
-
-def mean_pairwise_cosine(prototypes) -> jnp.ndarray:
-  """[C]: mean off-diagonal cosine of each class's prototypes (NaN if M == 1)."""
-  cos = pairwise_cosine(prototypes)
-  m = cos.shape[-1]
-  off = 1.0 - jnp.eye(m, dtype=cos.dtype)
-  if m < 2:
-    return jnp.full(cos.shape[:1], jnp.nan, cos.dtype)
-  return jnp.sum(cos * off, axis=(1, 2)) / (m * (m - 1))
-
-
-def max_pairwise_cosine(prototypes) -> jnp.ndarray:
-  """[C]: the largest off-diagonal cosine of each class (NaN if M == 1)."""
-  cos = pairwise_cosine(prototypes)
-  m = cos.shape[-1]
-  if m < 2:
-    return jnp.full(cos.shape[:1], jnp.nan, cos.dtype)
-  return jnp.max(jnp.where(jnp.eye(m, dtype=bool), -jnp.inf, cos), axis=(1, 2))
-
-
-def distinct_prototypes(prototypes, threshold: float = DISTINCT_THRESHOLD) -> jnp.ndarray:
-  """[C] int: prototypes m with cosine < threshold to every earlier m' < m."""
-  cos = pairwise_cosine(prototypes)
-  m = cos.shape[-1]
-  earlier = jnp.tril(jnp.ones((m, m), bool), k=-1)          # [m, m'] with m' < m
-  copy = jnp.any((cos >= threshold) & earlier, axis=-1)     # [C, M]
-  return jnp.sum(~copy, axis=-1).astype(jnp.int32)
-
-
-# --- from prototypes + embeddings + labels ----------------------------------------
-
-def retrieved_prototype(prototypes, embeddings, labels) -> jnp.ndarray:
-  """[...] int: index m of the own-class prototype nearest each pixel (labels
-  outside [0, C) give -1). embeddings [..., D], labels [...]."""
-  p = _normalize(prototype_array(prototypes))
-  c, m, d = p.shape
-  e = jnp.asarray(embeddings, jnp.float32).reshape(-1, d)
-  y = jnp.asarray(labels).reshape(-1)
-  valid = (y >= 0) & (y < c)
-  # The head's [N, C*M] similarity, then the pixel's own class's M columns
-  # (no [N, M, D] gather of prototypes: that is D times larger).
-  sim = (e @ p.reshape(c * m, d).T).reshape(-1, c, m)
-  own = jnp.take_along_axis(sim, jnp.where(valid, y, 0)[:, None, None], axis=1)[:, 0]
-  idx = jnp.argmax(own, axis=-1)
-  return jnp.where(valid, idx, -1).reshape(jnp.shape(labels))
-
-
-def usage_counts(prototypes, embeddings, labels) -> jnp.ndarray:
-  """[C, M] int: pixels of class c whose retrieved prototype is m."""
-  c, m, _ = prototype_array(prototypes).shape
-  idx = retrieved_prototype(prototypes, embeddings, labels).reshape(-1)
-  y = jnp.asarray(labels).reshape(-1)
-  valid = idx >= 0
-  seg = jnp.where(valid, y * m + idx, c * m)              # invalid -> dropped bin
-  counts = jax.ops.segment_sum(valid.astype(jnp.int32), seg, num_segments=c * m + 1)
-  return counts[:-1].reshape(c, m)
-
-
-def usage_fraction(counts) -> jnp.ndarray:
-  """[C, M]: counts / pixels of the class; NaN rows for absent classes."""
-  counts = jnp.asarray(counts, jnp.float32)
-  n = jnp.sum(counts, axis=-1, keepdims=True)
-  return jnp.where(n > 0, counts / jnp.maximum(n, 1.0), jnp.nan)
-
-
-def used_prototypes(counts, min_fraction: float = 0.0) -> jnp.ndarray:
-  """[C] int: prototypes with >= 1 pixel and a usage fraction >= min_fraction."""
-  counts = jnp.asarray(counts)
-  frac = jnp.nan_to_num(usage_fraction(counts), nan=0.0)
-  return jnp.sum((counts >= 1) & (frac >= min_fraction), axis=-1).astype(jnp.int32)
-
-
-def present_classes(counts) -> jnp.ndarray:
-  """[C] bool: classes with at least one labelled pixel."""
-  return jnp.sum(jnp.asarray(counts), axis=-1) > 0
-
-
-# --- log scalars ---------------------------------------------------------------------
-
-def scalars(prototypes, prefix: str = "train", *, embeddings=None, labels=None,
-            threshold: float = DISTINCT_THRESHOLD, min_fraction: float = 0.0) -> dict:
-  """Scalar summaries under `<prefix>/proto_*` (jax scalars; jit-able).
-
-  From the prototypes alone (cheap: one [C, M, M] product, fine every log step):
-    proto_mean_cosine   mean over classes of the mean off-diagonal cosine
-    proto_max_cosine    largest off-diagonal cosine over all classes
-    proto_distinct_frac distinct prototypes / (C * M) (1 = no near-copies)
-  With embeddings and labels (same pixels, labels at the embeddings' size):
-    proto_used_frac     used prototypes / (M * classes present), over present classes
-  `prototypes` may be the array or a TrainState's prototypes tree. With
-  M == 1 the two cosine keys are left out (no pairs; never a NaN in a log).
-  """
-  p = prototype_array(prototypes)
-  c, m, _ = p.shape
-  prefix = prefix.rstrip("/")
-  out = {f"{prefix}/proto_distinct_frac": jnp.sum(distinct_prototypes(p, threshold)) / (c * m)}
-  if m > 1:
-    out[f"{prefix}/proto_mean_cosine"] = jnp.mean(mean_pairwise_cosine(p))
-    out[f"{prefix}/proto_max_cosine"] = jnp.max(max_pairwise_cosine(p))
-  if (embeddings is None) != (labels is None):
-    raise ValueError("give both embeddings and labels, or neither")
-  if embeddings is not None:
-    out[f"{prefix}/proto_used_frac"] = used_fraction(usage_counts(p, embeddings, labels),
-                                                     min_fraction)
-  return out
-
-
-def used_fraction(counts, min_fraction: float = 0.0) -> jnp.ndarray:
-  """Used prototypes / (M * classes present), over the classes present in counts [C, M]."""
-  counts = jnp.asarray(counts)
-  present = present_classes(counts)
-  used = jnp.sum(jnp.where(present, used_prototypes(counts, min_fraction), 0))
-  return used / jnp.maximum(counts.shape[-1] * jnp.sum(present), 1)
-
-
-# --- embeddings of a Segmentor with the ProtoSeg head ------------------------------
-
-def _is_proto_head(module, method_name) -> bool:
-  from protoseg_jax import heads
-  return isinstance(module, heads.ProtoSegHead) and method_name == "__call__"
-
-
-def embed(model, variables, images):
-  """(logits [B, h, w, C], embeddings [B, h, w, D]) of a Segmentor whose head is
-  ProtoSegHead, at inference (train=False, nothing updated).
-
-  The Segmentor's output has no embeddings; the head's HeadOutput does, so it
-  is captured with flax's `capture_intermediates` (filtered to the head).
-  """
-  out, state = model.apply(variables, images, train=False, capture_intermediates=_is_proto_head,
-                           mutable=["intermediates"])
-  found = [v for v in jax.tree.leaves(state["intermediates"],
-                                      is_leaf=lambda x: hasattr(x, "embeddings"))
-           if hasattr(v, "embeddings")]
-  if len(found) != 1 or found[0].embeddings is None:
-    raise ValueError("the model has no ProtoSeg head (config.model.head must be 'proto')")
-  return out.logits, found[0].embeddings
-
-
-def labels_at(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  """[H, W] -> size with PyTorch `nearest` (floor(dst * H / h)), as the head."""
-  h, w = size
-  rows = (np.arange(h) * labels.shape[0]) // h
-  cols = (np.arange(w) * labels.shape[1]) // w
-  return labels[rows][:, cols]
-
-
-def make_usage_step(model, label_lut=None):
-  """`(variables, batch) -> (int32 [C, M] usage counts, int32 images)` of one
-  eval batch (input_pipeline's dict: image, image_hw, label, label_hw, mask);
-  jit-able, every size per example is data.
-
-  Each example's embeddings [h, w] cover the whole canvas [Hc, Wc]; its
-  image's part is the first fh = ceil(image_h * h / Hc) rows and
-  fw = ceil(image_w * w / Wc) columns, and its original-size label is
-  resized to (fh, fw) with PyTorch `nearest` (row i <- floor(i * label_h /
-  fh)), as `labels_at`. Pixels outside that part and masked rows count
-  nowhere. label_lut (int [L], e.g. `held_out.label_lut`): dataset label ->
-  model class, for a model whose classes are not the dataset's.
-  """
-  lut = None if label_lut is None else jnp.asarray(label_lut, jnp.int32)
-
-  def step(variables, batch):
-    emb = embed(model, variables, batch["image"])[1]             # [B, h, w, D]
-    _, h, w, _ = emb.shape
-    hc, wc = batch["image"].shape[1:3]
-    hl, wl = batch["label"].shape[1:3]
-    ihw = batch["image_hw"].astype(jnp.int32)
-    lhw = batch["label_hw"].astype(jnp.int32)
-    fh = (ihw[:, 0] * h + hc - 1) // hc
-    fw = (ihw[:, 1] * w + wc - 1) // wc
-    i, j = jnp.arange(h), jnp.arange(w)
-
-    def one(label, fh, fw, lh, lw, keep):
-      rows = jnp.minimum(i * lh // jnp.maximum(fh, 1), hl - 1)
-      cols = jnp.minimum(j * lw // jnp.maximum(fw, 1), wl - 1)
-      y = label[rows[:, None], cols[None, :]].astype(jnp.int32)
-      if lut is not None:
-        inside_lut = (y >= 0) & (y < lut.shape[0])
-        y = jnp.where(inside_lut, lut[jnp.clip(y, 0, lut.shape[0] - 1)], -1)
-      inside = (i[:, None] < fh) & (j[None, :] < fw) & keep
-      return jnp.where(inside, y, -1)
-
-    labels = jax.vmap(one)(batch["label"], fh, fw, lhw[:, 0], lhw[:, 1],
-                           batch["mask"].astype(bool))
-    counts = usage_counts(variables["prototypes"], emb, labels)
-    return counts, jnp.sum(batch["mask"].astype(jnp.int32))
-
-  return step
-
-
-def _host_int64(x) -> np.ndarray:
-  """A replicated (possibly multi-host) array as an int64 host array."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    x = x.addressable_data(0)
-  return np.asarray(jax.device_get(x)).astype(np.int64)
-
-
-def eval_usage_counts(model, variables, batches, num_classes: int, num_prototypes: int,
-                      num_batches: Optional[int], *, label_lut=None,
-                      step=None) -> tuple[np.ndarray, int]:
-  """[C, M] usage counts over the first `num_batches` eval batches (None or
-  -1: all) and the number of images counted (`make_usage_step`, jitted;
-  global batches sharded over a mesh give replicated counts on every host).
-  step: that jitted step, built once by a caller that evaluates repeatedly
-  (default: jitted here, for these batches' mesh)."""
-  protos = prototype_array(variables["prototypes"])
-  if protos.shape[:2] != (num_classes, num_prototypes):
-    raise ValueError(f"the prototypes are {protos.shape[:2]}, expected "
-                     f"({num_classes}, {num_prototypes})")
-  counts = np.zeros((num_classes, num_prototypes), np.int64)
-  images = 0
-  step = None
-  for i, batch in enumerate(batches):
-    if num_batches is not None and 0 <= num_batches <= i:
-      break
-    if step is None:
-      kw = {}
-      sh = getattr(batch["image"], "sharding", None)
-      if isinstance(sh, jax.sharding.NamedSharding):
-        kw["out_shardings"] = jax.sharding.NamedSharding(sh.mesh, jax.sharding.PartitionSpec())
-      step = jax.jit(make_usage_step(model, label_lut), **kw)
-    c, n = step(variables, batch)
-    counts += _host_int64(c)
-    images += int(_host_int64(n))
-  return counts, images
-
-
-def usage_summaries(counts, images: int, class_names, prefix: str = "val",
-                    min_fraction: float = 0.0) -> tuple[dict, dict]:
-  """(metrics.jsonl record, TensorBoard scalars) of usage counts [C, M]:
-
-    <prefix>/proto_used_frac  used prototypes / (M * classes present)
-    <prefix>/proto_used       {class: prototypes used by its pixels; None
-                              when it has no pixel}; TensorBoard:
-                              <prefix>/proto_used/<class>
-    <prefix>/proto_usage      {class: [fraction of its pixels retrieving
-                              prototype m, m < M]; None when no pixel}
-                              (metrics.jsonl only: C*M numbers)
-    <prefix>/proto_images     images the counts come from
-  """
-  counts = np.asarray(counts)
-  prefix = prefix.rstrip("/")
-  present = np.asarray(present_classes(counts))
-  used = np.asarray(used_prototypes(counts, min_fraction))
-  frac = np.asarray(usage_fraction(counts))
-  names = list(class_names)
-  if len(names) != counts.shape[0]:
-    raise ValueError(f"{len(names)} class names for {counts.shape[0]} classes")
-  used_frac = float(used_fraction(counts, min_fraction))
-  record = {f"{prefix}/proto_used_frac": used_frac,
-            f"{prefix}/proto_images": int(images),
-            f"{prefix}/proto_used": {n: int(used[c]) if present[c] else None
-                                     for c, n in enumerate(names)},
-            f"{prefix}/proto_usage": {n: [round(float(f), 6) for f in frac[c]] if present[c]
-                                      else None for c, n in enumerate(names)}}
-  tb = {f"{prefix}/proto_used_frac": used_frac}
-  tb.update({f"{prefix}/proto_used/{n}": int(used[c]) for c, n in enumerate(names) if present[c]})
-  return record, tb
-
-
-def eval_summaries(config, model, variables, batches, class_names, *, label_lut=None,
-                   prefix: str = "val", step=None) -> tuple[dict, dict]:
-  """The `<prefix>/proto_*` entries of an evaluation: `scalars` of the
-  prototypes and `usage_summaries` of the usage counts over at most
-  config.eval.proto_usage_batches eval batches (-1: all; also at most
-  config.max_eval_batches when that is >= 0). -> (metrics.jsonl record,
-  TensorBoard scalars). class_names: the model's, in output order; step:
-  as in `eval_usage_counts`."""
-  protos = prototype_array(variables["prototypes"])
-  limits = [int(n) for n in (config.eval.proto_usage_batches, config.max_eval_batches)
-            if n is not None and int(n) >= 0]
-  counts, images = eval_usage_counts(model, variables, batches, *protos.shape[:2],
-                                     min(limits) if limits else None, label_lut=label_lut,
-                                     step=step)
-  record, tb = usage_summaries(counts, images, class_names, prefix)
-  cheap = {k: float(v) for k, v in scalars(protos, prefix).items()}
-  logging.info("prototype usage over %d eval images:\n%s", images,
-               format_table(protos, class_names, counts))
-  return {**cheap, **record}, {**cheap, **tb}
-
-
-# --- the table ------------------------------------------------------------------------
-
-def _fmt(x, spec: str) -> str:
-  return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
-
-
-def format_table(prototypes, class_names=None, counts=None, *, threshold: float = DISTINCT_THRESHOLD,
-                 min_fraction: float = 0.0) -> str:
-  """The per-class table: mean / max cosine, distinct and (given counts) used
-  prototypes and the usage fraction of each prototype."""
-  p = prototype_array(prototypes)
-  c, m, _ = p.shape
-  names = list(class_names) if class_names is not None else [str(i) for i in range(c)]
-  mean_cos = np.asarray(mean_pairwise_cosine(p))
-  max_cos = np.asarray(max_pairwise_cosine(p))
-  distinct = np.asarray(distinct_prototypes(p, threshold))
-  width = max(8, max(len(n) for n in names))
-  head = f"{'class':<{width}}  {'mean_cos':>8}  {'max_cos':>8}  {'distinct':>8}"
-  if counts is not None:
-    frac = np.asarray(usage_fraction(counts))
-    used = np.asarray(used_prototypes(counts, min_fraction))
-    present = np.asarray(present_classes(counts))
-    pixels = np.asarray(counts).sum(-1)
-    head += f"  {'pixels':>9}  {'used':>5}  usage fraction per prototype"
-  lines = [head, "-" * len(head)]
-  for i in range(c):
-    row = (f"{names[i]:<{width}}  {_fmt(float(mean_cos[i]), '8.3f')}  "
-           f"{_fmt(float(max_cos[i]), '8.3f')}  {distinct[i]:>5d}/{m:<2d}")
-    if counts is not None:
-      row += f"  {pixels[i]:>9d}  "
-      if present[i]:
-        row += f"{used[i]:>2d}/{m:<2d}  " + " ".join(f"{f:.2f}" for f in frac[i])
-      else:
-        row += f"{'-':>5}  (no pixels)"
-    lines.append(row)
-  s = scalars(p, "all", threshold=threshold)
-  lines.append("-" * len(head))
-  lines.append(f"all: mean cosine {float(s['all/proto_mean_cosine']):.3f}, max cosine "
-               f"{float(s['all/proto_max_cosine']):.3f}, distinct "
-               f"{float(s['all/proto_distinct_frac']):.1%} of {c}x{m} (threshold {threshold})")
-  if counts is not None:
-    present = np.asarray(present_classes(counts))
-    used = np.asarray(used_prototypes(counts, min_fraction))
-    n = int(present.sum())
-    lines.append(f"used (>= 1 pixel and >= {min_fraction:.1%} of the class's pixels): "
-                 f"{int(used[present].sum())} of {n * m} prototypes of the {n} classes present")
-  return "\n".join(lines)
-
-
-# --- the command ------------------------------------------------------------------------
-
-def load_model_variables(config, workdir: Optional[str], checkpoint_step: Optional[int],
-                         variables_dir: Optional[str]):
-  """(model, variables (host arrays), DatasetMeta) of the latest (or
-  `checkpoint_step`) checkpoint in `workdir`, or of converted weights in
-  `variables_dir`. The class facts (names, palette) come from the dataset's
-  builder class: no prepared data needed. The model has as many classes as
-  the variables have prototypes (a model trained with
-  config.dataset.held_out_class or extended by protoseg_jax.add_class)."""
-  import data
-  import orbax.checkpoint as ocp
-  from protoseg_jax import checkpoints
-  from protoseg_jax.models.segmentor import build_model
-  meta = data.dataset_meta(config.dataset.name)
-  if variables_dir:
-    variables = checkpoints.load_variables(variables_dir)
-  elif workdir:
-    # The saved TrainState restored as a plain tree (no template, so no
-    # train.create_train_state here: train.py may import this module).
-    mngr = checkpoints.checkpoint_manager(workdir, config, read_only=True)
-    step = mngr.latest_step() if checkpoint_step is None else checkpoint_step
-    if step is None or step not in mngr.all_steps():
-      raise FileNotFoundError(f"no checkpoint {'' if step is None else step} in {mngr.directory}; "
-                              f"available: {sorted(mngr.all_steps())}")
-    saved = mngr.restore(step, args=ocp.args.StandardRestore())
-    mngr.close()
-    variables = {k: saved[k] for k in ("params", "batch_stats", "prototypes") if saved.get(k)}
-  else:
-    raise ValueError("give a workdir (a checkpoint) or a variables dir (converted weights)")
-  if not variables.get("prototypes"):
-    raise ValueError(f"{variables_dir or workdir!r} holds no prototypes (config.model.head "
-                     "is not 'proto')")
-  num_classes = prototype_array(variables["prototypes"]).shape[0]
-  return build_model(config, num_classes, meta.ignore_index), jax.device_get(variables), meta
-
-
-def model_classes(config, meta, num_classes: int):
-  """(class names in output order, label_lut or None) of a model with
-  `num_classes` outputs on config.dataset (`held_out.class_ids_for_model`);
-  classes the dataset lacks (added by protoseg_jax.add_class) are class_<i>."""
-  from protoseg_jax import held_out
-  k = held_out.held_out_class(config, meta.num_classes)   # a bad config value raises here
-  if num_classes not in (meta.num_classes, meta.num_classes - (k != held_out.NONE)):
-    names = list(meta.class_names[:num_classes])
-    return names + [f"class_{i}" for i in range(len(names), num_classes)], None
-  ids = held_out.class_ids_for_model(config, meta.num_classes, num_classes)
-  lut = None if held_out.is_identity(ids) else held_out.label_lut(ids, meta.ignore_index)
-  return list(held_out.class_names(meta.class_names, ids)), lut
-
-
-def main(argv):
-  from absl import app
-  from absl import flags
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  f = flags.FLAGS
-  if not f.workdir and not f.variables:
-    raise app.UsageError("give --workdir (a checkpoint) or --variables (converted weights)")
-  model, variables, meta = load_model_variables(
-      f.config, f.workdir and os.path.expanduser(f.workdir), f.checkpoint_step,
-      f.variables and os.path.expanduser(f.variables))
-  protos = prototype_array(variables["prototypes"])
-  names, lut = model_classes(f.config, meta, protos.shape[0])
-  counts = None
-  if f.num_batches > 0:
-    from protoseg_jax import datasets, input_pipeline, sharding
-    try:
-      batches = input_pipeline.create_eval_iterator(
-          f.config, sharding.batch_sharding(sharding.create_mesh()))
-    except datasets.DatasetNotPreparedError:
-      print("dataset not prepared: prototype-only statistics")
-    else:
-      counts, n = eval_usage_counts(model, variables, batches, protos.shape[0], protos.shape[1],
-                                    f.num_batches, label_lut=lut)
-      print(f"usage over {n} images of {f.config.dataset.eval_split} "
-            f"(up to {f.num_batches} eval batches)")
-  print(format_table(protos, names, counts, threshold=f.threshold,
-                     min_fraction=f.min_fraction))
-
-
-def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "Run config (configs/*.py[:variant]).",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Run directory whose checkpoint to read.")
-  flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step (default: the latest).")
-  flags.DEFINE_string("variables", None, "Converted weights (python -m protoseg_jax.convert "
-                      "--dst DIR) instead of a checkpoint.")
+def define_flags():
+  cli.define_run_flags(config_required=False, workdir="Run directory whose checkpoint to read.",
+                       variables=True)
   flags.DEFINE_integer("num_batches", 2, "Eval batches for the usage statistics (0: none).")
   flags.DEFINE_float("min_fraction", 0.0, "A prototype is used when it has >= 1 pixel and at "
                      "least this fraction of its class's pixels.")
-  flags.DEFINE_float("threshold", DISTINCT_THRESHOLD, "Cosine at or above which a prototype "
-                     "counts as a copy of an earlier one (distinct).")
-  flags.mark_flags_as_required(["config"])
+  flags.DEFINE_float("threshold", prototype_stats.DISTINCT_THRESHOLD, "Cosine at or above which "
+                     "a prototype counts as a copy of an earlier one (distinct).")
+
+
+def main(argv):
+  del argv
+  workdir = cli.expand(FLAGS.workdir)
+  if not workdir and not FLAGS.variables:
+    raise cli.ArgumentError("give --workdir (a run) or --config with --variables (converted "
+                            "weights)")
+  config = cli.run_config(workdir)
+  runs.weights_source(workdir, config, FLAGS.variables)
+  run = runs.load_run(workdir, config, checkpoint_step=FLAGS.checkpoint_step,
+                      variables_dir=FLAGS.variables)
+  if not run.variables.get("prototypes"):
+    raise cli.ArgumentError(f"{run.source}: the model has no prototypes (its head is "
+                            f"{run.config.model.head!r}; diagnostics are for the ProtoSeg head)")
+  protos = prototype_stats.prototype_array(run.variables["prototypes"])
+  counts = None
+  if FLAGS.num_batches > 0:
+    try:
+      batches = input_pipeline.create_eval_iterator(
+          run.config, sharding.batch_sharding(run.mesh), run=run.facts)
+    except datasets.DatasetNotPreparedError as e:
+      print(f"dataset not prepared ({str(e).splitlines()[0]}): prototype-only statistics")
+    else:
+      step = prototype_stats.jit_usage_step(run.model, run.classes.label_lut(), run.mesh)
+      counts, n = prototype_stats.eval_usage_counts(step, run.variables, batches,
+                                                    FLAGS.num_batches)
+      print(f"usage over {n} images of {run.config.dataset.eval_split} "
+            f"(up to {FLAGS.num_batches} eval batches)")
+  print(prototype_stats.format_table(protos, run.classes.output_names, counts,
+                                     threshold=FLAGS.threshold, min_fraction=FLAGS.min_fraction))
 
 
 if __name__ == "__main__":
-  from absl import app as _app
-  _define_flags()
-  _app.run(main)
+  define_flags()
+  cli.run(main, NAME)

@@ -21,11 +21,12 @@ import numpy as np
 from protoseg_jax.metrics import format_table, metrics_from_confusion
 
 
-def _to_host_int64(cm) -> np.ndarray:
-  """A (possibly multi-host, replicated) [C, C] array as an int64 host array."""
+def host_int64(cm) -> np.ndarray:
+  """A (possibly multi-host, replicated) array, e.g. a [C, C] confusion matrix,
+  as an int64 host array."""
   if isinstance(cm, jax.Array) and not cm.is_fully_addressable:
     if not cm.is_fully_replicated:
-      raise ValueError("the confusion matrix must be replicated (jit predict_step with "
+      raise ValueError("the array must be replicated (jit the step that makes it with "
                        "out_shardings=NamedSharding(mesh, P())) to be read on every host")
     cm = cm.addressable_data(0)
   return np.asarray(jax.device_get(cm)).astype(np.int64)
@@ -45,7 +46,7 @@ def _count_images(batch: Mapping[str, Any]):
 
 def _read_counts(counts: list) -> int:
   """Sums and empties `counts` (ints and replicated device scalars)."""
-  n = sum(int(_to_host_int64(c)) if isinstance(c, jax.Array) else int(c) for c in counts)
+  n = sum(int(host_int64(c)) if isinstance(c, jax.Array) else int(c) for c in counts)
   counts.clear()
   return n
 
@@ -100,7 +101,7 @@ class Evaluator:
     return total
 
   def _add(self, total: np.ndarray, cm) -> np.ndarray:
-    cm = _to_host_int64(cm)
+    cm = host_int64(cm)
     if cm.shape != total.shape:
       raise ValueError(f"predict_step returned a {cm.shape} matrix, expected {total.shape}")
     return total + cm

@@ -355,27 +355,27 @@ def add_class(variables: dict, support_embeddings: jnp.ndarray, *, num_prototype
   return out
 
 
-def head_embeddings(model: nn.Module, variables: dict, images: jnp.ndarray) -> jnp.ndarray:
-  """The ProtoSeg head's unit embeddings [B, h, w, D] of `images` (inference
-  mode, train=False) for any model containing one ProtoSegHead (e.g. a
-  Segmentor; its `images` as it expects them: [B, H, W, 3] normalised).
-  Read with flax's `capture_intermediates`: the model's outputs are unchanged."""
+def proto_head_output(model: nn.Module, variables: dict, images: jnp.ndarray) -> HeadOutput:
+  """The HeadOutput (logits [B, h, w, C], unit embeddings [B, h, w, D]) of the
+  one ProtoSegHead inside `model` (e.g. a Segmentor, whose own output has no
+  embeddings), at inference (train=False, nothing updated); `images` as the
+  model expects them ([B, H, W, 3] normalised). Read with flax's
+  `capture_intermediates`: the model's outputs are unchanged."""
   is_head = lambda mdl, method: isinstance(mdl, ProtoSegHead) and method == "__call__"
   _, state = model.apply(variables, images, train=False, capture_intermediates=is_head,
                          mutable=["intermediates"])
-  found = []
-
-  def walk(tree):
-    for k, v in tree.items():
-      if k == "__call__":
-        found.extend(o.embeddings for o in v if isinstance(o, HeadOutput))
-      elif isinstance(v, dict):
-        walk(v)
-
-  walk(flax.core.unfreeze(state["intermediates"]))
+  found = [v for v in jax.tree.leaves(state["intermediates"],
+                                      is_leaf=lambda x: isinstance(x, HeadOutput))
+           if isinstance(v, HeadOutput)]
   if len(found) != 1:
-    raise ValueError(f"expected one ProtoSegHead in the model, found {len(found)}")
+    raise ValueError(f"expected one ProtoSegHead in the model, found {len(found)} (a model with "
+                     "the ProtoSeg head: config.model.head='proto')")
   return found[0]
+
+
+def head_embeddings(model: nn.Module, variables: dict, images: jnp.ndarray) -> jnp.ndarray:
+  """The ProtoSeg head's unit embeddings [B, h, w, D] (`proto_head_output`)."""
+  return proto_head_output(model, variables, images).embeddings
 
 
 def support_embeddings(model: nn.Module, variables: dict, images: jnp.ndarray,

@@ -66,7 +66,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from protoseg_jax.metrics import confusion_matrix
-from protoseg_jax.ops import resize_bilinear
+from protoseg_jax.ops import CUBIC_A, resize_bilinear
 
 LogitsFn = Callable[[jnp.ndarray], jnp.ndarray]
 
@@ -107,7 +107,6 @@ def _dynamic_interp_matrix(in_valid: jnp.ndarray, out_valid: jnp.ndarray,
   return jnp.where(rows_ok[..., None], w, 0.0).astype(jnp.float32)
 
 
-CUBIC_A = -0.75  # OpenCV INTER_CUBIC and PyTorch bicubic
 
 
 def _dynamic_cubic_matrix(in_valid: jnp.ndarray, out_valid: jnp.ndarray,
@@ -143,6 +142,7 @@ def _dynamic_cubic_matrix(in_valid: jnp.ndarray, out_valid: jnp.ndarray,
   return jnp.where(rows_ok[..., None], w, 0.0).astype(jnp.float32)
 
 
+MODES = ("whole", "slide")
 RESIZES = ("bilinear", "bilinear_align_corners", "bicubic")
 MERGES = ("mean_softmax", "sum_logits")
 
@@ -281,15 +281,15 @@ def _scaled_size(size: tuple[int, int], ratio: float) -> tuple[int, int]:
 # --------------------------------------------------------------------------
 
 
-def _check_mode(mode, slide_crop, stride, scales, resize="bilinear", merge="mean_softmax"):
+def check_mode(mode, slide_crop, stride, scales, resize="bilinear", merge="mean_softmax"):
   if resize not in RESIZES:
     raise ValueError(f"resize must be one of {RESIZES}, got {resize!r}")
   if merge not in MERGES:
     raise ValueError(f"merge must be one of {MERGES}, got {merge!r}")
   if resize == "bicubic" and mode != "whole":
     raise ValueError("resize='bicubic' (logits straight to the label size) needs mode='whole'")
-  if mode not in ("whole", "slide"):
-    raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
+  if mode not in MODES:
+    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
   if mode == "slide" and (slide_crop is None or stride is None):
     raise ValueError(f"mode='slide' needs slide_crop and stride, got {slide_crop} and {stride}")
   if not scales or any(float(s) <= 0 for s in scales):
@@ -334,7 +334,7 @@ def predict_scores(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
       the softmax probabilities) or "sum_logits" (openseg ms_test: the sum of
       the raw logits). One pass: the logits either way.
   """
-  _check_mode(mode, slide_crop, stride, scales, resize, merge)
+  check_mode(mode, slide_crop, stride, scales, resize, merge)
   images = batch["image"]
   if images.ndim != 4:
     raise ValueError(f"batch['image'] must be [B, H, W, 3], got shape {images.shape}")
@@ -428,7 +428,7 @@ def make_predict_step(logits_fn_from_variables: Callable[[Any, jnp.ndarray], jnp
   the labels with all `num_classes` dataset classes (a class no output maps
   to is never predicted).
   """
-  _check_mode(mode, slide_crop, stride, scales, resize, merge)
+  check_mode(mode, slide_crop, stride, scales, resize, merge)
   ids, num_outputs = None, num_classes
   if class_ids is not None:
     ids = np.asarray(class_ids, np.int32)

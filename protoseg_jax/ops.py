@@ -12,6 +12,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 
+# Keys' cubic convolution parameter of OpenCV's INTER_CUBIC and PyTorch's
+# bicubic (tf.image.resize's "bicubic" uses -0.5).
+CUBIC_A = -0.75
+
 
 def _interp_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
   """[out_size, in_size] linear-interpolation weights, PyTorch semantics."""

@@ -22,6 +22,7 @@ import optax
 NO_DECAY_PATTERN = r"(/bias$|/scale$|relative_position_bias_table|pos_embed|absolute_pos)"
 # Top-level parameter collections trained with head_lr_mult.
 HEAD_MODULES = ("decoder", "head", "aux_decoder", "aux_head")
+OPTIMIZERS = ("sgd", "adamw")       # config.optim.name
 
 
 def learning_rate_schedule(config_optim, num_train_steps: int) -> optax.Schedule:
@@ -80,7 +81,8 @@ def create_optimizer(config, params) -> tuple[optax.GradientTransformation, opta
       return optax.chain(*parts)
     if o.name == "adamw":
       return optax.adamw(lr, b1=o.b1, b2=o.b2, weight_decay=o.weight_decay, mask=mask)
-    raise ValueError(f"config.optim.name must be 'sgd' or 'adamw', got {o.name!r}")
+    raise ValueError(f"config.optim.name must be {' or '.join(map(repr, OPTIMIZERS))}, got "
+                     f"{o.name!r}")
 
   tx = make(schedule)
   if o.head_lr_mult != 1.0:

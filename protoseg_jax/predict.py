@@ -1,12 +1,18 @@
 """Predict on your own images: label maps, colour maps and overlays.
 
-  predictor = Predictor.from_workdir(config, workdir)            # orbax train state
+  predictor = Predictor.from_workdir(workdir=DIR)                # a run (trainer.run.load_run)
+  predictor = Predictor.from_workdir(config, DIR)                # ... with other eval settings
   predictor = Predictor.from_variables(config, variables, C)     # e.g. converted weights
-  labels = predictor.predict(image_uint8_hwc)                    # int32 [H, W] dataset ids
+  labels = predictor.predict(image_uint8_hwc)                    # int32 [H, W] class ids
   predictor.predict_paths(["a.jpg", "dir/b.png"], "out/")        # files, see below
 
-Images go through the eval pipeline's preprocessing (input_pipeline /
-augment: config.dataset.eval_scale keep-ratio resize, mean/std, input_order)
+Predictions are class ids: the dataset's ids for its classes (also for a
+model trained without one, `config.dataset.held_out_class`, or with one
+added back by `protoseg_jax.add_class`), then the ids of added classes the
+dataset lacks (`classes.ClassMap`, from the workdir's run.json).
+
+Images go through the eval pipeline's preprocessing (`trainer.augment.
+eval_transform`: config.dataset.eval_scale keep-ratio resize, mean/std, input_order)
 and `inference.predict_scores` with config.eval (whole / slide, scales, flip,
 resize, merge), so a prediction equals the evaluation's on the same image.
 
@@ -40,8 +46,10 @@ relative to its input root (subfolders kept), `<name>` without extension:
                input); nothing else, so that the evaluator finds one file
                per image.
 
-A trainer edge: imports TensorFlow (the eval preprocessing) and orbax (only
-in `from_workdir`). One process; the batch is split over its local devices.
+A tool on the trainer: the eval preprocessing is the trainer's
+(`trainer.augment.eval_transform`, TensorFlow) and `from_workdir` loads the
+run with `trainer.run.load_run`. One process; the batch is split over its
+local devices.
 """
 
 from __future__ import annotations
@@ -56,13 +64,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from PIL import Image, ImageOps
-import tensorflow as tf
 
-import data
-from data.common import READ_ERRORS, error_reason, to_rgb_uint8  # noqa: F401 (to_rgb_uint8: API)
-from protoseg_jax import augment, inference, input_pipeline, sharding
-from protoseg_jax.datasets import config_value
+from protoseg_jax import classes as classes_lib
+from protoseg_jax import inference, sharding
+from protoseg_jax.classes import ClassMap
 from protoseg_jax.models.segmentor import build_model
+from protoseg_jax.trainer import augment, input_pipeline, run as runs
+from protoseg_jax.trainer.cli import ArgumentError
+from protoseg_jax.trainer.datasets import config_value
+from protoseg_jax.trainer.images import READ_ERRORS, error_reason, to_rgb_uint8
 
 BUCKET = 32
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
@@ -73,6 +83,10 @@ OVERLAY_ALPHA = 0.5   # weight of the colour map in <name>_overlay.png
 
 # --------------------------------------------------------------------------
 # Reading images.
+
+
+class NoInputImages(ArgumentError, FileNotFoundError):
+  """--input names nothing to predict (no such path, or no image files there)."""
 
 
 class ImageTooLarge(ValueError):
@@ -144,13 +158,24 @@ def list_images(spec: str, exclude: Optional[str] = None,
       root = os.sep
     found = [p for p in globlib.glob(spec, recursive=True) if os.path.isfile(p)]
   else:
-    raise FileNotFoundError(f"--input {spec!r}: no such file, directory or glob")
+    raise NoInputImages(f"--input={spec}: no such file, directory or glob")
   root = root or "."
+  excluded = 0
   if exclude is not None:
     ex = os.path.abspath(exclude) + os.sep
-    found = [p for p in found if not os.path.abspath(p).startswith(ex)]
+    kept = [p for p in found if not os.path.abspath(p).startswith(ex)]
+    excluded = len(found) - len(kept)
+    if excluded:
+      logging.warning("predict: %d image(s) under --output=%s left out (earlier outputs)",
+                      excluded, exclude)
+    found = kept
   if not found:
-    raise FileNotFoundError(f"--input {spec!r} names no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    if excluded:
+      raise NoInputImages(f"--input={spec}: its {excluded} image(s) all lie under "
+                          f"--output={exclude}, which predict never reads (its own outputs); "
+                          "choose an --output outside the input")
+    raise NoInputImages(f"--input={spec} names no image files "
+                        f"({', '.join(IMAGE_EXTENSIONS)})")
   if not explicit:
     real_root, kept = os.path.realpath(root), []
     for p in found:
@@ -166,23 +191,27 @@ def list_images(spec: str, exclude: Optional[str] = None,
   return sorted((p, os.path.relpath(p, root)) for p in found)
 
 
+def check_output_dir(output: str, input_spec: str):
+  """ArgumentError unless `output` can be written and does not write into the
+  inputs: not the --input folder itself (`<name>.png` would replace an input
+  `<name>.png`), creatable and writable. Checked before anything is loaded."""
+  out = os.path.realpath(os.path.expanduser(output))
+  spec = os.path.expanduser(input_spec)
+  if os.path.isdir(spec) and os.path.realpath(spec) == out:
+    raise ArgumentError(f"--output={output} is the --input folder: the label maps "
+                        "(<name>.png) would replace input images; choose another --output")
+  try:
+    os.makedirs(out, exist_ok=True)
+    probe = os.path.join(out, f".protoseg_write_test_{os.getpid()}")
+    with open(probe, "w"):
+      pass
+    os.remove(probe)
+  except OSError as e:
+    raise ArgumentError(f"--output={output} cannot be written ({e.strerror or e})") from None
+
+
 # --------------------------------------------------------------------------
 # Label maps -> files.
-
-
-def cityscapes_label_ids(train_ids: np.ndarray) -> np.ndarray:
-  """Cityscapes train ids (0..18) -> official labelIds (uint8); others -> 0 (unlabeled).
-
-  The inverse of data/cityscapes/builder.py's LABEL_ID_TO_TRAIN_ID table.
-  """
-  from data.cityscapes import builder as cityscapes
-  lut = np.zeros(256, np.uint8)
-  for label_id, train_id in cityscapes.LABEL_ID_TO_TRAIN_ID.items():
-    lut[train_id] = label_id
-  train_ids = np.asarray(train_ids)
-  if train_ids.size and (train_ids.min() < 0 or train_ids.max() > 255):
-    raise ValueError("train ids must lie in [0, 255]")
-  return lut[train_ids.astype(np.int64)]
 
 
 def colorize(labels: np.ndarray, palette) -> np.ndarray:
@@ -241,15 +270,22 @@ def _save_png(array: np.ndarray, path: str):
 
 
 def write_outputs(stem: str, image: np.ndarray, labels: np.ndarray, palette,
-                  output_format: str = "default"):
+                  output_format: str = "default", release_ids=None):
   """The files of one image (see the module docstring); returns their paths.
 
+  labels: class ids; palette: a colour per class id; release_ids: the
+  dataset's release id of each class id (`classes.DatasetMeta.release_ids`,
+  output_format "cityscapes"; ids without one are written as 0, unlabeled).
   An existing symlink at an output file is not followed (OSError).
   """
   os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
   paths = output_paths(stem, output_format)
   if output_format == "cityscapes":
-    _save_png(cityscapes_label_ids(labels), paths[0])
+    if release_ids is None:
+      raise ValueError("output_format='cityscapes' needs the dataset's release ids")
+    lut = np.zeros((max(len(release_ids), int(labels.max(initial=0)) + 1),), np.uint8)
+    lut[:len(release_ids)] = release_ids
+    _save_png(lut[labels.astype(np.int64)], paths[0])
     return paths
   if output_format != "default":
     raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
@@ -278,88 +314,73 @@ def _bucket(hw: tuple[int, int], fixed: tuple[int, int]) -> tuple[int, int]:
 
 
 class Predictor:
-  """A model, its variables and the run config's eval settings, for images of any size."""
+  """A model, its variables, its classes and the run config's eval settings,
+  for images of any size.
 
-  def __init__(self, config, model, variables, *, class_names=None, palette=None,
-               ignore_index: int = 255, devices: Optional[Sequence[jax.Device]] = None):
+  classes: the run's `classes.ClassMap` (the class id of each model
+  output: predictions are class ids, the dataset's for every class it has;
+  names and palette); default: the config's dataset, all its classes.
+  """
+
+  def __init__(self, config, model, variables, *, classes: Optional[ClassMap] = None,
+               devices: Optional[Sequence[jax.Device]] = None):
     self.config, self.model = config, model
     self.mesh = sharding.create_mesh(devices if devices is not None else jax.local_devices())
     self._rep = sharding.replicated(self.mesh)
     self._data = sharding.batch_sharding(self.mesh)
     self.variables = jax.device_put(variables, self._rep)
-    meta = data.dataset_meta(config.dataset.name)
-    self.class_names = tuple(class_names if class_names is not None else meta.class_names)
-    self.palette = tuple(palette if palette is not None else meta.palette)
-    self.ignore_index = int(ignore_index)
-    self.num_classes = len(self.class_names)
-    # The eval pipeline's settings, read by its own helpers.
-    self.eval_scale = input_pipeline._eval_scale(config)
-    self.mean, self.std = input_pipeline._mean_std(config)
-    self.input_order = input_pipeline._input_order(config)
-    self.canvas = input_pipeline._pair(config.dataset.eval_canvas, "eval_canvas")
-    self.label_canvas = input_pipeline._pair(config.dataset.eval_label_canvas, "eval_label_canvas")
+    self.classes = classes if classes is not None else runs.classes_of_config(
+        config, model.num_classes)
+    if self.classes.num_outputs != model.num_classes:
+      raise ValueError(f"the model has {model.num_classes} outputs, the class map "
+                       f"{self.classes.num_outputs}")
+    self.class_names = self.classes.names
+    self.palette = self.classes.palette
+    self.ignore_index = self.classes.ignore_index
+    self.num_classes = self.classes.num_ids
+    self.eval_options = input_pipeline.eval_options(config)
+    self.canvas, self.label_canvas = input_pipeline.eval_canvases(config)
     self.max_pixels = int(config_value(config, "predict.max_pixels"))
     e = config.eval
+    inference.check_mode(e.mode, e.slide_crop, e.stride, tuple(e.scales), e.resize, e.merge)
     self._infer_kwargs = dict(
         mode=e.mode, slide_crop=e.slide_crop, stride=e.stride, scales=tuple(e.scales),
-        flip=bool(e.flip), num_classes=self.num_classes,
+        flip=bool(e.flip), num_classes=model.num_classes,
         align_corners=bool(config.model.align_corners), resize=e.resize, merge=e.merge)
-    inference._check_mode(e.mode, e.slide_crop, e.stride, tuple(e.scales), e.resize, e.merge)
+    self._class_ids = jnp.asarray(self.classes.class_ids, jnp.int32)
     self._steps = {}
 
   # -- construction ---------------------------------------------------------
 
   @classmethod
   def from_variables(cls, config, variables, num_classes: int, **kw) -> "Predictor":
-    """From model variables ({'params', 'batch_stats', 'prototypes'}), e.g.
-    `checkpoints.load_variables(DIR)` of converted weights."""
-    meta = data.dataset_meta(config.dataset.name)
-    if num_classes != meta.num_classes:
-      logging.warning("num_classes=%d but dataset %r has %d classes: class names and palette "
-                      "are numbered generically", num_classes, config.dataset.name,
-                      meta.num_classes)
-      kw.setdefault("class_names", tuple(f"class_{i}" for i in range(num_classes)))
-      palette = list(meta.palette) + [((37 * i) % 256, (91 * i) % 256, (53 * i) % 256)
-                                      for i in range(len(meta.palette), num_classes)]
-      kw.setdefault("palette", tuple(palette[:num_classes]))
-    model = build_model(config, num_classes, meta.ignore_index)
-    return cls(config, model, variables, ignore_index=meta.ignore_index, **kw)
+    """From model variables ({'params', 'batch_stats', 'prototypes'}) of a
+    model with `num_classes` outputs, e.g. `trainer.checkpoints.load_variables(DIR)`
+    of converted weights; its classes as the config's dataset says
+    (`trainer.run.classes_of_config`; a held-out class too)."""
+    classes = kw.pop("classes", None) or runs.classes_of_config(config, num_classes)
+    model = build_model(config, num_classes, classes.ignore_index)
+    return cls(config, model, variables, classes=classes, **kw)
 
   @classmethod
-  def from_workdir(cls, config, workdir: str, step: Optional[int] = None, **kw) -> "Predictor":
-    """From the train-state checkpoint of `workdir` (latest or `step`).
-
-    Like `train.evaluate_checkpoint`: without any checkpoint and with
-    config.init_from set, the weights init_from gives the model.
-    """
-    from protoseg_jax import train
-    meta = data.dataset_meta(config.dataset.name)
-    model = build_model(config, meta.num_classes, meta.ignore_index)
-    mesh = sharding.create_mesh(jax.local_devices())
-    crop = tuple(config.dataset.crop_size)
-    state, _, _ = train.create_train_state(config, model, mesh, (1, crop[0], crop[1], 3))
-    state = train.restore_checkpoint(config, os.path.expanduser(workdir), state, step)
-    return cls(config, model, state.variables(), ignore_index=meta.ignore_index, **kw)
+  def from_workdir(cls, config=None, workdir: Optional[str] = None,
+                   step: Optional[int] = None, **kw) -> "Predictor":
+    """From a run (`trainer.run.load_run`): the newest intact checkpoint of
+    `workdir` (or `step`), add_class's variables, or config.init_from; its
+    classes from the workdir's run.json. config None: the workdir's
+    config.json (`Predictor.from_workdir(workdir=DIR)`)."""
+    if workdir is None:
+      raise ValueError("from_workdir needs workdir=")
+    run = runs.load_run(workdir, config, checkpoint_step=step,
+                        devices=kw.get("devices") or jax.local_devices())
+    return cls(run.config, run.model, run.variables, classes=run.classes, **kw)
 
   # -- preprocessing --------------------------------------------------------
 
   def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-    """uint8 [H, W, 3] -> (normalised float32 [h, w, 3] at the test scale, (h, w)).
-
-    The eval pipeline's steps (input_pipeline.make_eval_dataset): keep-ratio
-    `augment.rescale_size` to eval_scale, bilinear resize, `normalize_input`.
-    """
-    image = np.asarray(image)
-    if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-      raise ValueError(f"expected a uint8 [H, W, 3] image, got {image.dtype} {image.shape}")
-    x = tf.convert_to_tensor(image)
-    if self.eval_scale is None:
-      x = tf.cast(x, tf.float32)
-    else:
-      new_hw = augment.rescale_size(tf.shape(x)[:2], self.eval_scale)
-      x = tf.image.resize(x, new_hw, method="bilinear", antialias=False)
-    x = augment.normalize_input(x, self.mean, self.std, self.input_order)
-    x = x.numpy().astype(np.float32)
+    """uint8 [H, W, 3] -> (normalised float32 [h, w, 3] at the test scale, (h, w)):
+    the eval pipeline's own preprocessing (`trainer.augment.eval_transform`)."""
+    x = augment.preprocess_image(image, self.eval_options)
     return x, (int(x.shape[0]), int(x.shape[1]))
 
   def bucket_of(self, image_hw: tuple[int, int], resized_hw: tuple[int, int]):
@@ -378,7 +399,7 @@ class Predictor:
                  "label": jnp.zeros((image.shape[0],) + label_size, jnp.int32)}
         scores = inference.predict_scores(
             lambda x: model.apply(variables, x, train=False).logits, batch, **kwargs)
-        pred = jnp.argmax(scores, axis=-1).astype(jnp.int32)
+        pred = self._class_ids[jnp.argmax(scores, axis=-1)]   # model output -> class id
         return (pred, scores) if with_scores else pred
 
       d = self._data
@@ -438,6 +459,18 @@ class Predictor:
     """Label map int32 [H, W] of one uint8 [H, W, 3] image (with scores: (labels, scores))."""
     return self.predict_batch([image], return_scores=return_scores, batch_size=1)[0]
 
+  def check_output_format(self, output_format: str):
+    """ArgumentError unless `output_format` (OUTPUT_FORMATS) fits this run's dataset."""
+    if output_format not in OUTPUT_FORMATS:
+      raise ArgumentError(f"--output_format={output_format}: must be one of "
+                          f"{', '.join(OUTPUT_FORMATS)}")
+    if output_format == "cityscapes" and self.classes.dataset != "cityscapes":
+      raise ArgumentError(f"--output_format=cityscapes writes Cityscapes labelIds: the run's "
+                          f"dataset is {self.classes.dataset!r}, not 'cityscapes'")
+    if output_format == "cityscapes" and self.classes.release_ids is None:
+      raise ArgumentError("--output_format=cityscapes: the run's dataset facts have no "
+                          "Cityscapes labelIds (release ids)")
+
   def predict_paths(self, paths: Iterable, output_dir: str, *, output_format: str = "default",
                     batch_size: Optional[int] = None, log_every: int = 10,
                     refused: Iterable[tuple[str, str]] = ()) -> dict:
@@ -458,22 +491,24 @@ class Predictor:
     Returns {'images': number written, 'failed': [(path, reason)] of the
     inputs not written, 'seconds', 'images_per_sec', 'outputs': [paths]}.
     """
-    if output_format not in OUTPUT_FORMATS:
-      raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
-    if output_format == "cityscapes" and self.config.dataset.name != "cityscapes":
-      raise ValueError("output_format='cityscapes' needs config.dataset.name='cityscapes', got "
-                       f"{self.config.dataset.name!r}")
+    self.check_output_format(output_format)
     items = [(p, os.path.basename(p)) if isinstance(p, (str, os.PathLike)) else tuple(p)
              for p in paths]
-    stems = {}
-    for p, rel in items:
-      stem = output_stem(output_dir, rel)
-      if stem in stems:
-        raise ValueError(f"{stems[stem]!r} and {p!r} would write the same outputs {stem}.*")
-      stems[stem] = p
     b = self._batch_size(batch_size)
     total, done, batches, written = len(items), 0, 0, []
     failed = list(refused)
+    stems, unique = {}, []
+    for p, rel in items:     # a.jpg beside a.png: the first one is written, the other skipped
+      stem = output_stem(output_dir, rel)
+      if stem in stems:
+        reason = (f"skipped: {stems[stem]} writes the same outputs {stem}.* (rename one of "
+                  "them, or predict them into different --output folders)")
+        failed.append((p, reason))
+        logging.warning("predict: %s %s", p, reason)
+        continue
+      stems[stem] = p
+      unique.append((p, rel))
+    items = unique
     pending: dict = {}
     t0 = time.time()
 
@@ -488,7 +523,8 @@ class Predictor:
       for (path, rel, stem, (img, _, _)), (pred, _) in zip(members, res):
         try:
           check_output_paths(output_dir, rel, output_format)  # again: the folder may have changed
-          written.extend(write_outputs(stem, img, pred, self.palette, output_format))
+          written.extend(write_outputs(stem, img, pred, self.palette, output_format,
+                                       self.classes.release_ids))
           done += 1
         except (UnsafeOutputPath, OSError) as e:
           skip(path, str(e) if isinstance(e, UnsafeOutputPath) else f"not written ({e})")

@@ -1,44 +1,32 @@
-"""Training and evaluation loop: TrainState, train_step, train_and_evaluate.
+"""The library's train step: TrainState, create_train_state, train_step, its loss.
 
 One jitted, donated train step over a data-parallel mesh updates params,
 batch_stats, optimizer state and the ProtoSeg prototypes (a mutable variable
-collection, never touched by host code). Orbax checkpoints the whole state;
-resuming restores it and restarts the input pipeline at the same batch.
+collection, never touched by host code). `train_loss` is the step's loss as a
+function of the parameters (what `jax.grad` differentiates); `train_step`
+adds the optimizer updates, the prototype update and the non-finite skip.
 
-The library part (TrainState, create_train_state, train_step, make_train_step,
-make_eval_step) needs only jax, flax, optax and numpy: use it with your own
-data loader. The loops (train_and_evaluate, evaluate_checkpoint) bring in the
-trainer's edges where they use them: tf.data (input_pipeline), clu metric
-writers and orbax (checkpoints); those imports sit inside the functions so
-that `import protoseg_jax.train` works on an image without TensorFlow.
+Library code: jax, flax, optax and numpy only, for use with your own data
+loader. The trainer's loop (tf.data input, clu metric writers, orbax
+checkpoints) is `protoseg_jax.trainer.loop`.
 """
 
 from __future__ import annotations
 
 import functools
-import json
-import os
-import signal
-import threading
-import time
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
-from absl import logging
 import flax
 import flax.struct
 import jax
-from jax.experimental import multihost_utils
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from protoseg_jax import evaluate as evaluation
-from protoseg_jax import diagnostics, held_out, inference, losses, optim, sharding
-from protoseg_jax.models.segmentor import Segmentor, build_model
+from protoseg_jax import inference, losses, optim, sharding
+from protoseg_jax.models.segmentor import Segmentor
 from protoseg_jax.ops import l2_normalize
 
 TRAIN_KEYS = ("train/loss", "train/loss_ce", "train/loss_ppc", "train/loss_ppd", "train/lr")
-METRICS_FILE = "metrics.jsonl"
 
 
 @flax.struct.dataclass
@@ -66,11 +54,14 @@ class TrainState:
 # State creation.
 
 
-def create_train_state(config, model: Segmentor, mesh, image_shape) -> tuple[TrainState, optax.GradientTransformation, Any]:
-  """Initial (replicated) TrainState, optimizer and lr schedule."""
-  rng = jax.random.PRNGKey(config.seed)
-  init_rng, state_rng = jax.random.split(rng)
-  rep = sharding.replicated(mesh)
+def model_input_shape(config) -> tuple[int, int, int, int]:
+  """The image shape models are initialised with: (1, crop h, crop w, 3)."""
+  crop = tuple(int(v) for v in config.dataset.crop_size)
+  return (1, crop[0], crop[1], 3)
+
+
+def _init_fn(config, model: Segmentor, image_shape):
+  shape = tuple(image_shape) if image_shape is not None else model_input_shape(config)
 
   def init(seed):
     # The 'rbg' generator: XLA compiles threefry bit generation separately
@@ -79,19 +70,57 @@ def create_train_state(config, model: Segmentor, mesh, image_shape) -> tuple[Tra
     # train step keeps threefry (identical bits under any sharding).
     key = jax.random.key(seed, impl="rbg")
     k1, k2 = jax.random.split(key)
-    return model.init({"params": k1, "dropout": k2}, jnp.zeros(image_shape, jnp.float32),
+    return model.init({"params": k1, "dropout": k2}, jnp.zeros(shape, jnp.float32),
                       train=False)
 
+  return init
+
+
+def abstract_variables(config, model: Segmentor, image_shape=None) -> dict:
+  """The model's variables as jax.ShapeDtypeStructs (nothing computed): the
+  template a checkpoint's params / batch_stats / prototypes restore into."""
+  return flax.core.unfreeze(jax.eval_shape(_init_fn(config, model, image_shape), 0))
+
+
+def variable_shardings(config, abstract: dict, mesh) -> dict:
+  """Shardings of a model's variables: params as config.sharding.rules say
+  (FSDP or replicated), every other collection (batch_stats, prototypes)
+  replicated."""
+  rep = sharding.replicated(mesh)
+  return {k: (param_sharding(config, v, mesh) if k == "params" else jax.tree.map(lambda _: rep, v))
+          for k, v in abstract.items()}
+
+
+def init_variables(config, model: Segmentor, mesh, image_shape=None) -> tuple[dict, dict]:
+  """(the model's initial variables from config.seed, their shardings), laid
+  out over `mesh` as `variable_shardings` says (what `create_train_state`
+  starts from)."""
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
+  init = _init_fn(config, model, image_shape)
   seed = jax.random.randint(init_rng, (), 0, 2**31 - 1)
-  abstract = jax.eval_shape(init, seed)
-  # Params as config.sharding.rules say (FSDP or replicated); every other
-  # collection (batch_stats, prototypes) replicated.
-  var_shardings = {k: (param_sharding(config, v, mesh) if k == "params"
-                       else jax.tree.map(lambda _: rep, v)) for k, v in abstract.items()}
-  variables = flax.core.unfreeze(jax.jit(init, out_shardings=var_shardings)(seed))
+  shardings = variable_shardings(config, jax.eval_shape(init, seed), mesh)
+  return flax.core.unfreeze(jax.jit(init, out_shardings=shardings)(seed)), shardings
+
+
+def create_train_state(config, model: Segmentor, mesh, image_shape=None, *,
+                       load_weights: Optional[Callable[[dict], dict]] = None
+                       ) -> tuple[TrainState, optax.GradientTransformation, Any]:
+  """Initial TrainState (replicated, or FSDP params as config.sharding says),
+  optimizer and lr schedule.
+
+  image_shape: the init input (default `model_input_shape(config)`).
+  load_weights: variables -> variables with pretrained weights loaded in
+  (the trainer passes `trainer.checkpoints.init_from` for config.init_from;
+  a config with init_from set needs it).
+  """
+  if config.init_from and load_weights is None:
+    raise ValueError(f"config.init_from={config.init_from!r}: pass load_weights= (e.g. "
+                     "functools.partial(protoseg_jax.trainer.checkpoints.init_from, config))")
+  _, state_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  rep = sharding.replicated(mesh)
+  variables, var_shardings = init_variables(config, model, mesh, image_shape)
   if config.init_from:
-    from protoseg_jax import checkpoints  # orbax: only when weights are loaded
-    variables = jax.device_put(checkpoints.init_from(config, variables), var_shardings)
+    variables = jax.device_put(load_weights(variables), var_shardings)
   params = variables["params"]
   tx, schedule = optim.create_optimizer(config, params)
   opt_abstract = jax.eval_shape(tx.init, params)
@@ -145,14 +174,46 @@ def prototype_optimizer(config, prototypes) -> optax.GradientTransformation:
 # Steps.
 
 
+def train_loss(params, prototypes, state: TrainState, batch: dict, *, model: Segmentor, config,
+               ignore_index: int = 255, learn=True, pretrain: bool = False, rngs: dict):
+  """The train step's loss as a function of (params, prototypes) -> (total, (parts, updates)).
+
+  parts: {"loss_ce", "loss_ppc", "loss_ppd"} (+ "loss_aux"); updates: the
+  mutable collections after the forward pass ("batch_stats", "prototypes":
+  the prototype-learning step when `learn`). `learn` (bool or traced bool):
+  prototype learning and PPC/PPD on (off during protoseg.warmup_iters);
+  `pretrain`: the prototypes get the gradient while not `learn` (official
+  pretrain_prototype); rngs: {"dropout", "prototypes"} keys.
+  """
+  p, m = config.protoseg, config.model
+  class_weights = config.loss.class_weights
+  variables = {**state.variables(), "params": params}
+  if prototypes:
+    variables["prototypes"] = prototypes
+  extra = {"train_prototypes": jnp.logical_not(learn)} if pretrain else {}
+  out, updates = model.apply(variables, batch["image"], batch["label"], train=True,
+                             update=learn, mutable=["batch_stats", "prototypes"],
+                             rngs=rngs, **extra)
+  scale = jnp.asarray(learn).astype(jnp.float32)
+  total, parts = losses.protoseg_loss(
+      out.logits, batch["label"], out.proto_logits, out.proto_targets,
+      lambda_ppc=p.lambda_ppc * scale, lambda_ppd=p.lambda_ppd * scale,
+      ignore_index=ignore_index, class_weights=class_weights, align_corners=m.align_corners)
+  if out.aux_logits is not None:
+    aux = losses.segmentation_loss(out.aux_logits, batch["label"], ignore_index=ignore_index,
+                                   class_weights=class_weights, align_corners=m.align_corners)
+    total = total + m.aux_weight * aux
+    parts["loss_aux"] = aux
+  return total, (parts, updates)
+
+
 def train_step(state: TrainState, batch: dict, *, model: Segmentor, tx, schedule, config,
                ignore_index: int = 255) -> tuple[TrainState, dict]:
   """One optimisation step on a global batch {'image' [B,H,W,3], 'label' [B,H,W]}."""
-  p, m = config.protoseg, config.model
+  p = config.protoseg
   step_rng = jax.random.fold_in(state.rng, state.step)
   k_dropout, k_proto = jax.random.split(step_rng)
   learn = state.step >= p.warmup_iters          # prototype learning after warm-up
-  class_weights = config.loss.class_weights
   # Official `pretrain_prototype`: during warm-up the prototypes are trained
   # by gradient through the CE loss (no clustering, no PPC/PPD); after it the
   # gradient is stopped and only the momentum update moves them.
@@ -161,27 +222,9 @@ def train_step(state: TrainState, batch: dict, *, model: Segmentor, tx, schedule
   if pretrain:
     # The official forward first L2-normalises prototypes.data in place.
     prototypes = jax.tree.map(l2_normalize, prototypes)
-
-  def loss_fn(params, protos):
-    variables = {**state.variables(), "params": params}
-    if protos:
-      variables["prototypes"] = protos
-    extra = {"train_prototypes": jnp.logical_not(learn)} if pretrain else {}
-    out, updates = model.apply(variables, batch["image"], batch["label"], train=True,
-                               update=learn, mutable=["batch_stats", "prototypes"],
-                               rngs={"dropout": k_dropout, "prototypes": k_proto}, **extra)
-    scale = learn.astype(jnp.float32)
-    total, parts = losses.protoseg_loss(
-        out.logits, batch["label"], out.proto_logits, out.proto_targets,
-        lambda_ppc=p.lambda_ppc * scale, lambda_ppd=p.lambda_ppd * scale,
-        ignore_index=ignore_index, class_weights=class_weights, align_corners=m.align_corners)
-    if out.aux_logits is not None:
-      aux = losses.segmentation_loss(out.aux_logits, batch["label"], ignore_index=ignore_index,
-                                     class_weights=class_weights, align_corners=m.align_corners)
-      total = total + m.aux_weight * aux
-      parts["loss_aux"] = aux
-    return total, (parts, updates)
-
+  loss_fn = functools.partial(train_loss, state=state, batch=batch, model=model, config=config,
+                              ignore_index=ignore_index, learn=learn, pretrain=pretrain,
+                              rngs={"dropout": k_dropout, "prototypes": k_proto})
   if pretrain:
     (total, (parts, updates)), (grads, pgrads) = jax.value_and_grad(
         loss_fn, argnums=(0, 1), has_aux=True)(state.params, prototypes)
@@ -274,403 +317,3 @@ def make_eval_step(model, config, mesh, num_classes: int, ignore_index: int = 25
   rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   # Variables keep the shardings they come with (replicated, or FSDP params).
   return jax.jit(step, in_shardings=(None, data), out_shardings=rep)
-
-
-# ----------------------------------------------------------------------------
-# Metrics output.
-
-
-class MetricsLog:
-  """Appends one JSON object per write to DIR/metrics.jsonl (process 0 only)."""
-
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, METRICS_FILE)
-    self.enabled = jax.process_index() == 0
-
-  def write(self, step: int, scalars: dict):
-    if not self.enabled:
-      return
-    record = {"step": int(step)}
-    for k, v in scalars.items():
-      record[k] = v if isinstance(v, (dict, list, str)) else float(v)
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-      f.flush()
-
-
-def _eval_scalars(metrics: dict, class_names) -> tuple[dict, dict]:
-  """(jsonl record, tensorboard scalars) from evaluate.Evaluator metrics."""
-  record = {"val/mIoU": metrics["mIoU"], "val/mAcc": metrics["mAcc"], "val/aAcc": metrics["aAcc"]}
-  per_class = {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, metrics["IoU"])}
-  tb = dict(record)
-  tb.update({f"val/IoU/{k}": v for k, v in per_class.items() if v is not None})
-  return {**record, "val/IoU": per_class}, tb
-
-
-# ----------------------------------------------------------------------------
-# Faults: skipped (non-finite) steps, stop signals.
-
-
-class _SkippedSteps:
-  """The log's account of train steps skipped for a non-finite loss or gradient.
-
-  `summary` turns one log window of per-step metrics into its record: means
-  over the window's finite steps only (a window without any has no loss
-  keys), `train/lr` of its last step, `train/nonfinite_steps` (skipped steps
-  in the window) and `train/nonfinite_steps_total` (since this process
-  started). `tripped` becomes (first, last) step of the first run of `limit`
-  consecutive skipped steps (limit 0: never).
-  """
-
-  def __init__(self, limit: int):
-    self.limit = int(limit)
-    self.total = 0
-    self.streak = 0
-    self.streak_start = None
-    self.tripped = None
-
-  def summary(self, host: list, last_step: int) -> dict:
-    first_step = last_step - len(host) + 1
-    skipped = [bool(m["train/nonfinite"]) for m in host]
-    for i, bad in enumerate(skipped):
-      if not bad:
-        self.streak = 0
-        continue
-      if self.streak == 0:
-        self.streak_start = first_step + i
-      self.streak += 1
-      if self.limit > 0 and self.streak >= self.limit and self.tripped is None:
-        self.tripped = (self.streak_start, first_step + i)
-    self.total += sum(skipped)
-    finite = [m for m, bad in zip(host, skipped) if not bad]
-    means = [k for k in host[0] if k not in ("train/lr", "train/nonfinite")]
-    summary = {k: float(np.mean([m[k] for m in finite])) for k in means} if finite else {}
-    summary["train/lr"] = float(host[-1]["train/lr"])
-    summary["train/nonfinite_steps"] = sum(skipped)
-    summary["train/nonfinite_steps_total"] = self.total
-    return summary
-
-  def message(self, step: int, ckpt_dir: str, latest: Optional[int]) -> str:
-    first, last = self.tripped
-    where = (f"the latest checkpoint (step {latest} in {ckpt_dir})" if latest is not None
-             else f"(no checkpoint in {ckpt_dir} yet)")
-    return (f"{self.limit} consecutive train steps ({first}..{last}) had a non-finite loss or "
-            f"gradient and were skipped (config.max_consecutive_nonfinite={self.limit}); stopped at "
-            f"step {step} without saving it. A skipped step changes nothing but the step count, "
-            f"so {where} holds the last finite update. Lower config.optim.learning_rate or set "
-            "config.optim.grad_clip_norm (or check the input data of those steps), then run again "
-            "to resume from that checkpoint.")
-
-
-def _nan_images(batch: dict) -> dict:
-  """The batch with all-NaN images: config.debug.nan_steps, a testing switch.
-
-  The fault enters like bad data: the loss, every gradient, the BatchNorm
-  statistics and the prototype update of that step are non-finite. Done
-  here, not in the jitted step, so the switch leaves the compiled step as
-  it is (empty or not).
-  """
-  return {**batch, "image": batch["image"] * jnp.nan}
-
-
-class _StopSignals:
-  """SIGTERM / SIGINT (preemption) while training: save the step, return normally.
-
-  `install()`, just before the train loop, takes over SIGTERM and SIGINT
-  (from the main thread only; elsewhere the handlers stay as they are);
-  leaving the `with` block restores the previous handlers. A second signal
-  while stopping raises KeyboardInterrupt (stop now, without the checkpoint).
-  `reached(step, at_log_step)`, called after each step is dispatched, says
-  whether to stop after that step; all processes answer the same at the same
-  step:
-
-  - one process: True at the first step dispatched after the signal.
-  - jax.distributed with JAX's preemption service (jax_enable_preemption_
-    service, the default): SIGTERM is the service's own preemption notice
-    (its handler is left in place), spread to every process by the
-    coordination service; each stops at the step
-    multihost_utils.reached_preemption_sync_point names (the largest step
-    any process had reached, plus one). A SIGINT is passed on as a SIGTERM.
-  - jax.distributed without the service: the processes' flags are
-    all-gathered at log steps; all stop at the first log step after a signal.
-  """
-
-  def __init__(self):
-    self.reason = None          # what asked to stop, for the log
-    self._previous = {}
-    self._service = False
-
-  def __enter__(self):
-    return self
-
-  def __exit__(self, *exc_info):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-    self._previous = {}
-
-  def install(self):
-    self._service = (jax.distributed.is_initialized()
-                     and bool(jax.config.jax_enable_preemption_service))
-    if threading.current_thread() is not threading.main_thread():
-      logging.warning("Training outside the main thread: SIGTERM/SIGINT keep their handlers "
-                      "(no checkpoint is saved on a signal)")
-      return
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      if not (sig == signal.SIGTERM and self._service):
-        self._previous[sig] = signal.signal(sig, self._handle)
-
-  def _handle(self, signum, frame):
-    del frame
-    name = signal.Signals(signum).name
-    if self.reason is not None:
-      raise KeyboardInterrupt(f"{name} while stopping for {self.reason}: stopped without a checkpoint")
-    self.reason = name
-    logging.warning("%s received: stopping after the current step, with a checkpoint (send it "
-                    "again to stop at once, without one)", name)
-    if self._service:
-      os.kill(os.getpid(), signal.SIGTERM)   # the preemption service's notice: all processes stop
-
-  def reached(self, step: int, at_log_step: bool) -> bool:
-    if self._service:
-      if not multihost_utils.reached_preemption_sync_point(step):
-        return False
-      self.reason = self.reason or "a preemption notice (SIGTERM)"
-      return True
-    if jax.process_count() == 1:
-      return self.reason is not None
-    if not at_log_step:
-      return False
-    if not np.any(multihost_utils.process_allgather(np.int32(self.reason is not None))):
-      return False
-    self.reason = self.reason or "a signal to another process"
-    return True
-
-
-# ----------------------------------------------------------------------------
-# Loops.
-
-
-COMPILATION_CACHE_DIR = "compilation_cache"   # under the workdir
-
-
-def enable_compilation_cache(config, workdir: str) -> Optional[str]:
-  """Turns on JAX's persistent compilation cache; returns its directory.
-
-  config.compilation_cache_dir: "" (default) = DIR/compilation_cache, unless
-  the user set one already (JAX_COMPILATION_CACHE_DIR, jax.config); "off";
-  or a directory (e.g. one shared by runs of the same model). A
-  restart then loads the train and eval steps instead of compiling them
-  (programs that compile in under a second are not cached, JAX's default).
-  """
-  from jax.experimental.compilation_cache import compilation_cache
-  setting = str(config.compilation_cache_dir)
-  if setting == "off":
-    jax.config.update("jax_enable_compilation_cache", False)
-    compilation_cache.reset_cache()
-    return None
-  if not setting and jax.config.jax_compilation_cache_dir:
-    return jax.config.jax_compilation_cache_dir
-  path = os.path.abspath(os.path.expanduser(setting or os.path.join(workdir,
-                                                                    COMPILATION_CACHE_DIR)))
-  jax.config.update("jax_enable_compilation_cache", True)
-  jax.config.update("jax_compilation_cache_dir", path)
-  compilation_cache.reset_cache()   # also when this process compiled before (picks up the dir)
-  logging.info("Persistent compilation cache: %s", path)
-  return path
-
-
-class _Run:
-  """Everything train and eval need, built once from the config."""
-
-  def __init__(self, config, workdir: str):
-    from protoseg_jax import validate
-    validate.validate_config(config)  # every invalid value at once, before data or compilation
-    enable_compilation_cache(config, workdir)
-    from clu import metric_writers
-    from protoseg_jax import datasets
-    self.config, self.workdir = config, workdir
-    self.mesh = sharding.create_mesh()
-    sharding.check_batch_size(config.batch_size, self.mesh)
-    # Evaluation pads short batches to the device count (input_pipeline).
-    self.info = datasets.get_dataset_info(config)
-    # config.dataset.held_out_class: the model's classes are the dataset's minus that one.
-    self.class_ids = held_out.model_class_ids(
-        self.info.num_classes, held_out.held_out_class(config, self.info.num_classes))
-    self.model = build_model(config, len(self.class_ids), self.info.ignore_index)
-    crop = tuple(config.dataset.crop_size)
-    self.state, self.tx, self.schedule = create_train_state(
-        config, self.model, self.mesh, (1, crop[0], crop[1], 3))
-    self.data_sharding = sharding.batch_sharding(self.mesh)
-    self.evaluator = evaluation.Evaluator(
-        make_eval_step(self.model, config, self.mesh, self.info.num_classes, self.info.ignore_index,
-                       class_ids=self.class_ids),
-        num_classes=self.info.num_classes, class_names=self.info.class_names,
-        log_every=config.eval.log_every_batches)
-    # val/proto_*: jitted once here, not at every evaluation.
-    self.usage_step = jax.jit(
-        diagnostics.make_usage_step(
-            self.model, held_out.label_lut(self.class_ids, self.info.ignore_index)),
-        out_shardings=sharding.replicated(self.mesh))
-    if jax.process_index() == 0:
-      os.makedirs(workdir, exist_ok=True)
-    self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=False)
-    self.log = MetricsLog(workdir)
-
-  def evaluate(self, state: TrainState) -> dict:
-    from protoseg_jax import input_pipeline
-    n = self.config.max_eval_batches
-    batches = input_pipeline.create_eval_iterator(self.config, self.data_sharding)
-    metrics = self.evaluator.evaluate(state.variables(), batches,
-                                      num_batches=None if n is None or n < 0 else int(n))
-    if state.prototypes and self.config.eval.proto_usage_batches != 0:
-      # val/proto_*: which prototypes the eval pixels retrieve (a pass of its own).
-      metrics["proto_logs"] = diagnostics.eval_summaries(
-          self.config, self.model, state.variables(),
-          input_pipeline.create_eval_iterator(self.config, self.data_sharding),
-          held_out.class_names(self.info.class_names, self.class_ids),
-          step=self.usage_step)
-    return metrics
-
-  def write_eval(self, step: int, metrics: dict):
-    record, tb = _eval_scalars(metrics, self.info.class_names)
-    proto_record, proto_tb = metrics.get("proto_logs", ({}, {}))
-    record, tb = {**record, **proto_record}, {**tb, **proto_tb}
-    self.writer.write_scalars(step, tb)
-    self.log.write(step, record)
-    self.writer.flush()
-
-
-def train_and_evaluate(config, workdir: str) -> TrainState:
-  """Train config.num_train_steps steps with periodic evaluation; resumes from DIR.
-
-  Faults:
-    A step whose loss or gradient is not finite is skipped inside the jitted
-    step (params, optimizer state, batch_stats, prototypes and the warm-up
-    prototype optimizer keep their values; `state.step` still advances, so
-    data order and per-step rng stay those of a run without the fault; the
-    optimizer's own count, i.e. its schedule and Adam's bias correction,
-    does not) and counted in `train/nonfinite_steps`; log means are over the
-    finite steps. Flags are read at log steps only (no per-step host sync):
-    at the first log step (step % config.log_every_steps == 0, the last
-    step, or a stop step) by which config.max_consecutive_nonfinite
-    consecutive steps were skipped, the run writes that step's metrics,
-    waits for the checkpoints already begun, and raises FloatingPointError
-    without saving or evaluating that step. Every checkpoint holds finite
-    values (a skipped step changes only the step count).
-    SIGTERM / SIGINT (preemption; `_StopSignals`), once the train loop has
-    begun: the run stops after the first step it dispatches after the
-    signal (a signal during an evaluation waits for its end; several
-    processes stop at one step, see `_StopSignals`), writes that step's
-    metrics (a partial log window), saves its checkpoint (an evaluation due
-    at that step is skipped), waits for the save, closes the writers and
-    returns that state; running again resumes from it exactly. A signal at
-    the last step just lets the run finish. A second signal raises
-    KeyboardInterrupt at once. The previous handlers are back when this
-    returns (or raises).
-  """
-  with _StopSignals() as stop:
-    return _train_and_evaluate(config, workdir, stop)
-
-
-def _train_and_evaluate(config, workdir: str, stop: _StopSignals) -> TrainState:
-  from clu import periodic_actions
-  from protoseg_jax import checkpoints, input_pipeline
-  t_start = time.time()
-  run = _Run(config, workdir)
-  logging.info("dataset %s: %d classes, %d train / %d eval examples; %d devices, %d processes",
-               run.info.name, run.info.num_classes, run.info.num_train_examples,
-               run.info.num_eval_examples, jax.device_count(), jax.process_count())
-  mngr = checkpoints.checkpoint_manager(workdir, config)
-  state = run.state
-  if mngr.latest_step() is not None:
-    state = checkpoints.restore_state(mngr, state)
-    logging.info("Resumed from step %d (%s)", int(state.step), mngr.directory)
-  start = int(jax.device_get(state.step))
-  total = int(config.num_train_steps)
-  step_fn = make_train_step(run.model, run.tx, run.schedule, config, run.mesh, run.info.ignore_index,
-                            state_shardings=state_sharding(state))
-  batches = input_pipeline.create_train_iterator(config, run.data_sharding, start_step=start)
-  hooks = []
-  if jax.process_index() == 0:
-    hooks.append(periodic_actions.ReportProgress(num_train_steps=total, writer=run.writer,
-                                                 every_steps=config.log_every_steps))
-  pending = []
-  skipped, stopping = _SkippedSteps(config.max_consecutive_nonfinite), False
-  nan_steps = frozenset(int(s) for s in config.debug.nan_steps)
-  t0 = time.time()
-  stop.install()
-  for step in range(start + 1, total + 1):
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      batch = next(batches)
-      if step in nan_steps:
-        batch = _nan_images(batch)
-      state, metrics = step_fn(state, batch)
-      pending.append(metrics)
-    if step == start + 1:
-      jax.block_until_ready(metrics)
-      logging.info("First step done %.1fs after the start (compilation included)",
-                   time.time() - t_start)
-    for h in hooks:
-      h(step)
-    stopping = step < total and stop.reached(step, step % config.log_every_steps == 0)
-    if step % config.log_every_steps == 0 or step == total or stopping:
-      host = jax.device_get(pending)
-      pending = []
-      summary = skipped.summary(host, step)
-      if state.prototypes:  # did the prototypes collapse? ({} for the linear head)
-        protos = jax.device_get(state.prototypes)
-        summary.update({k: float(v) for k, v in diagnostics.scalars(protos, "train").items()})
-      run.writer.write_scalars(step, summary)
-      run.log.write(step, summary)
-      if skipped.tripped:
-        mngr.wait_until_finished()   # the checkpoints begun before stay whole
-        mngr.close()
-        run.writer.close()
-        raise FloatingPointError(skipped.message(step, str(mngr.directory), mngr.latest_step()))
-    if step % config.checkpoint_every_steps == 0 or step == total or stopping:
-      checkpoints.save_state(mngr, step, state)
-    if stopping:
-      break
-    if step % config.eval_every_steps == 0 or step == total:
-      run.write_eval(step, run.evaluate(state))
-  mngr.wait_until_finished()
-  mngr.close()
-  if stopping:
-    logging.warning("Stopped at step %d of %d on %s, after %.1fs: checkpoint saved in %s. Run the "
-                    "same command again to resume from step %d.", step, total, stop.reason,
-                    time.time() - t0, mngr.directory, step)
-  else:
-    logging.info("Finished %d steps in %.1fs", total - start, time.time() - t0)
-  run.writer.close()
-  return state
-
-
-def restore_checkpoint(config, workdir: str, state: TrainState,
-                       step: Optional[int] = None) -> TrainState:
-  """`state` restored from the latest (or `step`) checkpoint in DIR.
-
-  With no checkpoint at all and config.init_from set, `state` itself: the
-  weights init_from gave the model (evaluate or predict converted weights).
-  """
-  from protoseg_jax import checkpoints
-  mngr = checkpoints.checkpoint_manager(workdir, config, read_only=True)
-  try:
-    if step is None and mngr.latest_step() is None and config.init_from:
-      logging.info("No checkpoint in %s: using config.init_from=%s", workdir, config.init_from)
-      return state
-    state = checkpoints.restore_state(mngr, state, step)
-    logging.info("Restored step %d from %s", int(jax.device_get(state.step)), mngr.directory)
-    return state
-  finally:
-    mngr.close()
-
-
-def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None) -> dict:
-  """Evaluate the latest (or `step`) checkpoint in DIR; appends to DIR/metrics.jsonl."""
-  run = _Run(config, workdir)
-  state = restore_checkpoint(config, workdir, run.state, step)
-  metrics = run.evaluate(state)
-  run.write_eval(int(jax.device_get(state.step)), metrics)
-  run.writer.close()
-  return metrics

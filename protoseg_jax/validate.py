@@ -14,11 +14,15 @@ from the command line: main.py locks the config (`config_flags`,
 lock_config=True) and reports those flag errors itself. Keys this module
 does not know are left alone (every key is set in configs/default.py).
 
-Pure Python: no compilation, no dataset, and no TensorFlow at import. The
-class count that loss.class_weights must match comes from
-`data.dataset_meta` (the builder's class constants, nothing prepared; it
-imports the builder module, hence TFDS and what data/ imports), looked up
-only when class_weights or dataset.held_out_class is set.
+Pure Python: no compilation, no dataset, no TensorFlow. What it knows of the
+datasets (their names, splits and class counts, which dataset.name, the
+splits, loss.class_weights and dataset.held_out_class are checked against)
+comes from the caller (`datasets=`: the trainer passes
+`protoseg_jax.trainer.datasets.catalog()`); without it those checks are
+skipped.
+
+The config vocabulary of the trainer's edges is defined here, once
+(AUGMENTATIONS, INPUT_ORDERS, INIT_FROM_SCOPES), and read by those modules.
 """
 
 from __future__ import annotations
@@ -28,21 +32,26 @@ import numbers
 import re
 from typing import Optional, Sequence
 
-from absl import logging
+import dataclasses
+from typing import Mapping
 
 from protoseg_jax import heads, inference, prototypes, sharding
 from protoseg_jax.models import list_backbones
 from protoseg_jax.models.layers import remat_plan
-from protoseg_jax.models.segmentor import DECODERS, HEADS
+from protoseg_jax.models.segmentor import DECODERS, DTYPES, HEADS
+from protoseg_jax.optim import OPTIMIZERS
 
-# Copies of constants of modules that import TensorFlow (augment) or orbax
-# (checkpoints); tests/test_validate.py checks that they agree.
-AUGMENTATIONS = ("mmseg", "openseg")       # augment.AUGMENTATIONS
-INPUT_ORDERS = ("rgb", "bgr")              # augment.INPUT_ORDERS
-INIT_FROM_SCOPES = ("backbone", "all")     # checkpoints.INIT_FROM_SCOPES
-OPTIMIZERS = ("sgd", "adamw")              # optim.create_optimizer
-DTYPES = ("float32", "bfloat16")           # segmentor.build_model
-EVAL_MODES = ("whole", "slide")            # inference.predict_scores
+# The trainer's vocabulary (its modules import TensorFlow or orbax and read these).
+AUGMENTATIONS = ("mmseg", "openseg")       # config.dataset.augmentation (trainer.augment)
+INPUT_ORDERS = ("rgb", "bgr")              # config.dataset.input_order (and convert's)
+INIT_FROM_SCOPES = ("backbone", "all")     # config.init_from_scope (trainer.checkpoints)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetFacts:
+  """What validation needs to know of a dataset: its splits and class count."""
+  splits: tuple[str, ...]
+  num_classes: int
 
 _INVALID = object()   # returned by the checks for a missing or invalid value
 
@@ -259,30 +268,13 @@ def _check_crop(ck: _Checker, crop, scale, ratio, augmentation, aspect):
            f"most {land[1]} px on its long side and {land[0]} px on its short side")
   ck.add("dataset.crop_size", crop,
          f"no rescaled training image can fill this crop ({how}); allowed: a crop (h, w) "
-         f"within {land[0]}x{land[1]} or {port[0]}x{port[1]} (smaller images are padded), "
+         f"within {land[0]}x{land[1]}" + (f" or {port[0]}x{port[1]}" if port != land else "") +
+         " (smaller images are padded), "
          "or raise dataset.scale / dataset.ratio_range")
 
 
 # ---------------------------------------------------------------------------
 # Sections.
-
-
-def _dataset_module():
-  """The `data` package (dataset names and class facts), or None where it is absent."""
-  try:
-    import data  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return None
-  return data
-
-
-def _num_classes(data, name: str) -> Optional[int]:
-  """The class count of dataset `name` from its builder's constants (nothing prepared)."""
-  try:
-    return int(data.dataset_meta(name).num_classes)
-  except ImportError as e:   # TFDS absent: the check that needs C is skipped
-    logging.warning("config check skipped: no class count for dataset %r (%s)", name, e)
-    return None
 
 
 def _split_names(spec: str) -> list[str]:
@@ -317,16 +309,15 @@ def _check_run(ck: _Checker, num_devices: Optional[int], num_processes: int):
   return steps
 
 
-def _check_dataset(ck: _Checker):
-  data = _dataset_module()
+def _check_dataset(ck: _Checker, datasets: Optional[Mapping[str, DatasetFacts]]):
   name = ck.string("dataset.name")
-  if _valid(name) and data is not None:
-    if name not in data.DATASETS:
-      ck.add("dataset.name", name, f"unknown dataset; known: {', '.join(sorted(data.DATASETS))}"
+  if _valid(name) and datasets is not None:
+    if name not in datasets:
+      ck.add("dataset.name", name, f"unknown dataset; known: {', '.join(sorted(datasets))}"
              + (" (pascal_context59: see docs/datasets.md)" if name == "pascal_context59" else ""))
       name = _INVALID
     else:
-      splits = data.SPLITS.get(name)
+      splits = datasets[name].splits
       for key in ("dataset.train_split", "dataset.eval_split"):
         spec = ck.string(key)
         if _valid(spec) and splits and any(s not in splits for s in _split_names(spec)):
@@ -365,7 +356,7 @@ def _check_dataset(ck: _Checker):
                                                     (parallel == -1 or parallel >= 1))):
     ck.add("dataset.num_parallel_calls", parallel, "must be -1 (AUTOTUNE) or an integer >= 1")
   ck.integer("dataset.prefetch", 0)
-  return data, name
+  return name
 
 
 def _check_model(ck: _Checker):
@@ -434,7 +425,7 @@ def _check_optim(ck: _Checker, steps):
 
 
 def _check_eval(ck: _Checker):
-  mode = ck.choice("eval.mode", EVAL_MODES)
+  mode = ck.choice("eval.mode", inference.MODES)
   crop = ck.pair("eval.slide_crop", none_ok=True)
   stride = ck.pair("eval.stride", none_ok=True)
   if mode == "slide" and _valid(crop, stride):
@@ -492,7 +483,7 @@ def _check_runtime(ck: _Checker):
     ck.add("debug.nan_steps", nan_steps, "must be a sequence of step numbers >= 1 (or empty)")
 
 
-def _check_classes(ck: _Checker, data, name):
+def _check_classes(ck: _Checker, datasets, name):
   """loss.class_weights (and dataset.held_out_class) against the dataset's class count."""
   weights = ck.numbers("loss.class_weights", none_ok=True)
   held_out = _INVALID
@@ -508,11 +499,9 @@ def _check_classes(ck: _Checker, data, name):
     ck.add("dataset.held_out_class", held_out, "cannot be combined with loss.class_weights "
            "(the weights are per dataset class); set one of them")
   needs_c = (_valid(weights) and weights is not None) or (_valid(held_out) and held_out >= 0)
-  if not needs_c or data is None or not _valid(name):
+  if not needs_c or datasets is None or not _valid(name):
     return
-  c = _num_classes(data, name)
-  if c is None:
-    return
+  c = datasets[name].num_classes
   if _valid(weights) and weights is not None and len(weights) != c:
     ck.add("loss.class_weights", weights,
            f"must have one weight per class of dataset {name!r}: {c} numbers, got {len(weights)}")
@@ -522,7 +511,8 @@ def _check_classes(ck: _Checker, data, name):
 
 
 def validate_config(config, *, num_devices: Optional[int] = None,
-                    num_processes: Optional[int] = None) -> None:
+                    num_processes: Optional[int] = None,
+                    datasets: Optional[Mapping[str, DatasetFacts]] = None) -> None:
   """Checks every key of a run config; raises ConfigError listing ALL problems.
 
   What is checked (each problem names the key, its value and what is
@@ -540,8 +530,9 @@ def validate_config(config, *, num_devices: Optional[int] = None,
   * dataset.crop_size can be filled by some rescaled training image: see
     `rescaled_size_bounds` for the rule (from dataset.scale, ratio_range and,
     for augmentation='openseg', aspect_range); smaller images are padded.
-  * loss.class_weights has one entry per class of the dataset (the count
-    from `data.dataset_meta`, nothing prepared).
+  * with `datasets`: dataset.name is one of them, the train / eval splits
+    are its splits, loss.class_weights has one entry per class and
+    dataset.held_out_class is a class id.
   * eval.mode='slide' has eval.slide_crop and eval.stride (stride <= crop);
     eval.resize='bicubic' needs eval.mode='whole'; augmentation='openseg'
     needs photometric=False and cat_max_ratio=1.0.
@@ -552,6 +543,8 @@ def validate_config(config, *, num_devices: Optional[int] = None,
     config: the run config (ml_collections.ConfigDict).
     num_devices: devices the global batch is split over; None: jax.device_count().
     num_processes: processes that load the batch; None: jax.process_count().
+    datasets: {name: DatasetFacts} of the known datasets (the trainer's
+      `trainer.datasets.catalog()`); None skips the checks that need them.
 
   Raises:
     ConfigError: with one entry in `.problems` per invalid value.
@@ -562,12 +555,12 @@ def validate_config(config, *, num_devices: Optional[int] = None,
     num_processes = jax.process_count() if num_processes is None else num_processes
   ck = _Checker(config)
   steps = _check_run(ck, num_devices, num_processes)
-  data, name = _check_dataset(ck)
+  name = _check_dataset(ck, datasets)
   _check_model(ck)
   _check_protoseg(ck, steps)
   _check_optim(ck, steps)
   _check_eval(ck)
   _check_runtime(ck)
-  _check_classes(ck, data, name)
+  _check_classes(ck, datasets, name)
   if ck.problems:
     raise ConfigError(ck.problems)

@@ -1,10 +1,11 @@
 """See the prototypes: which prototype each pixel retrieves, and a PCA of the embedding space.
 
-  python -m protoseg_jax.visualize --config=configs/X.py --workdir=DIR --image=FILE --output=OUT
+  python -m protoseg_jax.visualize --workdir=DIR --image=FILE --output=OUT [--config=configs/X.py]
       [--checkpoint_step=N | --variables=CONVERTED_DIR] [--classes=road,car] [--max_points=2000]
 
-For one image it writes
-  OUT/<name>_prototypes.png   the retrieved-prototype map at image size: the
+For one image (read and preprocessed as evaluation does: `trainer.augment.
+eval_transform`) it writes
+  OUT/<name>_prototypes.png   the retrieved-prototype map at the image's own size: the
       pixel's predicted class c = argmax of the logits (what the model
       segments) and, of that class, the prototype m nearest the pixel's
       embedding (the one giving the class score max_m). Colour: the class's
@@ -16,9 +17,10 @@ For one image it writes
       predicted as the chosen classes and of those classes' prototypes
       (stars), coloured as in the map.
 
-The embeddings come from the ProtoSeg head (`diagnostics.embed`, flax
-`capture_intermediates` on the head: the Segmentor's output carries no
-embeddings). matplotlib is imported here only.
+The embeddings come from the ProtoSeg head (`heads.proto_head_output`,
+flax `capture_intermediates` on the head: the Segmentor's output carries no
+embeddings); the run from `trainer.run.load_run`. matplotlib is imported
+here only.
 """
 
 from __future__ import annotations
@@ -26,11 +28,19 @@ from __future__ import annotations
 import os
 from typing import Optional, Sequence
 
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
-from protoseg_jax import diagnostics
+from protoseg_jax import heads, prototype_stats
+from protoseg_jax.ops import nearest_indices
+from protoseg_jax.trainer import augment, cli, input_pipeline, run as runs
+from protoseg_jax.trainer.images import READ_ERRORS, error_reason, to_rgb_uint8
+
+FLAGS = flags.FLAGS
+NAME = "python -m protoseg_jax.visualize"
 
 SHADE_RANGE = 0.55   # prototype 0 is the colour darkened by this much, prototype M-1 lightened
 
@@ -58,7 +68,7 @@ def retrieval(prototypes, embeddings, logits) -> tuple[np.ndarray, np.ndarray]:
   """(class [h, w], prototype [h, w]): the predicted class and, of its
   prototypes, the one nearest each pixel. embeddings [h, w, D], logits [h, w, C]."""
   cls = jnp.argmax(jnp.asarray(logits), axis=-1)
-  proto = diagnostics.retrieved_prototype(prototypes, embeddings, cls)
+  proto = prototype_stats.retrieved_prototype(prototypes, embeddings, cls)
   return np.asarray(cls), np.asarray(proto)
 
 
@@ -93,30 +103,17 @@ def pca_2d(points: np.ndarray, fit_on: Optional[np.ndarray] = None) -> np.ndarra
 
 def preprocess(image: np.ndarray, config, stride: int = 32) -> tuple[np.ndarray, tuple[int, int]]:
   """uint8 RGB [H, W, 3] -> (normalised float32 [1, H', W', 3] padded to a
-  multiple of `stride`, (h, w) after config.dataset.eval_scale's keep-ratio
-  rescale), as the eval pipeline feeds the network."""
-  from PIL import Image
-  h, w = image.shape[:2]
-  scale = config.dataset.eval_scale
-  if scale is not None:
-    scale = tuple(scale) if isinstance(scale, (tuple, list)) else (scale, scale)
-    f = min(max(scale) / max(h, w), min(scale) / min(h, w))
-    h, w = int(h * f + 0.5), int(w * f + 0.5)
-    image = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR))
-  x = image.astype(np.float32)
-  if config.dataset.input_order == "bgr":
-    x = x[..., ::-1]
-  x = (x - np.asarray(config.dataset.mean, np.float32)) / np.asarray(config.dataset.std, np.float32)
+  multiple of `stride`, (h, w) of the preprocessed image): the eval
+  pipeline's preprocessing (`trainer.augment.eval_transform`)."""
+  x = augment.preprocess_image(image, input_pipeline.eval_options(config))
+  h, w = x.shape[:2]
   ph, pw = -(-h // stride) * stride, -(-w // stride) * stride
-  x = np.pad(x, ((0, ph - h), (0, pw - w), (0, 0)))
-  return x[None], (h, w)
+  return np.pad(x, ((0, ph - h), (0, pw - w), (0, 0)))[None], (h, w)
 
 
-def _upsample_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-  h, w = size
-  rows = np.minimum((np.arange(h) * a.shape[0]) // h, a.shape[0] - 1)
-  cols = np.minimum((np.arange(w) * a.shape[1]) // w, a.shape[1] - 1)
-  return a[rows][:, cols]
+def _resize_nearest(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+  """[h, w] -> size with PyTorch `nearest` (ops.nearest_indices), as the head."""
+  return a[nearest_indices(a.shape[0], size[0])][:, nearest_indices(a.shape[1], size[1])]
 
 
 def visualize(model, variables, image: np.ndarray, config, palette, class_names, output_dir: str,
@@ -128,20 +125,20 @@ def visualize(model, variables, image: np.ndarray, config, palette, class_names,
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  from PIL import Image
 
   x, (h, w) = preprocess(image, config)
-  logits, emb = jax.jit(lambda v, x: diagnostics.embed(model, v, x))(variables, jnp.asarray(x))
-  protos = np.asarray(diagnostics.prototype_array(variables["prototypes"]), np.float32)
+  out = jax.jit(lambda v, x: heads.proto_head_output(model, v, x))(variables, jnp.asarray(x))
+  logits, emb = out.logits, out.embeddings
+  protos = np.asarray(prototype_stats.prototype_array(variables["prototypes"]), np.float32)
   c, m, _ = protos.shape
   stride = x.shape[1] / logits.shape[1]
   fh, fw = int(np.ceil(h / stride)), int(np.ceil(w / stride))
   logits, emb = np.asarray(logits[0, :fh, :fw]), np.asarray(emb[0, :fh, :fw])
   cls, proto = retrieval(protos, emb, logits)
   colors = prototype_colors(palette, m)
-  shown = np.asarray(Image.fromarray(image).resize((w, h), Image.BILINEAR)) \
-      if image.shape[:2] != (h, w) else image
-  pmap = prototype_map(_upsample_nearest(cls, (h, w)), _upsample_nearest(proto, (h, w)), colors)
+  shown = image
+  size = image.shape[:2]            # the map at the image's own size
+  pmap = prototype_map(_resize_nearest(cls, size), _resize_nearest(proto, size), colors)
   os.makedirs(output_dir, exist_ok=True)
   paths = {k: os.path.join(output_dir, f"{name}_{k}.png") for k in ("prototypes", "overview", "pca")}
   Image.fromarray(pmap).save(paths["prototypes"])          # exact colours (decodable)
@@ -215,43 +212,52 @@ def _class_ids(spec: Optional[str], class_names) -> Optional[list[int]]:
 
 
 def main(argv):
-  from absl import app, flags
-  from PIL import Image
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  f = flags.FLAGS
-  if not f.workdir and not f.variables:
-    raise app.UsageError("give --workdir (a checkpoint) or --variables (converted weights)")
-  model, variables, meta = diagnostics.load_model_variables(
-      f.config, f.workdir and os.path.expanduser(f.workdir), f.checkpoint_step,
-      f.variables and os.path.expanduser(f.variables))
-  image = np.asarray(Image.open(os.path.expanduser(f.image)).convert("RGB"))
-  name = os.path.splitext(os.path.basename(f.image))[0]
-  paths = visualize(model, variables, image, f.config, meta.palette, meta.class_names,
-                    os.path.expanduser(f.output),
-                    name=name, classes=_class_ids(f.classes, meta.class_names),
-                    max_points=f.max_points)
+  del argv
+  workdir = cli.expand(FLAGS.workdir)
+  if not workdir and not FLAGS.variables:
+    raise cli.ArgumentError("give --workdir (a run) or --config with --variables (converted "
+                            "weights)")
+  for flag in ("image", "output"):
+    if not getattr(FLAGS, flag):
+      raise cli.ArgumentError(f"--{flag} is required")
+  path = cli.expand(FLAGS.image)
+  try:
+    with Image.open(path) as im:
+      image = to_rgb_uint8(im)
+  except READ_ERRORS as e:
+    raise cli.ArgumentError(f"--image={FLAGS.image}: not a readable image "
+                            f"({error_reason(e)})") from None
+  config = cli.run_config(workdir)
+  runs.weights_source(workdir, config, FLAGS.variables)
+  run = runs.load_run(workdir, config, checkpoint_step=FLAGS.checkpoint_step,
+                      variables_dir=FLAGS.variables)
+  if not run.variables.get("prototypes"):
+    raise cli.ArgumentError(f"{run.source}: the model has no prototypes (its head is "
+                            f"{run.config.model.head!r})")
+  names = run.classes.output_names
+  palette = [run.classes.palette[i] for i in run.classes.class_ids]
+  try:
+    classes = _class_ids(FLAGS.classes, names)
+  except ValueError as e:
+    raise cli.ArgumentError(str(e)) from None
+  name = os.path.splitext(os.path.basename(path))[0]
+  paths = visualize(run.model, jax.device_get(run.variables), image, run.config, palette, names,
+                    cli.expand(FLAGS.output), name=name, classes=classes,
+                    max_points=FLAGS.max_points)
   for p in paths.values():
     print(p)
 
 
-def _define_flags():
-  from absl import flags
-  from ml_collections import config_flags
-  config_flags.DEFINE_config_file("config", None, "Run config (configs/*.py[:variant]).",
-                                  lock_config=True)
-  flags.DEFINE_string("workdir", None, "Run directory whose checkpoint to read.")
-  flags.DEFINE_integer("checkpoint_step", None, "Checkpoint step (default: the latest).")
-  flags.DEFINE_string("variables", None, "Converted weights instead of a checkpoint.")
+def define_flags():
+  cli.define_run_flags(config_required=False, workdir="Run directory whose checkpoint to read.",
+                       variables=True)
   flags.DEFINE_string("image", None, "The image file (any format Pillow reads).")
   flags.DEFINE_string("output", None, "Directory for the PNGs.")
   flags.DEFINE_string("classes", None, "Comma-separated class names or ids for the PCA "
                       "(default: the 3 classes predicted on most pixels).")
   flags.DEFINE_integer("max_points", 2000, "Pixels per class in the PCA plot (random subset).")
-  flags.mark_flags_as_required(["config", "image", "output"])
 
 
 if __name__ == "__main__":
-  from absl import app as _app
-  _define_flags()
-  _app.run(main)
+  define_flags()
+  cli.run(main, NAME)

@@ -177,6 +177,7 @@ def test_add_class_from_support_dir(tmp_path, tiny_config):
   """The CLI's pieces (protoseg_jax/add_class.py) on a fresh tiny model."""
   from PIL import Image
   from protoseg_jax import add_class as cli
+  from protoseg_jax.trainer.cli import ArgumentError
   config = tiny_config(tmp_path)
   model = build_model(config, C)
   mesh = sharding.create_mesh(jax.devices()[:1])
@@ -185,12 +186,12 @@ def test_add_class_from_support_dir(tmp_path, tiny_config):
   sup = tmp_path / "support"
   sup.mkdir()
   rs = np.random.RandomState(0)
-  for i in range(2):
+  for i, value in enumerate((1, 255)):   # a 0/1 and a 0/255 mask: any value > 0 is the class
     Image.fromarray(rs.randint(0, 255, (48, 64, 3), np.uint8)).save(sup / f"s{i}.png")
     mask = np.zeros((48, 64), np.uint8)
-    mask[8:40, 16:48] = 1
-    mask[0, 0] = 255                  # ignored
+    mask[8:40, 16:48] = value
     Image.fromarray(mask).save(sup / f"s{i}_mask.png")
+    np.testing.assert_array_equal(cli.read_mask(str(sup / f"s{i}_mask.png")), mask > 0)
   pairs = cli.list_support(str(sup))
   assert [os.path.basename(p) for p, _ in pairs] == ["s0.png", "s1.png"]
   new, n = cli.add_class_from_support(config, model, v, pairs)
@@ -198,5 +199,5 @@ def test_add_class_from_support_dir(tmp_path, tiny_config):
   assert new["prototypes"]["head"]["prototypes"].shape[0] == C + 1
   _assert_same_except(v, new, ("'prototypes'", "'mask_norm'"))
   (sup / "s1.png").unlink()
-  with pytest.raises(FileNotFoundError, match="s1"):
+  with pytest.raises(ArgumentError, match="s1"):
     cli.list_support(str(sup))

@@ -1,4 +1,4 @@
-"""Tests of protoseg_jax.augment (the training augmentation) on synthetic arrays."""
+"""Tests of protoseg_jax.trainer.augment (the training augmentation) on synthetic arrays."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from protoseg_jax import augment
+from protoseg_jax.trainer import augment
 
 
 def _opts(**kw):

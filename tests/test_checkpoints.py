@@ -1,4 +1,4 @@
-"""protoseg_jax.checkpoints: train-state restore, also of checkpoints written
+"""protoseg_jax.trainer.checkpoints: train-state restore, also of checkpoints written
 before a TrainState field existed."""
 
 import dataclasses
@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from protoseg_jax import checkpoints, train
+from protoseg_jax import train
+from protoseg_jax.trainer import checkpoints
 
 
 class _Config:
@@ -62,3 +63,89 @@ def test_older_checkpoint_is_refused_when_the_missing_field_holds_arrays(tmp_pat
   mngr = checkpoints.checkpoint_manager(str(tmp_path), _Config(), read_only=True)
   with pytest.raises(ValueError):
     checkpoints.restore_state(mngr, template)
+
+
+# ---------------------------------------------------------------------------
+# A damaged latest checkpoint: the newest intact one is used, the bad one kept.
+
+
+class _Keep5:
+  keep_checkpoints = 5
+
+
+def _saved_steps(workdir, steps):
+  """Checkpoints of `_state()` with params w = step, at each of `steps`."""
+  mngr = checkpoints.checkpoint_manager(workdir, _Keep5())
+  for s in steps:
+    checkpoints.save_state(mngr, s, _state().replace(step=jnp.asarray(s, jnp.int32),
+                                                     params={"w": jnp.full(4, float(s))}))
+  mngr.wait_until_finished()
+  mngr.close()
+
+
+def _damage(workdir, step, how):
+  """Truncate every data file of a step, or remove them ("missing")."""
+  import glob
+  import os
+  files = glob.glob(os.path.join(workdir, "checkpoints", str(step), "default", "d", "*"))
+  assert files
+  for f in files:
+    if how == "missing":
+      os.remove(f)
+    else:
+      with open(f, "r+b") as fh:
+        fh.truncate(10)
+
+
+@pytest.mark.parametrize("how", ["truncated", "missing"])
+def test_a_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tmp_path, how, caplog):
+  import os
+  workdir = str(tmp_path)
+  _saved_steps(workdir, (1, 2, 3))
+  _damage(workdir, 3, how)
+  mngr = checkpoints.checkpoint_manager(workdir, _Keep5(), read_only=True)
+  with caplog.at_level("WARNING"):
+    state, step, bad = checkpoints.restore_state_and_step(mngr, _state())
+  assert (step, bad) == (2, [3]) and int(state.step) == 2
+  np.testing.assert_array_equal(state.params["w"], 2.0)
+  assert any("step 3" in r.getMessage() and "cannot be restored" in r.getMessage()
+             for r in caplog.records)
+  assert os.path.isdir(os.path.join(workdir, "checkpoints", "3"))   # kept, never deleted
+  # Asked for by number, the damaged step is refused, not replaced.
+  with pytest.raises(checkpoints.NoIntactCheckpoint, match="step 3 .* cannot be restored"):
+    checkpoints.restore_state(mngr, _state(), step=3)
+  mngr.close()
+  # The model variables alone (evaluation, predict) fall back the same way.
+  abstract = {"params": {"w": jax.ShapeDtypeStruct((4,), jnp.float32)},
+              "batch_stats": {"bn": {"mean": jax.ShapeDtypeStruct((2,), jnp.float32)}}}
+  variables, step = checkpoints.restore_model_variables(workdir, abstract)
+  assert step == 2 and set(variables) == {"params", "batch_stats"}
+  np.testing.assert_array_equal(variables["params"]["w"], 2.0)
+  # A resumed run sets the damaged step aside (kept) so it can save it again.
+  (moved,) = checkpoints.set_aside(workdir, [3])
+  assert moved == os.path.join(workdir, checkpoints.CORRUPT_DIR, "3") and os.path.isdir(moved)
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["1", "2"]
+
+
+def test_no_intact_checkpoint_is_a_clear_error(tmp_path):
+  workdir = str(tmp_path)
+  _saved_steps(workdir, (1, 2))
+  for s in (1, 2):
+    _damage(workdir, s, "truncated")
+  mngr = checkpoints.checkpoint_manager(workdir, _Keep5(), read_only=True)
+  with pytest.raises(checkpoints.NoIntactCheckpoint,
+                     match=r"none of the checkpoints .* step 2: .*; step 1: "):
+    checkpoints.restore_state(mngr, _state())
+  mngr.close()
+  with pytest.raises(checkpoints.NoIntactCheckpoint, match="no checkpoint in"):
+    checkpoints.restore_state(checkpoints.checkpoint_manager(str(tmp_path / "empty"), _Keep5(),
+                                                             read_only=True), _state())
+
+
+def test_a_checkpoint_of_another_model_is_not_taken_for_a_damaged_one(tmp_path):
+  _saved_steps(str(tmp_path), (1, 2))
+  other = _state().replace(params={"w": jnp.zeros(5)})
+  mngr = checkpoints.checkpoint_manager(str(tmp_path), _Keep5(), read_only=True)
+  with pytest.raises(ValueError, match="not compatible with the stored shape"):
+    checkpoints.restore_state(mngr, other)     # no fallback to step 1: it does not fit either
+  mngr.close()

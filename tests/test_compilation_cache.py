@@ -9,6 +9,7 @@ import ml_collections
 import pytest
 
 from protoseg_jax import train
+from protoseg_jax.trainer import compile_cache
 
 
 @pytest.fixture
@@ -29,15 +30,15 @@ def _config(value):
 def test_cache_directory_settings_and_a_compiled_program_lands_in_it(tmp_path,
                                                                      restore_jax_cache_config):
   jax.config.update("jax_compilation_cache_dir", None)
-  default = train.enable_compilation_cache(_config(""), str(tmp_path / "run"))
-  assert default == str(tmp_path / "run" / train.COMPILATION_CACHE_DIR)
+  default = compile_cache.enable_compilation_cache(_config(""), str(tmp_path / "run"))
+  assert default == str(tmp_path / "run" / compile_cache.COMPILATION_CACHE_DIR)
   # A directory the user set (JAX_COMPILATION_CACHE_DIR) is kept by the default...
-  assert train.enable_compilation_cache(_config(""), str(tmp_path / "other")) == default
+  assert compile_cache.enable_compilation_cache(_config(""), str(tmp_path / "other")) == default
   # ... and an explicit one replaces it.
   chosen = str(tmp_path / "shared")
-  assert train.enable_compilation_cache(_config(chosen), str(tmp_path / "run")) == chosen
+  assert compile_cache.enable_compilation_cache(_config(chosen), str(tmp_path / "run")) == chosen
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.jit(lambda x: jnp.sin(x) * 3.0 + 1.0)(jnp.arange(7.0)).block_until_ready()
   assert os.listdir(chosen), "nothing was written to the cache"
-  assert train.enable_compilation_cache(_config("off"), str(tmp_path / "run")) is None
+  assert compile_cache.enable_compilation_cache(_config("off"), str(tmp_path / "run")) is None
   assert not jax.config.jax_enable_compilation_cache

@@ -23,7 +23,9 @@ import torch
 import torch.nn.functional as F
 from timm.models.hrnet import HighResolutionModule
 
-from protoseg_jax import augment, checkpoints, convert, sharding, train
+from protoseg_jax import convert, sharding, train
+from protoseg_jax.trainer import augment, checkpoints
+from protoseg_jax.convert import cli as convert_cli
 from protoseg_jax.convert import hrnet as hrnet_convert
 from protoseg_jax.models import get_backbone, hrnet
 from protoseg_jax.models.segmentor import Segmentor, build_model
@@ -304,21 +306,21 @@ def test_cli_backbone_pth_and_safetensors(tmp_path):
   save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "b.safetensors"))
   for src in ("b.pth", "b.safetensors"):
     dst = str(tmp_path / (src + ".out"))
-    convert.main(["--arch", ARCH, "--src", str(tmp_path / src), "--dst", dst])
-    got = convert.load_variables(dst)
+    convert_cli.main(["--arch", ARCH, "--src", str(tmp_path / src), "--dst", dst])
+    got = checkpoints.load_variables(dst)
     assert jax.tree.structure(got) == jax.tree.structure(want), src
     jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
     assert not os.path.exists(os.path.join(dst, "config_overrides.json"))
   with pytest.raises(ValueError, match="Unknown backbone arch 'hrnet_w99'"):
-    convert.main(["--arch", "hrnet_w99", "--src", str(tmp_path / "b.pth"), "--dst", dst])
+    convert_cli.main(["--arch", "hrnet_w99", "--src", str(tmp_path / "b.pth"), "--dst", dst])
 
 
 def test_cli_full_official_checkpoint(official, converted, tmp_path, capsys):
   _, sd, _, _ = official
   src, dst = str(tmp_path / "hrnet_proto_latest.pth"), str(tmp_path / "out")
   torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}, "iters": 80000}, src)
-  convert.main(["--arch", f"protoseg_{ARCH}", "--src", src, "--dst", dst])
-  got = convert.load_variables(dst)
+  convert_cli.main(["--arch", f"protoseg_{ARCH}", "--src", src, "--dst", dst])
+  got = checkpoints.load_variables(dst)
   assert jax.tree.structure(got) == jax.tree.structure(converted)
   jax.tree_util.tree_map(np.testing.assert_array_equal, got, converted)
   with open(os.path.join(dst, "config_overrides.json")) as f:
@@ -330,19 +332,19 @@ def test_cli_full_official_checkpoint(official, converted, tmp_path, capsys):
   assert "config.protoseg.proj_norm_axis = 'width'" in out
   assert "config.model.backbone_kwargs.fusion = 'bilinear_align_corners'" in out
   # only the backbone, as stored (the stem keeps openseg's BGR input order)
-  convert.main(["--arch", ARCH, "--prefix", "backbone.", "--src", src, "--dst", dst + "_bb"])
-  got = convert.load_variables(dst + "_bb")
+  convert_cli.main(["--arch", ARCH, "--prefix", "backbone.", "--src", src, "--dst", dst + "_bb"])
+  got = checkpoints.load_variables(dst + "_bb")
   stored = convert.convert_protoseg_checkpoint(sd, arch=ARCH, input_order="bgr", check=False)
   for col in ("params", "batch_stats"):
     jax.tree_util.tree_map(np.testing.assert_array_equal, got[col], stored[col]["backbone"])
   with pytest.raises(SystemExit):
-    convert.main(["--arch", f"protoseg_{ARCH}", "--prefix", "backbone.", "--src", src, "--dst", dst])
+    convert_cli.main(["--arch", f"protoseg_{ARCH}", "--prefix", "backbone.", "--src", src, "--dst", dst])
   assert "--prefix is for backbones" in capsys.readouterr().err
   with pytest.raises(SystemExit):
-    convert.main(["--arch", ARCH, "--input_order", "bgr", "--src", src, "--dst", dst])
+    convert_cli.main(["--arch", ARCH, "--input_order", "bgr", "--src", src, "--dst", dst])
   assert "--input_order is for protoseg_" in capsys.readouterr().err
-  convert.main(["--arch", f"protoseg_{ARCH}", "--input_order", "bgr", "--src", src, "--dst", dst + "_bgr"])
-  got = convert.load_variables(dst + "_bgr")
+  convert_cli.main(["--arch", f"protoseg_{ARCH}", "--input_order", "bgr", "--src", src, "--dst", dst + "_bgr"])
+  got = checkpoints.load_variables(dst + "_bgr")
   np.testing.assert_array_equal(got["params"]["backbone"]["conv1"]["kernel"],
                                 converted["params"]["backbone"]["conv1"]["kernel"][:, :, ::-1, :])
 
@@ -355,10 +357,13 @@ def test_init_from_loads_backbone_through_create_train_state(tmp_path, tiny_conf
   config = tiny_config(str(tmp_path / "tfds"))  # hrnet_tiny; the dataset is never read
   model = build_model(config, num_classes=4)
   wanted = _random_backbone_variables("hrnet_tiny", seed=3)
-  convert.save_variables(wanted, str(tmp_path / "bb"))
+  checkpoints.save_variables(wanted, str(tmp_path / "bb"))
   config.init_from = str(tmp_path / "bb")
   mesh = sharding.create_mesh(jax.devices()[:1])
-  state, _, _ = train.create_train_state(config, model, mesh, (1, 64, 64, 3))
+  with pytest.raises(ValueError, match="load_weights"):   # the library loads no files itself
+    train.create_train_state(config, model, mesh, (1, 64, 64, 3))
+  state, _, _ = train.create_train_state(
+      config, model, mesh, (1, 64, 64, 3), load_weights=lambda v: checkpoints.init_from(config, v))
   for col in ("params", "batch_stats"):
     got = jax.device_get(getattr(state, col)["backbone"])
     assert jax.tree.structure(got) == jax.tree.structure(wanted[col])
@@ -377,13 +382,13 @@ def _abstract_variables(model) -> dict:
 def test_init_from_wrong_arch_and_full_model_dir(converted, tmp_path, tiny_config):
   config = tiny_config(str(tmp_path / "tfds"))  # hrnet_tiny
   abstract = _abstract_variables(build_model(config, num_classes=4))
-  convert.save_variables(_random_backbone_variables(ARCH, seed=1), str(tmp_path / "w18s"))
+  checkpoints.save_variables(_random_backbone_variables(ARCH, seed=1), str(tmp_path / "w18s"))
   config.init_from = str(tmp_path / "w18s")
   with pytest.raises(ValueError, match=r"vs backbone 'hrnet_tiny' does not fit"):
     checkpoints.init_from(config, abstract)
   tiny = _random_backbone_variables("hrnet_tiny", seed=2)
   tiny["params"]["conv1"]["kernel"] = jnp.zeros((3, 3, 3, 8))  # same tree, one wrong width
-  convert.save_variables(tiny, str(tmp_path / "narrow"))
+  checkpoints.save_variables(tiny, str(tmp_path / "narrow"))
   config.init_from = str(tmp_path / "narrow")
   with pytest.raises(ValueError, match=r"conv1.*kernel.*\(3, 3, 3, 8\), \(3, 3, 3, 16\)"):
     checkpoints.init_from(config, abstract)
@@ -393,7 +398,7 @@ def test_init_from_wrong_arch_and_full_model_dir(converted, tmp_path, tiny_confi
 
   # A whole converted official checkpoint also initialises the backbone (only the backbone:
   # the decoder, head and prototypes keep the model's own initialisation).
-  convert.save_variables(converted, str(tmp_path / "full"))
+  checkpoints.save_variables(converted, str(tmp_path / "full"))
   config = convert.apply_overrides(tiny_config(str(tmp_path / "tfds")),
                                    convert.protoseg_compat_overrides(converted, arch=ARCH))
   config.init_from = str(tmp_path / "full")

@@ -23,7 +23,7 @@ import data
 from configs import default
 from data import common
 from data import prepare as prepare_lib
-from protoseg_jax import input_pipeline as ip
+from protoseg_jax.trainer import input_pipeline as ip
 from test_datasets import _jpeg, _png_label, _raw_label, _write_zip
 
 ADE = "ADEChallengeData2016"

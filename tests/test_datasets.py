@@ -22,8 +22,8 @@ from configs import default
 from data import coco_stuff
 from data import prepare as prepare_lib
 from data.common import DatasetMeta
-from protoseg_jax import datasets
-from protoseg_jax import input_pipeline as ip
+from protoseg_jax.trainer import datasets
+from protoseg_jax.trainer import input_pipeline as ip
 
 
 def _jpeg(h, w, seed, mode="RGB"):
@@ -193,6 +193,7 @@ def test_cityscapes_zips(tmp_path):
               0, 255, (16, 32, 3), dtype=np.uint8))  # PNG images are lossless
   (test_ex,) = _examples(builder, "test").values()
   assert np.all(test_ex["label"] == 255)
+  assert builder.info.metadata["release_ids"] == sorted(table)  # stored with the class facts
 
 
 def test_coco_stuff164k_zips(tmp_path):
@@ -328,6 +329,25 @@ def test_dataset_meta_needs_no_preparation():
   assert data.dataset_meta("coco_stuff164k").num_classes == 171
   with pytest.raises(ValueError, match="Unknown dataset"):
     data.dataset_meta("nope")
+
+
+def test_cityscapes_release_ids_are_the_label_ids_of_its_train_ids():
+  from data.cityscapes import builder as cityscapes  # pylint: disable=g-import-not-at-top
+  release_ids = data.dataset_meta("cityscapes").release_ids
+  assert release_ids == (7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33)
+  for train_id, label_id in enumerate(release_ids):  # the inverse of the builder's table
+    assert cityscapes.LABEL_ID_TO_TRAIN_ID[label_id] == train_id == cityscapes.LUT[label_id]
+  assert DatasetMeta.from_metadata(data.dataset_meta("cityscapes").metadata()).release_ids == (
+      release_ids)
+  for name in set(data.DATASETS) - {"cityscapes"}:  # their labels are train ids (after the LUT)
+    assert data.dataset_meta(name).release_ids is None
+
+
+def test_splits_are_the_builders_splits():
+  assert data.SPLITS == {name: tuple(data.builder_class(name).SPLITS) for name in data.DATASETS}
+  assert data.SPLITS["cityscapes"] == ("train", "validation", "test")
+  assert data.SPLITS["coco_stuff10k"] == ("train", "test")
+  assert data.SPLITS["demo"] == ("train", "validation")
 
 
 def test_missing_dataset_says_what_to_download(tmp_path):

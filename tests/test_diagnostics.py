@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from protoseg_jax import diagnostics as dg
+from protoseg_jax import prototype_stats as dg
 
 C, M, D = 3, 4, 8
 
@@ -124,7 +124,7 @@ def test_eval_usage_counts_match_numpy_on_padded_batches():
   that, mapped through a label map (class 1 held out), masked rows skipped."""
   import flax.linen as nn
   from protoseg_jax import held_out
-  from protoseg_jax.heads import ProtoSegHead
+  from protoseg_jax.heads import ProtoSegHead, proto_head_output
 
   class Tiny(nn.Module):            # stride 4, like the segmentors' heads
     @nn.compact
@@ -151,20 +151,21 @@ def test_eval_usage_counts_match_numpy_on_padded_batches():
   batches = [batch([(16, 20), (13, 9), (0, 0)], [(24, 22), (11, 14), (0, 0)], [True, True, False]),
              batch([(7, 18), (16, 20), (16, 20)], [(9, 23), (20, 24), (24, 24)], [True, True, True])]
   want, images = np.zeros((C, M), np.int64), 0
-  embed = jax.jit(lambda v, x: dg.embed(model, v, x)[1])
+  embed = jax.jit(lambda v, x: proto_head_output(model, v, x).embeddings)
   for bt in batches:
     emb = np.asarray(embed(variables, bt["image"]), np.float64)   # [B, 4, 5, D]
     for b in np.flatnonzero(bt["mask"]):
       (ih, iw), (lh, lw) = bt["image_hw"][b], bt["label_hw"][b]
       fh, fw = -(-ih * 4 // 16), -(-iw * 5 // 20)
-      y = lut[dg.labels_at(bt["label"][b, :lh, :lw], (fh, fw))]
+      label = bt["label"][b, :lh, :lw]            # PyTorch nearest: floor(i * lh / fh)
+      y = lut[label[(np.arange(fh) * lh) // fh][:, (np.arange(fw) * lw) // fw]]
       for e, c in zip(emb[b, :fh, :fw].reshape(-1, D), y.reshape(-1)):
         if c < C:
           want[c, int(np.argmax(_unit(protos[c]) @ e))] += 1
       images += 1
   # num_batches=2: a third batch is not read.
-  counts, n = dg.eval_usage_counts(model, variables, iter(batches + [batches[1]]), C, M, 2,
-                                   label_lut=lut)
+  step = dg.jit_usage_step(model, lut)
+  counts, n = dg.eval_usage_counts(step, variables, iter(batches + [batches[1]]), 2)
   np.testing.assert_array_equal(counts, want)
   assert n == images == 5 and want.sum() > 40
 

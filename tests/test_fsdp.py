@@ -7,7 +7,8 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from protoseg_jax import datasets, input_pipeline, sharding, train
+from protoseg_jax import sharding, train
+from protoseg_jax.trainer import datasets, input_pipeline
 from protoseg_jax.models.segmentor import build_model
 from test_train import _decisive_labels
 

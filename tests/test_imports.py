@@ -97,13 +97,114 @@ def test_the_cycle_finder_finds_a_circle():
 
 
 def test_models_never_import_the_converter_or_the_trainer():
-  above = ("protoseg_jax.convert", "protoseg_jax.train", "protoseg_jax.checkpoints",
-           "protoseg_jax.input_pipeline", "protoseg_jax.datasets", "protoseg_jax.augment",
+  above = ("protoseg_jax.convert", "protoseg_jax.train", "protoseg_jax.trainer.checkpoints",
+           "protoseg_jax.trainer.input_pipeline", "protoseg_jax.trainer.datasets", "protoseg_jax.trainer.augment",
            "protoseg_jax.evaluate", "protoseg_jax.inference", "protoseg_jax.metrics")
   for name, deps in import_graph().items():
     if name.startswith("protoseg_jax.models"):
       bad = sorted(d for d in deps if d.startswith(above))
       assert not bad, f"{name} imports {bad}"
+
+
+# The layers, by folder: protoseg_jax/trainer/ is the trainer's edges (the only
+# place importing its stack); TOOLS are the commands on top of it; every other
+# module is the library.
+TOOLS = ("protoseg_jax.main", "protoseg_jax.__main__", "protoseg_jax.predict",
+         "protoseg_jax.diagnostics", "protoseg_jax.visualize", "protoseg_jax.add_class",
+         "protoseg_jax.export", "protoseg_jax.convert.cli", "protoseg_jax.convert.__main__")
+LIBRARY_THIRD_PARTY = {"jax", "jaxlib", "flax", "optax", "numpy", "absl"}
+# Optional readers of PyTorch checkpoint files, imported inside the function that needs them.
+LIBRARY_OPTIONAL = {"protoseg_jax.convert.state_dict": {"safetensors", "torch"}}
+
+
+def layer(name: str) -> str:
+  if name == "protoseg_jax.trainer" or name.startswith("protoseg_jax.trainer."):
+    return "trainer"
+  return "tool" if name in TOOLS else "library"
+
+
+def _third_party(path: pathlib.Path) -> set:
+  std = set(sys.stdlib_module_names)
+  found = set()
+  for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    if isinstance(node, ast.Import):
+      found |= {a.name.split(".")[0] for a in node.names}
+    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+      found.add(node.module.split(".")[0])
+  return {m for m in found if m not in std and m != "protoseg_jax"}
+
+
+def layer_problems(graph: dict[str, set], third_party: dict[str, set]) -> list[str]:
+  problems = []
+  for name, deps in sorted(graph.items()):
+    for dep in sorted(deps):
+      if layer(name) == "library" and layer(dep) != "library":
+        problems.append(f"library module {name} imports the {layer(dep)} module {dep}")
+      if layer(name) == "trainer" and layer(dep) == "tool":
+        problems.append(f"trainer module {name} imports the tool {dep}")
+    extra = third_party.get(name, set())
+    stack = sorted(extra & set(TRAINER_STACK))
+    if stack and layer(name) != "trainer":
+      problems.append(f"{name} ({layer(name)}) imports {stack}: only protoseg_jax/trainer/ may")
+    if layer(name) == "library":
+      bad = sorted(extra - LIBRARY_THIRD_PARTY - LIBRARY_OPTIONAL.get(name, set()))
+      if bad:
+        problems.append(f"library module {name} imports {bad} (the library: jax, flax, optax, "
+                        "numpy, absl)")
+  return problems
+
+
+def test_import_layers_by_folder():
+  """library <- protoseg_jax/trainer/ <- tools: the library imports neither the
+  trainer nor a tool nor anything but jax/flax/optax/numpy/absl; TensorFlow,
+  TFDS, clu and orbax only in protoseg_jax/trainer/; the trainer no tool."""
+  mods = _modules()
+  graph = import_graph()
+  third = {name: _third_party(path) for name, path in mods.items()}
+  assert {layer(n) for n in graph} == {"library", "trainer", "tool"}
+  assert layer_problems(graph, third) == []
+  # The check can fail: a library module importing the trainer, TF in a tool.
+  planted = dict(graph, **{"protoseg_jax.heads": graph["protoseg_jax.heads"] |
+                           {"protoseg_jax.trainer.loop"}})
+  planted_third = dict(third, **{"protoseg_jax.predict": third["protoseg_jax.predict"] |
+                                 {"tensorflow"}})
+  assert len(layer_problems(planted, planted_third)) == 2
+
+
+def private_name_reads(path: pathlib.Path, ours=("protoseg_jax", "data", "configs", "bench")
+                       ) -> list[str]:
+  """`module._name` and `from module import _name` of another module of ours."""
+  tree = ast.parse(path.read_text(), str(path))
+  aliases = {}                 # local name -> module it is
+  out = []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.Import):
+      for a in node.names:
+        if a.name.split(".")[0] in ours:
+          aliases[a.asname or a.name.split(".")[0]] = a.name
+    elif isinstance(node, ast.ImportFrom) and node.module and (
+        node.level or node.module.split(".")[0] in ours):
+      for a in node.names:
+        if a.name.startswith("_") and not a.name.startswith("__"):
+          out.append(f"{path}:{node.lineno}: from {node.module} import {a.name}")
+        aliases[a.asname or a.name] = f"{node.module}.{a.name}"
+  for node in ast.walk(tree):
+    if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+        and node.value.id in aliases and node.attr.startswith("_")
+        and not node.attr.startswith("__")):
+      out.append(f"{path}:{node.lineno}: {node.value.id}.{node.attr}")
+  return out
+
+
+def test_no_module_reads_another_modules_private_names(tmp_path):
+  files = [p for d in ("protoseg_jax", "data", "configs", "bench") for p in (ROOT / d).rglob("*.py")]
+  files.append(ROOT / "main.py")
+  found = [line for p in files for line in private_name_reads(p)]
+  assert found == []
+  planted = tmp_path / "planted.py"
+  planted.write_text("from protoseg_jax import heads\nfrom protoseg_jax.ops import _x\n"
+                     "heads._proto_head_paths({})\n")
+  assert len(private_name_reads(planted)) == 2
 
 
 def _run_without_trainer_stack(code: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -137,7 +238,9 @@ def test_library_imports_and_trains_without_tensorflow_tfds_clu_orbax():
       library = ["protoseg_jax.heads", "protoseg_jax.prototypes", "protoseg_jax.sinkhorn",
                  "protoseg_jax.losses", "protoseg_jax.ops", "protoseg_jax.optim",
                  "protoseg_jax.sharding", "protoseg_jax.train", "protoseg_jax.metrics",
-                 "protoseg_jax.inference", "protoseg_jax.evaluate", "protoseg_jax.validate"]
+                 "protoseg_jax.inference", "protoseg_jax.evaluate", "protoseg_jax.validate",
+                 "protoseg_jax.classes", "protoseg_jax.held_out", "protoseg_jax.prototype_stats",
+                 "protoseg_jax.trees", "protoseg_jax.convert"]
       library += [f"protoseg_jax.models.{m.name}" for m in pkgutil.iter_modules(models.__path__)]
       for name in library:
         importlib.import_module(name)

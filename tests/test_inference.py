@@ -264,7 +264,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
         gb = {k: jax.device_put(v, sh[k]) for k, v in batch.items()}
         out = jax.jit(step, in_shardings=(NamedSharding(mesh, P()), sh),
                       out_shardings=NamedSharding(mesh, P()))(w, gb)
-      got = evaluate._to_host_int64(out)
+      got = evaluate.host_int64(out)
       np.testing.assert_array_equal(got, ref)
     print("SHARDED_OK", got.sum())
 """)

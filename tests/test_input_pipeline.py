@@ -1,4 +1,4 @@
-"""Tests of protoseg_jax.input_pipeline (tf.data datasets, iterators) on the tiny demo dataset."""
+"""Tests of protoseg_jax.trainer.input_pipeline (tf.data datasets, iterators) on the tiny demo dataset."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 import tensorflow as tf
 
 import data
-from protoseg_jax import datasets
-from protoseg_jax import input_pipeline as ip
+from protoseg_jax.trainer import datasets
+from protoseg_jax.trainer import input_pipeline as ip
 from test_datasets import demo_config, demo_dir  # pylint: disable=unused-import (a fixture)
 
 NUM_CLASSES = data.dataset_meta("demo").num_classes
@@ -197,9 +197,12 @@ def test_openseg_augmentation_batches(demo_dir):
   first = _batches(ip.make_train_dataset(config, process_index=0, process_count=1), 4)
   for a, b in zip(again, first):
     np.testing.assert_array_equal(a["image"], b["image"])
-  with pytest.raises(ValueError, match="photometric"):
-    ip.make_train_dataset(make_config(demo_dir, augmentation="openseg"), process_index=0,
-                          process_count=1)
+  # openseg with mmseg's photometric distortion: refused before the pipeline
+  # is built (validate_config, which the trainer runs first).
+  from protoseg_jax.validate import ConfigError, validate_config
+  with pytest.raises(ConfigError, match="photometric"):
+    validate_config(make_config(demo_dir, augmentation="openseg"), num_devices=1,
+                    num_processes=1)
   with pytest.raises(ValueError, match="augmentation"):
     ip.make_train_dataset(make_config(demo_dir, augmentation="timm"), process_index=0,
                           process_count=1)

@@ -22,7 +22,7 @@ import jax
 import numpy as np
 import pytest
 
-from protoseg_jax import train
+from protoseg_jax.trainer import loop, run as runs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_EVAL = 10  # validation scenes of the demo's "tiny" builder config
@@ -58,8 +58,9 @@ def _records(workdir):
 
 
 def _restored(config, workdir):
-  run = train._Run(config, workdir)
-  return jax.device_get(train.restore_checkpoint(config, workdir, run.state))
+  """(step, variables) of the run's newest checkpoint (`trainer.run.load_run`)."""
+  run = runs.load_run(workdir, config)
+  return run.step, jax.device_get(run.variables)
 
 
 @pytest.mark.slow
@@ -94,11 +95,11 @@ def test_two_processes_train_checkpoint_and_evaluate_every_image_once(tmp_path, 
     log.close()
   assert codes == [0, 0] and single.returncode == 0, "\n\n".join(t[-4000:] for t in texts)
 
-  for text in texts[:2]:
-    assert "JAX process" in text and "4 devices, 2 processes" in text
+  for i, text in enumerate(texts[:2]):
+    assert f"devices: 4 x cpu in 2 process(es) (this is process {i})" in text, text[-3000:]
     # 10 images, 2 per process per batch: 3 batches, the last one padded.
     assert re.search(rf"eval: done, 3 batches, {NUM_EVAL} images", text), text[-3000:]
-  assert "4 devices, 1 processes" in texts[2]
+  assert "devices: 4 x cpu in 1 process(es)" in texts[2]
   records = _records(workdir)
   assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3]   # written once
   val = [r for r in records if "val/mIoU" in r]
@@ -114,14 +115,14 @@ def test_two_processes_train_checkpoint_and_evaluate_every_image_once(tmp_path, 
                                [r[key] for r in ref if key in r], rtol=1e-5, err_msg=key)
   config = tiny_config(data_dir, eval_batch_size=3,
                        **{"optim.name": "sgd", "optim.learning_rate": 0.05})
-  two, one = _restored(config, workdir), _restored(config, single_dir)
-  assert int(two.step) == int(one.step) == 3
+  (two_step, two), (one_step, one) = _restored(config, workdir), _restored(config, single_dir)
+  assert two_step == one_step == 3
   # Params and BN statistics to 1e-4 absolute: seen up to 1.8e-5 on kernels of
   # scale 0.2-0.4 (float rounding of the cross-process vs in-process
   # all-reduce, carried through 3 SGD steps; the losses above agree to 1e-7).
   for name, atol in (("params", 1e-4), ("batch_stats", 1e-4), ("prototypes", 1e-6)):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol),
-                 getattr(two, name), getattr(one, name))
+                 two[name], one[name])
   # mIoU to 0.01 points: after 3 steps the class scores of many pixels are
   # near ties, and float-rounding differences of the collectives (~1e-7 in
   # the params) flip a handful of them (seen: 1.1826 vs 1.1812).
@@ -130,7 +131,7 @@ def test_two_processes_train_checkpoint_and_evaluate_every_image_once(tmp_path, 
 
   # The same checkpoint evaluated by this single process (8 devices, a batch
   # of 3 padded to 8 rows) gives the same metrics: no image lost or doubled.
-  metrics = train.evaluate_checkpoint(config, workdir)
+  metrics = loop.evaluate_checkpoint(config, workdir)
   for key in ("mIoU", "mAcc", "aAcc"):
     np.testing.assert_allclose(metrics[key], val[0][f"val/{key}"], rtol=1e-9, err_msg=key)
   assert int(metrics["confusion"].sum()) > 0

@@ -12,13 +12,15 @@ from PIL import Image
 import pytest
 
 from conftest import make_tiny_config
+import data
 from protoseg_jax import predict as P
+from protoseg_jax.models.segmentor import build_model
+from protoseg_jax.trainer import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _fresh_variables(config):
-  import data
   from protoseg_jax import sharding, train
   from protoseg_jax.models.segmentor import build_model
   meta = data.dataset_meta(config.dataset.name)
@@ -143,7 +145,8 @@ def test_predict_equals_the_eval_path(setup):
   """Images of the demo's validation split: Predictor vs the eval batch + inference.predict."""
   config, model, variables, _, predictor = setup
   import tensorflow_datasets as tfds
-  from protoseg_jax import datasets, inference, input_pipeline
+  from protoseg_jax import inference
+  from protoseg_jax.trainer import datasets, input_pipeline
   builder = datasets.check_prepared(config)
   batch = next(input_pipeline.make_eval_dataset(config, process_index=0,
                                                 process_count=1).as_numpy_iterator())
@@ -179,21 +182,22 @@ def test_slide_equals_whole_when_the_window_covers_the_image(setup):
 # Cityscapes output.
 
 
-def test_cityscapes_label_ids_invert_the_builders_table():
-  from data.cityscapes import builder
-  train_ids = np.arange(19, dtype=np.int32).reshape(1, 19)
-  got = P.cityscapes_label_ids(train_ids)
-  assert got.dtype == np.uint8
-  assert got[0].tolist() == [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28,
-                             31, 32, 33]
-  np.testing.assert_array_equal(builder.LUT[got], train_ids)   # the round trip
+CITYSCAPES_LABEL_IDS = [7, 8, 11, 12, 13, 17, 19, 20, 21, 22, 23, 24, 25, 26, 27, 28, 31, 32, 33]
 
 
 def test_cityscapes_format_writes_label_ids(tmp_path):
+  from data.cityscapes import builder
+  release = data.dataset_meta("cityscapes").release_ids
   ids = np.random.RandomState(0).randint(0, 19, (5, 6))
-  paths = P.write_outputs(str(tmp_path / "o" / "x"), _rng_image(5, 6), ids, (), "cityscapes")
+  paths = P.write_outputs(str(tmp_path / "o" / "x"), _rng_image(5, 6), ids, (), "cityscapes",
+                          release)
   assert paths == [str(tmp_path / "o" / "x_labelIds.png")]
-  np.testing.assert_array_equal(np.asarray(Image.open(paths[0])), P.cityscapes_label_ids(ids))
+  got = np.asarray(Image.open(paths[0]))
+  assert got.dtype == np.uint8
+  np.testing.assert_array_equal(got, np.asarray(CITYSCAPES_LABEL_IDS)[ids])
+  np.testing.assert_array_equal(builder.LUT[got], ids)   # the round trip
+  with pytest.raises(ValueError, match="release ids"):
+    P.write_outputs(str(tmp_path / "o" / "y"), _rng_image(5, 6), ids, (), "cityscapes")
 
 
 # ---------------------------------------------------------------------------
@@ -201,15 +205,19 @@ def test_cityscapes_format_writes_label_ids(tmp_path):
 
 
 @pytest.mark.slow
-def test_main_predict_on_a_trained_workdir(tmp_path, tiny_config):
-  from protoseg_jax import train
-  config = tiny_config(str(tmp_path / "tfds"))
+def test_main_predict_on_a_trained_held_out_workdir(tmp_path, tiny_config):
+  """A run trained without class 3 (config.dataset.held_out_class) predicts
+  DATASET ids through main.py --mode=predict (given only the workdir and the
+  config file without the held-out override) and Predictor.from_workdir
+  (given only the workdir): its 5 outputs are the classes 0, 1, 2, 4, 5."""
+  config = tiny_config(str(tmp_path / "tfds"), **{"dataset.held_out_class": 3})
   workdir = tmp_path / "work"
-  state = train.train_and_evaluate(config, str(workdir))
+  state = loop.train_and_evaluate(config, str(workdir))
   src = tmp_path / "in" / "sub"
   src.mkdir(parents=True)
-  img = _rng_image(37, 61, 1)
-  Image.fromarray(img).save(src / "a.png")
+  imgs = [_rng_image(37, 61, 1), _rng_image(96, 96, 2)]
+  for i, img in enumerate(imgs):
+    Image.fromarray(img).save(src / f"a{i}.png")
   out = tmp_path / "out"
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
   done = subprocess.run(
@@ -219,12 +227,20 @@ def test_main_predict_on_a_trained_workdir(tmp_path, tiny_config):
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stderr[-4000:]
   assert "images/s" in done.stderr
-  ids = np.asarray(Image.open(out / "sub" / "a.png"))
-  meta = P.data.dataset_meta("demo")
-  model_pred = P.Predictor.from_variables(config, state.variables(), meta.num_classes).predict(img)
-  np.testing.assert_array_equal(ids, model_pred)
-  for suffix in ("_color.png", "_overlay.png"):
-    assert (out / "sub" / f"a{suffix}").is_file()
+  predictor = P.Predictor.from_workdir(workdir=str(workdir))   # no config: config.json, run.json
+  assert predictor.classes.class_ids == (0, 1, 2, 4, 5)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(predictor.variables),
+               jax.device_get(state.variables()))
+  for i, img in enumerate(imgs):
+    ids = np.asarray(Image.open(out / "sub" / f"a{i}.png"))
+    labels, scores = predictor.predict(img, return_scores=True)
+    assert scores.shape == img.shape[:2] + (5,)
+    # The argmax over the 5 outputs, mapped to dataset ids (output 3 is class 4, ...).
+    np.testing.assert_array_equal(labels, np.asarray([0, 1, 2, 4, 5])[scores.argmax(-1)])
+    np.testing.assert_array_equal(ids, labels)
+    assert 3 not in np.unique(ids)
+    for suffix in ("_color.png", "_overlay.png"):
+      assert (out / "sub" / f"a{i}{suffix}").is_file()
 
 
 @pytest.mark.slow

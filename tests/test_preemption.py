@@ -20,6 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from protoseg_jax import train
+from protoseg_jax.trainer import faults
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,7 +150,7 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
 
 def test_stop_signals_flag_the_stop_and_restore_the_handlers():
   previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-  with train._StopSignals() as stop:
+  with faults.StopSignals() as stop:
     stop.install()
     assert not stop.reached(1, at_log_step=True)
     os.kill(os.getpid(), signal.SIGINT)   # the handler runs before the next bytecode

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from protoseg_jax import datasets, input_pipeline, sharding, train
+from protoseg_jax import sharding, train
+from protoseg_jax.trainer import datasets, faults, input_pipeline, loop
 from protoseg_jax.models.segmentor import build_model
 
 
@@ -27,7 +28,7 @@ def _records(workdir):
 def test_train_and_evaluate_end_to_end(data_dir, tmp_path, tiny_config):
   workdir = str(tmp_path / "run")
   config = tiny_config(data_dir, **{"eval.proto_usage_batches": -1})   # runlocal: 0
-  state = train.train_and_evaluate(config, workdir)
+  state = loop.train_and_evaluate(config, workdir)
   assert int(state.step) == 2
   recs = _records(workdir)
   train_recs = [r for r in recs if "train/loss" in r]
@@ -54,28 +55,28 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path, tiny_config):
     np.testing.assert_allclose(sum(val["val/proto_usage"][n]), 1.0, atol=1e-4)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
   # eval mode: evaluates the checkpoint and appends to the same file.
-  metrics = train.evaluate_checkpoint(config, workdir)
+  metrics = loop.evaluate_checkpoint(config, workdir)
   recs2 = _records(workdir)
   assert len(recs2) == len(recs) + 1 and recs2[-1]["step"] == 2
   np.testing.assert_allclose(recs2[-1]["val/mIoU"], val_recs[0]["val/mIoU"], atol=1e-6)
   assert recs2[-1]["val/proto_usage"] == val["val/proto_usage"]
   assert metrics["mIoU"] == recs2[-1]["val/mIoU"]
   with pytest.raises(FileNotFoundError, match="step 7"):
-    train.evaluate_checkpoint(config, workdir, step=7)
+    loop.evaluate_checkpoint(config, workdir, step=7)
 
 
 @pytest.mark.slow
 def test_resume_continues_exactly(data_dir, tmp_path, tiny_config):
   straight = str(tmp_path / "straight")
   config = tiny_config(data_dir, num_train_steps=4)
-  final = train.train_and_evaluate(config, straight)
+  final = loop.train_and_evaluate(config, straight)
   # A run of 2 steps leaves exactly the step-2 checkpoint of the straight run
   # (same code path); restart from it in a fresh workdir and run 2 more.
   resumed = str(tmp_path / "resumed")
   os.makedirs(os.path.join(resumed, "checkpoints"))
   shutil.copytree(os.path.join(straight, "checkpoints", "2"),
                   os.path.join(resumed, "checkpoints", "2"))
-  again = train.train_and_evaluate(config, resumed)
+  again = loop.train_and_evaluate(config, resumed)
   assert int(again.step) == 4
   a = [r for r in _records(straight) if "train/loss" in r and r["step"] > 2]
   b = [r for r in _records(resumed) if "train/loss" in r]
@@ -306,7 +307,7 @@ def test_nan_steps_are_skipped_counted_and_a_streak_stops_the_run(data_dir, tmp_
                        max_consecutive_nonfinite=2, **{"debug.nan_steps": (1, 3, 4)})
   with pytest.raises(FloatingPointError, match=r"2 consecutive train steps \(3\.\.4\).*stopped at "
                                                r"step 4 without saving it.*latest checkpoint \(step 3 "):
-    train.train_and_evaluate(config, workdir)
+    loop.train_and_evaluate(config, workdir)
 
   recs = {r["step"]: r for r in _records(workdir) if "train/lr" in r}
   assert sorted(recs) == [1, 2, 3, 4] and not [r for r in _records(workdir) if "val/mIoU" in r]
@@ -337,7 +338,7 @@ def test_skipped_step_keeps_warmup_and_momentum_prototype_updates(data_dir, tiny
       "protoseg.assignment": "argmax", "protoseg.warmup_iters": 1,
       "protoseg.pretrain_prototype": True})
   _, batch, state0, run = _one_device_setup(config)
-  bad = jax.device_get(train._nan_images(batch))
+  bad = jax.device_get(faults.nan_images(batch))
   assert np.all(np.isnan(bad["image"])) and np.array_equal(bad["label"], batch["label"])
 
   s1, m1 = run(state0, bad)    # warm-up step: skipped
@@ -355,7 +356,7 @@ def test_skipped_step_keeps_warmup_and_momentum_prototype_updates(data_dir, tiny
 
 
 def test_log_window_means_over_finite_steps_and_streaks_across_windows():
-  log = train._SkippedSteps(limit=3)
+  log = faults.SkippedSteps(limit=3)
   step = lambda loss, lr, bad: {"train/loss": loss, "train/lr": lr, "train/nonfinite": float(bad)}
   s = log.summary([step(1.0, 0.1, 0), step(np.nan, 0.2, 1), step(3.0, 0.3, 0), step(np.inf, 0.4, 1)],
                   last_step=4)
@@ -367,6 +368,6 @@ def test_log_window_means_over_finite_steps_and_streaks_across_windows():
   assert log.tripped == (4, 6) and s["train/loss"] == 5.0
   assert s["train/nonfinite_steps"] == 2 and s["train/nonfinite_steps_total"] == 4
   assert "(4..6)" in log.message(7, "/w/checkpoints", 3)
-  never = train._SkippedSteps(limit=0)
+  never = faults.SkippedSteps(limit=0)
   never.summary([step(np.nan, 0.1, 1)] * 50, last_step=50)
   assert never.tripped is None and never.total == 50

@@ -22,11 +22,13 @@ import jax
 import pytest
 
 from configs import demo
-from protoseg_jax import sharding, train
+from protoseg_jax import sharding
+from protoseg_jax.trainer import datasets, loop
 from protoseg_jax.validate import ConfigError, rescaled_size_bounds, validate_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONE = {"num_devices": 1, "num_processes": 1}
+CATALOG = datasets.catalog()     # what the trainer passes: the checkout's dataset builders
 
 
 def _config(overrides=None):
@@ -44,7 +46,7 @@ def _config(overrides=None):
 
 def _problems(overrides=None, **counts) -> tuple[str, ...]:
   try:
-    validate_config(_config(overrides), **{**ONE, **counts})
+    validate_config(_config(overrides), datasets=CATALOG, **{**ONE, **counts})
   except ConfigError as e:
     return e.problems
   return ()
@@ -226,7 +228,7 @@ def test_the_trainer_validates_before_preparing_data(tmp_path):
   """train_and_evaluate / evaluate_checkpoint (the library entry points) check too."""
   config = _config({"protoseg.num_prototypes": 0, "dataset.data_dir": str(tmp_path / "tfds")})
   with pytest.raises(ConfigError, match=r"config\.protoseg\.num_prototypes=0"):
-    train.evaluate_checkpoint(config, str(tmp_path / "workdir"))
+    loop.evaluate_checkpoint(config, str(tmp_path / "workdir"))
   assert not os.listdir(tmp_path)
 
 
@@ -245,7 +247,7 @@ def _shipped_configs() -> list[tuple[str, str | None]]:
 @pytest.mark.parametrize("name,variant", _shipped_configs())
 def test_every_shipped_config_and_variant_is_valid(name, variant):
   config = importlib.import_module(f"configs.{name}").get_config(variant)
-  validate_config(config, **ONE)
+  validate_config(config, datasets=CATALOG, **ONE)
 
 
 def _literal(path: str, name: str):
@@ -258,11 +260,28 @@ def _literal(path: str, name: str):
   raise AssertionError(f"{path} has no {name}")
 
 
-def test_copied_constants_match_their_modules():
+def test_the_trainers_vocabulary_is_defined_once():
+  """validate.py holds the trainer's config vocabulary; the trainer's modules
+  read it from there (no copies kept in sync by hand)."""
   from protoseg_jax import validate
-  assert validate.AUGMENTATIONS == _literal("augment.py", "AUGMENTATIONS")
-  assert validate.INPUT_ORDERS == _literal("augment.py", "INPUT_ORDERS")
-  assert validate.INIT_FROM_SCOPES == _literal("checkpoints.py", "INIT_FROM_SCOPES")
+  from protoseg_jax.convert import official
+  from protoseg_jax.trainer import augment, checkpoints
+  assert augment.AUGMENTATIONS is validate.AUGMENTATIONS
+  assert augment.INPUT_ORDERS is validate.INPUT_ORDERS is official.INPUT_ORDERS
+  assert checkpoints.INIT_FROM_SCOPES is validate.INIT_FROM_SCOPES
+  for path, name in (("trainer/augment.py", "AUGMENTATIONS"), ("trainer/augment.py", "INPUT_ORDERS"),
+                     ("trainer/checkpoints.py", "INIT_FROM_SCOPES"),
+                     ("convert/official.py", "INPUT_ORDERS")):
+    with pytest.raises(AssertionError, match="has no"):
+      _literal(path, name)                     # not assigned there
+
+
+def test_without_the_dataset_catalog_the_dataset_checks_are_skipped():
+  """The library (no TFDS, no dataset builders) validates everything else."""
+  config = _config({"dataset.name": "pascal_voc", "loss.class_weights": (1.0, 2.0)})
+  validate_config(config, **ONE)             # nothing known of the datasets: not checked
+  with pytest.raises(ConfigError, match="unknown dataset"):
+    validate_config(config, datasets=CATALOG, **ONE)
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""protoseg_jax.visualize (and the model-facing parts of diagnostics) on a fresh tiny model."""
+"""protoseg_jax.visualize, the model-facing parts of prototype_stats and
+`trainer.run.load_run` (converted variables, a checkpoint) on a fresh tiny model."""
 
 import os
 
@@ -8,8 +9,10 @@ import numpy as np
 import pytest
 
 import data
-from protoseg_jax import diagnostics, sharding, train, visualize
+from protoseg_jax import prototype_stats as diagnostics, sharding, train, visualize
+from protoseg_jax.heads import proto_head_output
 from protoseg_jax.models.segmentor import build_model
+from protoseg_jax.trainer import run as runs
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +60,8 @@ def test_pca_2d_matches_svd():
 def test_embed_gives_the_heads_unit_embeddings_and_the_logits(tiny):
   config, meta, model, variables = tiny
   x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
-  logits, emb = diagnostics.embed(model, variables, x)
+  out = proto_head_output(model, variables, x)
+  logits, emb = out.logits, out.embeddings
   np.testing.assert_allclose(logits, model.apply(variables, x, train=False).logits, atol=1e-5)
   assert emb.shape == (2, 16, 16, config.protoseg.embed_dim)
   np.testing.assert_allclose(jnp.linalg.norm(emb, axis=-1), 1.0, atol=1e-4)
@@ -74,29 +78,31 @@ def test_visualize_writes_decodable_pngs(tiny, tmp_path):
   pmap = np.asarray(Image.open(paths["prototypes"]).convert("RGB"))
   x, (h, w) = visualize.preprocess(image, config)
   assert (h, w) == (96, 69)                              # the demo's eval_scale (96, 96)
-  assert x.shape == (1, 96, 96, 3) and pmap.shape == (h, w, 3)
+  assert x.shape == (1, 96, 96, 3) and pmap.shape == image.shape   # at the image's own size
   protos = diagnostics.prototype_array(variables["prototypes"])
   c, m, _ = protos.shape
   colors = visualize.prototype_colors(meta.palette, m)
   cls, proto = visualize.decode_prototype_map(pmap, colors)
   assert np.all((cls >= 0) & (cls < c) & (proto >= 0) & (proto < m))
   # The map is the model's retrieval: predicted class, then its nearest prototype.
-  logits, emb = diagnostics.embed(model, variables, jnp.asarray(x))
-  want_c, want_m = visualize.retrieval(protos, emb[0, :24, :18], logits[0, :24, :18])
-  np.testing.assert_array_equal(cls, visualize._upsample_nearest(want_c, (h, w)))
-  np.testing.assert_array_equal(proto, visualize._upsample_nearest(want_m, (h, w)))
+  out = proto_head_output(model, variables, jnp.asarray(x))
+  want_c, want_m = visualize.retrieval(protos, out.embeddings[0, :24, :18], out.logits[0, :24, :18])
+  rows, cols = (np.arange(70) * 24) // 70, (np.arange(50) * 18) // 50   # PyTorch nearest
+  np.testing.assert_array_equal(cls, want_c[rows][:, cols])
+  np.testing.assert_array_equal(proto, want_m[rows][:, cols])
   assert len(np.unique(cls * m + proto)) > 1
 
 
 def test_usage_over_eval_batches_from_converted_variables(tiny, tmp_path):
-  from protoseg_jax import checkpoints, input_pipeline
+  from protoseg_jax.trainer import checkpoints, input_pipeline
   config, meta, model, variables = tiny
   checkpoints.save_variables(variables, str(tmp_path / "conv"))
-  model2, loaded, meta2 = diagnostics.load_model_variables(config, None, None, str(tmp_path / "conv"))
-  assert meta2.class_names == meta.class_names
-  protos = diagnostics.prototype_array(loaded["prototypes"])
-  batches = input_pipeline.create_eval_iterator(config, sharding.batch_sharding(sharding.create_mesh()))
-  counts, n = diagnostics.eval_usage_counts(model2, loaded, batches, *protos.shape[:2], num_batches=1)
+  run = runs.load_run(config=config, variables_dir=str(tmp_path / "conv"))
+  assert run.classes.output_names == meta.class_names and run.step is None
+  protos = diagnostics.prototype_array(run.variables["prototypes"])
+  batches = input_pipeline.create_eval_iterator(config, sharding.batch_sharding(run.mesh))
+  step = diagnostics.jit_usage_step(run.model, run.classes.label_lut(), run.mesh)
+  counts, n = diagnostics.eval_usage_counts(step, run.variables, batches, num_batches=1)
   assert n == config.eval_batch_size
   assert counts.shape == protos.shape[:2] and counts.sum() > 0
   table = diagnostics.format_table(protos, meta.class_names, counts)
@@ -104,15 +110,16 @@ def test_usage_over_eval_batches_from_converted_variables(tiny, tmp_path):
 
 
 def test_load_model_variables_from_a_checkpoint(tiny_state, tiny, tmp_path):
-  from protoseg_jax import checkpoints
+  from protoseg_jax.trainer import checkpoints
   config, meta, model, variables = tiny
   mngr = checkpoints.checkpoint_manager(str(tmp_path), config)
   checkpoints.save_state(mngr, 3, tiny_state[3])
   mngr.wait_until_finished()
   mngr.close()
-  _, loaded, _ = diagnostics.load_model_variables(config, str(tmp_path), None, None)
-  assert jax.tree.structure(loaded) == jax.tree.structure(variables)
+  run = runs.load_run(str(tmp_path), config)    # no optimizer state is read
+  loaded = jax.device_get(run.variables)
+  assert run.step == 3 and jax.tree.structure(loaded) == jax.tree.structure(variables)
   for a, b in zip(jax.tree.leaves(loaded), jax.tree.leaves(variables)):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(FileNotFoundError, match="available: \\[3\\]"):
-    diagnostics.load_model_variables(config, str(tmp_path), 7, None)
+    runs.load_run(str(tmp_path), config, checkpoint_step=7)

@@ -6,11 +6,7 @@ Labels follow mmsegmentation's ADE20KDataset (reduce_zero_label=True): raw 0
 
 from __future__ import annotations
 
-import functools
 import os
-
-import numpy as np
-import tensorflow_datasets as tfds
 
 from data import common
 
@@ -63,28 +59,20 @@ class Builder(common.SegmentationBuilder, skip_registration=True):
   """ADE20K scene parsing, 150 classes: `data.get_builder('ade20k')`."""
 
   name = "ade20k"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+  SPLITS = SPLITS
+  ARCHIVES = {ARCHIVE: ""}
+  IMAGE_FORMAT = "jpeg"
+  LUT = LUT
+  RAW_IDS = RAW_IDS
   CLASS_NAMES = CLASS_NAMES
   PALETTE = common.generated_palette(150, seed=150)
-  IMAGE_FORMAT = "jpeg"
   DESCRIPTION = __doc__
   HOMEPAGE = "http://sceneparsing.csail.mit.edu/"
 
-  def _split_generators(self, dl_manager):
-    files = common.ManualFiles(dl_manager.manual_dir, {ARCHIVE: ""})
-    return {split: self._generate_examples(files, folder) for split, folder in SPLITS.items()}
-
-  def _generate_examples(self, files: common.ManualFiles, folder: str):
-    images = files.require_files(f"{ROOT}/images/{folder}", ".jpg", "images", INSTRUCTIONS)
-    files.require_files(f"{ROOT}/annotations/{folder}", ".png", "label images", INSTRUCTIONS)
-
-    def load(path, stem):
-      return common.load_example(
-          files, stem, path, f"{ROOT}/annotations/{folder}/{stem}.png", image_format="jpeg",
-          lut=LUT, raw_ids=RAW_IDS, num_classes=len(CLASS_NAMES))
-
-    stems = [(os.path.basename(path)[:-len(".jpg")], path) for path in images]
-    yield from self.checked_examples(
-        folder, ((stem, functools.partial(load, path, stem)) for stem, path in stems))
+  def example_files(self, files: common.ManualFiles, folder: str):
+    images = files.require_files(f"{ROOT}/images/{folder}", ".jpg", "images")
+    files.require_files(f"{ROOT}/annotations/{folder}", ".png", "label images")
+    for path in images:
+      stem = os.path.basename(path)[:-len(".jpg")]
+      yield stem, path, f"{ROOT}/annotations/{folder}/{stem}.png"

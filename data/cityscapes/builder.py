@@ -7,10 +7,6 @@ every other id (unlabeled, ego vehicle, ..., license plate) becomes 255. The
 
 from __future__ import annotations
 
-import functools
-
-import tensorflow_datasets as tfds
-
 from data import common
 
 IMAGES_ZIP = "leftImg8bit_trainvaltest.zip"
@@ -32,6 +28,9 @@ LABEL_ID_TO_TRAIN_ID = {
     7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9,
     23: 10, 24: 11, 25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
 LUT = common.lookup_table(LABEL_ID_TO_TRAIN_ID)
+# The labelId of each trainId 0..18 (the inverse table): what official
+# predictions (<name>_labelIds.png) and the evaluation scripts use.
+RELEASE_IDS = tuple(sorted(LABEL_ID_TO_TRAIN_ID, key=LABEL_ID_TO_TRAIN_ID.__getitem__))
 # The labelIds of cityscapesScripts (0 unlabeled .. 33 bicycle); any other is a bad file.
 RAW_IDS = range(0, 34)
 
@@ -49,35 +48,28 @@ class Builder(common.SegmentationBuilder, skip_registration=True):
   """Cityscapes fine, 19 classes: `data.get_builder('cityscapes')`."""
 
   name = "cityscapes"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
+  SPLITS = SPLITS
+  ARCHIVES = {IMAGES_ZIP: "", LABELS_ZIP: ""}
+  IMAGE_FORMAT = "png"
+  LUT = LUT
+  RAW_IDS = RAW_IDS
   CLASS_NAMES = CLASS_NAMES
   PALETTE = PALETTE
-  IMAGE_FORMAT = "png"
+  RELEASE_IDS = RELEASE_IDS
   DESCRIPTION = __doc__
   HOMEPAGE = "https://www.cityscapes-dataset.com/"
 
-  def _split_generators(self, dl_manager):
-    files = common.ManualFiles(dl_manager.manual_dir, {IMAGES_ZIP: "", LABELS_ZIP: ""})
-    return {split: self._generate_examples(files, folder) for split, folder in SPLITS.items()}
+  def example_files(self, files: common.ManualFiles, folder: str):
+    cities = self._cities(files, f"leftImg8bit/{folder}")
+    self._cities(files, f"gtFine/{folder}")  # the labels' city folders must be there too
+    for city in cities:
+      for path in files.list(f"leftImg8bit/{folder}/{city}", "_leftImg8bit.png"):
+        stem = path.rsplit("/", 1)[1][:-len("_leftImg8bit.png")]
+        yield stem, path, f"gtFine/{folder}/{city}/{stem}_gtFine_labelIds.png"
 
-  def _generate_examples(self, files: common.ManualFiles, folder: str):
-    cities = common.require(
-        files.list_subfolders(f"leftImg8bit/{folder}"), f"leftImg8bit/{folder}/<city>/",
-        files.root, INSTRUCTIONS, files.why_empty(f"leftImg8bit/{folder}", "city folders"))
-    common.require(files.list_subfolders(f"gtFine/{folder}"), f"gtFine/{folder}/<city>/",
-                   files.root, INSTRUCTIONS, files.why_empty(f"gtFine/{folder}", "city folders"))
-
-    def load(city, path, stem):
-      return common.load_example(
-          files, stem, path, f"gtFine/{folder}/{city}/{stem}_gtFine_labelIds.png",
-          image_format="png", lut=LUT, raw_ids=RAW_IDS, num_classes=len(CLASS_NAMES))
-
-    def candidates():
-      for city in cities:
-        for path in files.list(f"leftImg8bit/{folder}/{city}", "_leftImg8bit.png"):
-          stem = path.rsplit("/", 1)[1][:-len("_leftImg8bit.png")]
-          yield stem, functools.partial(load, city, path, stem)
-
-    yield from self.checked_examples(folder, candidates())
+  @staticmethod
+  def _cities(files: common.ManualFiles, folder: str) -> list[str]:
+    """The city folders in `folder`, or FileNotFoundError naming it."""
+    return files.require(files.list_subfolders(folder), f"{folder}/<city>/",
+                         files.why_empty(folder, "city folders"))

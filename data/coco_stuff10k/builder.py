@@ -7,11 +7,9 @@ the .mat files needs scipy.
 
 from __future__ import annotations
 
-import functools
 import io
 
 import numpy as np
-import tensorflow_datasets as tfds
 
 from data import common
 from data import coco_stuff
@@ -43,39 +41,27 @@ def read_mat_labels(data: bytes) -> np.ndarray:
   return s.astype(np.uint8)
 
 
-class Builder(common.SegmentationBuilder, skip_registration=True):
+class Builder(coco_stuff.Builder, skip_registration=True):
   """COCO-Stuff 10k, 171 classes: `data.get_builder('coco_stuff10k')`."""
 
   name = "coco_stuff10k"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = INSTRUCTIONS
-  CLASS_NAMES = coco_stuff.CLASS_NAMES
-  PALETTE = coco_stuff.PALETTE
+  SPLITS = SPLITS  # TFDS split -> its image list, imageLists/<name>.txt
+  ARCHIVES = {ARCHIVE: ""}
   IMAGE_FORMAT = "jpeg"
+  LUT = coco_stuff.LUT_10K
+  RAW_IDS = coco_stuff.RAW_IDS_10K
   DESCRIPTION = __doc__ + "\n" + coco_stuff.__doc__
   HOMEPAGE = "https://github.com/nightrome/cocostuff10k"
 
-  def _split_generators(self, dl_manager):
-    files = common.ManualFiles(dl_manager.manual_dir, {ARCHIVE: ""})
-    return {split: self._generate_examples(files, lst) for split, lst in SPLITS.items()}
+  read_label = staticmethod(read_mat_labels)
 
-  def _generate_examples(self, files: common.ManualFiles, list_name: str):
+  def example_files(self, files: common.ManualFiles, list_name: str):
     list_path = f"imageLists/{list_name}.txt"
     if not files.exists(list_path):
-      common.require([], list_path, files.root, INSTRUCTIONS,
-                     files.why_empty("imageLists", f"{list_name}.txt"))
+      files.require([], list_path, files.why_empty("imageLists", f"{list_name}.txt"))
     names = [n.strip() for n in files.read(list_path).decode().splitlines() if n.strip()]
-    common.require(names, f"image names in {list_path}", files.root, INSTRUCTIONS,
-                   f"{files.describe(list_path)} is empty")
-    files.require_files("images", ".jpg", "images", INSTRUCTIONS)
-    files.require_files("annotations", ".mat", "label files", INSTRUCTIONS)
-
-    def load(stem):
-      return common.load_example(
-          files, stem, f"images/{stem}.jpg", f"annotations/{stem}.mat", image_format="jpeg",
-          lut=coco_stuff.LUT_10K, raw_ids=coco_stuff.RAW_IDS_10K,
-          num_classes=len(coco_stuff.CLASS_NAMES), read_label=read_mat_labels)
-
-    yield from self.checked_examples(
-        list_name, ((stem, functools.partial(load, stem)) for stem in names))
+    files.require(names, f"image names in {list_path}", f"{files.describe(list_path)} is empty")
+    files.require_files("images", ".jpg", "images")
+    files.require_files("annotations", ".mat", "label files")
+    return [(stem, f"images/{stem}.jpg", f"annotations/{stem}.mat") for stem in names]

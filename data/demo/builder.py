@@ -39,7 +39,9 @@ APPEARANCES = {
         ("zebra", (235, 235, 235), (35, 35, 35), "zebra")),
     5: (("yellow", (240, 220, 30), None, "solid"),),
 }
-_SPLIT_IDS = {"train": 0, "validation": 1}
+# TFDS split -> its id in each scene's seed (seed, split id, index); the
+# builder config's num_<split> says how many scenes it has.
+SPLITS = {"train": 0, "validation": 1}
 
 
 @dataclasses.dataclass
@@ -164,29 +166,26 @@ class Builder(common.SegmentationBuilder, skip_registration=True):
   """The demo dataset: `data.get_builder('demo', data_dir=...)`."""
 
   name = "protoseg_demo"
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "Initial release."}
   BUILDER_CONFIGS = [
       DemoConfig(name="default", description="800 train / 100 validation scenes."),
       DemoConfig(name="tiny", description="24 train / 10 validation scenes (tests).",
                  num_train=24, num_validation=10),
   ]
+  SPLITS = SPLITS
+  IMAGE_FORMAT = "png"
   CLASS_NAMES = CLASS_NAMES
   PALETTE = PALETTE
-  IMAGE_FORMAT = "png"
   DESCRIPTION = __doc__
 
   def _split_generators(self, dl_manager):
-    del dl_manager
+    del dl_manager  # procedural: no files
     cfg = self.builder_config
-    return {
-        "train": self._generate_examples("train", cfg.num_train),
-        "validation": self._generate_examples("validation", cfg.num_validation),
-    }
+    return {split: self._generate_examples(split, split_id, getattr(cfg, f"num_{split}"))
+            for split, split_id in self.SPLITS.items()}
 
-  def _generate_examples(self, split: str, count: int):
+  def _generate_examples(self, split: str, split_id: int, count: int):
     seed = self.builder_config.seed
     for i in range(count):
-      image, label = render(seed, _SPLIT_IDS[split], i)
+      image, label = render(seed, split_id, i)
       name = f"{split}_{i:05d}"
       yield name, common.make_example(name, (_png(image), label.shape), label, len(CLASS_NAMES))

@@ -4,8 +4,11 @@
   convert_protoseg_checkpoint(state_dict, arch=...) a whole official ProtoSeg / HRNet segmentor
   protoseg_compat_overrides, checkpoint_num_classes, apply_overrides   ... and its config
   load_torch_file(path)                             a state_dict from .pth/.bin/.safetensors
-  save_variables(variables, dst), load_variables(path)   orbax I/O (protoseg_jax.checkpoints)
-  main(argv)                                        the CLI
+
+The command line (`python -m protoseg_jax.convert`, `cli.py`) writes the
+variables with the trainer's orbax I/O (`protoseg_jax.trainer.checkpoints.
+save_variables` / `load_variables`); the converters themselves need only
+NumPy and the models.
 
 Modules: `state_dict` (reader, layouts, layer readers, the prefix handling, the
 shape check), `layers` (key maps of models.layers), one per model family with
@@ -15,8 +18,6 @@ import the models (to read their configuration and check shapes); the models
 never import the converters.
 """
 
-from protoseg_jax.checkpoints import load_variables, save_variables
-from protoseg_jax.convert.cli import main
 from protoseg_jax.convert.dispatch import convert_state_dict
 from protoseg_jax.convert.official import (FULL_MODEL_PREFIX, INPUT_ORDERS, OFFICIAL_MEAN_BGR_INPUT,
                                            OFFICIAL_STD_BGR_INPUT, apply_overrides,
@@ -27,6 +28,5 @@ from protoseg_jax.convert.state_dict import StateDictReader, load_torch_file
 __all__ = [
     "FULL_MODEL_PREFIX", "INPUT_ORDERS", "OFFICIAL_MEAN_BGR_INPUT", "OFFICIAL_STD_BGR_INPUT",
     "StateDictReader", "apply_overrides", "checkpoint_num_classes", "convert_protoseg_checkpoint",
-    "convert_state_dict", "load_torch_file", "load_variables", "main", "protoseg_compat_overrides",
-    "save_variables",
+    "convert_state_dict", "load_torch_file", "protoseg_compat_overrides",
 ]

@@ -26,7 +26,7 @@ import os
 import jax
 import numpy as np
 
-from protoseg_jax.checkpoints import save_variables
+from protoseg_jax.trainer.checkpoints import save_variables
 from protoseg_jax.convert.dispatch import convert_state_dict
 from protoseg_jax.convert.official import (FULL_MODEL_PREFIX, INPUT_ORDERS, checkpoint_num_classes,
                                            convert_protoseg_checkpoint, protoseg_compat_overrides)

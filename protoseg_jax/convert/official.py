@@ -22,6 +22,7 @@ from protoseg_jax.convert.state_dict import (StateDictReader, check_variables, c
                                              float32_tree, layer_norm, sub_state_dict)
 from protoseg_jax.models import IMAGENET_MEAN, IMAGENET_STD, hrnet
 from protoseg_jax.models.segmentor import Segmentor
+from protoseg_jax.validate import INPUT_ORDERS
 
 # CLI arch prefix for whole official checkpoints: `--arch protoseg_hrnet_w48`.
 FULL_MODEL_PREFIX = "protoseg_"
@@ -36,7 +37,6 @@ _COMPAT_PROJ_NORM_AXIS = "width"
 # B with R's statistics and R with B's. INPUT_ORDERS: "rgb" flips the stem conv's input
 # channels so the model reads RGB images normalised with the reversed statistics below
 # (exactly equivalent); "bgr" keeps the weights as stored (the model wants openseg's input).
-INPUT_ORDERS = ("rgb", "bgr")
 # The statistics openseg applies to its channels B, G, R. Since it applies the RGB-listed
 # ImageNet statistics to BGR channel indices, these ARE models.IMAGENET_MEAN / IMAGENET_STD
 # as tuples (the numbers are written only there).

@@ -35,6 +35,8 @@ DECODERS = {
     "segformer": ("protoseg_jax.models.segformer", "SegFormerHead"),
 }
 HEADS = ("proto", "linear")
+# config.model.dtype -> the compute dtype (parameters stay float32).
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def get_decoder_class(name: str):
@@ -104,9 +106,9 @@ def _items(cd) -> tuple:
 def build_model(config, num_classes: int, ignore_index: int = 255) -> Segmentor:
   """The Segmentor described by config.model / config.protoseg."""
   m, p = config.model, config.protoseg
-  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(m.dtype)
+  dtype = DTYPES.get(m.dtype)
   if dtype is None:
-    raise ValueError(f"config.model.dtype must be 'float32' or 'bfloat16', got {m.dtype!r}")
+    raise ValueError(f"config.model.dtype must be one of {tuple(DTYPES)}, got {m.dtype!r}")
   remat_plan(m.remat)  # a bad config.model.remat fails here, not at the first trace
   head_kwargs = ()
   if m.head == "proto":

@@ -32,8 +32,9 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from protoseg_jax import augment, held_out
-from protoseg_jax.datasets import builder_meta, check_prepared, config_value, split_size
+from protoseg_jax import held_out
+from protoseg_jax.trainer import augment
+from protoseg_jax.trainer.datasets import builder_meta, check_prepared, config_value, split_size
 
 _MAX_EPOCHS = 1 << 40
 
@@ -72,47 +73,38 @@ def _num_parallel(config):
   return tf.data.AUTOTUNE if value in (-1, None) else int(value)
 
 
-def _train_options(config, ignore_index: int) -> augment.TrainOptions:
-  ratio = tuple(float(r) for r in _ds(config, "ratio_range"))
-  if len(ratio) != 2 or not 0 < ratio[0] <= ratio[1]:
-    raise ValueError(f"config.dataset.ratio_range must be (lo, hi) with 0 < lo <= hi, got {ratio}.")
+def eval_options(config) -> augment.EvalOptions:
+  """The eval preprocessing of config.dataset (`augment.eval_transform`)."""
   mean, std = _mean_std(config)
-  augmentation = _ds(config, "augmentation")
-  if augmentation not in augment.AUGMENTATIONS:
-    raise ValueError(f"config.dataset.augmentation must be one of {augment.AUGMENTATIONS}, "
-                     f"got {augmentation!r}.")
-  aspect = tuple(float(a) for a in _ds(config, "aspect_range"))
-  if len(aspect) != 2 or not 0 < aspect[0] <= aspect[1]:
-    raise ValueError(f"config.dataset.aspect_range must be (lo, hi) with 0 < lo <= hi, got {aspect}.")
-  cat_max_ratio = float(_ds(config, "cat_max_ratio"))
-  photometric = bool(_ds(config, "photometric"))
-  if augmentation == "openseg" and (photometric or cat_max_ratio < 1.0):
-    raise ValueError("config.dataset.augmentation='openseg' has no photometric distortion and no "
-                     "crop retries: set config.dataset.photometric=False and cat_max_ratio=1.0 "
-                     f"(got {photometric} and {cat_max_ratio}).")
+  return augment.EvalOptions(scale=_eval_scale(config), mean=mean, std=std,
+                             input_order=_ds(config, "input_order"))
+
+
+def eval_canvases(config) -> tuple[tuple[int, int], tuple[int, int]]:
+  """(config.dataset.eval_canvas, eval_label_canvas): the padded image and label sizes."""
+  return (_pair(_ds(config, "eval_canvas"), "eval_canvas"),
+          _pair(_ds(config, "eval_label_canvas"), "eval_label_canvas"))
+
+
+def _train_options(config, ignore_index: int) -> augment.TrainOptions:
+  """config.dataset's train transform settings (their values are checked by
+  validate.validate_config, which the trainer runs first)."""
+  mean, std = _mean_std(config)
   return augment.TrainOptions(
       crop_size=_pair(_ds(config, "crop_size"), "crop_size"),
       scale=_pair(_ds(config, "scale"), "scale"),
-      ratio_range=ratio,
-      cat_max_ratio=cat_max_ratio,
+      ratio_range=tuple(float(r) for r in _ds(config, "ratio_range")),
+      cat_max_ratio=float(_ds(config, "cat_max_ratio")),
       flip_prob=float(_ds(config, "flip_prob")),
-      photometric=photometric,
+      photometric=bool(_ds(config, "photometric")),
       mean=mean,
       std=std,
       ignore_index=int(ignore_index),
-      input_order=_input_order(config),
-      augmentation=augmentation,
-      aspect_range=aspect,
+      input_order=_ds(config, "input_order"),
+      augmentation=_ds(config, "augmentation"),
+      aspect_range=tuple(float(a) for a in _ds(config, "aspect_range")),
       brightness_shift=int(_ds(config, "brightness_shift")),
   )
-
-
-def _input_order(config) -> str:
-  order = _ds(config, "input_order")
-  if order not in augment.INPUT_ORDERS:
-    raise ValueError(f"config.dataset.input_order must be one of {augment.INPUT_ORDERS}, "
-                     f"got {order!r}.")
-  return order
 
 
 def _held_out_lut(config, builder):
@@ -266,20 +258,21 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
   return ds.prefetch(int(_ds(config, "prefetch")))
 
 
-def make_eval_dataset(config, *, process_index: int, process_count: int) -> tf.data.Dataset:
+def make_eval_dataset(config, *, process_index: int, process_count: int,
+                      run=None) -> tf.data.Dataset:
   """One pass over this process's slice of the eval split, padded and masked.
 
   Every process yields the same number of batches, ceil(ceil(N / P) / b)
   with b = config.eval_batch_size // P; rows past the slice have mask False.
-  Images and labels are padded with 0 and the dataset's ignore index.
+  Images (`augment.eval_transform`, the one eval preprocessing) and labels
+  are padded with 0 and the dataset's ignore index. run: the workdir's
+  RunFacts, where the dataset is found without the builders
+  (`datasets.check_prepared`).
   """
   local_batch = _local_batch(config, "eval_batch_size", process_count)
-  scale = _eval_scale(config)
-  hc, wc = _pair(_ds(config, "eval_canvas"), "eval_canvas")
-  hl, wl = _pair(_ds(config, "eval_label_canvas"), "eval_label_canvas")
-  mean, std = _mean_std(config)
-  input_order = _input_order(config)
-  builder = check_prepared(config)
+  opts = eval_options(config)
+  (hc, wc), (hl, wl) = eval_canvases(config)
+  builder = check_prepared(config, run)
   ignore_index = builder_meta(builder).ignore_index
   split = _ds(config, "eval_split")
   n_total = split_size(builder, split)
@@ -290,12 +283,7 @@ def make_eval_dataset(config, *, process_index: int, process_count: int) -> tf.d
 
   def transform(image, label):
     label_hw = tf.shape(label)
-    if scale is None:
-      new_hw = label_hw
-      image = tf.cast(image, tf.float32)
-    else:
-      new_hw = augment.rescale_size(label_hw, scale)
-      image = tf.image.resize(image, new_hw, method="bilinear", antialias=False)
+    image, new_hw = augment.eval_transform(image, opts)
     checks = [
         tf.debugging.assert_less_equal(
             new_hw, tf.constant([hc, wc]),
@@ -307,7 +295,6 @@ def make_eval_dataset(config, *, process_index: int, process_count: int) -> tf.d
                     "input_pipeline.scan_eval_sizes(config) gives the canvases that fit"),
     ]
     with tf.control_dependencies(checks):
-      image = augment.normalize_input(image, mean, std, input_order)
       image = tf.pad(image, [[0, hc - new_hw[0]], [0, wc - new_hw[1]], [0, 0]])
       label = tf.pad(tf.cast(label, tf.int32), [[0, hl - label_hw[0]], [0, wl - label_hw[1]]],
                      constant_values=ignore_index)
@@ -415,7 +402,7 @@ def create_train_iterator(config, sharding, *, start_step: int = 0
   return _global_batches(ds, sharding)
 
 
-def create_eval_iterator(config, sharding) -> Iterator[dict[str, jax.Array]]:
+def create_eval_iterator(config, sharding, run=None) -> Iterator[dict[str, jax.Array]]:
   """One pass over the eval split in global batches of config.eval_batch_size
   (each process's rows padded with masked rows to a multiple of its devices,
   so the batch size need not divide the device count).
@@ -426,7 +413,7 @@ def create_eval_iterator(config, sharding) -> Iterator[dict[str, jax.Array]]:
     'label_hw': int32 [B, 2], 'mask': bool [B] (False for padding rows)}.
   """
   ds = make_eval_dataset(config, process_index=jax.process_index(),
-                         process_count=jax.process_count())
-  ignore_index = builder_meta(check_prepared(config)).ignore_index
+                         process_count=jax.process_count(), run=run)
+  ignore_index = builder_meta(check_prepared(config, run)).ignore_index
   multiple = _local_shards(sharding)
   return _global_batches(ds, sharding, lambda b: pad_eval_rows(b, multiple, ignore_index))

@@ -20,6 +20,9 @@ import dataclasses
 import numpy as np
 import tensorflow as tf
 
+from protoseg_jax.ops import CUBIC_A  # OpenCV INTER_CUBIC (tf.image.resize 'bicubic' uses -0.5)
+from protoseg_jax.validate import AUGMENTATIONS, INPUT_ORDERS
+
 
 def rescale_size(hw, scale, ratio=1.0):
   """mmcv keep-ratio rescale: size fitting (long, short) = scale * ratio.
@@ -223,10 +226,6 @@ class TrainOptions:
   brightness_shift: int = 10                       # openseg only
 
 
-# Channel orders of the network input; the same vocabulary as
-# protoseg_jax.convert.official.INPUT_ORDERS.
-INPUT_ORDERS = ("rgb", "bgr")
-AUGMENTATIONS = ("mmseg", "openseg")
 
 
 def to_input_order(image, input_order: str):
@@ -245,6 +244,46 @@ def normalize_input(image, mean, std, input_order: str):
   `input_mode: BGR` normalisation (B with R's mean/std and R with B's).
   """
   return normalize(to_input_order(image, input_order), mean, std)
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalOptions:
+  """The eval preprocessing (config.dataset: eval_scale, mean, std, input_order)."""
+  scale: tuple[int, int] | None        # keep-ratio test scale (long, short); None: as is
+  mean: tuple[float, float, float]
+  std: tuple[float, float, float]
+  input_order: str = "rgb"
+
+
+def eval_transform(image, opts: EvalOptions):
+  """What the network sees of an evaluated image: the ONE eval preprocessing
+  (the eval dataset, `protoseg_jax.predict`, visualize and add_class).
+
+  Keep-ratio `rescale_size` to opts.scale with a bilinear resize (no
+  antialiasing, as mmseg's cv2 resize), then channel order and
+  normalisation (`normalize_input`).
+
+  Args:
+    image: uint8 [H, W, 3] RGB (a tf tensor or array).
+  Returns:
+    (float32 [h, w, 3] normalised, int32 [2] (h, w)).
+  """
+  image = tf.convert_to_tensor(image)
+  if opts.scale is None:
+    new_hw = tf.shape(image)[:2]
+    image = tf.cast(image, tf.float32)
+  else:
+    new_hw = rescale_size(tf.shape(image)[:2], opts.scale)
+    image = tf.image.resize(image, new_hw, method="bilinear", antialias=False)
+  return normalize_input(image, opts.mean, opts.std, opts.input_order), new_hw
+
+
+def preprocess_image(image: np.ndarray, opts: EvalOptions) -> np.ndarray:
+  """`eval_transform` of one NumPy image: uint8 [H, W, 3] -> float32 [h, w, 3]."""
+  image = np.asarray(image)
+  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
+    raise ValueError(f"expected a uint8 [H, W, 3] image, got {image.dtype} {image.shape}")
+  return eval_transform(image, opts)[0].numpy().astype(np.float32)
 
 
 def transform(image, label, seed, opts: TrainOptions):
@@ -308,7 +347,6 @@ def train_transform(image, label, seed, opts: TrainOptions):
 # ---------------------------------------------------------------------------
 # openseg.pytorch (the official ProtoSeg recipe).
 
-CUBIC_A = -0.75  # OpenCV INTER_CUBIC / PyTorch bicubic (tf.image.resize "bicubic" uses -0.5)
 
 
 def cubic_weights(t, a: float = CUBIC_A):

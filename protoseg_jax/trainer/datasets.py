@@ -1,0 +1,243 @@
+"""The dataset of a run config: where it is prepared, how to read it, its class facts.
+
+  check_prepared(config, run=None)     the prepared TFDS dataset of config.dataset, read
+                                       from its directory (the demo generates itself)
+  dataset_meta(config, run=None)       its class facts (`classes.DatasetMeta`)
+  catalog(run=None)                    every dataset's splits and class count, for
+                                       `validate.validate_config`
+  split_size(builder, split)           examples of a split (or a sub-split spec)
+  config_value(config, "a.b")          a config key, with no fallback of its own
+
+The TFDS builders live in `data/` beside the package (a checkout): they
+prepare datasets and know where a config's dataset is. Reading always goes
+through the prepared directory (`tfds.builder_from_directory`), so a
+workdir's evaluation also works where only the installed package is: the
+trainer records the dataset's facts and its prepared directory in the
+workdir (run.json, `protoseg_jax.trainer.run`), and `run` passes them here.
+Preparing a dataset, or training on one, needs the checkout.
+
+Importing this module keeps TensorFlow (TFDS, tf.data) off the accelerators.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import os
+from typing import Mapping, Optional
+
+import jax
+import tensorflow as tf
+import tensorflow_datasets as tfds
+
+from protoseg_jax.classes import DatasetMeta
+from protoseg_jax.validate import DatasetFacts
+
+try:  # tf.data must not take accelerator memory.
+  tf.config.set_visible_devices([], "GPU")
+except (RuntimeError, ValueError):  # pragma: no cover - devices already initialised
+  pass
+
+CHECKOUT_NOTE = ("the dataset builders (data/) and the run configs (configs/) come with a "
+                 "checkout of protoseg_jax: run from the checkout's root")
+
+
+class DatasetNotPreparedError(FileNotFoundError):
+  """A dataset has not been prepared in the TFDS data_dir (or cannot be found)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedDataset:
+  """Where a prepared dataset is: data_dir/<tfds name>/<builder config>/<version>.
+
+  What a workdir records (run.json "dataset.prepared") so that a run can be
+  evaluated without the builders' code.
+  """
+  tfds_name: str
+  builder_config: Optional[str]
+  version: str
+
+  def path(self, data_dir: Optional[str]) -> str:
+    root = os.path.expanduser(data_dir) if data_dir else tfds.core.constants.DATA_DIR
+    parts = [root, self.tfds_name] + ([self.builder_config] if self.builder_config else [])
+    return os.path.join(*parts, self.version)
+
+  def to_json(self) -> dict:
+    return dataclasses.asdict(self)
+
+  @classmethod
+  def from_json(cls, d: Mapping) -> PreparedDataset:
+    return cls(tfds_name=str(d["tfds_name"]), builder_config=d.get("builder_config"),
+               version=str(d["version"]))
+
+
+def config_value(config, key: str):
+  """config.<key> for a dotted `key` ('dataset.crop_size'); no default of its own.
+
+  Raises:
+    KeyError: naming the key, when it (or a parent) is absent.
+  """
+  node = config
+  for part in key.split("."):
+    try:
+      node = node[part]
+    except (KeyError, TypeError, AttributeError):
+      raise KeyError(f"config.{key} is missing; it is set in configs/default.py") from None
+  return node
+
+
+def builders():
+  """The `data` package of the checkout (the TFDS builders), or None where it
+  is not importable (an installed package used elsewhere)."""
+  try:
+    module = importlib.import_module("data")
+  except ImportError:
+    return None
+  # Another top-level "data" module on sys.path is not ours.
+  return module if hasattr(module, "DATASETS") and hasattr(module, "get_builder") else None
+
+
+def catalog(run=None) -> Optional[dict[str, DatasetFacts]]:
+  """{dataset name: DatasetFacts} of the checkout's builders; without them, of
+  the workdir's dataset (`run`: a `trainer.run.RunFacts`); None if neither."""
+  data = builders()
+  if data is not None:
+    return {name: DatasetFacts(splits=tuple(data.SPLITS[name]),
+                               num_classes=data.dataset_meta(name).num_classes)
+            for name in data.DATASETS}
+  if run is not None:
+    return {run.dataset: DatasetFacts(splits=run.splits, num_classes=run.meta.num_classes)}
+  return None
+
+
+def dataset_meta(config, run=None) -> DatasetMeta:
+  """The class facts of config.dataset (from its builder; else from the workdir's run.json)."""
+  name = config_value(config, "dataset.name")
+  data = builders()
+  if data is not None:
+    return data.dataset_meta(name)
+  if run is not None and run.dataset == name:
+    return run.meta
+  raise DatasetNotPreparedError(f"dataset {name!r}: its class facts are in neither a workdir's "
+                                f"run.json nor the dataset builders; {CHECKOUT_NOTE}")
+
+
+def _builder(config, name: str):
+  data = builders()
+  return data.get_builder(name, data_dir=config_value(config, "dataset.data_dir"),
+                          config=config_value(config, "dataset.builder_config"))
+
+
+def prepared(config) -> PreparedDataset:
+  """Where config.dataset is (prepared or not), from its builder (needs the checkout)."""
+  name = config_value(config, "dataset.name")
+  if builders() is None:
+    raise DatasetNotPreparedError(f"dataset {name!r}: {CHECKOUT_NOTE}")
+  builder = _builder(config, name)
+  return PreparedDataset(tfds_name=builder.name,
+                         builder_config=builder.builder_config.name if builder.builder_config
+                         else None, version=str(builder.version))
+
+
+def check_prepared(config, run=None):
+  """The prepared TFDS dataset of config.dataset (a read-only builder of its directory).
+
+  With the checkout's builders: the demo is generated where it is missing
+  (one process at a time); a real dataset must be prepared. Without them,
+  the dataset `run` (the workdir's run.json) recorded is read at the
+  config's data_dir.
+
+  Raises:
+    DatasetNotPreparedError: nothing prepared there; the message says which
+      files to download, where to put them and the command that prepares them.
+  """
+  name = config_value(config, "dataset.name")
+  data_dir = config_value(config, "dataset.data_dir")
+  if builders() is None:
+    if run is None or run.prepared is None or run.dataset != name:
+      raise DatasetNotPreparedError(f"dataset {name!r}: {CHECKOUT_NOTE}")
+    path = run.prepared.path(data_dir)
+    if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+      raise DatasetNotPreparedError(
+          f"dataset {name!r} is not prepared: nothing at {path} (config.dataset.data_dir="
+          f"{data_dir!r}); preparing it needs the builders: {CHECKOUT_NOTE}")
+    return tfds.builder_from_directory(path)
+  builder = _builder(config, name)
+  if name == "demo":
+    builder = _prepare_demo(builder, config)
+  elif not builder.is_prepared():
+    raise DatasetNotPreparedError(
+        f"Dataset {name!r} is not prepared: nothing at {builder.data_dir}.\n"
+        f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+        f"(use the same --data_dir as config.dataset.data_dir={data_dir!r}; None means TFDS's "
+        f"default, {builder.data_dir_root}).")
+  return tfds.builder_from_directory(builder.data_dir)
+
+
+def _prepare_demo(builder, config):
+  """Generates the demo dataset where it is missing, one process at a time.
+
+  Process 0 goes first; the others wait for it and then find the data ready
+  on a shared data_dir or generate their own copy on a local disk. Two
+  processes never write the same dataset directory at once.
+  """
+  from jax.experimental import multihost_utils
+  barrier = "protoseg_jax: demo dataset prepared by process 0"
+  first = jax.process_index() == 0
+  if not first:
+    multihost_utils.sync_global_devices(barrier)
+    builder = _builder(config, "demo")
+  if not builder.is_prepared():
+    builder.download_and_prepare()
+  if first and jax.process_count() > 1:
+    multihost_utils.sync_global_devices(barrier)
+  return builder
+
+
+def split_size(builder, split: str) -> int:
+  """Number of examples of `split` (a split name or a sub-split spec)."""
+  try:
+    return int(builder.info.splits[split].num_examples)
+  except KeyError as e:
+    raise ValueError(f"Dataset {builder.name} has no split {split!r}; it has "
+                     f"{sorted(builder.info.splits.keys())}.") from e
+
+
+def builder_meta(builder) -> DatasetMeta:
+  """The class facts a prepared builder stored (its info's metadata)."""
+  return DatasetMeta.from_metadata(builder.info.metadata)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What a run needs to know of its dataset: the class facts and split sizes."""
+  name: str
+  meta: DatasetMeta
+  num_train_examples: int
+  num_eval_examples: int
+
+  @property
+  def num_classes(self) -> int:
+    return self.meta.num_classes
+
+  @property
+  def ignore_index(self) -> int:
+    return self.meta.ignore_index
+
+  @property
+  def class_names(self) -> tuple[str, ...]:
+    return self.meta.class_names
+
+  @property
+  def palette(self) -> tuple[tuple[int, int, int], ...]:
+    return self.meta.palette
+
+
+def get_dataset_info(config, run=None) -> DatasetInfo:
+  """Class facts (`dataset_meta`) and split sizes of config.dataset (prepared, or the demo
+  generated)."""
+  builder = check_prepared(config, run)
+  return DatasetInfo(
+      name=str(config_value(config, "dataset.name")), meta=dataset_meta(config, run),
+      num_train_examples=split_size(builder, config_value(config, "dataset.train_split")),
+      num_eval_examples=split_size(builder, config_value(config, "dataset.eval_split")))

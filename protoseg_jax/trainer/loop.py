@@ -1,0 +1,318 @@
+"""The trainer's loops: train with periodic evaluation, evaluate a checkpoint.
+
+  train_and_evaluate(config, workdir)      train config.num_train_steps steps, resuming
+                                           from DIR's newest intact checkpoint
+  evaluate_checkpoint(config, workdir)     evaluate a run (`run.load_run`), append to
+                                           DIR/metrics.jsonl
+
+Outputs in the workdir: metrics.jsonl (process 0), TensorBoard event files
+(clu metric writers), checkpoints/<step>/ (orbax), config.json and run.json
+(`run.describe`: the workdir describes itself), trainer.lock (one trainer at
+a time, `faults.WorkdirLock`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Optional
+
+from absl import logging
+from clu import metric_writers, periodic_actions
+import jax
+import numpy as np
+
+from protoseg_jax import evaluate as evaluation
+from protoseg_jax import prototype_stats, sharding, train, validate
+from protoseg_jax.classes import ClassMap
+from protoseg_jax.models.segmentor import build_model
+from protoseg_jax.trainer import (checkpoints, compile_cache, datasets, faults, input_pipeline,
+                                  run as runs)
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class MetricsLog:
+  """Appends one JSON object per write to DIR/metrics.jsonl (process 0 only)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, METRICS_FILE)
+    self.enabled = jax.process_index() == 0
+
+  def write(self, step: int, scalars: dict):
+    if not self.enabled:
+      return
+    record = {"step": int(step)}
+    for k, v in scalars.items():
+      record[k] = v if isinstance(v, (dict, list, str)) else float(v)
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record) + "\n")
+      f.flush()
+
+
+def eval_scalars(metrics: dict, class_names) -> tuple[dict, dict]:
+  """(jsonl record, tensorboard scalars) from evaluate.Evaluator metrics."""
+  record = {"val/mIoU": metrics["mIoU"], "val/mAcc": metrics["mAcc"], "val/aAcc": metrics["aAcc"]}
+  per_class = {name: (None if np.isnan(v) else float(v)) for name, v in zip(class_names, metrics["IoU"])}
+  tb = dict(record)
+  tb.update({f"val/IoU/{k}": v for k, v in per_class.items() if v is not None})
+  return {**record, "val/IoU": per_class}, tb
+
+
+def validate_run_config(config, facts: Optional[runs.RunFacts] = None, **counts):
+  """`validate.validate_config` with the datasets the trainer knows of."""
+  validate.validate_config(config, datasets=datasets.catalog(facts), **counts)
+
+
+class Evaluation:
+  """One evaluation of a model over config's eval split: the confusion matrix
+  metrics (`evaluate.Evaluator`) and the val/proto_* usage pass, each step
+  jitted once, for as many evaluations as the run makes."""
+
+  def __init__(self, config, model, classes: ClassMap, mesh, facts=None):
+    self.config, self.model, self.classes, self.facts = config, model, classes, facts
+    self.data_sharding = sharding.batch_sharding(mesh)
+    self.evaluator = evaluation.Evaluator(
+        train.make_eval_step(model, config, mesh, classes.num_ids, classes.ignore_index,
+                             class_ids=classes.class_ids),
+        num_classes=classes.num_ids, class_names=classes.names,
+        log_every=config.eval.log_every_batches)
+    # val/proto_*: jitted once here with the run's label map, not at every evaluation.
+    self.usage_step = (prototype_stats.jit_usage_step(model, classes.label_lut(), mesh)
+                       if config.model.head == "proto" else None)
+
+  def batches(self):
+    return input_pipeline.create_eval_iterator(self.config, self.data_sharding, run=self.facts)
+
+  def evaluate(self, variables) -> dict:
+    n = self.config.max_eval_batches
+    metrics = self.evaluator.evaluate(variables, self.batches(),
+                                      num_batches=None if n is None or n < 0 else int(n))
+    if (self.usage_step is not None and variables.get("prototypes")
+        and self.config.eval.proto_usage_batches != 0):
+      # val/proto_*: which prototypes the eval pixels retrieve (a pass of its own).
+      metrics["proto_logs"] = prototype_stats.eval_summaries(
+          self.config, self.usage_step, variables, self.batches(), self.classes.output_names)
+    return metrics
+
+
+class _Writers:
+  """metrics.jsonl and TensorBoard of a workdir."""
+
+  def __init__(self, workdir: str):
+    if jax.process_index() == 0:
+      os.makedirs(workdir, exist_ok=True)
+    self.writer = metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+    self.log = MetricsLog(workdir)
+
+  def write_train(self, step: int, summary: dict):
+    self.writer.write_scalars(step, summary)
+    self.log.write(step, summary)
+
+  def write_eval(self, step: int, metrics: dict, class_names):
+    record, tb = eval_scalars(metrics, class_names)
+    proto_record, proto_tb = metrics.get("proto_logs", ({}, {}))
+    record, tb = {**record, **proto_record}, {**tb, **proto_tb}
+    self.writer.write_scalars(step, tb)
+    self.log.write(step, record)
+    self.writer.flush()
+
+  def close(self):
+    self.writer.close()
+
+
+def _model_line(config, model, params) -> str:
+  m, p = config.model, config.protoseg
+  n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+  head = (f"ProtoSeg head (M={p.num_prototypes}, D={p.embed_dim or 'decoder'})"
+          if m.head == "proto" else "linear head")
+  return (f"model: {m.backbone} + {m.decoder} decoder + {head}, {model.num_classes} classes, "
+          f"{n / 1e6:.2f} M parameters, {m.dtype}")
+
+
+def start_summary(mode: str, config, workdir: str, info, model=None, params=None) -> str:
+  """The few lines a run starts its console with (the config is in DIR/config.json)."""
+  lines = [f"{mode}: workdir {os.path.abspath(workdir)} (its config: "
+           f"{os.path.join(os.path.abspath(workdir), runs.CONFIG_FILE)})",
+           f"dataset {info.name}: {info.num_classes} classes, {info.num_train_examples} train / "
+           f"{info.num_eval_examples} eval examples ({config.dataset.train_split} / "
+           f"{config.dataset.eval_split})"]
+  if model is not None:
+    lines.append(_model_line(config, model, params))
+  this = f" (this is process {jax.process_index()})" if jax.process_count() > 1 else ""
+  lines.append(f"devices: {jax.device_count()} x {jax.devices()[0].platform} in "
+               f"{jax.process_count()} process(es){this}; batch {config.batch_size}, "
+               f"{config.num_train_steps} steps")
+  return "\n  ".join(lines)
+
+
+class _Run:
+  """What training needs, built once from the config."""
+
+  def __init__(self, config, workdir: str):
+    validate_run_config(config)  # every invalid value at once, before data or compilation
+    compile_cache.enable_compilation_cache(config, workdir)
+    self.config, self.workdir = config, workdir
+    self.mesh = sharding.create_mesh()
+    self.info = datasets.get_dataset_info(config)
+    self.facts = runs.facts_of_config(config)
+    self.classes = self.facts.classes
+    self.model = build_model(config, self.classes.num_outputs, self.classes.ignore_index)
+    self.state, self.tx, self.schedule = train.create_train_state(
+        config, self.model, self.mesh,
+        load_weights=lambda v: checkpoints.init_from(config, v))
+    self.evaluation = Evaluation(config, self.model, self.classes, self.mesh)
+    runs.describe(workdir, config, self.facts)
+    self.writers = _Writers(workdir)
+
+
+def train_and_evaluate(config, workdir: str) -> train.TrainState:
+  """Train config.num_train_steps steps with periodic evaluation; resumes from DIR.
+
+  Faults:
+    A step whose loss or gradient is not finite is skipped inside the jitted
+    step (params, optimizer state, batch_stats, prototypes and the warm-up
+    prototype optimizer keep their values; `state.step` still advances, so
+    data order and per-step rng stay those of a run without the fault; the
+    optimizer's own count, i.e. its schedule and Adam's bias correction,
+    does not) and counted in `train/nonfinite_steps`; log means are over the
+    finite steps. Flags are read at log steps only (no per-step host sync):
+    at the first log step (step % config.log_every_steps == 0, the last
+    step, or a stop step) by which config.max_consecutive_nonfinite
+    consecutive steps were skipped, the run writes that step's metrics,
+    waits for the checkpoints already begun, and raises FloatingPointError
+    without saving or evaluating that step. Every checkpoint holds finite
+    values (a skipped step changes only the step count).
+    SIGTERM / SIGINT (preemption; `faults.StopSignals`), once the train loop
+    has begun: the run stops after the first step it dispatches after the
+    signal (a signal during an evaluation waits for its end; several
+    processes stop at one step, see `StopSignals`), writes that step's
+    metrics (a partial log window), saves its checkpoint (an evaluation due
+    at that step is skipped), waits for the save, closes the writers and
+    returns that state; running again resumes from it exactly. A signal at
+    the last step just lets the run finish. A second signal raises
+    KeyboardInterrupt at once. The previous handlers are back when this
+    returns (or raises).
+    An unreadable latest checkpoint (a truncated or missing file): the run
+    resumes from the newest intact one, with a warning naming the bad step,
+    which is moved to DIR/checkpoints_unreadable/ (kept) so that the run
+    can save that step again; none intact: NoIntactCheckpoint.
+    Another trainer alive on the same workdir: `faults.WorkdirInUse` before
+    anything is built (process 0 holds DIR/trainer.lock while it trains).
+  """
+  lock = faults.WorkdirLock(workdir) if jax.process_index() == 0 else None
+  if lock is not None:
+    lock.acquire()
+  try:
+    with faults.StopSignals() as stop:
+      return _train_and_evaluate(config, workdir, stop)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _resume(config, workdir: str, state):
+  """(state, manager): the newest intact checkpoint of DIR (unreadable newer
+  ones set aside), or `state` when DIR has none."""
+  mngr = checkpoints.checkpoint_manager(workdir, config)
+  if mngr.latest_step() is None:
+    return state, mngr
+  state, step, bad = checkpoints.restore_state_and_step(mngr, state)
+  if bad:
+    mngr.close()
+    if jax.process_index() == 0:
+      checkpoints.set_aside(workdir, bad)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils
+      multihost_utils.sync_global_devices("protoseg_jax: unreadable checkpoints set aside")
+    mngr = checkpoints.checkpoint_manager(workdir, config)
+  logging.info("Resumed from step %d (%s)", step, mngr.directory)
+  return state, mngr
+
+
+def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals) -> train.TrainState:
+  t_start = time.time()
+  run = _Run(config, workdir)
+  logging.info("%s", start_summary("train", config, workdir, run.info, run.model,
+                                   run.state.params))
+  state, mngr = _resume(config, workdir, run.state)
+  start = int(jax.device_get(state.step))
+  total = int(config.num_train_steps)
+  step_fn = train.make_train_step(run.model, run.tx, run.schedule, config, run.mesh,
+                                  run.classes.ignore_index,
+                                  state_shardings=train.state_sharding(state))
+  batches = input_pipeline.create_train_iterator(config, run.evaluation.data_sharding,
+                                                 start_step=start)
+  writers = run.writers
+  hooks = []
+  if jax.process_index() == 0:
+    hooks.append(periodic_actions.ReportProgress(num_train_steps=total, writer=writers.writer,
+                                                 every_steps=config.log_every_steps))
+  pending = []
+  skipped, stopping = faults.SkippedSteps(config.max_consecutive_nonfinite), False
+  nan_steps = frozenset(int(s) for s in config.debug.nan_steps)
+  t0 = time.time()
+  stop.install()
+  for step in range(start + 1, total + 1):
+    with jax.profiler.StepTraceAnnotation("train", step_num=step):
+      batch = next(batches)
+      if step in nan_steps:
+        batch = faults.nan_images(batch)
+      state, metrics = step_fn(state, batch)
+      pending.append(metrics)
+    if step == start + 1:
+      jax.block_until_ready(metrics)
+      logging.info("First step done %.1fs after the start (compilation included)",
+                   time.time() - t_start)
+    for h in hooks:
+      h(step)
+    stopping = step < total and stop.reached(step, step % config.log_every_steps == 0)
+    if step % config.log_every_steps == 0 or step == total or stopping:
+      host = jax.device_get(pending)
+      pending = []
+      summary = skipped.summary(host, step)
+      if state.prototypes:  # did the prototypes collapse? ({} for the linear head)
+        protos = jax.device_get(state.prototypes)
+        summary.update({k: float(v) for k, v in prototype_stats.scalars(protos, "train").items()})
+      writers.write_train(step, summary)
+      if skipped.tripped:
+        mngr.wait_until_finished()   # the checkpoints begun before stay whole
+        mngr.close()
+        writers.close()
+        raise FloatingPointError(skipped.message(step, str(mngr.directory), mngr.latest_step()))
+    if step % config.checkpoint_every_steps == 0 or step == total or stopping:
+      checkpoints.save_state(mngr, step, state)
+    if stopping:
+      break
+    if step % config.eval_every_steps == 0 or step == total:
+      writers.write_eval(step, run.evaluation.evaluate(state.variables()), run.classes.names)
+  mngr.wait_until_finished()
+  mngr.close()
+  if stopping:
+    logging.warning("Stopped at step %d of %d on %s, after %.1fs: checkpoint saved in %s. Run the "
+                    "same command again to resume from step %d.", step, total, stop.reason,
+                    time.time() - t0, mngr.directory, step)
+  else:
+    logging.info("Finished %d steps in %.1fs", total - start, time.time() - t0)
+  writers.close()
+  return state
+
+
+def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None) -> dict:
+  """Evaluate a run (`run.load_run`: the newest intact checkpoint of DIR, or
+  `step`; DIR/variables; or config.init_from) on config's eval split;
+  appends the results to DIR/metrics.jsonl (at the checkpoint's step, 0 for
+  weights without one). config None: the workdir's config.json."""
+  facts = runs.read_facts(workdir)
+  config = runs.load_config(workdir, config)
+  validate_run_config(config, facts)
+  compile_cache.enable_compilation_cache(config, workdir)
+  loaded = runs.load_run(workdir, config, checkpoint_step=step)
+  evaluation_ = Evaluation(config, loaded.model, loaded.classes, loaded.mesh, facts)
+  metrics = evaluation_.evaluate(loaded.variables)
+  writers = _Writers(workdir)
+  writers.write_eval(loaded.step or 0, metrics, loaded.classes.names)
+  writers.close()
+  return metrics

@@ -1,0 +1,323 @@
+"""A run's workdir describes itself, and `load_run` is the one way to load a run.
+
+The trainer writes, at the start of a run (process 0):
+
+  DIR/config.json   the run config (`read_config` gives it back as a ConfigDict)
+  DIR/run.json      the run's facts (`RunFacts`): its classes (`classes.ClassMap`:
+                    the class id, name and colour of each model output, the dataset's
+                    ignore index; held-out and added classes included), the dataset's
+                    splits and where it is prepared, the package version
+
+so that a tool given only `--workdir=DIR` knows the model, its classes and
+its data, without the config file it was trained from (nor the checkout's
+dataset builders). `python -m protoseg_jax.add_class --output=OUT` writes
+the same two files and OUT/variables, so OUT is a workdir too.
+
+`load_run(workdir, config)` gives a run's model, its variables (of the
+latest intact checkpoint, or of `checkpoint_step`; of DIR/variables; of
+converted weights; or of config.init_from), its classes and its config,
+building no optimizer state: what evaluation, `Predictor`, diagnostics,
+visualize, add_class and export all start from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Mapping, Optional, Sequence
+
+from absl import logging
+import jax
+import ml_collections
+import numpy as np
+
+import protoseg_jax
+from protoseg_jax import held_out, sharding, train, trees
+from protoseg_jax.classes import ClassMap, DatasetMeta
+from protoseg_jax.models.segmentor import Segmentor, build_model
+from protoseg_jax.trainer import checkpoints, datasets
+
+CONFIG_FILE = "config.json"
+RUN_FILE = "run.json"
+FORMAT = 1
+
+
+class RunNotFound(FileNotFoundError):
+  """A workdir, its config or its weights cannot be found (a user error: one line)."""
+
+
+# --- config.json ---------------------------------------------------------------
+
+def _tuples(x):
+  """JSON lists back to the tuples the configs use."""
+  if isinstance(x, list):
+    return tuple(_tuples(v) for v in x)
+  if isinstance(x, dict):
+    return {k: _tuples(v) for k, v in x.items()}
+  return x
+
+
+def config_to_json(config) -> str:
+  return config.to_json_best_effort(indent=1, sort_keys=True) + "\n"
+
+
+def config_from_json(text: str) -> ml_collections.ConfigDict:
+  """A config written by `config_to_json`, locked (an override of a missing key fails)."""
+  config = ml_collections.ConfigDict(_tuples(json.loads(text)))
+  config.lock()
+  return config
+
+
+def read_config(workdir: str) -> Optional[ml_collections.ConfigDict]:
+  """DIR/config.json as a ConfigDict, or None when the workdir has none."""
+  path = os.path.join(workdir, CONFIG_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return config_from_json(f.read())
+
+
+# --- run.json ------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class RunFacts:
+  """What DIR/run.json says of a run."""
+  classes: ClassMap
+  splits: tuple[str, ...] = ()
+  prepared: Optional[datasets.PreparedDataset] = None
+  held_out_class: int = held_out.NONE
+  added: tuple[dict, ...] = ()          # {"name", "support_images", "support_pixels"} per class
+
+  @property
+  def dataset(self) -> str:
+    return self.classes.dataset
+
+  @property
+  def meta(self) -> DatasetMeta:
+    """The dataset's class facts (its C classes)."""
+    c = self.classes
+    n = c.num_dataset_classes
+    return DatasetMeta(class_names=c.names[:n], palette=c.palette[:n],
+                       ignore_index=c.ignore_index, release_ids=c.release_ids)
+
+  def to_json(self) -> dict:
+    return {"format": FORMAT, "package_version": protoseg_jax.__version__,
+            "classes": self.classes.to_json(), "splits": list(self.splits),
+            "prepared": None if self.prepared is None else self.prepared.to_json(),
+            "held_out_class": int(self.held_out_class), "added": list(self.added)}
+
+  @classmethod
+  def from_json(cls, d: Mapping) -> RunFacts:
+    prepared = d.get("prepared")
+    return cls(classes=ClassMap.from_json(d["classes"]), splits=tuple(d.get("splits", ())),
+               prepared=None if prepared is None else
+               datasets.PreparedDataset.from_json(prepared),
+               held_out_class=int(d.get("held_out_class", held_out.NONE)),
+               added=tuple(d.get("added", ())))
+
+
+def read_facts(workdir: Optional[str]) -> Optional[RunFacts]:
+  """DIR/run.json, or None (no workdir, or one written before run.json existed)."""
+  if not workdir:
+    return None
+  path = os.path.join(workdir, RUN_FILE)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    try:
+      return RunFacts.from_json(json.load(f))
+    except (ValueError, KeyError, TypeError) as e:
+      raise RunNotFound(f"{path} is not a run description this version reads ({e})") from e
+
+
+def _write(path: str, text: str):
+  tmp = f"{path}.tmp{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def describe(workdir: str, config, facts: RunFacts):
+  """Writes DIR/config.json and DIR/run.json (process 0; atomically)."""
+  if jax.process_index() != 0:
+    return
+  os.makedirs(workdir, exist_ok=True)
+  _write(os.path.join(workdir, CONFIG_FILE), config_to_json(config))
+  _write(os.path.join(workdir, RUN_FILE), json.dumps(facts.to_json(), indent=1) + "\n")
+
+
+def facts_of_config(config, run: Optional[RunFacts] = None) -> RunFacts:
+  """The facts of a new run of `config` (its dataset's classes minus
+  config.dataset.held_out_class; the dataset's splits and prepared place)."""
+  meta = datasets.dataset_meta(config, run)
+  k = held_out.held_out_class(config, meta.num_classes)
+  name = str(config.dataset.name)
+  catalog = datasets.catalog(run) or {}
+  splits = catalog[name].splits if name in catalog else ()
+  prepared = datasets.prepared(config) if datasets.builders() is not None else (
+      run.prepared if run is not None else None)
+  return RunFacts(classes=ClassMap.of_dataset(name, meta, k), splits=splits, prepared=prepared,
+                  held_out_class=k)
+
+
+# --- load_run ------------------------------------------------------------------
+
+@dataclasses.dataclass
+class LoadedRun:
+  """A run's model, ready for inference.
+
+  config: the run config (the one given, else the workdir's config.json).
+  model: the Segmentor with one output per class of `classes`.
+  variables: {"params", "batch_stats"?, "prototypes"?} laid out over `mesh`.
+  classes: `classes.ClassMap` (the class id of each output, names, palette).
+  facts: the workdir's RunFacts (None for converted weights or an old workdir).
+  step: the checkpoint's step (None for converted weights / init_from).
+  source: where the variables came from, for logs and artefacts.
+  """
+  config: Any
+  model: Segmentor
+  variables: dict
+  classes: ClassMap
+  facts: Optional[RunFacts]
+  step: Optional[int]
+  source: str
+  mesh: Any
+
+
+def _num_outputs(variables: Mapping) -> Optional[int]:
+  """The class count of converted / saved variables (prototypes or classifier)."""
+  protos = variables.get("prototypes") or {}
+  leaves = jax.tree.leaves(protos)
+  if leaves:
+    return int(np.shape(leaves[0])[0])
+  head = (variables.get("params") or {}).get("head", {})
+  kernel = (head.get("classifier") or {}).get("kernel")
+  return None if kernel is None else int(np.shape(kernel)[-1])
+
+
+def classes_of_config(config, num_outputs: Optional[int] = None,
+                      run: Optional[RunFacts] = None) -> ClassMap:
+  """The classes of a model of config.dataset with `num_outputs` outputs
+  (default: the config's, its held_out_class left out) when no run.json
+  says (converted weights, an older workdir): C - 1 outputs with a
+  held-out class are the dataset's minus it, C outputs are all of them (the
+  held-out class last when one is set: added back)."""
+  meta = datasets.dataset_meta(config, run)
+  name = str(config.dataset.name)
+  k = held_out.held_out_class(config, meta.num_classes)
+  if num_outputs is None:
+    return ClassMap.of_dataset(name, meta, k)
+  ids = held_out.class_ids_for_model(config, meta.num_classes, num_outputs)
+  return dataclasses.replace(ClassMap.of_dataset(name, meta), class_ids=ids)
+
+
+def _put(tree, shardings):
+  """Host (or device) arrays laid out as `shardings` (multi-host safe)."""
+  def put(x, s):
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
+  return jax.tree.map(put, tree, shardings)
+
+
+def _has_checkpoints(workdir: str) -> bool:
+  d = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
+  return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+
+
+def weights_source(workdir: Optional[str], config, variables_dir: Optional[str] = None) -> str:
+  """Which weights `load_run` would load, checked before any slow work:
+  "variables", "checkpoint", "workdir_variables" or "init_from".
+
+  Raises:
+    RunNotFound: none of them exists (naming what was looked for).
+  """
+  if variables_dir:
+    if not os.path.isdir(os.path.expanduser(variables_dir)):
+      raise RunNotFound(f"--variables {variables_dir}: no such directory (converted weights "
+                        "come from `python -m protoseg_jax.convert ... --dst DIR`)")
+    return "variables"
+  if workdir and _has_checkpoints(workdir):
+    return "checkpoint"
+  if workdir and os.path.isdir(os.path.join(workdir, "variables")):
+    return "workdir_variables"
+  if config is not None and config.init_from:
+    return "init_from"
+  where = (f"no checkpoint in {os.path.join(workdir, checkpoints.CHECKPOINT_DIR)} and no "
+           f"{os.path.join(workdir, 'variables')}" if workdir else "no --workdir")
+  raise RunNotFound(f"{where}, and config.init_from is empty: train first (python main.py "
+                    "--config=... --workdir=DIR), or give converted weights with "
+                    "--config.init_from=DIR (and --config.init_from_scope=all for a whole model)")
+
+
+def load_config(workdir: Optional[str], config=None):
+  """`config`, else the workdir's config.json (RunNotFound when neither)."""
+  if config is not None:
+    return config
+  found = read_config(workdir) if workdir else None
+  if found is None:
+    why = "no --workdir" if not workdir else f"the workdir {workdir} has no {CONFIG_FILE}"
+    raise RunNotFound(f"give --config: {why} (workdirs describe themselves from this "
+                      "version on)")
+  return found
+
+
+def load_run(workdir: Optional[str] = None, config=None, *,
+             checkpoint_step: Optional[int] = None, variables_dir: Optional[str] = None,
+             devices: Optional[Sequence[jax.Device]] = None) -> LoadedRun:
+  """The model of a run, its variables, classes and config.
+
+  Args:
+    workdir: a run's directory (checkpoints, or add_class's variables/, and
+      its run.json / config.json).
+    config: the run config; None: the workdir's config.json. The classes
+      come from the workdir's run.json when it has one (whatever the
+      config's held_out_class says), else from the config.
+    checkpoint_step: that checkpoint instead of the newest intact one.
+    variables_dir: converted weights (`python -m protoseg_jax.convert`)
+      instead of the workdir's.
+    devices: the mesh to lay the variables out over (default: every device;
+      FSDP params as config.sharding says).
+
+  Raises:
+    RunNotFound: no workdir config, no weights (`weights_source`).
+    checkpoints.NoIntactCheckpoint: no checkpoint (or not checkpoint_step)
+      can be restored.
+  """
+  workdir = os.path.expanduser(workdir) if workdir else None
+  config = load_config(workdir, config)
+  source = weights_source(workdir, config, variables_dir)
+  facts = read_facts(workdir)
+  mesh = sharding.create_mesh(devices)
+  loaded, step = None, None
+  if source in ("variables", "workdir_variables"):
+    path = os.path.expanduser(variables_dir) if source == "variables" else workdir
+    loaded = checkpoints.load_variables(path)
+    where = f"variables {os.path.abspath(path)}"
+  classes = facts.classes if facts is not None else classes_of_config(
+      config, None if loaded is None else _num_outputs(loaded))
+  model = build_model(config, classes.num_outputs, classes.ignore_index)
+  abstract = train.abstract_variables(config, model)
+  shardings = train.variable_shardings(config, abstract, mesh)
+  if source == "checkpoint":
+    target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                          abstract, shardings)
+    variables, step = checkpoints.restore_model_variables(workdir, target, checkpoint_step)
+    where = f"checkpoint step {step} of {os.path.join(workdir, checkpoints.CHECKPOINT_DIR)}"
+  elif source == "init_from":
+    initial, _ = train.init_variables(config, model, mesh)
+    variables = _put(checkpoints.init_from(config, jax.device_get(initial)), shardings)
+    where = f"config.init_from={config.init_from}"
+  else:
+    got = _num_outputs(loaded)
+    if got is not None and got != classes.num_outputs:
+      raise RunNotFound(f"{where} has {got} classes, but the run's classes are "
+                        f"{classes.num_outputs} ({', '.join(classes.output_names)})")
+    loaded = {k: v for k, v in loaded.items() if k in abstract}
+    trees.check_tree_shapes(loaded, abstract, f"{where} does not fit the model of the config")
+    variables = _put(jax.tree.map(lambda x, a: np.asarray(x, a.dtype), loaded, abstract),
+                     shardings)
+  logging.info("Loaded %s: %d classes (%s)", where, classes.num_outputs,
+               ", ".join(classes.output_names[:8]) + (", ..." if classes.num_outputs > 8 else ""))
+  return LoadedRun(config=config, model=model, variables=variables, classes=classes, facts=facts,
+                   step=step, source=where, mesh=mesh)
