@@ -6,10 +6,10 @@ train step, compile times, and the median wall time of the forward pass
 loss incl. PPC/PPD and aux head, prototype update in the mutable `prototypes`
 collection, optax update) per image, at the run config's crop size.
 
-  python bench/bench_backbones.py                                  # every model below
-  python bench/bench_backbones.py --backbones=swin_t,mit_b2        # a subset
-  python bench/bench_backbones.py --dtype=bfloat16 --batch=8       # e.g. on a GPU
-  python bench/bench_backbones.py --backbones=hrnet48 --crop=512,512
+  python -m bench.bench_backbones                                  # every model below
+  python -m bench.bench_backbones --backbones=swin_t,mit_b2        # a subset
+  python -m bench.bench_backbones --dtype=bfloat16 --batch=8       # e.g. on a GPU
+  python -m bench.bench_backbones --backbones=hrnet48 --crop=512,512
 
 Models (key: run config, crop):
   r101_fcn    configs/ade20k_r101_fcn_proto.py   ResNet-101-V1c OS8 + FCN (+ aux), 512x512
@@ -23,8 +23,9 @@ Models (key: run config, crop):
 Variables are random (drawn from the init shapes: no compiled initialiser, no
 weights needed); values do not change the work done. FLOPs are what XLA's
 cost analysis reports for the compiled program on this backend (a
-multiply-add counts 2); per image = divided by --batch. Times are medians
-over --repeats runs after one warm-up run, per image.
+multiply-add counts 2; `bench.harness.xla_cost`); per image = divided by
+--batch. Times are medians over --repeats runs after one warm-up run, per
+image (`bench.harness.time_fn`); parameter counts `bench.harness.param_counts`.
 """
 
 from __future__ import annotations
@@ -33,8 +34,9 @@ import argparse
 import functools
 import os
 import platform
-import sys
 import time
+
+from bench import harness
 
 MODELS = {
     "r101_fcn": ("ade20k_r101_fcn_proto", None),
@@ -46,9 +48,7 @@ MODELS = {
     "mit_b5": ("ade20k_mit_b5_proto", None),
 }
 DEFAULT = ("r101_fcn", "hrnet48", "swin_t", "swin_b", "mit_b2", "mit_b5")
-# Class counts of the datasets (data.dataset_meta(name).num_classes, which needs
-# tensorflow_datasets; bench/suite.py must run without it).
-NUM_CLASSES = {"ade20k": 150, "cityscapes": 19, "coco_stuff164k": 171, "demo": 6}
+NUM_CLASSES = harness.NUM_CLASSES   # (kept for callers of the old name)
 
 
 def parse_args(argv=None):
@@ -71,33 +71,12 @@ def _random_like(tree, seed: int):
   return jax.tree.map(lambda s: (0.02 * rng.standard_normal(s.shape)).astype(s.dtype), tree)
 
 
-def _count(tree) -> int:
-  import jax
-  import numpy as np
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
-
-
 def _flops(compiled) -> float:
-  ca = compiled.cost_analysis()
-  if isinstance(ca, (list, tuple)):   # older jax: one dict per computation
-    ca = ca[0] if ca else {}
-  return float((ca or {}).get("flops", float("nan")))
-
-
-def _median_time(fn, repeats: int) -> float:
-  import jax
-  import numpy as np
-  ts = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn())
-    ts.append(time.perf_counter() - t0)
-  return float(np.median(ts))
+  flops = harness.xla_cost(compiled)
+  return float("nan") if flops is None else flops
 
 
 def bench_one(key: str, args) -> dict:
-  import importlib
-
   import jax
   import jax.numpy as jnp
   import numpy as np
@@ -106,10 +85,10 @@ def bench_one(key: str, args) -> dict:
   from protoseg_jax.models.segmentor import build_model
 
   module, variant = MODELS[key]
-  config = importlib.import_module(f"configs.{module}").get_config(variant)
-  config.model.dtype = args.dtype
+  config = harness.load_config(f"{module}:{variant}" if variant else module,
+                               {"model.dtype": args.dtype})
   crop = tuple(int(s) for s in args.crop.split(",")) if args.crop else tuple(config.dataset.crop_size)
-  num_classes = NUM_CLASSES[config.dataset.name]
+  num_classes = harness.num_classes(config)
   model = build_model(config, num_classes)
   b = args.batch
   images = jnp.asarray(np.random.default_rng(0).standard_normal((b, *crop, 3)), jnp.float32)
@@ -130,18 +109,20 @@ def bench_one(key: str, args) -> dict:
     variables["prototypes"]["head"]["prototypes"] = protos / np.linalg.norm(protos, axis=-1, keepdims=True)
   variables = jax.device_put(variables)
   params = variables["params"]
+  counts = harness.param_counts(params, variables.get("prototypes"))
   row = {"model": key, "config": f"{module}{':' + variant if variant else ''}",
          "backbone": config.model.backbone, "decoder": config.model.decoder,
-         "crop": f"{crop[0]}x{crop[1]}", "params_M": _count(params) / 1e6,
-         "backbone_params_M": _count(params["backbone"]) / 1e6}
+         "crop": f"{crop[0]}x{crop[1]}", "params_M": counts["params"] / 1e6,
+         "backbone_params_M": counts["backbone_params"] / 1e6, **counts}
 
   fwd = jax.jit(lambda v, x: model.apply(v, x, train=False).logits)
   t0 = time.perf_counter()
   fwd_c = fwd.lower(variables, images).compile()
   row["fwd_compile_s"] = time.perf_counter() - t0
   row["fwd_GFLOPs"] = _flops(fwd_c) / 1e9 / b
-  jax.block_until_ready(fwd_c(variables, images))  # warm-up
-  row["fwd_ms"] = 1e3 * _median_time(lambda: fwd_c(variables, images), args.repeats) / b
+  t = harness.time_fn(lambda: fwd_c(variables, images), warmup=1, runs=args.repeats)
+  row["fwd_ms"] = 1e3 * t.median_s / b
+  row["fwd_ms_min"] = 1e3 * t.min_s / b
   print(f"  {key} forward: {row}", flush=True)     # kept if the train step is cut off
 
   if not args.no_train:
@@ -168,7 +149,9 @@ def bench_one(key: str, args) -> dict:
     loss = jax.block_until_ready(run())            # warm-up
     if not np.isfinite(float(loss)):
       raise FloatingPointError(f"{key}: train loss {float(loss)}")
-    row["train_ms"] = 1e3 * _median_time(run, args.repeats) / b
+    t = harness.time_fn(run, warmup=0, runs=args.repeats)
+    row["train_ms"] = 1e3 * t.median_s / b
+    row["train_ms_min"] = 1e3 * t.min_s / b
   return row
 
 
@@ -198,7 +181,6 @@ def main(argv=None):
   unknown = [k for k in keys if k not in MODELS]
   if unknown:
     raise SystemExit(f"unknown --backbones {unknown}; known: {list(MODELS)}")
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   print(f"device: {device_line()}")
   print(f"dtype {args.dtype}, batch {args.batch}, median of {args.repeats} runs after 1 warm-up")
   rows = []

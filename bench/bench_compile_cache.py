@@ -1,10 +1,10 @@
 """What the persistent compilation cache saves on a restart (issue 12, item 7).
 
-  python bench/bench_compile_cache.py --config=configs/cityscapes_hrnet48_proto.py \\
+  python -m bench.bench_compile_cache --config=configs/cityscapes_hrnet48_proto.py \\
       --num_classes=19 --batch_size=1 --crop=256,512
-  python bench/bench_compile_cache.py --config=configs/demo.py:runlocal --num_classes=6
+  python -m bench.bench_compile_cache --config=configs/demo.py:runlocal --num_classes=6
 
-Starts `bench/bench_train_step.py` twice as fresh processes on one new, empty
+Starts `python -m bench.bench_train_step` twice as fresh processes on one new, empty
 cache directory (the trainer's `config.compilation_cache_dir`): the first
 start compiles and writes the train step (and the state initialisation) to
 the cache, the second loads them. Prints one JSON line per start (`start`
@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+from bench import harness
 
 
 def _dir_bytes(path: str) -> int:
@@ -38,15 +38,15 @@ def main(argv=None):
                  help="an empty or missing directory to use (default: a new temporary one)")
   p.add_argument("--steps", type=int, default=2, help="timed steps after the first (each start)")
   args, rest = p.parse_known_args(argv)
-  cache = args.cache_dir or tempfile.mkdtemp(prefix="protoseg_compile_cache_")
+  cache = os.path.abspath(args.cache_dir or tempfile.mkdtemp(prefix="protoseg_compile_cache_"))
   if os.path.isdir(cache) and os.listdir(cache):
     p.error(f"--cache_dir={cache!r} is not empty: the first start must compile")
-  cmd = [sys.executable, os.path.join(HERE, "bench_train_step.py"), *rest,
+  cmd = [sys.executable, "-m", "bench.bench_train_step", *rest,
          f"--steps={args.steps}", f"--compilation_cache_dir={cache}"]
   runs = []
   for start in (1, 2):
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=harness.ROOT)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
       sys.stderr.write(proc.stderr[-4000:])

@@ -10,22 +10,29 @@ the other:
   python main.py --config=configs/demo.py --workdir=/tmp/fewshot/full
   python main.py --config=configs/demo.py --workdir=/tmp/fewshot/held3 \
       --config.dataset.held_out_class=3
-  python bench/bench_few_shot.py --full_workdir=/tmp/fewshot/full \
+  python -m bench.bench_few_shot --full_workdir=/tmp/fewshot/full \
       --held_out_workdir=/tmp/fewshot/held3 --held_out_class=3 --shots=5 \
       --output=/tmp/fewshot/add3
 
 (add --data_dir=DIR to all three if the demo is not in TFDS's default
-data_dir). Support images: the first K train examples in stored order with at
+data_dir; --config=configs/<name>.py[:variant] names the run config both
+models were trained with, default configs/demo.py). Support images: the first K train examples in stored order with at
 least --min_pixels pixels of the class, written as <name>.png and
 <name>_mask.png (1 = the class, 255 = the label's ignore band, 0 = rest).
 
-Prints JSON lines: the support set, the add_class run, then for each model
-(full / held_out / added / readded) mIoU, mAcc, aAcc, per-class IoU, the
-held-out class's IoU and the mean IoU of the other classes; all on the
-validation split against the real labels (`held_out.model_class_ids` maps
-each model output to its dataset class). "readded" is a control: the FULL
-model with the class's prototypes (and mask_norm entry) removed, re-added
-by `add_class.add_class_from_support` from the same support images; it
+The full and held-out models, and the added one (add_class's OUT, a workdir
+of its own), are loaded with `protoseg_jax.trainer.run.load_run`: each
+with its classes (`LoadedRun.classes`, from the workdir's run.json: the
+dataset's class id of each model output).
+
+Prints JSON lines: the support set, the add_class run (with the added
+model's classes from OUT/run.json), then for each model (full / held_out /
+added / readded) mIoU, mAcc, aAcc, per-class IoU, the held-out class's IoU
+and the mean IoU of the other classes; all on the validation split against
+the real labels (the run's `classes.class_ids` map each model output to its
+dataset class). "readded" is a control: the FULL model with the class's
+prototypes (and mask_norm entry) removed, re-added by
+`add_class.add_class_from_support` from the same support images; it
 separates what the add-class step can do from what the held-out training's
 embedding allows.
 """
@@ -40,23 +47,22 @@ import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
+from bench import harness
+
+ROOT = harness.ROOT
 
 
-def demo_config(data_dir, held_out_class=-1):
-  from configs import demo
-  config = demo.get_config()
-  config.dataset.data_dir = data_dir
-  config.dataset.held_out_class = held_out_class
-  return config
+def demo_config(data_dir, held_out_class=-1, spec="configs/demo.py"):
+  """The run config of both trainings (`spec`, default the demo's)."""
+  return harness.load_config(spec, {"dataset.data_dir": data_dir,
+                                    "dataset.held_out_class": held_out_class})
 
 
 def write_support(config, class_id: int, shots: int, min_pixels: int, out_dir: str) -> list:
   """The first `shots` train examples (stored order) with >= min_pixels of class_id."""
   import tensorflow_datasets as tfds
   from PIL import Image
-  from protoseg_jax import datasets
+  from protoseg_jax.trainer import datasets
   builder = datasets.check_prepared(config)
   ignore = datasets.builder_meta(builder).ignore_index
   os.makedirs(out_dir, exist_ok=True)
@@ -79,30 +85,32 @@ def write_support(config, class_id: int, shots: int, min_pixels: int, out_dir: s
                    f"{class_id}")
 
 
-def evaluate(config, model, variables, class_ids, info, held: int) -> dict:
-  """Metrics of `variables` on the eval split, each output scored as its dataset class."""
+def evaluate(config, model, variables, classes, mesh, held: int, facts=None) -> dict:
+  """Metrics of `variables` on the eval split, each output scored as its
+  class id (`classes`: a `classes.ClassMap`; the confusion matrix is
+  classes.num_ids square)."""
   import jax
   from protoseg_jax import evaluate as evaluation
-  from protoseg_jax import input_pipeline, sharding, train
-  mesh = sharding.create_mesh(jax.devices()[:1])
-  step = train.make_eval_step(model, config, mesh, info.num_classes, info.ignore_index,
-                              class_ids=class_ids)
-  evaluator = evaluation.Evaluator(step, num_classes=info.num_classes,
-                                   class_names=info.class_names, log_every=0)
-  batches = input_pipeline.create_eval_iterator(config, sharding.batch_sharding(mesh))
+  from protoseg_jax import sharding, train
+  from protoseg_jax.trainer import input_pipeline
+  step = train.make_eval_step(model, config, mesh, classes.num_ids, classes.ignore_index,
+                              class_ids=classes.class_ids)
+  evaluator = evaluation.Evaluator(step, num_classes=classes.num_ids, class_names=classes.names,
+                                   log_every=0)
+  batches = input_pipeline.create_eval_iterator(config, sharding.batch_sharding(mesh), run=facts)
   m = evaluator.evaluate(jax.device_put(variables, sharding.replicated(mesh)), batches)
   iou = np.asarray(m["IoU"], np.float64)
   others = np.delete(iou, held)
+  names = classes.names
   return {"mIoU": round(float(m["mIoU"]), 2), "mAcc": round(float(m["mAcc"]), 2),
           "aAcc": round(float(m["aAcc"]), 2),
-          "IoU": {n: round(float(v), 2) for n, v in zip(info.class_names, iou)},
+          "IoU": {n: round(float(v), 2) for n, v in zip(names, iou)},
           "held_out_IoU": round(float(iou[held]), 2),
           "others_mIoU": round(float(np.nanmean(others)), 2),
           # where the held-out class's pixels go, and what is predicted as it
-          "held_out_pixels_predicted_as": dict(zip(info.class_names,
-                                                   m["confusion"][held].tolist())),
-          "predicted_as_held_out": dict(zip(info.class_names, m["confusion"][:, held].tolist())),
-          "class_ids": list(class_ids)}
+          "held_out_pixels_predicted_as": dict(zip(names, m["confusion"][held].tolist())),
+          "predicted_as_held_out": dict(zip(names, m["confusion"][:, held].tolist())),
+          "class_ids": list(classes.class_ids)}
 
 
 def drop_class(variables: dict, k: int) -> dict:
@@ -138,7 +146,7 @@ def _same_bits_except_new_class(old, new) -> bool:
   return True
 
 
-def main():
+def main(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   p.add_argument("--full_workdir", required=True)
   p.add_argument("--held_out_workdir", required=True)
@@ -147,58 +155,77 @@ def main():
   p.add_argument("--min_pixels", type=int, default=150)
   p.add_argument("--output", required=True)
   p.add_argument("--data_dir", default=None)
-  args = p.parse_args()
+  p.add_argument("--config", default="configs/demo.py",
+                 help="the run config both models were trained with (configs/<name>.py[:variant])")
+  args = p.parse_args(argv)
 
-  from protoseg_jax import add_class, checkpoints, datasets, held_out
+  import jax
+
+  from protoseg_jax import add_class, held_out
+  from protoseg_jax.trainer import run as runs
   k = args.held_out_class
-  full_cfg = demo_config(args.data_dir)
-  held_cfg = demo_config(args.data_dir, k)
-  info = datasets.get_dataset_info(full_cfg)
+  full_cfg = demo_config(args.data_dir, spec=args.config)
+  held_cfg = demo_config(args.data_dir, k, spec=args.config)
   support = os.path.join(args.output, "support")
   chosen = write_support(full_cfg, k, args.shots, args.min_pixels, support)
-  print(json.dumps({"support": chosen, "class": info.class_names[k], "class_id": k}), flush=True)
+
+  results, loaded = {}, {}
+  for name, cfg, workdir in (("full", full_cfg, args.full_workdir),
+                             ("held_out", held_cfg, args.held_out_workdir)):
+    loaded[name] = runs.load_run(workdir, cfg, devices=jax.devices()[:1])
+  classes_full = loaded["full"].classes
+  print(json.dumps({"support": chosen, "class": classes_full.names[k], "class_id": k}),
+        flush=True)
 
   added_dir = os.path.join(args.output, "added")
-  cmd = [sys.executable, "-m", "protoseg_jax.add_class", "--config=configs/demo.py",
+  cmd = [sys.executable, "-m", "protoseg_jax.add_class", f"--config={args.config}",
          f"--config.dataset.held_out_class={k}", f"--workdir={args.held_out_workdir}",
          f"--support={support}", f"--output={added_dir}"]
   if args.data_dir:
     cmd.append(f"--config.dataset.data_dir={args.data_dir}")
-  run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
-  with open(os.path.join(added_dir, "classes.json")) as f:
-    classes = json.load(f)
+  run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+  if run.returncode != 0:
+    sys.stderr.write(run.stdout[-2000:] + run.stderr[-4000:])
+    raise SystemExit(f"add_class failed (exit {run.returncode}): {' '.join(cmd[1:])}")
+  added = loaded["added"] = runs.load_run(added_dir, held_cfg, devices=jax.devices()[:1])
+  if added.facts is None:
+    raise SystemExit(f"{added_dir} has no run.json: add_class wrote no run description")
+  # The added model's classes, from OUT/run.json (the fields classes.json had).
+  classes = {"num_classes": added.classes.num_outputs,
+             "class_names": list(added.classes.output_names),
+             "added": dict(added.facts.added[-1]) if added.facts.added else None,
+             "dataset_class_ids": list(added.classes.class_ids),
+             "num_ids": added.classes.num_ids}
   print(json.dumps({"add_class": " ".join(cmd[1:]), "stdout": run.stdout.strip(),
                     "classes": classes}), flush=True)
 
-  from protoseg_jax.models.segmentor import build_model
-  results, restored = {}, {}
-  for name, cfg, workdir in (("full", full_cfg, args.full_workdir),
-                             ("held_out", held_cfg, args.held_out_workdir)):
-    model, variables, _ = add_class.restore_variables(cfg, workdir)
-    restored[name] = (model, variables)
-    ids = held_out.model_class_ids(info.num_classes, held_out.held_out_class(cfg, info.num_classes))
-    results[name] = evaluate(cfg, model, variables, ids, info, k)
-    results[name]["logged_mIoU"] = round(float(_last_val(workdir)["val/mIoU"]), 2)
+  for name in ("full", "held_out"):
+    r = loaded[name]
+    results[name] = evaluate(r.config, r.model, r.variables, r.classes, r.mesh, k, r.facts)
+    results[name]["logged_mIoU"] = round(float(_last_val(
+        args.full_workdir if name == "full" else args.held_out_workdir)["val/mIoU"]), 2)
     print(json.dumps({"model": name, **results[name]}), flush=True)
-  ids = tuple(classes["dataset_class_ids"])
-  assert ids == held_out.model_class_ids(info.num_classes, k, added=True)
-  model_added = build_model(held_cfg, len(ids), info.ignore_index)
-  new = checkpoints.load_variables(added_dir)
-  results["added"] = evaluate(held_cfg, model_added, new, ids, info, k)
+  ids = tuple(added.classes.class_ids)
+  assert ids == held_out.model_class_ids(classes_full.num_dataset_classes, k, added=True), ids
+  results["added"] = evaluate(added.config, added.model, added.variables, added.classes,
+                              added.mesh, k, added.facts)
   results["added"]["held_out_model_unchanged"] = _same_bits_except_new_class(
-      restored["held_out"][1], new)
+      jax.device_get(loaded["held_out"].variables), jax.device_get(added.variables))
   print(json.dumps({"model": "added", **results["added"]}), flush=True)
 
   # Control: the full model's embedding, the class's prototypes removed and re-added.
-  dropped = drop_class(restored["full"][1], k)
+  from protoseg_jax.models.segmentor import build_model
+  full = loaded["full"]
+  dropped = drop_class(jax.device_get(full.variables), k)
   readded, n = add_class.add_class_from_support(
-      held_cfg, build_model(held_cfg, info.num_classes - 1, info.ignore_index), dropped,
-      add_class.list_support(support))
-  results["readded"] = evaluate(held_cfg, model_added, readded, ids, info, k)
+      held_cfg, build_model(held_cfg, classes_full.num_outputs - 1, classes_full.ignore_index),
+      dropped, add_class.list_support(support))
+  results["readded"] = evaluate(held_cfg, added.model, readded, added.classes, added.mesh, k,
+                                added.facts)
   results["readded"]["support_pixels"] = int(n)
   print(json.dumps({"model": "readded", **results["readded"]}), flush=True)
   print(json.dumps({
-      "summary": f"{info.class_names[k]} ({k}) from {args.shots} train images",
+      "summary": f"{classes_full.names[k]} ({k}) from {args.shots} train images",
       "held_out_IoU_after_adding": results["added"]["held_out_IoU"],
       "others_mIoU_before": results["held_out"]["others_mIoU"],
       "others_mIoU_after": results["added"]["others_mIoU"],

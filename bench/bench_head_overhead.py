@@ -1,8 +1,8 @@
 """Where the ProtoSeg head's extra time goes (issue 12, item 4): the head alone.
 
-  python bench/bench_head_overhead.py                        # Cityscapes HRNet-W48 scale
-  python bench/bench_head_overhead.py --batch=1 --hw=64,128   # CPU-sized
-  python bench/bench_head_overhead.py --profile_dir=/tmp/prof  # + a jax.profiler trace
+  python -m bench.bench_head_overhead                         # Cityscapes HRNet-W48 scale
+  python -m bench.bench_head_overhead --batch=1 --hw=64,128   # CPU-sized
+  python -m bench.bench_head_overhead --profile_dir=/tmp/prof  # + a jax.profiler trace
 
 A train step differs between a ProtoSeg model and its linear twin only after
 the decoder: the same backbone and decoder produce features [B, h, w, D_in]
@@ -26,8 +26,11 @@ and the inference forward pass (`train=False`) of the linear and ProtoSeg
 heads. retrieval - linear is the cost of the projection head and the
 nearest-prototype classifier; protoseg - retrieval is prototype learning.
 Prints one JSON line per variant (matmul + conv FLOPs counted from its
-jaxpr by `bench/flops.py`, median ms over --steps, the compiled program's
-FLOPs and bytes accessed from XLA's cost analysis, its temp memory) and a
+jaxpr by `bench.harness.matmul_conv_flops`, median and min ms over --steps
+after one warm-up (`bench.harness.time_fn`), the compiled program's FLOPs
+and bytes accessed from XLA's cost analysis, its compiled memory
+(`bench.harness.compiled_memory`: temp_gib, memory_total_bytes = argument +
+output + temp - alias, and the parts)) and a
 summary line with those differences; `--flops_only` traces the variants for
 their jaxpr FLOPs alone (seconds at any size; no compile, no run). With --profile_dir the
 timed steps of each variant run under `jax.profiler.trace` (open with
@@ -42,17 +45,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import jax
+import jax.numpy as jnp
+import numpy as np
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
-
-from bench.flops import matmul_conv_flops  # noqa: E402
-from protoseg_jax import heads, losses  # noqa: E402
+from bench import harness
+from protoseg_jax import heads, losses
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
@@ -130,16 +130,13 @@ def top_ops(trace_dir: str, hlo_text: str, steps: int, k: int = 12) -> list[dict
 
 
 def _cost(compiled) -> dict:
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else (cost or {})
-  flops, nbytes = (float(cost.get(k, float("nan"))) for k in ("flops", "bytes accessed"))
-  out = {"flops_xla": flops, "bytes_accessed_xla": nbytes,
-         "gflops_xla": round(flops / 1e9, 2), "gbytes_accessed_xla": round(nbytes / 1e9, 3)}
-  try:
-    out["temp_gib"] = round(compiled.memory_analysis().temp_size_in_bytes / 2**30, 3)
-  except Exception:  # some backends have no memory analysis
-    pass
-  return out
+  """XLA's cost analysis (FLOPs, bytes accessed) and compiled memory of a variant."""
+  flops, nbytes = (harness.xla_cost(compiled, k) for k in ("flops", "bytes accessed"))
+  flops = float("nan") if flops is None else flops
+  nbytes = float("nan") if nbytes is None else nbytes
+  return {"flops_xla": flops, "bytes_accessed_xla": nbytes,
+          "gflops_xla": round(flops / 1e9, 2), "gbytes_accessed_xla": round(nbytes / 1e9, 3),
+          **harness.compiled_memory(compiled)}
 
 
 def measure(*, batch=8, hw=(128, 256), d_in=720, num_classes=19, num_prototypes=10,
@@ -147,7 +144,7 @@ def measure(*, batch=8, hw=(128, 256), d_in=720, num_classes=19, num_prototypes=
             variants=None, flops_only=False) -> list[dict]:
   """One record per variant (see the module docstring), then the summary.
   flops_only: only the matmul + conv FLOPs counted from each variant's jaxpr
-  (`bench/flops.py`; traced, not compiled or run)."""
+  (`bench.harness.matmul_conv_flops`; traced, not compiled or run)."""
   h, w = hw
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(batch, h, w, d_in)), DTYPES[dtype])
@@ -163,7 +160,7 @@ def measure(*, batch=8, hw=(128, 256), d_in=720, num_classes=19, num_prototypes=
   for name in variants or table:
     module, fn = table[name]
     v = module.init({"params": jax.random.key(0)}, x[:1])
-    flops = matmul_conv_flops(jax.make_jaxpr(fn)(v, x, y, key))["flops"]
+    flops = harness.matmul_conv_flops(jax.make_jaxpr(fn)(v, x, y, key))["flops"]
     rec = {"bench": "head_overhead", "variant": name, **shape, "flops_jaxpr": flops,
            "gflops_jaxpr": round(flops / 1e9, 3)}
     if flops_only:
@@ -172,20 +169,12 @@ def measure(*, batch=8, hw=(128, 256), d_in=720, num_classes=19, num_prototypes=
     t0 = time.perf_counter()
     compiled = jax.jit(fn).lower(v, x, y, key).compile()
     compile_s = time.perf_counter() - t0
-    jax.block_until_ready(compiled(v, x, y, key))   # warm-up
     trace_dir = os.path.join(profile_dir, name.replace("/", "_")) if profile_dir else None
+    t = harness.time_fn(lambda: compiled(v, x, y, key), warmup=1, runs=steps,
+                        around=jax.profiler.trace(trace_dir) if trace_dir else None)
+    rec.update({"ms": round(1e3 * t.median_s, 3), "ms_min": round(1e3 * t.min_s, 3),
+                "compile_s": round(compile_s, 2), **_cost(compiled)})
     if trace_dir:
-      jax.profiler.start_trace(trace_dir)
-    times = []
-    for _ in range(steps):
-      t0 = time.perf_counter()
-      jax.block_until_ready(compiled(v, x, y, key))
-      times.append(time.perf_counter() - t0)
-    rec.update({"ms": round(1e3 * float(np.median(times)), 3),
-                "ms_min": round(1e3 * min(times), 3), "compile_s": round(compile_s, 2),
-                **_cost(compiled)})
-    if trace_dir:
-      jax.profiler.stop_trace()
       rec["top_ops"] = top_ops(trace_dir, compiled.as_text(), steps)
     out.append(rec)
   by = {r["variant"]: r for r in out}

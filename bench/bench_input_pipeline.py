@@ -13,13 +13,15 @@ official folder layout, and the pipeline of configs/cityscapes_hrnet48_proto.py
 1024x512 crop, flip, brightness, normalise, pad; BGR).
 
 The files go to a tmp dir, are prepared with the dataset's builder, then
-`input_pipeline.make_train_dataset` runs with `--threads` CPU threads for
+`protoseg_jax.trainer.input_pipeline.make_train_dataset` runs with `--threads` CPU threads for
 tf.data and TF ops. Prints images/s and images/s per thread (= per core when
 the cores are otherwise idle), and images per CPU-second of the process (the
-per-core figure on a shared machine).
+per-core figure on a shared machine). Each batch is timed by
+`bench.harness.time_fn` (3 warm-up batches: tracing, file open, the first
+shuffle buffer fill; then --batches timed ones).
 
-  python bench/bench_input_pipeline.py --threads=1
-  python bench/bench_input_pipeline.py --recipe=cityscapes --threads=1
+  python -m bench.bench_input_pipeline --threads=1
+  python -m bench.bench_input_pipeline --recipe=cityscapes --threads=1
 """
 
 from __future__ import annotations
@@ -28,17 +30,17 @@ import argparse
 import io
 import os
 import platform
-import sys
 import tempfile
 import time
 import zipfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 from PIL import Image  # noqa: E402
+
+from bench import harness  # noqa: E402
 
 
 def _scene(rng, h, w, label_ids=np.arange(151), noise=12.0):
@@ -115,12 +117,11 @@ def main(argv=None):
 
   tf.config.threading.set_intra_op_parallelism_threads(args.threads)
   tf.config.threading.set_inter_op_parallelism_threads(args.threads)
-  import importlib  # pylint: disable=g-import-not-at-top
   from data import prepare as prepare_lib  # pylint: disable=g-import-not-at-top
-  from protoseg_jax import input_pipeline as ip  # pylint: disable=g-import-not-at-top
+  from protoseg_jax.trainer import input_pipeline as ip  # pylint: disable=g-import-not-at-top
 
   run_config, writer, written = RECIPES[args.recipe]
-  config = importlib.import_module(f"configs.{run_config}").get_config()
+  config = harness.load_config(run_config)
   name = config.dataset.name
   with tempfile.TemporaryDirectory() as tmp:
     manual = os.path.join(tmp, "manual")
@@ -142,12 +143,14 @@ def main(argv=None):
     options.threading.private_threadpool_size = args.threads
     options.autotune.cpu_budget = args.threads
     it = ds.with_options(options).as_numpy_iterator()
-    for _ in range(3):  # warm-up: tracing, file open, first shuffle buffer fill
-      batch = next(it)
-    t0, c0 = time.time(), time.process_time()
-    for _ in range(args.batches):
-      batch = next(it)
-    dt, cpu = time.time() - t0, time.process_time() - c0
+    last = {}
+
+    def next_batch():
+      last["batch"] = next(it)
+      return last["batch"]
+
+    t = harness.time_fn(next_batch, warmup=3, runs=args.batches)
+    dt, cpu, batch = t.total_s, t.cpu_total_s, last["batch"]
   images = args.batches * args.batch_size
   assert batch["image"].shape == (args.batch_size, *config.dataset.crop_size, 3), batch["image"].shape
   print(f"host: {platform.node()} {platform.machine()} {platform.processor() or ''}".rstrip()
@@ -159,6 +162,7 @@ def main(argv=None):
   print(f"{images} images in {dt:.2f} s wall, {cpu:.2f} s CPU (all threads of this process)")
   print(f"wall: {images / dt:.1f} images/s = {images / dt / args.threads:.1f} images/s per thread")
   print(f"CPU:  {images / cpu:.1f} images per CPU-second (= images/s per fully used core)")
+  print(f"per batch: median {1e3 * t.median_s:.1f} ms, min {1e3 * t.min_s:.1f} ms wall")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Benchmark: learn_prototypes vs a per-class loop written like the official code.
 
-ADE20K scale by default: N = 65536 pixels, C = ADE20K's class count (150, read
-from data.dataset_meta), M = 10, D = 720, with the [N, C*M] similarity given
+ADE20K scale by default: N = 65536 pixels, C = ADE20K's class count (150,
+bench.harness.NUM_CLASSES), M = 10, D = 720, with the [N, C*M] similarity given
 (the head computes it for the logits anyway).
 
 Prints one table: the vectorised jitted learn_prototypes (argmax and gumbel),
@@ -11,10 +11,12 @@ given to it too instead of being recomputed with torch.mm), the same loop
 in JAX eager mode, and a floor: one jitted pass that reads the embeddings and
 the logits once.
 
-  python bench/bench_prototypes.py [--n 65536 --c C --m 10 --d 720 --repeats 5] [--pieces]
+  python -m bench.bench_prototypes [--n 65536 --c C --m 10 --d 720 --repeats 5] [--pieces]
                                    [--torch-device cuda]
 
-`measure(...)` returns the same figures as a dict (bench/suite.py uses it).
+Times are medians of `bench.harness.time_fn` (one warm-up, then --repeats
+runs, blocking on the outputs). `measure(...)` returns the same figures as a
+dict (`python -m bench.suite` uses it).
 """
 
 from __future__ import annotations
@@ -22,20 +24,15 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
-import time
 
 import numpy as np
 
+from bench import harness
 
-def _timeit(fn, repeats):
-  fn()  # warm-up / compile
-  ts = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    ts.append(time.perf_counter() - t0)
-  return float(np.median(ts))
+
+def _timeit(fn, repeats, sync=None):
+  """Median seconds of `repeats` calls of fn() after one warm-up (compile)."""
+  return harness.time_fn(fn, warmup=1, runs=repeats, sync=sync).median_s
 
 
 def torch_official_loop(torch, F, protos, _c, masks, out_seg, gt_seg, gamma=0.999):
@@ -74,13 +71,6 @@ def torch_official_loop(torch, F, protos, _c, masks, out_seg, gt_seg, gamma=0.99
       protos[k, n != 0, :] = gamma * protos[k, n != 0, :] + (1 - gamma) * f[n != 0, :]
     proto_target[gt_seg == k] = indexs.float() + (m * k)
   return F.normalize(protos, p=2, dim=-1), proto_target
-
-
-def _sync_timeit(fn, repeats, sync=lambda: None):
-  def run():
-    fn()
-    sync()
-  return _timeit(run, repeats)
 
 
 def measure(n: int, c: int, m: int = 10, d: int = 720, repeats: int = 5, *,
@@ -125,11 +115,11 @@ def measure(n: int, c: int, m: int = 10, d: int = 720, repeats: int = 5, *,
       return r.prototypes, r.proto_targets, r.assignments, r.counts
     f = jax.jit(run)
     key = jax.random.key(0)
-    t = _timeit(lambda: jax.block_until_ready(f(p_j, e_j, l_j, y_j, sim_j, key)), repeats)
+    t = _timeit(lambda: f(p_j, e_j, l_j, y_j, sim_j, key), repeats)
     rows.append((f"protoseg_jax learn_prototypes (jit, {mode})", t))
 
   read_once = jax.jit(lambda e, lg: jnp.sum(e, axis=0).sum() + jnp.sum(lg, axis=0).sum())
-  t_read = _timeit(lambda: jax.block_until_ready(read_once(e_j, l_j)), repeats)
+  t_read = _timeit(lambda: read_once(e_j, l_j), repeats)
   rows.append(("floor: read embeddings + logits once (jit)", t_read))
 
   piece_rows = []
@@ -147,8 +137,7 @@ def measure(n: int, c: int, m: int = 10, d: int = 720, repeats: int = 5, *,
         ("sinkhorn_knopp on [N, M] (3 iterations)",
          lambda q, y: sinkhorn_knopp(q, jnp.where(valid, y, -1), c), (own, y_j))]:
       f = jax.jit(fn)
-      piece_rows.append((name, _timeit(lambda f=f, fargs=fargs: jax.block_until_ready(f(*fargs)),
-                                       repeats)))
+      piece_rows.append((name, _timeit(lambda f=f, fargs=fargs: f(*fargs), repeats)))
 
   import torch
   import torch.nn.functional as F
@@ -158,9 +147,9 @@ def measure(n: int, c: int, m: int = 10, d: int = 720, repeats: int = 5, *,
                     for a in (protos, emb, logits, labels.astype(np.int64)))
   ty = torch.where(ty == 255, torch.full_like(ty, -1), ty)
   ts = torch.from_numpy(np.array(sim_j)).to(dev)
-  sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-  t_torch = _sync_timeit(lambda: torch_official_loop(torch, F, tp, te, ts, tl, ty),
-                         max(1, repeats // 2), sync)
+  sync = torch.cuda.synchronize if dev.type == "cuda" else None
+  t_torch = _timeit(lambda: torch_official_loop(torch, F, tp, te, ts, tl, ty),
+                    max(1, repeats // 2), sync)
   rows.append((f"official-style per-class loop (PyTorch eager, {dev.type})", t_torch))
 
   if jax_loop:
@@ -205,8 +194,7 @@ def main():
   import jax
 
   if args.c is None:
-    import data  # pylint: disable=g-import-not-at-top
-    args.c = data.dataset_meta("ade20k").num_classes
+    args.c = harness.dataset_num_classes("ade20k")
   res = measure(args.n, args.c, args.m, args.d, args.repeats, pieces=args.pieces,
                 jax_loop=not args.skip_jax_loop, torch_device=args.torch_device)
   dev = jax.devices()[0]
@@ -230,5 +218,4 @@ def main():
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   main()

@@ -16,18 +16,21 @@ The projection head / feat_norm of ProtoSeg (2 1x1 convs D -> D) does not
 depend on C and is left out of the timing; its parameters are counted.
 
 Reported per size (one JSON line each): learnable parameters of the head
-(`params_head`: protoseg = projection + feat_norm + mask_norm (2C); linear =
-D*C + C), the non-learnable prototype count (C*M*D), XLA's compiled memory
-analysis (`.compile().memory_analysis()`: argument, output and temp bytes;
-`peak_bytes_est` = their sum, an estimate, not a measured RSS), and the
-median time of `--repeats` runs after one warm-up. A size whose estimate is
-over `--max-gb` is compiled (for the memory figures) but not run; its line
-says `"skipped"` and why.
+(`params_head`, `bench.harness.count_params` of the library's
+`heads.ProtoSegHead` / `heads.LinearHead` on D-dim features: protoseg =
+projection + feat_norm + mask_norm (2C); linear = D*C + C), the
+non-learnable prototype count (C*M*D), XLA's compiled memory analysis
+(`bench.harness.compiled_memory`: argument, output, temp and alias bytes;
+`memory_total_bytes` = argument + output + temp - alias, an estimate, not a
+measured RSS), and the median (`step_ms`) and min (`step_ms_min`) time of
+`--repeats` runs after one warm-up (`bench.harness.time_fn`). A size whose
+estimate is over `--max-gb` is compiled (for the memory figures) but not
+run; its line says `"skipped"` and why.
 
-  python bench/bench_vocab.py [--pixels 65536] [--classes 150,847,3000,10000]
+  python -m bench.bench_vocab [--pixels 65536] [--classes 150,847,3000,10000]
                               [--m 10] [--d 720] [--repeats 3] [--max-gb 12]
                               [--losses library|gather]
-  python bench/bench_vocab.py --check   # the --losses variants agree (max |diff| per output)
+  python -m bench.bench_vocab --check   # the --losses variants agree (max |diff| per output)
 
 --losses=gather measures the loss and max-over-M forms the library used
 before 2026-11-28 (log_softmax + take_along_axis, jnp.max), for comparison.
@@ -41,20 +44,15 @@ import functools
 import json
 import os
 import platform
-import sys
 import time
 
-import numpy as np
+import jax
+import jax.numpy as jnp
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-from protoseg_jax import losses  # noqa: E402
-from protoseg_jax.ops import l2_normalize  # noqa: E402
-from protoseg_jax.prototypes import (learn_prototypes, max_over_prototypes,  # noqa: E402
-                                     prototype_similarity)
+from bench import harness
+from protoseg_jax import heads, losses
+from protoseg_jax.ops import l2_normalize
+from protoseg_jax.prototypes import learn_prototypes, max_over_prototypes, prototype_similarity
 
 
 def layer_norm(x, scale, bias, eps=1e-5):
@@ -123,47 +121,33 @@ def linear_step(emb, kernel, bias, labels, loss_impl="library"):
   return jax.value_and_grad(loss_fn, argnums=(0, 1, 2))(emb, kernel, bias)
 
 
-def memory(compiled) -> dict:
-  try:
-    ma = compiled.memory_analysis()
-  except Exception as e:  # some backends do not implement it
-    return {"memory_analysis": f"unavailable: {type(e).__name__}"}
-  if ma is None:
-    return {"memory_analysis": "unavailable"}
-  arg, out, tmp = (int(ma.argument_size_in_bytes), int(ma.output_size_in_bytes),
-                   int(ma.temp_size_in_bytes))
-  return {"arg_bytes": arg, "out_bytes": out, "temp_bytes": tmp, "peak_bytes_est": arg + out + tmp}
-
-
-def timeit(fn, args, repeats) -> float:
-  jax.block_until_ready(fn(*args))
-  ts = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    ts.append(time.perf_counter() - t0)
-  return float(np.median(ts))
+def head_params(head: str, c: int, m: int, d: int) -> int:
+  """Learnable parameters of the library's head on D-dim features (shapes only)."""
+  module = (heads.ProtoSegHead(c, num_prototypes=m, embed_dim=d) if head == "protoseg"
+            else heads.LinearHead(c))
+  shapes = jax.eval_shape(module.init, jax.random.key(0),
+                          jax.ShapeDtypeStruct((1, 1, 1, d), jnp.float32))
+  return harness.count_params(shapes["params"])
 
 
 def run_size(head, c, n, m, d, repeats, max_bytes, loss_impl="library") -> dict:
   sds = jax.ShapeDtypeStruct
   f32, i32 = jnp.float32, jnp.int32
-  proj = (d * d + d) * 2 + 2 * d    # proj_conv1, proj_conv2 (D_in = D), feat_norm
   if head == "protoseg":
     fn = jax.jit(functools.partial(protoseg_step, loss_impl=loss_impl))
     shapes = (sds((n, d), f32), sds((c, m, d), f32), sds((c,), f32), sds((c,), f32),
               sds((n,), i32), jax.eval_shape(lambda: jax.random.key(0)))
-    rec = {"params_head": proj + 2 * c, "prototypes": c * m * d}
+    rec = {"params_head": head_params(head, c, m, d), "prototypes": c * m * d}
   else:
     fn = jax.jit(functools.partial(linear_step, loss_impl=loss_impl))
     shapes = (sds((n, d), f32), sds((d, c), f32), sds((c,), f32), sds((n,), i32))
-    rec = {"params_head": d * c + c, "prototypes": 0}
+    rec = {"params_head": head_params(head, c, m, d), "prototypes": 0}
   rec = {"head": head, "losses": loss_impl, "C": c, "M": m if head == "protoseg" else None, "D": d, "N": n, **rec}
   t0 = time.perf_counter()
   compiled = fn.lower(*shapes).compile()
   rec["compile_s"] = round(time.perf_counter() - t0, 2)
-  rec.update(memory(compiled))
-  est = rec.get("peak_bytes_est")
+  rec.update(harness.compiled_memory(compiled))
+  est = rec.get("memory_total_bytes")
   if est is None:   # no analysis: the similarity (protoseg) or logits and their gradients
     est = 4 * n * c * (3 * m if head == "protoseg" else 3)
   if est > max_bytes:
@@ -177,7 +161,9 @@ def run_size(head, c, n, m, d, repeats, max_bytes, loss_impl="library") -> dict:
             jnp.zeros((c,)), labels, k[3])
   else:
     args = (emb, 0.01 * jax.random.normal(k[2], (d, c)), jnp.zeros((c,)), labels)
-  rec["step_ms"] = round(1000 * timeit(compiled, args, repeats), 1)
+  t = harness.time_fn(lambda: compiled(*args), warmup=1, runs=repeats)
+  rec["step_ms"] = round(1000 * t.median_s, 1)
+  rec["step_ms_min"] = round(1000 * t.min_s, 1)
   return rec
 
 
@@ -200,7 +186,7 @@ def check_variants(n=512, c=40, m=10, d=32):
   return out
 
 
-def main():
+def main(argv=None):
   ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   ap.add_argument("--pixels", type=int, default=65536, help="N pixels per step")
   ap.add_argument("--classes", default="150,847,3000,10000")
@@ -208,13 +194,13 @@ def main():
   ap.add_argument("--d", type=int, default=720)
   ap.add_argument("--repeats", type=int, default=3)
   ap.add_argument("--max-gb", type=float, default=12.0,
-                  help="run only sizes whose estimated peak memory (GiB) is below this")
+                  help="run only sizes whose compiled memory_total_bytes (GiB) is below this")
   ap.add_argument("--heads", default="protoseg,linear")
   ap.add_argument("--losses", default="library", choices=sorted(LOSSES),
                   help="library: protoseg_jax's forms; gather: the forms before 2026-11-28")
   ap.add_argument("--check", action="store_true",
                   help="only compare the --losses variants on a small problem and exit")
-  a = ap.parse_args()
+  a = ap.parse_args(argv)
   if a.check:
     print(json.dumps(check_variants()))
     return

@@ -1,12 +1,14 @@
 """Benchmark suite for one accelerator host: JSON lines, most important first.
 
-  python bench/suite.py --out=$OUT/bench.jsonl          # GPU/TPU host: bfloat16, 540 s budget
-  python bench/suite.py --quick --out=/tmp/bench.jsonl  # CPU smoke run: tiny crops and sizes
-  python bench/suite.py --list                          # the items, in their order
-  python bench/suite.py --items=model:ade20k_mit_b5_proto,model:ade20k_mit_b5_linear
-  python bench/suite.py --flops_only --items=model:cityscapes_hrnet48_proto   # FLOPs, any host
+  python -m bench.suite --out=$OUT/bench.jsonl          # GPU/TPU host: bfloat16, 540 s budget
+  python -m bench.suite --quick --out=/tmp/bench.jsonl  # CPU smoke run: tiny crops and sizes
+  python -m bench.suite --list                          # the items, in their order
+  python -m bench.suite --items=model:ade20k_mit_b5_proto,model:ade20k_mit_b5_linear
+  python -m bench.suite --flops_only --items=model:cityscapes_hrnet48_proto   # FLOPs, any host
 
-Every item runs in a Python process of its own, one after the other, under a
+Run from the checkout's root. Every item runs in a Python process of its own
+(`python -m bench.suite --child=ITEM`, started in the checkout's root), one
+after the other, under a
 time limit (--item_timeout_s, and never past --budget_s from the start); each
 record is written to --out and stdout, flushed, the moment it is measured, so
 a run cut short keeps every finished figure, and items that could not start
@@ -23,7 +25,8 @@ the rest of the grid, vocab; `--list` prints it):
                   global batch: the library's create_train_state and
                   make_train_step (train_step record), then the model's
                   inference forward pass, train=False (inference_forward
-                  record). Img/s, compile time, FLOPs, MFU, compiled memory.
+                  record). Img/s, compile time, FLOPs, MFU, compiled memory
+                  (memory_total_bytes, below).
                   Every run config of the grid (configs/*_proto.py and their
                   _linear twins); when both heads of a config have run, a
                   proto_vs_linear record compares them.
@@ -43,9 +46,9 @@ the rest of the grid, vocab; `--list` prints it):
                   --profile_dir adds a jax.profiler trace per variant.
   vocab           ProtoSeg vs linear head step as C grows (bench_vocab.run_size).
 
-FLOPs (per train step / forward pass, 2 per multiply-add):
+FLOPs (per train step / forward pass, 2 per multiply-add; bench.harness.flop_counts):
   flops_model       matmul + convolution FLOPs counted from the step's jaxpr
-                    (bench/flops.py), the MFU numerator.
+                    (bench.harness.matmul_conv_flops), the MFU numerator.
   flops_xla_cpu     XLA's cost analysis of the same jaxpr lowered for the CPU
                     backend, unoptimised HLO (every op, elementwise too).
   flops_xla_device  the device's own compiled cost analysis; on GPU it misses
@@ -53,6 +56,16 @@ FLOPs (per train step / forward pass, 2 per multiply-add):
 MFU = flops_model / step time / the chip's dense bf16 peak (PEAK_BF16_TFLOPS
 below, by device kind); matmul_ratio = the same FLOP/s over the bf16 matmul
 item's FLOP/s.
+
+Compiled memory (bench.harness.compiled_memory): argument_bytes, output_bytes,
+temp_bytes, alias_bytes and memory_total_bytes = argument + output + temp -
+alias (XLA's estimate of the program, not a measured peak; the donated state's
+buffers counted once). compiled_peak_bytes_est is the same number under its
+older name. device_peak_bytes: the device's own peak_bytes_in_use.
+
+Times (bench.harness.time_fn): --windows timed windows of --steps calls each
+(dispatch pipelined, one block at the end of a window) after warm-up calls;
+step_ms is the median window's seconds per step, step_ms_min the fastest.
 
 Imports: the suite needs jax, flax, optax, numpy, ml_collections (the
 configs) and, for `prototypes`, torch. Every process of the suite blocks
@@ -76,10 +89,11 @@ import tempfile
 import threading
 import time
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+from bench import harness   # no jax at import: the parent process never starts jax
+
+ROOT = harness.ROOT
 MARK = "@@suite "
-TRAINER_STACK = ("tensorflow", "tensorflow_datasets", "clu", "orbax")
+TRAINER_STACK = harness.TRAINER_STACK
 BLOCK_DEFAULT = ",".join(TRAINER_STACK)
 # Grid order: the issue's two headline figures (Cityscapes HRNet-W48, ADE20K
 # Swin-B) first, then the other models it names, then the rest by name.
@@ -175,26 +189,15 @@ class Child:
     rec = {"what": what, "item": self.args.child, "config": config, "device": self.device,
            "dtype": dtype, "batch": batch, "figures": figures or {}, **extra,
            "date": today(), "jax": self.jax.__version__,
-           "trainer_stack_imported": sorted(m for m in TRAINER_STACK if m in sys.modules)}
+           "trainer_stack_imported": harness.trainer_stack_imported()}
     sys.stdout.write(MARK + json.dumps(rec) + "\n")
     sys.stdout.flush()
 
-  def timed(self, run_once, steps: int, windows: int) -> dict:
-    """Runs `run_once` `steps` times per window (dispatch pipelined, one block
-    at the end), `windows` windows; per-step seconds of each window, and the
-    process CPU seconds per step (all threads)."""
-    per_step, cpu = [], []
-    for _ in range(windows):
-      t0, c0 = time.perf_counter(), time.process_time()
-      out = None
-      for _ in range(steps):
-        out = run_once()
-      self.jax.block_until_ready(out)
-      per_step.append((time.perf_counter() - t0) / steps)
-      cpu.append((time.process_time() - c0) / steps)
-    per_step.sort()
-    return {"s": per_step[len(per_step) // 2], "all_s": per_step,
-            "cpu_s": sorted(cpu)[len(cpu) // 2]}
+  def timed(self, run_once, steps: int, windows: int) -> harness.Timing:
+    """`harness.time_fn`: `windows` windows of `steps` calls of run_once
+    (dispatch pipelined, one block at the end of each window), no further
+    warm-up (the callers warm up themselves)."""
+    return harness.time_fn(run_once, warmup=0, runs=windows, steps_per_run=steps)
 
   def device_peak_bytes(self):
     stats = self.jax.local_devices()[0].memory_stats() or {}
@@ -202,50 +205,17 @@ class Child:
 
 
 def _memory(compiled) -> dict:
-  try:
-    ma = compiled.memory_analysis()
-  except Exception as e:  # pylint: disable=broad-except
-    return {"memory_analysis": f"unavailable: {type(e).__name__}"}
-  if ma is None:
-    return {"memory_analysis": "unavailable"}
-  arg, out, tmp, alias = (int(ma.argument_size_in_bytes), int(ma.output_size_in_bytes),
-                          int(ma.temp_size_in_bytes), int(ma.alias_size_in_bytes))
-  # Donated arguments alias outputs: count those bytes once.
-  return {"argument_bytes": arg, "output_bytes": out, "alias_bytes": alias, "temp_bytes": tmp,
-          "compiled_peak_bytes_est": arg + out - alias + tmp}
+  """`harness.compiled_memory`, plus its total under the name older records used."""
+  mem = harness.compiled_memory(compiled)
+  if "memory_total_bytes" in mem:
+    mem["compiled_peak_bytes_est"] = mem["memory_total_bytes"]
+  return mem
 
 
-def _flop_counts(child, traced, compiled, args) -> dict:
-  """flops_model (jaxpr), flops_xla_cpu (CPU lowering of the same jaxpr),
-  flops_xla_device (the device's compiled cost analysis)."""
-  from jax.extend import core as jex_core
-
-  import flops as fl
-  from protoseg_jax import sharding
-  jax = child.jax
-  out = {}
-  mm = fl.matmul_conv_flops(traced.jaxpr)
-  out["flops_model"] = mm["flops"]
-  if mm["while_loops_with_flops"]:
-    out["flops_model_note"] = f"{mm['while_loops_with_flops']} while loop(s) counted once"
-  try:
-    cmesh = sharding.create_mesh(jax.devices("cpu")[:1])
-    rep = sharding.replicated(cmesh)
-    specs = [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=rep) for x in jax.tree.leaves(args)]
-    fn = jax.jit(jex_core.jaxpr_as_fun(traced.jaxpr))
-    with jax.set_mesh(cmesh):
-      out["flops_xla_cpu"] = fl.cost_flops(fn.trace(*specs).lower().cost_analysis())
-  except Exception as e:  # pylint: disable=broad-except
-    out["flops_xla_cpu"] = None
-    out["flops_xla_cpu_error"] = f"{type(e).__name__}: {str(e)[:300]}"
-  out["flops_xla_device"] = fl.cost_flops(compiled.cost_analysis())
-  return out
-
-
-def _count(tree) -> int:
-  import jax
-  import numpy as np
-  return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+def _time_figures(t: harness.Timing, batch: int) -> dict:
+  return {"step_ms": round(1e3 * t.median_s, 3), "step_ms_min": round(1e3 * t.min_s, 3),
+          "step_ms_windows": [round(1e3 * s, 3) for s in t.times_s],
+          "img_per_s": round(batch / t.median_s, 3)}
 
 
 def child_model(child: Child, name: str):
@@ -254,21 +224,18 @@ def child_model(child: Child, name: str):
 
   import numpy as np
 
-  from bench_backbones import NUM_CLASSES
-  from bench_train_step import load_config
   from protoseg_jax import sharding, train
   from protoseg_jax.models.segmentor import build_model
   jax, args = child.jax, child.args
 
   spec = f"configs/{name}.py"
-  config = load_config(spec)
-  config.model.dtype = child.dtype
+  config = harness.load_config(spec, {"model.dtype": child.dtype})
   crop = tuple(int(v) for v in config.dataset.crop_size)
   batch = int(config.batch_size)
   if args.quick:   # tiny shapes: a crop 64 high with the run's aspect ratio, 2 images per device
     crop, batch = (64, 64 * crop[1] // crop[0]), 2 * jax.device_count()
-  config.dataset.crop_size, config.batch_size = crop, batch
-  num_classes = NUM_CLASSES[config.dataset.name]
+  harness.apply_overrides(config, {"dataset.crop_size": crop, "batch_size": batch})
+  num_classes = harness.num_classes(config)
   model = build_model(config, num_classes)
   common = dict(config=spec, dtype=child.dtype, batch=batch, crop=list(crop))
   if args.flops_only:
@@ -281,15 +248,10 @@ def child_model(child: Child, name: str):
   init_s = time.perf_counter() - t0
   step = train.make_train_step(model, tx, schedule, config, mesh,
                                state_shardings=train.state_sharding(state))
-  rng = np.random.default_rng(0)
-  labels = rng.integers(0, num_classes, size=(batch, *crop)).astype(np.int32)
-  labels[:, : crop[0] // 8] = 255   # some ignored pixels, as in real labels
-  data = jax.device_put({"image": rng.normal(size=(batch, *crop, 3)).astype(np.float32),
-                         "label": labels}, sharding.batch_sharding(mesh))
-  params = state.params
+  data = jax.device_put(harness.random_batch(batch, crop, num_classes),
+                        sharding.batch_sharding(mesh))
   static = {"head": config.model.head, "num_classes": num_classes,
-            "params": _count(params), "backbone_params": _count(params.get("backbone", {})),
-            "prototypes": _count(state.prototypes)}
+            **harness.param_counts(state.params, state.prototypes)}
 
   t0 = time.perf_counter()
   with jax.set_mesh(mesh):
@@ -297,7 +259,7 @@ def child_model(child: Child, name: str):
     compiled = traced.lower().compile()
   compile_s = time.perf_counter() - t0
   figs = {**static, "init_s": round(init_s, 2), "compile_s": round(compile_s, 2)}
-  figs.update(_flop_counts(child, traced, compiled, (state, data)))
+  figs.update(harness.flop_counts(traced, compiled))
   figs.update(_memory(compiled))
   holder = {"state": state}
 
@@ -308,10 +270,8 @@ def child_model(child: Child, name: str):
   loss = float(jax.block_until_ready(train_once()))   # warm-up
   t = child.timed(train_once, args.steps, args.windows)
   loss_end = float(jax.block_until_ready(train_once()))
-  figs.update({"step_ms": round(1e3 * t["s"], 3), "step_ms_windows": [round(1e3 * s, 3) for s in
-                                                                       t["all_s"]],
-               "cpu_ms_per_step": round(1e3 * t["cpu_s"], 1), "img_per_s": round(batch / t["s"], 3),
-               "model_tflops_per_s": figs["flops_model"] / t["s"] / 1e12,
+  figs.update({**_time_figures(t, batch), "cpu_ms_per_step": round(1e3 * t.cpu_median_s, 1),
+               "model_tflops_per_s": figs["flops_model"] / t.median_s / 1e12,
                "steps_per_window": args.steps, "windows": args.windows,
                "loss_first": loss, "loss_last": loss_end,
                "loss_finite": bool(np.isfinite(loss) and np.isfinite(loss_end)),
@@ -328,15 +288,13 @@ def child_model(child: Child, name: str):
     traced = fwd.trace(variables, images)
     compiled = traced.lower().compile()
   figs = {**static, "compile_s": round(time.perf_counter() - t0, 2)}
-  figs.update(_flop_counts(child, traced, compiled, (variables, images)))
+  figs.update(harness.flop_counts(traced, compiled))
   figs.update(_memory(compiled))
   run = functools.partial(compiled, variables, images)
   logits = jax.block_until_ready(run())
   t = child.timed(run, args.steps, args.windows)
-  figs.update({"step_ms": round(1e3 * t["s"], 3), "step_ms_windows": [round(1e3 * s, 3) for s in
-                                                                       t["all_s"]],
-               "img_per_s": round(batch / t["s"], 3),
-               "model_tflops_per_s": figs["flops_model"] / t["s"] / 1e12,
+  figs.update({**_time_figures(t, batch),
+               "model_tflops_per_s": figs["flops_model"] / t.median_s / 1e12,
                "logits_shape": list(logits.shape)})
   child.emit("inference_forward", figures=figs, **common)
 
@@ -346,7 +304,6 @@ def _model_flops_only(child: Child, config, model, crop, batch, common):
   for one CPU device from abstract shapes (no init, no compile, nothing run)."""
   import jax.numpy as jnp
 
-  import flops as fl
   from protoseg_jax import optim, sharding, train
   jax = child.jax
   mesh = sharding.create_mesh(jax.devices("cpu")[:1])
@@ -355,22 +312,18 @@ def _model_flops_only(child: Child, config, model, crop, batch, common):
   state = jax.eval_shape(lambda: train.create_train_state(config, model, mesh, (1, *crop, 3))[0])
   tx, schedule = optim.create_optimizer(config, state.params)
   step = train.make_train_step(model, tx, schedule, config, mesh)
-  state = fl.abstract(state, rep)
-  data = fl.abstract({"image": jax.ShapeDtypeStruct((batch, *crop, 3), jnp.float32),
+  state = harness.abstract(state, rep)
+  data = harness.abstract({"image": jax.ShapeDtypeStruct((batch, *crop, 3), jnp.float32),
                       "label": jax.ShapeDtypeStruct((batch, *crop), jnp.int32)}, data_sh)
   fwd = jax.jit(lambda v, x: model.apply(v, x, train=False).logits)
-  static = {"head": config.model.head, "params": _count(state.params),
-            "backbone_params": _count(state.params.get("backbone", {})),
-            "prototypes": _count(state.prototypes)}
+  static = {"head": config.model.head, **harness.param_counts(state.params, state.prototypes)}
   for what, fn, fargs in (("train_step_flops", step, (state, data)),
                           ("inference_forward_flops", fwd, (state.variables(), data["image"]))):
     with jax.set_mesh(mesh):
       traced = fn.trace(*fargs)
-      lowered = traced.lower()
-    mm = fl.matmul_conv_flops(traced.jaxpr)
-    hlo = fl.cost_flops(lowered.cost_analysis())
-    child.emit(what, figures={**static, "flops_model": mm["flops"], "flops_xla_cpu": hlo,
-                              "flops_model_per_img": mm["flops"] / batch,
+    fl = harness.flop_counts(traced)
+    mm, hlo = fl["flops_model"], fl["flops_xla_cpu"]
+    child.emit(what, figures={**static, **fl, "flops_model_per_img": mm / batch,
                               "flops_xla_cpu_per_img": hlo / batch if hlo else None,
                               "trace_lower_s": round(time.perf_counter() - t0, 1)}, **common)
     t0 = time.perf_counter()
@@ -389,13 +342,14 @@ def child_matmul(child: Child):
     jax.block_until_ready(f(a, b))
     t = child.timed(lambda: f(a, b), reps, 3)
     child.emit("matmul", config=f"[{n},{n}] @ [{n},{n}]", dtype=dt, batch=None,
-               figures={"n": n, "ms": round(1e3 * t["s"], 3),
-                        "tflops_per_s": 2 * n**3 / t["s"] / 1e12, "reps_per_window": reps,
+               figures={"n": n, "ms": round(1e3 * t.median_s, 3),
+                        "ms_min": round(1e3 * t.min_s, 3),
+                        "tflops_per_s": 2 * n**3 / t.median_s / 1e12, "reps_per_window": reps,
                         "windows": 3})
 
 
 def child_prototypes(child: Child):
-  import bench_prototypes
+  from bench import bench_prototypes
   args = child.args
   n, c, m, d = (4096 if args.quick else 65536), 150, 10, 720
   torch_device = "cpu"
@@ -445,8 +399,6 @@ def child_scaling(child: Child):
   """Weak scaling of the demo model's train step over 1/2/4/8 CPU devices."""
   import numpy as np
 
-  import flops as fl
-  from bench_train_step import load_config
   from protoseg_jax import sharding, train
   from protoseg_jax.models.segmentor import build_model
   jax, args = child.jax, child.args
@@ -456,10 +408,10 @@ def child_scaling(child: Child):
   for k in (1, 2, 4, 8):
     if k > jax.device_count():
       break
-    config = load_config(spec)
+    config = harness.load_config(spec)
     crop = (64, 64) if args.quick else tuple(config.dataset.crop_size)
-    config.dataset.crop_size, config.batch_size = crop, per_device * k
-    config.model.dtype = child.dtype
+    harness.apply_overrides(config, {"dataset.crop_size": crop, "batch_size": per_device * k,
+                                     "model.dtype": child.dtype})
     model = build_model(config, 6)   # the demo dataset's 6 classes
     mesh = sharding.create_mesh(jax.devices()[:k])
     state, tx, schedule = train.create_train_state(config, model, mesh, (1, *crop, 3))
@@ -484,10 +436,11 @@ def child_scaling(child: Child):
     t = child.timed(once, args.steps, args.windows)
     figs = {"devices": k, "per_device_batch": per_device, "crop": list(crop),
             "prototype_update": config.protoseg.prototype_update,
-            "compile_s": round(compile_s, 2), "step_ms": round(1e3 * t["s"], 2),
-            "img_per_s": round(config.batch_size / t["s"], 2),
-            "cpu_ms_per_img": round(1e3 * t["cpu_s"] / config.batch_size, 2),
-            "flops_xla_per_device": fl.cost_flops(compiled.cost_analysis()),
+            "compile_s": round(compile_s, 2), "step_ms": round(1e3 * t.median_s, 2),
+            "step_ms_min": round(1e3 * t.min_s, 2),
+            "img_per_s": round(config.batch_size / t.median_s, 2),
+            "cpu_ms_per_img": round(1e3 * t.cpu_median_s / config.batch_size, 2),
+            "flops_xla_per_device": harness.xla_cost(compiled),
             "collectives": _collectives(compiled.as_text()), **_memory(compiled)}
     if base is None:
       base = figs
@@ -500,7 +453,7 @@ def child_scaling(child: Child):
 def child_head_overhead(child: Child):
   """The head alone at the Cityscapes HRNet-W48 recipe's shapes (batch 8,
   128x256x720 features, C=19, M=10): bench_head_overhead's variants."""
-  import bench_head_overhead
+  from bench import bench_head_overhead
   args = child.args
   batch, hw = (1, (16, 32)) if args.quick else (8, (128, 256))
   profile = os.path.join(args.profile_dir, "head_overhead") if args.profile_dir else None
@@ -513,7 +466,7 @@ def child_head_overhead(child: Child):
 
 
 def child_vocab(child: Child):
-  import bench_vocab
+  from bench import bench_vocab
   args = child.args
   n = 1024 if args.quick else 65536
   classes = (150, 847) if args.quick else (150, 847, 3000, 10000)
@@ -529,8 +482,6 @@ def child_vocab(child: Child):
 
 def child_main(args):
   block_imports(args.block.split(","))
-  sys.path.insert(0, ROOT)
-  sys.path.insert(0, HERE)
   child = Child(args)
   item = args.child
   if item == "matmul":
@@ -611,14 +562,14 @@ class Recorder:
                             "linear_img_per_s": lf["img_per_s"],
                             "time_ratio_proto_over_linear": ratio("step_ms"),
                             "flops_ratio_proto_over_linear": ratio("flops_model"),
-                            "memory_ratio_proto_over_linear": ratio("compiled_peak_bytes_est"),
+                            "memory_ratio_proto_over_linear": ratio("memory_total_bytes"),
                             "params_proto": pf["params"], "params_linear": lf["params"]},
                 "date": p["date"]})
 
 
 def run_item(item: str, args, deadline: float, rec: Recorder) -> str:
   """Runs one item's child under its time limit; returns ok / failed / timeout."""
-  cmd = [sys.executable, os.path.abspath(__file__), f"--child={item}", f"--dtype={args.dtype}",
+  cmd = [sys.executable, "-m", "bench.suite", f"--child={item}", f"--dtype={args.dtype}",
          f"--block={args.block}", f"--steps={args.steps}", f"--windows={args.windows}",
          f"--vocab_max_gb={args.vocab_max_gb}"] + (["--quick"] if args.quick else []) + (
              ["--flops_only"] if args.flops_only else []) + (

@@ -121,13 +121,10 @@ def main(argv):
     if not getattr(FLAGS, flag):
       raise cli.ArgumentError(f"--{flag} is required")
   workdir, output = cli.expand(FLAGS.workdir), cli.expand(FLAGS.output)
+  config = cli.run_config(workdir)          # every config problem first
   pairs = list_support(cli.expand(FLAGS.support))
-  config = cli.run_config(workdir)
-  if config.model.head != "proto":
-    raise cli.ArgumentError(f"adding a class needs the ProtoSeg head; the run's "
-                            f"config.model.head is {config.model.head!r}")
-  runs.weights_source(workdir, config)
-  run = runs.load_run(workdir, config, checkpoint_step=FLAGS.checkpoint_step)
+  run = cli.load_tool_run(workdir, config=config, checkpoint_step=FLAGS.checkpoint_step,
+                          needs_prototypes=True)
   missing = [run.classes.names[i] for i in run.classes.missing]
   name = FLAGS.name or (missing[0] if len(missing) == 1 else None)
   if not name:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from absl import flags
 
 from protoseg_jax import prototype_stats, sharding
-from protoseg_jax.trainer import cli, datasets, input_pipeline, run as runs
+from protoseg_jax.trainer import cli, datasets, input_pipeline
 
 FLAGS = flags.FLAGS
 NAME = "python -m protoseg_jax.diagnostics"
@@ -35,17 +35,8 @@ def define_flags():
 
 def main(argv):
   del argv
-  workdir = cli.expand(FLAGS.workdir)
-  if not workdir and not FLAGS.variables:
-    raise cli.ArgumentError("give --workdir (a run) or --config with --variables (converted "
-                            "weights)")
-  config = cli.run_config(workdir)
-  runs.weights_source(workdir, config, FLAGS.variables)
-  run = runs.load_run(workdir, config, checkpoint_step=FLAGS.checkpoint_step,
-                      variables_dir=FLAGS.variables)
-  if not run.variables.get("prototypes"):
-    raise cli.ArgumentError(f"{run.source}: the model has no prototypes (its head is "
-                            f"{run.config.model.head!r}; diagnostics are for the ProtoSeg head)")
+  run = cli.load_tool_run(cli.expand(FLAGS.workdir), variables_dir=cli.expand(FLAGS.variables),
+                          checkpoint_step=FLAGS.checkpoint_step, needs_prototypes=True)
   protos = prototype_stats.prototype_array(run.variables["prototypes"])
   counts = None
   if FLAGS.num_batches > 0:

@@ -36,7 +36,7 @@ from PIL import Image
 
 from protoseg_jax import heads, prototype_stats
 from protoseg_jax.ops import nearest_indices
-from protoseg_jax.trainer import augment, cli, input_pipeline, run as runs
+from protoseg_jax.trainer import augment, cli, input_pipeline
 from protoseg_jax.trainer.images import READ_ERRORS, error_reason, to_rgb_uint8
 
 FLAGS = flags.FLAGS
@@ -213,13 +213,11 @@ def _class_ids(spec: Optional[str], class_names) -> Optional[list[int]]:
 
 def main(argv):
   del argv
-  workdir = cli.expand(FLAGS.workdir)
-  if not workdir and not FLAGS.variables:
-    raise cli.ArgumentError("give --workdir (a run) or --config with --variables (converted "
-                            "weights)")
   for flag in ("image", "output"):
     if not getattr(FLAGS, flag):
       raise cli.ArgumentError(f"--{flag} is required")
+  workdir = cli.expand(FLAGS.workdir)
+  config = cli.run_config(workdir)          # every config problem first, then the image
   path = cli.expand(FLAGS.image)
   try:
     with Image.open(path) as im:
@@ -227,13 +225,8 @@ def main(argv):
   except READ_ERRORS as e:
     raise cli.ArgumentError(f"--image={FLAGS.image}: not a readable image "
                             f"({error_reason(e)})") from None
-  config = cli.run_config(workdir)
-  runs.weights_source(workdir, config, FLAGS.variables)
-  run = runs.load_run(workdir, config, checkpoint_step=FLAGS.checkpoint_step,
-                      variables_dir=FLAGS.variables)
-  if not run.variables.get("prototypes"):
-    raise cli.ArgumentError(f"{run.source}: the model has no prototypes (its head is "
-                            f"{run.config.model.head!r})")
+  run = cli.load_tool_run(workdir, config=config, variables_dir=cli.expand(FLAGS.variables),
+                          checkpoint_step=FLAGS.checkpoint_step, needs_prototypes=True)
   names = run.classes.output_names
   palette = [run.classes.palette[i] for i in run.classes.class_ids]
   try:

@@ -1,14 +1,127 @@
-"""The benchmark scripts that a GPU session runs blind: small smoke runs here."""
+"""The benchmark scripts that a GPU session runs blind: small smoke runs here,
+and the shared harness (bench/harness.py) they all take their figures from."""
 
+import glob
+import json
 import os
+import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                "bench"))
+from bench import bench_head_overhead, bench_remat, bench_vocab, harness
 
-import bench_head_overhead  # noqa: E402
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ("bench_backbones", "bench_compile_cache", "bench_few_shot", "bench_head_overhead",
+           "bench_input_pipeline", "bench_prototypes", "bench_remat", "bench_train_step",
+           "bench_vocab", "suite")
+
+
+# ----------------------------------------------------------------------------
+# The harness.
+
+
+def test_compiled_memory_is_arguments_outputs_temporaries_minus_aliased():
+  f = jax.jit(lambda x, y: (x + 1.0, jnp.tanh(x @ y).sum()), donate_argnums=0)
+  spec = jax.ShapeDtypeStruct((128, 128), jnp.float32)
+  compiled = f.lower(spec, spec).compile()
+  ma = compiled.memory_analysis()
+  mem = harness.compiled_memory(compiled)
+  assert set(harness.MEMORY_KEYS) <= set(mem)
+  assert (mem["argument_bytes"], mem["output_bytes"], mem["temp_bytes"], mem["alias_bytes"]) == (
+      ma.argument_size_in_bytes, ma.output_size_in_bytes, ma.temp_size_in_bytes,
+      ma.alias_size_in_bytes)
+  assert mem["memory_total_bytes"] == (ma.argument_size_in_bytes + ma.output_size_in_bytes
+                                       + ma.temp_size_in_bytes - ma.alias_size_in_bytes)
+  assert mem["alias_bytes"] == 128 * 128 * 4   # the donated x is the first output's buffer
+  assert mem["temp_gib"] == round(ma.temp_size_in_bytes / 2**30, 3)
+
+  class NoAnalysis:
+    def memory_analysis(self):
+      raise NotImplementedError
+
+  assert harness.compiled_memory(NoAnalysis()) == {
+      "memory_analysis": "unavailable: NotImplementedError"}
+
+
+def test_time_fn_median_min_warmup_and_blocking():
+  ticks = iter([0.0, 0.3, 1.0, 1.1, 2.0, 2.2])   # timed runs of 0.3, 0.1 and 0.2 s
+  calls = []
+  t = harness.time_fn(lambda: calls.append(1) or jnp.ones(3), runs=3, warmup=2,
+                      clock=lambda: next(ticks), cpu_clock=lambda: 0.0)
+  assert len(calls) == 5                              # 2 warm-up + 3 timed calls
+  assert t.times_s == pytest.approx((0.3, 0.1, 0.2))
+  assert (t.median_s, t.min_s, t.runs) == (pytest.approx(0.2), pytest.approx(0.1), 3)
+  # Several calls per run: seconds per call; the last output is blocked on.
+  ticks = iter([0.0, 0.4, 1.0, 1.8])
+  t = harness.time_fn(lambda: jnp.ones(2), runs=2, warmup=0, steps_per_run=4,
+                      clock=lambda: next(ticks))
+  assert t.times_s == pytest.approx((0.1, 0.2)) and t.total_s == pytest.approx(1.2)
+  # A real jitted function: every run waits for its result.
+  f = jax.jit(lambda x: (x @ x).sum())
+  x = jnp.ones((64, 64))
+  synced = []
+  t = harness.time_fn(lambda: f(x), runs=4, sync=lambda: synced.append(1))
+  assert len(synced) == 5 and 0 < t.min_s <= t.median_s and len(t.cpu_s) == 4
+  with pytest.raises(ValueError):
+    harness.time_fn(lambda: None, runs=0)
+
+
+def test_load_config_by_path_or_name_with_overrides():
+  a = harness.load_config("configs/demo.py:runlocal")
+  b = harness.load_config("demo:runlocal", {"model.dtype": "bfloat16", "batch_size": None})
+  assert a.batch_size == b.batch_size == 8 and b.model.dtype == "bfloat16"
+  c = harness.load_config("configs/demo.py", ["batch_size=4", "dataset.crop_size=32,48",
+                                              "model.remat=stage"])
+  assert (c.batch_size, tuple(c.dataset.crop_size), c.model.remat) == (4, (32, 48), "stage")
+  with pytest.raises(KeyError, match="model.no_such_key"):
+    harness.load_config("demo", {"model.no_such_key": 1})
+  assert harness.num_classes(c) == 6 and harness.num_classes(c, 3) == 3
+
+
+def test_flop_counter_and_param_counts():
+  harness._self_check()   # pylint: disable=protected-access  (FLOPs counted by hand)
+  assert harness.count_params({"a": jnp.ones((3, 4)), "b": [jax.ShapeDtypeStruct((5,), jnp.int32)]}) == 17
+  assert harness.param_counts({"backbone": {"w": jnp.ones(4)}, "head": {"w": jnp.ones(2)}},
+                              {"head": {"prototypes": jnp.ones((2, 3, 4))}}) == {
+                                  "params": 6, "backbone_params": 4, "prototypes": 24}
+  # The vocab benchmark counts the library's heads: the documented figures.
+  assert bench_vocab.head_params("protoseg", 150, 10, 720) == 1_039_980
+  assert bench_vocab.head_params("linear", 150, 10, 720) == 108_150
+
+
+def test_flop_counts_of_a_program():
+  f = jax.jit(lambda x, w: jnp.tanh(x @ w))
+  x, w = jnp.ones((8, 16)), jnp.ones((16, 4))
+  traced = f.trace(x, w)
+  got = harness.flop_counts(traced, traced.lower().compile())
+  assert got["flops_model"] == 2 * 8 * 16 * 4
+  assert got["flops_xla_cpu"] >= got["flops_model"] and got["flops_xla_device"] > 0
+
+
+# ----------------------------------------------------------------------------
+# The scripts.
+
+
+def test_bench_is_a_package_without_path_hacks():
+  for path in glob.glob(os.path.join(ROOT, "bench", "*.py")):
+    with open(path) as f:
+      text = f.read()
+    assert "sys.path.insert" not in text, path
+    assert "python bench/" not in text, path
+  for name in SCRIPTS:
+    assert os.path.isfile(os.path.join(ROOT, "bench", f"{name}.py")), name
+
+
+def test_vocab_run_size_memory_and_time():
+  rec = bench_vocab.run_size("protoseg", 4, 64, 2, 8, 1, 2**30)
+  assert rec["memory_total_bytes"] == (rec["argument_bytes"] + rec["output_bytes"]
+                                       + rec["temp_bytes"] - rec["alias_bytes"])
+  assert rec["step_ms"] >= 0 and rec["step_ms_min"] <= rec["step_ms"]
+  skipped = bench_vocab.run_size("linear", 4, 64, 2, 8, 1, 0)
+  assert "skipped" in skipped and "step_ms" not in skipped
 
 
 def test_head_overhead_variants_costs_and_profile(tmp_path):
@@ -20,7 +133,9 @@ def test_head_overhead_variants_costs_and_profile(tmp_path):
   assert sorted(by) == sorted(["linear/train", "retrieval/train", "protoseg/train",
                                "linear/inference", "protoseg/inference"])
   for r in variants:
-    assert r["ms"] > 0 and r["gflops_xla"] >= 0
+    assert r["ms"] > 0 and r["gflops_xla"] >= 0 and r["ms_min"] <= r["ms"]
+    assert r["memory_total_bytes"] == (r["argument_bytes"] + r["output_bytes"] + r["temp_bytes"]
+                                       - r["alias_bytes"]) and "temp_gib" in r
   # Nested variants: the projection head adds FLOPs; learning adds memory traffic.
   assert by["retrieval/train"]["flops_xla"] > by["linear/train"]["flops_xla"]
   assert by["retrieval/train"]["flops_jaxpr"] > by["linear/train"]["flops_jaxpr"] > 0
@@ -42,11 +157,29 @@ def test_head_overhead_variants_costs_and_profile(tmp_path):
 
 
 def test_remat_residuals_only_shrinks_and_recomputes():
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-  import bench_remat
-  from bench_train_step import load_config
-  config = load_config("configs/demo.py:runlocal")
+  config = harness.load_config("configs/demo.py:runlocal")
   none, stage = (bench_remat.measure(config, 6, 2, (64, 64), r, residuals_only=True)
                  for r in ("none", "stage"))
   assert stage["residual_bytes"] < 0.8 * none["residual_bytes"]
   assert stage["grad_gflops_jaxpr"] > none["grad_gflops_jaxpr"] > 0
+
+
+def test_suite_runs_its_items_as_modules(tmp_path):
+  """`python -m bench.suite` from the checkout root, its child process started
+  the same way (`-m bench.suite --child=matmul`), TensorFlow & co. blocked."""
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_PLATFORMS"] = "cpu"
+  listed = subprocess.run([sys.executable, "-m", "bench.suite", "--list"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=True, timeout=120)
+  items = listed.stdout.split()
+  assert items[0] == "matmul" and "model:cityscapes_hrnet48_proto" in items and "vocab" in items
+  out = tmp_path / "bench.jsonl"
+  proc = subprocess.run([sys.executable, "-m", "bench.suite", "--quick", "--items=matmul",
+                         "--dtype=float32", "--budget_s=0", f"--out={out}"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  recs = [json.loads(line) for line in out.read_text().splitlines()]
+  assert [r["what"] for r in recs] == ["suite_start", "matmul", "matmul", "suite_end"], recs
+  assert recs[-1]["figures"]["status"] == {"matmul": "ok"}
+  for r in recs[1:3]:
+    assert r["trainer_stack_imported"] == [] and r["figures"]["ms_min"] <= r["figures"]["ms"]

@@ -3,6 +3,7 @@ library that imports and trains without the trainer's stack (TensorFlow,
 TFDS, clu, orbax)."""
 
 import ast
+import json
 import os
 import pathlib
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -271,9 +273,14 @@ def test_library_imports_and_trains_without_tensorflow_tfds_clu_orbax():
 
 
 @pytest.mark.slow
-def test_wheel_installs_the_library_importable_from_elsewhere(tmp_path):
-  """`pip install .` gives a package that `import protoseg_jax.heads` finds from
-  another directory (built here without network: no build isolation, no deps)."""
+def test_wheel_installs_a_package_that_evaluates_predicts_and_diagnoses_a_workdir(tmp_path):
+  """`pip install .` gives a package that works outside the checkout: the
+  library imports, and an existing workdir is evaluated, predicted on and
+  diagnosed with only `--workdir` (its config.json and run.json say the rest;
+  the dataset prepared where its config says). Built here without network
+  (no build isolation, no deps), installed into a folder of its own that the
+  commands run from another directory with nothing of the checkout on the path."""
+  from PIL import Image
   # Built from a copy of what the sdist holds, so nothing is written into the checkout.
   src = tmp_path / "src"
   src.mkdir()
@@ -291,13 +298,48 @@ def test_wheel_installs_the_library_importable_from_elsewhere(tmp_path):
                          str(target), str(wheel)], capture_output=True, text=True, timeout=600)
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
   assert (target / "protoseg_jax" / "heads.py").is_file()
+  assert (target / "protoseg_jax" / "trainer" / "run.py").is_file()
   assert not (target / "tests").exists() and not (target / "configs").exists()
+  assert not (target / "data").exists()
+
+  # A run trained in the checkout (configs and dataset builders are there).
+  workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  done = subprocess.run([sys.executable, "main.py", "--config=configs/demo.py:runlocal",
+                         f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}"],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+  assert done.returncode == 0, done.stderr[-3000:]
+
   elsewhere = tmp_path / "elsewhere"
   elsewhere.mkdir()
-  env = dict(os.environ, PYTHONPATH=str(target), JAX_PLATFORMS="cpu")
-  done = subprocess.run([sys.executable, "-c",
-                         "import protoseg_jax, protoseg_jax.heads, protoseg_jax.convert; "
-                         "print(protoseg_jax.__file__)"],
-                        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8)).save(
+      elsewhere / "photo.png")
+  installed = dict(env, PYTHONPATH=str(target))
+
+  def run(*args):
+    return subprocess.run([sys.executable, *args], cwd=elsewhere, env=installed,
+                          capture_output=True, text=True, timeout=900)
+
+  done = run("-c", "import protoseg_jax, protoseg_jax.heads, protoseg_jax.convert, sys; "
+                   "print(protoseg_jax.__file__); "
+                   "import importlib.util as u; print(u.find_spec('data'), u.find_spec('configs'))")
   assert done.returncode == 0, done.stderr[-3000:]
-  assert done.stdout.strip().startswith(str(target))
+  assert done.stdout.splitlines()[0].startswith(str(target))
+  assert done.stdout.splitlines()[1] == "None None"          # no checkout on the path
+  done = run("-m", "protoseg_jax", f"--workdir={workdir}", "--mode=eval")
+  assert done.returncode == 0, done.stderr[-3000:]
+  with open(workdir / "metrics.jsonl") as f:
+    vals = [json.loads(line) for line in f if "val/mIoU" in line]
+  assert len(vals) == 2 and vals[1]["val/mIoU"] == pytest.approx(vals[0]["val/mIoU"], abs=1e-6)
+  done = run("-m", "protoseg_jax", f"--workdir={workdir}", "--mode=predict",
+             "--input=photo.png", "--output=pred")
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert np.asarray(Image.open(elsewhere / "pred" / "photo.png")).shape == (40, 50)
+  done = run("-m", "protoseg_jax.diagnostics", f"--workdir={workdir}")
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "usage over 10 images of validation" in done.stdout, done.stdout   # the data read too
+  assert done.stdout.splitlines()[-1].startswith("used (>= 1 pixel")
+  # Training needs the checkout's configs: one line saying so, exit 2.
+  done = run("-m", "protoseg_jax", f"--workdir={tmp_path / 'new'}", "--config=configs/demo.py")
+  assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+  assert "cannot load the config file" in done.stderr

@@ -1,5 +1,6 @@
 """End-to-end trainer tests on the tiny demo dataset (8 simulated CPU devices)."""
 
+import glob
 import json
 import os
 import shutil
@@ -25,9 +26,29 @@ def _records(workdir):
 
 
 @pytest.mark.slow
-def test_train_and_evaluate_end_to_end(data_dir, tmp_path, tiny_config):
+def test_train_and_evaluate_end_to_end(data_dir, tmp_path, tiny_config, monkeypatch):
+  """A tiny run trained without class 3 (config.dataset.held_out_class), evaluated
+  after each of its 2 steps: metrics, the workdir's own description, and the
+  val/proto_* usage counted against the model's 5 classes (dataset label 4 is
+  model class 3, ...) by a usage step compiled once per run."""
+  from protoseg_jax import held_out, prototype_stats
+  from protoseg_jax.heads import proto_head_output
+  from protoseg_jax.trainer import run as runs
+  traces = []
+  make = prototype_stats.make_usage_step
+
+  def counting(model, label_lut=None):
+    step = make(model, label_lut)
+
+    def traced(variables, batch):
+      traces.append(1)              # runs once per trace (compilation) of the jitted step
+      return step(variables, batch)
+    return traced
+
+  monkeypatch.setattr(prototype_stats, "make_usage_step", counting)
   workdir = str(tmp_path / "run")
-  config = tiny_config(data_dir, **{"eval.proto_usage_batches": -1})   # runlocal: 0
+  config = tiny_config(data_dir, **{"eval.proto_usage_batches": -1,   # runlocal: 0
+                                    "eval_every_steps": 1, "dataset.held_out_class": 3})
   state = loop.train_and_evaluate(config, workdir)
   assert int(state.step) == 2
   recs = _records(workdir)
@@ -37,30 +58,53 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path, tiny_config):
   for key in train.TRAIN_KEYS:
     assert np.isfinite(train_recs[-1][key]), key
   assert train_recs[-1]["train/loss_ppc"] > 0 and train_recs[-1]["train/loss_ppd"] > 0
-  assert len(val_recs) == 1 and val_recs[0]["step"] == 2
+  assert [r["step"] for r in val_recs] == [1, 2]
   for key in ("val/mIoU", "val/mAcc", "val/aAcc"):
-    assert 0.0 <= val_recs[0][key] <= 100.0
-  # Prototype usage by the eval pixels (diagnostics.eval_summaries; its counts
-  # are checked against NumPy in test_diagnostics.py).
-  val, m = val_recs[0], config.protoseg.num_prototypes
+    assert 0.0 <= val_recs[-1][key] <= 100.0
+  assert val_recs[-1]["val/IoU"]["triangle"] == 0.0       # never predicted, scored as class 3
+  assert len(traces) == 1, traces                         # 2 evaluations, 1 compilation
+  # The workdir describes itself: the config and the run's classes.
+  written = runs.read_config(workdir)
+  assert written.to_json_best_effort(sort_keys=True) == config.to_json_best_effort(sort_keys=True)
+  assert written.dataset.held_out_class == 3 and written.dataset.crop_size == (64, 64)
+  facts = runs.read_facts(workdir)
+  assert facts.classes.class_ids == (0, 1, 2, 4, 5) and facts.held_out_class == 3
+  assert facts.classes.output_names == ("background", "disc", "box", "bar", "ring")
+  # Prototype usage by the eval pixels, against the model's classes.
+  val, m = val_recs[-1], config.protoseg.num_prototypes
   assert val["val/proto_images"] == 10 and 0 < val["val/proto_used_frac"] <= 1
   for key in ("val/proto_mean_cosine", "val/proto_max_cosine", "val/proto_distinct_frac"):
     assert np.isfinite(val[key]), key
-  names = datasets.get_dataset_info(config).class_names
-  assert list(val["val/proto_used"]) == list(val["val/proto_usage"]) == list(names)
-  present = [n for n in names if val["val/proto_usage"][n] is not None]
-  assert "background" in present
-  for n in present:
-    assert 1 <= val["val/proto_used"][n] <= m and len(val["val/proto_usage"][n]) == m
-    np.testing.assert_allclose(sum(val["val/proto_usage"][n]), 1.0, atol=1e-4)
+  names = list(facts.classes.output_names)
+  assert list(val["val/proto_used"]) == list(val["val/proto_usage"]) == names
+  # Reference counts: embeddings of the final state, labels of every eval image
+  # at the embeddings' 24x24 (every 4th pixel of 96x96, PyTorch nearest), mapped
+  # dataset -> model class with a table written here.
+  model = build_model(config, 5)
+  lut = np.full(256, 255)
+  lut[[0, 1, 2, 4, 5]] = np.arange(5)
+  want = np.zeros((5, m), np.int64)
+  sh = sharding.batch_sharding(sharding.create_mesh())
+  for batch in input_pipeline.create_eval_iterator(config, sh):
+    emb = proto_head_output(model, state.variables(), batch["image"]).embeddings
+    labels = lut[np.asarray(batch["label"])[:, ::4, ::4]]
+    labels[~np.asarray(batch["mask"])] = 255
+    want += np.asarray(prototype_stats.usage_counts(state.prototypes, emb, labels))
+  for c, n in enumerate(names):
+    if want[c].sum():
+      np.testing.assert_allclose(val["val/proto_usage"][n], want[c] / want[c].sum(), atol=2e-6)
+    else:
+      assert val["val/proto_usage"][n] is None
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
-  # eval mode: evaluates the checkpoint and appends to the same file.
+  # eval mode: evaluates the checkpoint and appends to the same file; without a
+  # config it reads the workdir's own.
   metrics = loop.evaluate_checkpoint(config, workdir)
+  again = loop.evaluate_checkpoint(None, workdir)
   recs2 = _records(workdir)
-  assert len(recs2) == len(recs) + 1 and recs2[-1]["step"] == 2
-  np.testing.assert_allclose(recs2[-1]["val/mIoU"], val_recs[0]["val/mIoU"], atol=1e-6)
-  assert recs2[-1]["val/proto_usage"] == val["val/proto_usage"]
-  assert metrics["mIoU"] == recs2[-1]["val/mIoU"]
+  assert len(recs2) == len(recs) + 2 and recs2[-1]["step"] == 2
+  np.testing.assert_allclose(recs2[-2]["val/mIoU"], val_recs[-1]["val/mIoU"], atol=1e-6)
+  assert recs2[-2]["val/proto_usage"] == recs2[-1]["val/proto_usage"] == val["val/proto_usage"]
+  assert metrics["mIoU"] == again["mIoU"] == recs2[-1]["val/mIoU"]
   with pytest.raises(FileNotFoundError, match="step 7"):
     loop.evaluate_checkpoint(config, workdir, step=7)
 
@@ -71,13 +115,23 @@ def test_resume_continues_exactly(data_dir, tmp_path, tiny_config):
   config = tiny_config(data_dir, num_train_steps=4)
   final = loop.train_and_evaluate(config, straight)
   # A run of 2 steps leaves exactly the step-2 checkpoint of the straight run
-  # (same code path); restart from it in a fresh workdir and run 2 more.
+  # (same code path); restart from it in a fresh workdir and run 2 more. The
+  # step-4 checkpoint is there too, damaged (truncated files): the run resumes
+  # from step 2, the newest intact one, and keeps the damaged one aside.
   resumed = str(tmp_path / "resumed")
   os.makedirs(os.path.join(resumed, "checkpoints"))
-  shutil.copytree(os.path.join(straight, "checkpoints", "2"),
-                  os.path.join(resumed, "checkpoints", "2"))
+  for step in ("2", "4"):
+    shutil.copytree(os.path.join(straight, "checkpoints", step),
+                    os.path.join(resumed, "checkpoints", step))
+  data_files = glob.glob(os.path.join(resumed, "checkpoints", "4", "default", "d", "*"))
+  assert data_files
+  for f in data_files:
+    with open(f, "r+b") as fh:
+      fh.truncate(16)
   again = loop.train_and_evaluate(config, resumed)
   assert int(again.step) == 4
+  assert os.path.isdir(os.path.join(resumed, "checkpoints_unreadable", "4"))   # kept
+  assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["2", "4"]
   a = [r for r in _records(straight) if "train/loss" in r and r["step"] > 2]
   b = [r for r in _records(resumed) if "train/loss" in r]
   assert [r["step"] for r in b] == [3, 4]
@@ -371,3 +425,36 @@ def test_log_window_means_over_finite_steps_and_streaks_across_windows():
   never = faults.SkippedSteps(limit=0)
   never.summary([step(np.nan, 0.1, 1)] * 50, last_step=50)
   assert never.tripped is None and never.total == 50
+
+
+def test_one_trainer_per_workdir_and_a_killed_one_leaves_it_free(tmp_path, tiny_config):
+  """A second trainer on a workdir that a live one holds refuses before
+  building anything, naming the holder; a trainer killed with SIGKILL leaves
+  the workdir free (the kernel drops its flock)."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  workdir = str(tmp_path / "run")
+  holder = subprocess.Popen(
+      [sys.executable, "-c", "import sys, time\nfrom protoseg_jax.trainer import faults\n"
+       f"lock = faults.WorkdirLock({workdir!r})\nlock.acquire()\nprint('held', flush=True)\n"
+       "time.sleep(300)"],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), stdout=subprocess.PIPE,
+      text=True)
+  try:
+    assert holder.stdout.readline().strip() == "held"
+    config = tiny_config(str(tmp_path / "tfds"))
+    start = time.time()
+    with pytest.raises(faults.WorkdirInUse, match=rf"in use by a running trainer: process "
+                                                  rf"{holder.pid} on host"):
+      loop.train_and_evaluate(config, workdir)
+    assert time.time() - start < 5
+    assert sorted(os.listdir(workdir)) == ["trainer.lock"]      # nothing else was started
+    assert not os.path.exists(tmp_path / "tfds")
+  finally:
+    holder.send_signal(signal.SIGKILL)
+    holder.wait()
+  with faults.WorkdirLock(workdir):                           # free again after the kill
+    with pytest.raises(faults.WorkdirInUse):
+      faults.WorkdirLock(workdir).acquire()                   # and held while we hold it

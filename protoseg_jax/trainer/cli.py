@@ -215,6 +215,8 @@ def _parser(name: str):
     problems, bad = _probe_overrides(argv)
     _Parsed.override_problems = problems
     args = [a for a in argv if a not in bad]
+    # ml_collections reads the --config overrides from sys.argv itself.
+    sys.argv[:] = args
     try:
       rest = FLAGS(args)
       if "config" in FLAGS and FLAGS["config"].present:
@@ -299,3 +301,23 @@ def run_config(workdir: Optional[str] = None, *, required_config: bool = False,
   if problems:
     exit_with(name, "config", problems)
   return config
+
+
+def load_tool_run(workdir: Optional[str], *, config=None, variables_dir: Optional[str] = None,
+                  checkpoint_step: Optional[int] = None, needs_prototypes: bool = False,
+                  **devices):
+  """A tool's run: `run_config` (unless the tool validated its `config`
+  already), then `trainer.run.load_run` (its weights checked to exist before
+  anything is built); ArgumentError when `needs_prototypes` and the model
+  has none."""
+  if not workdir and not variables_dir:
+    raise ArgumentError("give --workdir (a run) or --config with --variables (converted "
+                        "weights)")
+  config = config if config is not None else run_config(workdir)
+  runs.weights_source(workdir, config, variables_dir)
+  run = runs.load_run(workdir, config, checkpoint_step=checkpoint_step,
+                      variables_dir=variables_dir, **devices)
+  if needs_prototypes and not run.variables.get("prototypes"):
+    raise ArgumentError(f"{run.source}: the model has no prototypes (its config.model.head is "
+                        f"{run.config.model.head!r}); this tool is for the ProtoSeg head")
+  return run
