@@ -31,6 +31,12 @@ run; its line says `"skipped"` and why.
                               [--m 10] [--d 720] [--repeats 3] [--max-gb 12]
                               [--losses library|gather]
   python -m bench.bench_vocab --check   # the --losses variants agree (max |diff| per output)
+  python -m bench.bench_vocab --whole_step=configs/demo.py --classes=150,10000 \
+      --heads=protoseg,protoseg_auto,linear --set protoseg.num_prototypes=10 ...
+      # the whole train step compiled (not run): XLA's memory per head
+
+--heads: protoseg (all classes at once, today's head), protoseg_auto (the
+head's automatic class chunks, `prototypes.resolve_class_chunk`), linear.
 
 --losses=gather measures the loss and max-over-M forms the library used
 before 2026-11-28 (log_softmax + take_along_axis, jnp.max), for comparison.
@@ -52,7 +58,9 @@ import jax.numpy as jnp
 from bench import harness
 from protoseg_jax import heads, losses
 from protoseg_jax.ops import l2_normalize
-from protoseg_jax.prototypes import learn_prototypes, max_over_prototypes, prototype_similarity
+from protoseg_jax.prototypes import (chunked_retrieval, learn_prototypes, max_over_prototypes,
+                                     prototype_similarity, resolve_class_chunk,
+                                     target_similarity)
 
 
 def layer_norm(x, scale, bias, eps=1e-5):
@@ -94,9 +102,28 @@ LOSSES = {
 }
 
 
-def protoseg_step(emb, protos, scale, bias, labels, rng, loss_impl="library"):
+def protoseg_step(emb, protos, scale, bias, labels, rng, loss_impl="library", class_chunk=None):
+  """class_chunk: None = all classes at once (today's head); 0 = the head's
+  automatic rule (`prototypes.resolve_class_chunk`); k = chunks of k classes."""
   c, m, _ = protos.shape
   ce_fn, ppc_fn, ppd_fn, max_m = LOSSES[loss_impl]
+  chunk = c if class_chunk is None else resolve_class_chunk(class_chunk, emb.shape[0], c, m)
+  if chunk < c:
+    if loss_impl != "library":
+      raise ValueError("class chunks come with the library's loss forms")
+
+    def chunked_loss(emb, scale, bias):
+      r = chunked_retrieval(emb, protos, chunk, labels=labels, with_lse=True)
+      scores = layer_norm(r.scores, scale, bias)
+      res = learn_prototypes(protos, emb, scores, labels, rng=rng, own_similarity=r.own,
+                             ignore_index=-1)
+      target = target_similarity(emb, protos, res.proto_targets)
+      ppc, ppd = losses.ppc_ppd_from_target(r.lse, target, res.proto_targets)
+      return ce_fn(scores, labels) + 0.01 * ppc + 0.001 * ppd, res.prototypes
+
+    (loss, new_protos), grads = jax.value_and_grad(chunked_loss, argnums=(0, 1, 2),
+                                                   has_aux=True)(emb, scale, bias)
+    return loss, new_protos, grads
 
   def loss_fn(emb, scale, bias):
     sim = prototype_similarity(emb, protos)                    # [N, C*M]
@@ -123,40 +150,46 @@ def linear_step(emb, kernel, bias, labels, loss_impl="library"):
 
 def head_params(head: str, c: int, m: int, d: int) -> int:
   """Learnable parameters of the library's head on D-dim features (shapes only)."""
-  module = (heads.ProtoSegHead(c, num_prototypes=m, embed_dim=d) if head == "protoseg"
+  module = (heads.ProtoSegHead(c, num_prototypes=m, embed_dim=d) if head != "linear"
             else heads.LinearHead(c))
   shapes = jax.eval_shape(module.init, jax.random.key(0),
                           jax.ShapeDtypeStruct((1, 1, 1, d), jnp.float32))
   return harness.count_params(shapes["params"])
 
 
+HEADS = {"protoseg": None, "protoseg_auto": 0, "linear": None}   # head -> class_chunk
+
+
 def run_size(head, c, n, m, d, repeats, max_bytes, loss_impl="library") -> dict:
   sds = jax.ShapeDtypeStruct
   f32, i32 = jnp.float32, jnp.int32
-  if head == "protoseg":
-    fn = jax.jit(functools.partial(protoseg_step, loss_impl=loss_impl))
+  chunk = HEADS[head]
+  if head.startswith("protoseg"):
+    fn = jax.jit(functools.partial(protoseg_step, loss_impl=loss_impl, class_chunk=chunk))
     shapes = (sds((n, d), f32), sds((c, m, d), f32), sds((c,), f32), sds((c,), f32),
               sds((n,), i32), jax.eval_shape(lambda: jax.random.key(0)))
-    rec = {"params_head": head_params(head, c, m, d), "prototypes": c * m * d}
+    rec = {"params_head": head_params("protoseg", c, m, d), "prototypes": c * m * d,
+           "class_chunk": c if chunk is None else resolve_class_chunk(chunk, n, c, m)}
   else:
     fn = jax.jit(functools.partial(linear_step, loss_impl=loss_impl))
     shapes = (sds((n, d), f32), sds((d, c), f32), sds((c,), f32), sds((n,), i32))
     rec = {"params_head": head_params(head, c, m, d), "prototypes": 0}
-  rec = {"head": head, "losses": loss_impl, "C": c, "M": m if head == "protoseg" else None, "D": d, "N": n, **rec}
+  rec = {"head": head, "losses": loss_impl, "C": c, "M": m if head != "linear" else None, "D": d,
+         "N": n, **rec}
   t0 = time.perf_counter()
   compiled = fn.lower(*shapes).compile()
   rec["compile_s"] = round(time.perf_counter() - t0, 2)
   rec.update(harness.compiled_memory(compiled))
   est = rec.get("memory_total_bytes")
   if est is None:   # no analysis: the similarity (protoseg) or logits and their gradients
-    est = 4 * n * c * (3 * m if head == "protoseg" else 3)
+    est = 4 * n * c * (3 * m if head != "linear" else 3)
   if est > max_bytes:
     rec["skipped"] = (f"estimated {est / 2**30:.1f} GiB > --max-gb {max_bytes / 2**30:.1f} GiB")
     return rec
   k = jax.random.split(jax.random.key(c), 4)
   emb = l2_normalize(jax.random.normal(k[0], (n, d)))
   labels = jax.random.randint(k[1], (n,), 0, c)
-  if head == "protoseg":
+  if head != "linear":
     args = (emb, l2_normalize(jax.random.normal(k[2], (c, m, d))), jnp.ones((c,)),
             jnp.zeros((c,)), labels, k[3])
   else:
@@ -164,6 +197,43 @@ def run_size(head, c, n, m, d, repeats, max_bytes, loss_impl="library") -> dict:
   t = harness.time_fn(lambda: compiled(*args), warmup=1, runs=repeats)
   rec["step_ms"] = round(1000 * t.median_s, 1)
   rec["step_ms_min"] = round(1000 * t.min_s, 1)
+  return rec
+
+
+def whole_step(spec: str, c: int, head: str, overrides=()) -> dict:
+  """The whole train step (`train.make_train_step`) of config `spec` with C
+  classes and `head` ("protoseg": today's all-at-once head and CE,
+  "protoseg_auto": the automatic class chunks and CE row blocks, "linear"),
+  compiled for one device (nothing run): XLA's memory (`harness.compiled_memory`)."""
+  from protoseg_jax import optim, sharding, train
+  from protoseg_jax.models.segmentor import build_model
+  auto = head == "protoseg_auto"
+  config = harness.load_config(spec, list(overrides))
+  harness.apply_overrides(config, {
+      "model.head": "linear" if head == "linear" else "proto",
+      "protoseg.class_chunk": 0 if auto else c, "loss.label_rows": 0 if auto else 1 << 20})
+  model = build_model(config, c)
+  mesh = sharding.create_mesh(jax.devices()[:1])
+  crop, b = tuple(int(v) for v in config.dataset.crop_size), int(config.batch_size)
+  rep, data_sh = sharding.replicated(mesh), sharding.batch_sharding(mesh)
+  state = jax.eval_shape(lambda: train.create_train_state(config, model, mesh, (1, *crop, 3))[0])
+  tx, schedule = optim.create_optimizer(config, state.params)
+  step = train.make_train_step(model, tx, schedule, config, mesh)
+  batch = harness.abstract({"image": jax.ShapeDtypeStruct((b, *crop, 3), jnp.float32),
+                            "label": jax.ShapeDtypeStruct((b, *crop), jnp.int32)}, data_sh)
+  t0 = time.perf_counter()
+  with jax.set_mesh(mesh):
+    compiled = step.lower(harness.abstract(state, rep), batch).compile()
+  p = config.protoseg
+  n = b * (crop[0] // 4) * (crop[1] // 4)
+  rec = {"what": "whole_train_step", "config": spec, "overrides": list(overrides), "head": head,
+         "C": c, "batch": b, "crop": list(crop), "N_feature_pixels": n,
+         "M": int(p.num_prototypes) if head != "linear" else None,
+         "class_chunk": (resolve_class_chunk(0, n, c, int(p.num_prototypes)) if auto else c)
+         if head != "linear" else None,
+         "label_rows": losses.resolve_label_rows(0 if auto else 1 << 20, b, crop[0], crop[1], c),
+         "compile_s": round(time.perf_counter() - t0, 1)}
+  rec.update(harness.compiled_memory(compiled))
   return rec
 
 
@@ -200,9 +270,22 @@ def main(argv=None):
                   help="library: protoseg_jax's forms; gather: the forms before 2026-11-28")
   ap.add_argument("--check", action="store_true",
                   help="only compare the --losses variants on a small problem and exit")
+  ap.add_argument("--whole_step", default=None,
+                  help="a config (configs/<name>.py[:variant]): compile its whole train step "
+                       "for each --classes and --heads (protoseg, protoseg_auto, linear)")
+  ap.add_argument("--set", action="append", default=[],
+                  help="--whole_step config overrides, KEY=VALUE (repeatable)")
   a = ap.parse_args(argv)
   if a.check:
     print(json.dumps(check_variants()))
+    return
+  if a.whole_step:
+    dev = jax.devices()[0]
+    print(json.dumps({"date": datetime.date.today().isoformat(), "jax": jax.__version__,
+                      "device": f"{dev.platform}:{dev.device_kind}"}), flush=True)
+    for c in [int(x) for x in a.classes.split(",")]:
+      for head in a.heads.split(","):
+        print(json.dumps(whole_step(a.whole_step, c, head, a.set)), flush=True)
     return
   dev = jax.devices()[0]
   print(json.dumps({"date": datetime.date.today().isoformat(), "jax": jax.__version__,

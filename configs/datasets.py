@@ -3,7 +3,7 @@
 Each `set_<dataset>(config)` sets the dataset name and its sizes: training
 crop, the mmseg keep-ratio `scale` of the random rescale, the test scale, the
 fixed eval canvases, and the global batch of the paper's runs on it (mmseg's
-per-GPU samples x GPUs: Cityscapes 8, ADE20K and COCO-Stuff 16). The
+per-GPU samples x GPUs: Cityscapes 8, ADE20K, ADE20K-Full and COCO-Stuff 16). The
 augmentation every recipe shares (random rescale 0.5-2.0, cat_max_ratio 0.75
 crop retries, flip 0.5, mmseg PhotoMetricDistortion) and the splits (train /
 validation) are configs/default.py's. Class counts, names and the ignore index
@@ -33,6 +33,13 @@ CITYSCAPES_CE_WEIGHTS = (0.8373, 0.9180, 0.8660, 1.0345, 1.0166, 0.9969, 0.9754,
 # images are about 512x683: scan_eval_sizes gives much cheaper canvases.
 ADE20K_EVAL_CANVAS = (2048, 2048)
 ADE20K_EVAL_LABEL_CANVAS = (2112, 2112)
+# ADE20K-Full: data/ade20k_full stores Mask2Former's sizes (a short side above
+# 512 shrunk to 512, the long side in proportion), so the rescaled images fit
+# (2048, 2048) as ADE20K's do; the label canvas, as ADE20K's, assumes no stored
+# image is longer than 2112 px (a short side of 512 at an aspect ratio up to
+# 4.125): scan_eval_sizes gives the canvases of the prepared split.
+ADE20K_FULL_EVAL_CANVAS = (2048, 2048)
+ADE20K_FULL_EVAL_LABEL_CANVAS = (2112, 2112)
 # COCO-Stuff 164k: images are at most 640 px, so the original labels fit
 # (640, 640); rescaled, a panoramic image can reach 2048 on its long side in
 # either orientation, hence the guaranteed canvas (2048, 2048).
@@ -68,6 +75,15 @@ def set_ade20k(config):
   """ADE20K at mmseg's 512x512 recipe (`_MMSEG_512`); batch 16."""
   _set_sizes(config, "ade20k", **_MMSEG_512,
              eval_canvas=ADE20K_EVAL_CANVAS, eval_label_canvas=ADE20K_EVAL_LABEL_CANVAS)
+  config.batch_size = 16
+  return config
+
+
+def set_ade20k_full(config):
+  """ADE20K-Full (847 classes, ADE20K_2021_17_01) at the same 512x512 mmseg recipe
+  (`_MMSEG_512`) as ADE20K; batch 16."""
+  _set_sizes(config, "ade20k_full", **_MMSEG_512, eval_canvas=ADE20K_FULL_EVAL_CANVAS,
+             eval_label_canvas=ADE20K_FULL_EVAL_LABEL_CANVAS)
   config.batch_size = 16
   return config
 

@@ -108,6 +108,12 @@ def get_config():
                                         # (official: timm's cut at +-2 absolute = untruncated at std 0.02)
   p.lambda_ppc = 0.01
   p.lambda_ppd = 0.001
+  p.ppc_temperature = 1.0               # PPC logits = cosine / this: 1.0 (official code, no temperature) |
+                                        # 0.1 (the paper's text)
+  p.class_chunk = 0                     # classes per chunk of the [N, C*M] similarity (large vocabularies):
+                                        # 0 = automatic (all at once while it is <= 2 GiB in float32, the
+                                        # common case; else ~256 MiB chunks, prototypes.resolve_class_chunk),
+                                        # >= C = all at once, k = chunks of k classes (equal up to rounding)
   p.warmup_iters = 0                    # steps without prototype learning / PPC / PPD
   p.pretrain_prototype = False          # True (official trainer): during warm-up the prototypes are
                                         # trained by gradient (CE) with the head's optimizer; False:
@@ -119,6 +125,9 @@ def get_config():
   # Loss.
   config.loss = ml_collections.ConfigDict()
   config.loss.class_weights = ml_collections.FieldReference(None, field_type=tuple)
+  config.loss.label_rows = 0            # CE at label resolution, label rows per block: 0 = automatic (the
+                                        # upsampled logits [B, H, W, C] whole while <= 4 GiB in float32,
+                                        # else ~128 MiB blocks: losses.resolve_label_rows), k = blocks of k
 
   # Optimisation (protoseg_jax/optim.py).
   config.optim = ml_collections.ConfigDict()
@@ -148,6 +157,10 @@ def get_config():
   e.flip = False
   e.resize = "bilinear"                 # logits -> label size: bilinear (mmseg) | bilinear_align_corners (openseg tester) | bicubic (openseg val)
   e.merge = "mean_softmax"              # multi-pass merge: mean_softmax (mmseg) | sum_logits (openseg ms_test)
+  e.class_chunk = 0                     # classes per chunk of the label-resolution scores [B, Hl, Wl, C]
+                                        # (large vocabularies): 0 = automatic (all at once while B*Hl*Wl*C*4
+                                        # bytes <= 2 GiB, else ~128 MiB chunks: inference.resolve_class_chunk),
+                                        # >= C = all at once, k = chunks of k classes (same argmax up to rounding)
   e.log_every_batches = 50
   e.proto_usage_batches = 8             # eval batches (at most) whose pixels give val/proto_* (which
                                         # prototypes the eval pixels retrieve; one extra forward pass

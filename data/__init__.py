@@ -10,6 +10,7 @@ builders under some of these names); get them through `get_builder`:
 Dataset names (config.dataset.name) -> builder modules:
   demo            data.demo            (procedural, builds itself, no download)
   ade20k          data.ade20k          ADEChallengeData2016.zip
+  ade20k_full     data.ade20k_full     ADE20K_2021_17_01.zip (847 classes, 16-bit labels)
   cityscapes      data.cityscapes      leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip
   coco_stuff164k  data.coco_stuff164k  stuffthingmaps_trainval2017.zip, train2017.zip, val2017.zip
   coco_stuff10k   data.coco_stuff10k   cocostuff-10k-v1.1.zip
@@ -31,6 +32,7 @@ import os
 DATASETS = {
     "demo": "data.demo",
     "ade20k": "data.ade20k",
+    "ade20k_full": "data.ade20k_full",
     "cityscapes": "data.cityscapes",
     "coco_stuff164k": "data.coco_stuff164k",
     "coco_stuff10k": "data.coco_stuff10k",

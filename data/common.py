@@ -325,7 +325,7 @@ def _ranges(ids: Iterable[int]) -> str:
   return ", ".join(f"{a}..{b}" if b > a else f"{a}" for a, b in parts)
 
 
-def _read_decoded(files: ManualFiles, path: str, decode: Callable[[bytes], object], what: str,
+def read_decoded(files: ManualFiles, path: str, decode: Callable[[bytes], object], what: str,
                   of: str):
   """decode(bytes of `path`); every failure as BadFile naming the file."""
   name = files.describe(path)
@@ -357,9 +357,9 @@ def load_example(files: ManualFiles, stem: str, image_path: str, label_path: str
       image or label, a label of another size than its image, or label ids
       outside `raw_ids`.
   """
-  image = _read_decoded(files, image_path, lambda b: rgb_image_bytes(b, image_format), "image",
+  image = read_decoded(files, image_path, lambda b: rgb_image_bytes(b, image_format), "image",
                         files.describe(label_path))
-  raw = _read_decoded(files, label_path, read_label, "label", files.describe(image_path))
+  raw = read_decoded(files, label_path, read_label, "label", files.describe(image_path))
   (h, w), label_name = image[1], files.describe(label_path)
   if tuple(raw.shape) != (h, w):
     raise BadFile(label_name, f"label is {raw.shape[0]}x{raw.shape[1]} but its image "

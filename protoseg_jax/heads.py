@@ -24,9 +24,10 @@ import jax
 import jax.numpy as jnp
 
 from protoseg_jax.ops import l2_normalize, resize_nearest
-from protoseg_jax.prototypes import (ASSIGNMENTS, PROTOTYPE_UPDATES, learn_prototypes,
-                                     learn_prototypes_per_device, max_over_prototypes,
-                                     prototype_similarity)
+from protoseg_jax.prototypes import (ASSIGNMENTS, PROTOTYPE_UPDATES, chunked_retrieval,
+                                     learn_prototypes, learn_prototypes_per_device,
+                                     max_over_prototypes, prototype_similarity,
+                                     resolve_class_chunk, target_similarity)
 
 PROTOTYPE_RNG = "prototypes"  # rng stream for the Gumbel assignment
 PROJ_NORM_AXES = ("channel", "width")
@@ -40,13 +41,19 @@ PROTO_INITS = ("trunc_normal_2std", "timm_trunc_normal")
 @flax.struct.dataclass
 class HeadOutput:
   """logits [B, h, w, C]; for ProtoSegHead also embeddings [B, h, w, D] and,
-  when prototypes were learned this call, proto_logits [B*h*w, C*M] and
-  proto_targets [B*h*w] (in [0, C*M); -1 for ignored pixels, never the
-  label ignore_index, which is a real prototype when C*M > 255)."""
+  when prototypes were learned this call, proto_targets [B*h*w] (in [0, C*M);
+  -1 for ignored pixels, never the label ignore_index, which is a real
+  prototype when C*M > 255) and what PPC / PPD need: all classes at once,
+  proto_logits [B*h*w, C*M] (the cosine similarities); with class chunks,
+  instead, proto_lse [B*h*w] (log-sum-exp over the C*M of similarity /
+  ppc_temperature) and proto_target_logits [B*h*w] (the cosine to the
+  target prototype), which `losses.protoseg_loss` takes the same way."""
   logits: jnp.ndarray
   embeddings: Optional[jnp.ndarray] = None
   proto_logits: Optional[jnp.ndarray] = None
   proto_targets: Optional[jnp.ndarray] = None
+  proto_lse: Optional[jnp.ndarray] = None
+  proto_target_logits: Optional[jnp.ndarray] = None
 
 
 def init_prototypes(rng: jax.Array, shape: tuple[int, int, int], std: float = 0.02,
@@ -105,6 +112,18 @@ class ProtoSegHead(nn.Module):
       the data axis of the context mesh, else of `sharding.create_mesh()`;
       the batch must be sharded over that axis).
     ignore_index: ignored label value.
+    class_chunk: classes per chunk of the similarity (large vocabularies):
+      0 = automatic (`prototypes.resolve_class_chunk`: all classes at once
+      while the [N, C*M] float32 similarity is at most 2 GiB, today's
+      program; else chunks of about 256 MiB of similarity), >= C = all at
+      once, k = chunks of k classes. With chunks neither pass holds more than
+      one chunk's similarity [N, k*M] (`prototypes.chunked_retrieval`: the
+      scores' max over M and PPC's log-sum-exp per chunk, the backward pass
+      recomputing each chunk), and the output carries proto_lse /
+      proto_target_logits instead of proto_logits. Equal up to float rounding.
+    ppc_temperature: the PPC logits are similarity / ppc_temperature (1.0:
+      the official code, no temperature; 0.1: the paper); used here for the
+      chunked log-sum-exp, and by `losses.protoseg_loss` (give it the same).
     dtype: compute dtype of the projection convs; the embedding, similarity
       and prototype maths always run in float32.
   """
@@ -121,6 +140,8 @@ class ProtoSegHead(nn.Module):
   update_prototype: bool = True
   prototype_update: str = "global"
   ignore_index: int = 255
+  class_chunk: int = 0
+  ppc_temperature: float = 1.0
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -159,19 +180,29 @@ class ProtoSegHead(nn.Module):
     protos = self.variable("prototypes", "prototypes", init_prototypes,
                            self.make_rng("params") if self.is_initializing() else None,
                            (c, m, d), 0.02, self.proto_init)
-    sim = prototype_similarity(emb, protos.value, train_prototypes)  # [N, C*M]
-    scores = max_over_prototypes(sim.reshape(-1, c, m))  # [N, C]
+    learning = (labels is not None and not self.is_initializing()
+                and self.is_mutable_collection("prototypes"))
+    if learning and (labels.ndim != 3 or labels.shape[0] != b):
+      raise ValueError(f"labels must be [B={b}, H, W], got shape {labels.shape}")
+    chunk = resolve_class_chunk(self.class_chunk, b * h * w, c, m)
+    y = labels_to_feature_size(labels, (h, w)).reshape(-1) if learning else None
+    if chunk >= c:
+      sim = prototype_similarity(emb, protos.value, train_prototypes)  # [N, C*M]
+      scores = max_over_prototypes(sim.reshape(-1, c, m))  # [N, C]
+    else:
+      # Labels outside [0, C) (the ignore index) have no own class.
+      retrieval = chunked_retrieval(emb, protos.value, chunk, trainable=train_prototypes,
+                                    labels=y, with_lse=learning,
+                                    ppc_temperature=self.ppc_temperature)
+      scores = retrieval.scores
     if self.use_mask_norm:
       scores = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name="mask_norm")(scores)
     logits = scores.reshape(b, h, w, c)
 
     out = HeadOutput(logits=logits, embeddings=emb.reshape(b, h, w, d))
-    if labels is None or self.is_initializing() or not self.is_mutable_collection("prototypes"):
+    if not learning:
       return out
 
-    if labels.ndim != 3 or labels.shape[0] != b:
-      raise ValueError(f"labels must be [B={b}, H, W], got shape {labels.shape}")
-    y = labels_to_feature_size(labels, (h, w)).reshape(-1)
     rng = None
     if self.assignment == "gumbel":
       if not self.has_rng(PROTOTYPE_RNG):
@@ -179,17 +210,25 @@ class ProtoSegHead(nn.Module):
                          f"{PROTOTYPE_RNG!r}: apply(..., rngs={{'{PROTOTYPE_RNG}': key}})")
       rng = self.make_rng(PROTOTYPE_RNG)
     kw = dict(gamma=self.gamma, num_iters=self.sinkhorn_iters, epsilon=self.sinkhorn_epsilon,
-              assignment=self.assignment, rng=rng, ignore_index=self.ignore_index,
-              similarity=sim)
+              assignment=self.assignment, rng=rng, ignore_index=self.ignore_index)
+    if chunk >= c:
+      kw["similarity"] = sim
+    else:
+      kw["own_similarity"] = retrieval.own
+    old = protos.value
     if self.prototype_update == "per_device_mean":
       from protoseg_jax.sharding import DATA_AXIS
-      res = learn_prototypes_per_device(_update_mesh(), DATA_AXIS, protos.value, emb, scores, y,
-                                        **kw)
+      res = learn_prototypes_per_device(_update_mesh(), DATA_AXIS, old, emb, scores, y, **kw)
     else:
-      res = learn_prototypes(protos.value, emb, scores, y, **kw)
+      res = learn_prototypes(old, emb, scores, y, **kw)
     if self.update_prototype:
       protos.value = jnp.where(update, res.prototypes, protos.value)
-    return out.replace(proto_logits=res.proto_logits, proto_targets=res.proto_targets)
+    out = out.replace(proto_targets=res.proto_targets)
+    if chunk >= c:
+      return out.replace(proto_logits=res.proto_logits)
+    return out.replace(proto_lse=retrieval.lse,
+                       proto_target_logits=target_similarity(emb, old, res.proto_targets,
+                                                             train_prototypes))
 
 
 class LinearHead(nn.Module):

@@ -35,6 +35,13 @@ Semantics follow mmsegmentation (0.x `EncoderDecoder.inference/aug_test`,
     "sum_logits": openseg's ms_test sums the raw logits of all passes).
   * `make_predict_step` turns a batch into its confusion matrix
     (`protoseg_jax.metrics`), which `protoseg_jax.evaluate.Evaluator` sums.
+  * large vocabularies (`predict(class_chunk=...)`, config.eval.class_chunk):
+    the scores [B, Hl, Wl, C] are never whole. The model runs once per pass
+    (per window) and only its feature-resolution logits are kept; the same
+    upsampling then runs on chunks of classes (every resize and stitch is per
+    class) with a running argmax; mean_softmax first streams each pass's
+    log-sum-exp over the chunks (so the upsampling runs twice). Automatic
+    (0): unchunked up to 2 GiB of scores (`resolve_class_chunk`).
 
 Known differences from mmsegmentation, all from the fixed canvas:
   * whole: the network sees the zero-padded canvas, mmseg sees the image
@@ -59,7 +66,7 @@ Known differences from mmsegmentation, all from the fixed canvas:
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -234,6 +241,42 @@ def slide_windows(height: int, width: int, slide_crop: tuple[int, int],
   return out
 
 
+def _slide_plan(height: int, width: int, slide_crop: tuple[int, int],
+                stride: tuple[int, int]):
+  """(windows, (window h, w), per-pixel window count [H, W], window starts int32 [n, 2])."""
+  wins = slide_windows(height, width, slide_crop, stride)
+  wh, ww = wins[0][1] - wins[0][0], wins[0][3] - wins[0][2]
+  count = np.zeros((height, width), np.float32)
+  for y1, y2, x1, x2 in wins:
+    count[y1:y2, x1:x2] += 1
+  assert count.min() > 0, "sliding windows must cover the canvas"
+  starts = np.array([(y1, x1) for y1, _, x1, _ in wins], np.int32)
+  return wins, (wh, ww), count, starts
+
+
+def _stitch_windows(window_logits: Callable, zeros: jnp.ndarray, plan, *,
+                    align_corners: bool) -> jnp.ndarray:
+  """Sum of the windows' logits resized to the window, over the count: [B, H, W, c].
+
+  `window_logits(i, y1, x1) -> [B, h', w', c]` gives window i (a traced index,
+  its top-left corner y1, x1); `zeros [B, H, W, c]` is the accumulator. Every
+  step is per class, so it stitches any slice of the class axis.
+  """
+  wins, (wh, ww), count, starts = plan
+  b, _, _, c = zeros.shape
+  starts = jnp.asarray(starts)
+
+  def body(i, acc):
+    y1, x1 = starts[i, 0], starts[i, 1]
+    logits = window_logits(i, y1, x1)
+    out = resize_bilinear(logits.astype(jnp.float32), (wh, ww), align_corners=align_corners)
+    cur = jax.lax.dynamic_slice(acc, (0, y1, x1, 0), (b, wh, ww, c))
+    return jax.lax.dynamic_update_slice(acc, cur + out, (0, y1, x1, 0))
+
+  acc = jax.lax.fori_loop(0, len(wins), body, zeros)
+  return acc / jnp.asarray(count)[None, :, :, None]
+
+
 def slide_inference(logits_fn: LogitsFn, images: jnp.ndarray, *,
                     slide_crop: tuple[int, int], stride: tuple[int, int],
                     align_corners: bool = False) -> jnp.ndarray:
@@ -246,30 +289,22 @@ def slide_inference(logits_fn: LogitsFn, images: jnp.ndarray, *,
   how tiling the padded canvas differs from mmseg.
   """
   b, h, w, _ = images.shape
-  wins = slide_windows(h, w, slide_crop, stride)
-  wh, ww = wins[0][1] - wins[0][0], wins[0][3] - wins[0][2]
-  count = np.zeros((h, w), np.float32)
-  for y1, y2, x1, x2 in wins:
-    count[y1:y2, x1:x2] += 1
-  assert count.min() > 0, "sliding windows must cover the canvas"
+  plan = _slide_plan(h, w, slide_crop, stride)
+  wins, (wh, ww) = plan[0], plan[1]
   if len(wins) == 1:
     return whole_inference(logits_fn, images, align_corners=align_corners)
-  starts = jnp.asarray(np.array([(y1, x1) for y1, _, x1, _ in wins], np.int32))
   c = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct((b, wh, ww, images.shape[3]),
                                                      images.dtype)).shape[-1]
 
-  def body(i, acc):
-    y1, x1 = starts[i, 0], starts[i, 1]
-    crop = jax.lax.dynamic_slice(images, (0, y1, x1, 0), (b, wh, ww, images.shape[3]))
-    out = whole_inference(logits_fn, crop, align_corners=align_corners)
-    cur = jax.lax.dynamic_slice(acc, (0, y1, x1, 0), (b, wh, ww, c))
-    return jax.lax.dynamic_update_slice(acc, cur + out, (0, y1, x1, 0))
+  def window_logits(i, y1, x1):
+    del i
+    return logits_fn(jax.lax.dynamic_slice(images, (0, y1, x1, 0),
+                                           (b, wh, ww, images.shape[3])))
 
   # Derive the accumulator from `images` so that it carries the batch sharding
   # (a fresh jnp.zeros would be replicated, which Explicit meshes reject).
   zeros = jnp.broadcast_to(jnp.zeros_like(images[..., :1], jnp.float32), (b, h, w, c))
-  acc = jax.lax.fori_loop(0, len(wins), body, zeros)
-  return acc / jnp.asarray(count)[None, :, :, None]
+  return _stitch_windows(window_logits, zeros, plan, align_corners=align_corners)
 
 
 def _scaled_size(size: tuple[int, int], ratio: float) -> tuple[int, int]:
@@ -307,7 +342,9 @@ def predict_scores(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
   With one scale and no flip the scores are the logits (resized to
   label_hw); otherwise the mean over passes of the softmax probabilities,
   each computed after the resize to label_hw and, for a flipped pass, after
-  flipping back (mmseg aug test). Outside label_hw the scores are 0.
+  flipping back (mmseg aug test). Outside label_hw the scores are 0. All C
+  classes at once: for the labels alone of a large vocabulary,
+  `predict(class_chunk=...)` builds them in chunks.
 
   Args:
     logits_fn: images [b, h, w, 3] -> logits [b, h', w', C] (feature res).
@@ -334,45 +371,24 @@ def predict_scores(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
       the softmax probabilities) or "sum_logits" (openseg ms_test: the sum of
       the raw logits). One pass: the logits either way.
   """
-  check_mode(mode, slide_crop, stride, scales, resize, merge)
-  images = batch["image"]
-  if images.ndim != 4:
-    raise ValueError(f"batch['image'] must be [B, H, W, 3], got shape {images.shape}")
-  if batch["label"].ndim != 3:
-    raise ValueError(f"batch['label'] must be [B, Hl, Wl], got shape {batch['label'].shape}")
-  image_hw = batch["image_hw"].astype(jnp.int32)
-  label_hw = batch["label_hw"].astype(jnp.int32)
-  label_size = tuple(batch["label"].shape[1:3])
-  canvas = tuple(images.shape[1:3])
-  if num_classes is not None:
-    c = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(images.shape, images.dtype)).shape[-1]
-    if c != num_classes:
-      raise ValueError(f"logits_fn returns {c} classes, expected num_classes={num_classes}")
-
-  up_align = True if resize == "bilinear_align_corners" else align_corners
-  label_method = "bilinear" if resize == "bilinear" else "bicubic"
+  ctx = _context(logits_fn, batch, mode, slide_crop, stride, scales, flip, num_classes,
+                 align_corners, resize, merge)
+  label_hw = ctx.label_hw
 
   def infer(x):
     if resize == "bicubic":
       return logits_fn(x).astype(jnp.float32)                 # feature resolution
     if mode == "slide":
       return slide_inference(logits_fn, x, slide_crop=tuple(slide_crop), stride=tuple(stride),
-                             align_corners=up_align)
-    return whole_inference(logits_fn, x, align_corners=up_align)
+                             align_corners=ctx.up_align)
+    return whole_inference(logits_fn, x, align_corners=ctx.up_align)
 
-  passes = [(float(s), f) for s in scales for f in ((False, True) if flip else (False,))]
+  passes = ctx.passes
   total = None
   for ratio, flipped in passes:
-    x = flip_valid(images, image_hw[:, 1]) if flipped else images
-    size = _scaled_size(canvas, ratio)
-    x = resize_bilinear(x, size, align_corners=False)
+    x = _pass_input(ctx, ratio, flipped)
     logits = infer(x)                                          # [B, Hs, Ws, C] (bicubic: h', w')
-    # Multiply first: exact when the scaled extent is an integer. The logits
-    # cover the whole scaled canvas `size` (bicubic: at feature resolution).
-    out_hw = logits.shape[1:3]
-    valid = (image_hw.astype(jnp.float32) * jnp.asarray(out_hw, jnp.float32)
-             / jnp.asarray(canvas, jnp.float32))
-    scores = resize_valid(logits, valid, label_hw, label_size, method=label_method)
+    scores = _to_label(ctx, logits)
     if len(passes) > 1 and merge == "mean_softmax":
       scores = jax.nn.softmax(scores, axis=-1)
     if flipped:
@@ -381,10 +397,250 @@ def predict_scores(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
   if len(passes) > 1:
     if merge == "mean_softmax":
       total = total / len(passes)
-    inside = ((jnp.arange(label_size[0])[None, :, None] < label_hw[:, 0, None, None])
-              & (jnp.arange(label_size[1])[None, None, :] < label_hw[:, 1, None, None]))
-    total = jnp.where(inside[..., None], total, 0.0)
+    total = jnp.where(_inside(ctx)[..., None], total, 0.0)
   return total
+
+
+class _Context(NamedTuple):
+  """The static plan and the per-example sizes of one batch's prediction."""
+  images: jnp.ndarray
+  image_hw: jnp.ndarray
+  label_hw: jnp.ndarray
+  label_size: tuple[int, int]
+  canvas: tuple[int, int]
+  passes: list                     # [(scale ratio, flipped)]
+  up_align: bool                   # feature -> input upsampling convention
+  label_method: str                # "bilinear" | "bicubic" (input -> label size)
+
+
+def _context(logits_fn, batch, mode, slide_crop, stride, scales, flip, num_classes,
+             align_corners, resize, merge) -> _Context:
+  _check_call(batch, mode, slide_crop, stride, scales, resize, merge)
+  images = batch["image"]
+  image_hw = batch["image_hw"].astype(jnp.int32)
+  label_hw = batch["label_hw"].astype(jnp.int32)
+  label_size = tuple(batch["label"].shape[1:3])
+  canvas = tuple(images.shape[1:3])
+  if num_classes is not None:
+    c = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(images.shape, images.dtype)).shape[-1]
+    _check_classes(c, num_classes)
+  passes = [(float(s), f) for s in scales for f in ((False, True) if flip else (False,))]
+  return _Context(images, image_hw, label_hw, label_size, canvas, passes,
+                  True if resize == "bilinear_align_corners" else align_corners,
+                  "bilinear" if resize == "bilinear" else "bicubic")
+
+
+def _check_call(batch, mode, slide_crop, stride, scales, resize, merge):
+  check_mode(mode, slide_crop, stride, scales, resize, merge)
+  if batch["image"].ndim != 4:
+    raise ValueError(f"batch['image'] must be [B, H, W, 3], got shape {batch['image'].shape}")
+  if batch["label"].ndim != 3:
+    raise ValueError(f"batch['label'] must be [B, Hl, Wl], got shape {batch['label'].shape}")
+
+
+def _check_classes(c: int, num_classes: int):
+  if c != num_classes:
+    raise ValueError(f"logits_fn returns {c} classes, expected num_classes={num_classes}")
+
+
+def _pass_input(ctx: _Context, ratio: float, flipped: bool) -> jnp.ndarray:
+  """The images of one pass: flipped (valid columns), resized by `ratio`."""
+  x = flip_valid(ctx.images, ctx.image_hw[:, 1]) if flipped else ctx.images
+  return resize_bilinear(x, _scaled_size(ctx.canvas, ratio), align_corners=False)
+
+
+def _to_label(ctx: _Context, logits: jnp.ndarray) -> jnp.ndarray:
+  """One pass's logits over its whole canvas (bicubic: at feature resolution)
+  -> the valid region resized to label_hw: float32 [B, Hl, Wl, c], 0 outside."""
+  # Multiply first: exact when the scaled extent is an integer.
+  out_hw = logits.shape[1:3]
+  valid = (ctx.image_hw.astype(jnp.float32) * jnp.asarray(out_hw, jnp.float32)
+           / jnp.asarray(ctx.canvas, jnp.float32))
+  return resize_valid(logits, valid, ctx.label_hw, ctx.label_size, method=ctx.label_method)
+
+
+def _inside(ctx: _Context) -> jnp.ndarray:
+  """bool [B, Hl, Wl]: the pixel lies inside label_hw."""
+  label_size, label_hw = ctx.label_size, ctx.label_hw
+  return ((jnp.arange(label_size[0])[None, :, None] < label_hw[:, 0, None, None])
+          & (jnp.arange(label_size[1])[None, None, :] < label_hw[:, 1, None, None]))
+
+
+# --------------------------------------------------------------------------
+# Predictions for a large vocabulary: chunks of classes.
+# --------------------------------------------------------------------------
+
+# class_chunk=0: chunk when the label-resolution scores B * Hl * Wl * C float32
+# of one batch (global shapes) would exceed AUTO_BUDGET_BYTES, in chunks of at
+# most AUTO_CHUNK_BYTES of label-resolution scores each. Today's program peaks at
+# about 3x its scores (XLA's temp memory, CPU: 1.27 GiB for 444 MB of scores),
+# so up to ~6 GiB below the budget; a chunk of 128 MiB about 0.3 GiB. Within
+# the budget the program is exactly the unchunked one (e.g. Cityscapes,
+# 8 x 1024 x 2048 x 19: 1.27 GB); above it (ADE20K's 2112 x 2112 label canvas,
+# ADE20K-Full's 847 classes) chunks: on CPU no slower for one pass or
+# sum_logits, ~1.5x for mean_softmax over passes (it upsamples twice).
+AUTO_BUDGET_BYTES = 2 << 30
+AUTO_CHUNK_BYTES = 128 << 20
+
+
+def resolve_class_chunk(class_chunk: Optional[int], batch: int, label_size: Sequence[int],
+                        num_classes: int) -> Optional[int]:
+  """Classes per chunk of `predict`, or None for the unchunked program.
+
+  class_chunk None, or >= num_classes: None. 0 (automatic): None while the
+  label-resolution scores batch * Hl * Wl * num_classes * 4 bytes stay within
+  AUTO_BUDGET_BYTES (2 GiB; `batch` is the global batch, so under data
+  parallelism the rule is conservative); above, the fewest chunks of at most
+  AUTO_CHUNK_BYTES (128 MiB) of scores each (at least one class), balanced
+  (ceil(C / n) classes each, so that little padding is computed). k > 0: k.
+  """
+  if class_chunk is None:
+    return None
+  k = int(class_chunk)
+  if k < 0:
+    raise ValueError(f"class_chunk must be None or an integer >= 0, got {class_chunk!r}")
+  pixel_bytes = 4 * int(batch) * int(label_size[0]) * int(label_size[1])
+  if k == 0:
+    if pixel_bytes * num_classes <= AUTO_BUDGET_BYTES:
+      return None
+    k = max(1, AUTO_CHUNK_BYTES // max(pixel_bytes, 1))
+    n = -(-num_classes // k)
+    k = -(-num_classes // n)
+  return None if k >= num_classes else k
+
+
+def _num_outputs(logits_fn: LogitsFn, images: jnp.ndarray, mode: str, slide_crop) -> int:
+  """C of `logits_fn` (abstractly, on the canvas or, for slide, one window)."""
+  shape = images.shape
+  if mode == "slide":
+    shape = (shape[0], min(int(slide_crop[0]), shape[1]), min(int(slide_crop[1]), shape[2]),
+             shape[3])
+  return jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(shape, images.dtype)).shape[-1]
+
+
+def _record_logits(logits_fn: LogitsFn, x: jnp.ndarray, mode: str, resize: str,
+                   slide_crop, stride):
+  """The model on one pass's images, once: (feature-resolution logits, slide plan).
+
+  Whole (and bicubic): logits [B, h', w', C], plan None. Slide with several
+  windows: every window's logits [n, B, h', w', C] (window after window, in a
+  `lax.map`) and the plan to stitch them.
+  """
+  if resize == "bicubic" or mode == "whole":
+    return logits_fn(x), None
+  b, h, w, channels = x.shape
+  plan = _slide_plan(h, w, tuple(slide_crop), tuple(stride))
+  if len(plan[0]) == 1:
+    return logits_fn(x), None
+  (wh, ww), starts = plan[1], jnp.asarray(plan[3])
+
+  def window(i):
+    return logits_fn(jax.lax.dynamic_slice(x, (0, starts[i, 0], starts[i, 1], 0),
+                                           (b, wh, ww, channels)))
+  return jax.lax.map(window, jnp.arange(len(plan[0]))), plan
+
+
+def _chunk_to_label(ctx: _Context, logits: jnp.ndarray, plan, size: tuple[int, int],
+                    resize: str) -> jnp.ndarray:
+  """A class slice of one pass's recorded logits -> label-resolution scores
+  [B, Hl, Wl, k]: `predict_scores`' upsampling, on those classes only."""
+  if resize == "bicubic":
+    up = logits.astype(jnp.float32)                           # feature resolution
+  elif plan is None:                                          # whole_inference
+    up = resize_bilinear(logits.astype(jnp.float32), size, align_corners=ctx.up_align)
+  else:                                                       # slide_inference
+    b, k = logits.shape[1], logits.shape[-1]
+    zeros = jnp.broadcast_to(jnp.zeros_like(logits[0, :, :1, :1, :1], jnp.float32),
+                             (b,) + tuple(size) + (k,))
+    up = _stitch_windows(lambda i, y1, x1: logits[i], zeros, plan,
+                         align_corners=ctx.up_align)
+  return _to_label(ctx, up)
+
+
+def _predict_chunked(logits_fn: LogitsFn, ctx: _Context, chunk: int, num_classes: int, *,
+                     mode, slide_crop, stride, resize, merge) -> jnp.ndarray:
+  """argmax over classes of `predict_scores`, chunk classes at a time.
+
+  The model runs once per pass (per window for slide) and its feature-
+  resolution logits are kept; a `lax.scan` over the chunks then upsamples
+  each chunk's logits to the label resolution and keeps a running (best
+  score, best class). mean_softmax over several passes first streams the
+  log-sum-exp of every pass over the chunks (running max and sum), then
+  merges the probabilities chunk by chunk. C is padded to a multiple of the
+  chunk with classes whose scores are -inf (never the argmax).
+  """
+  passes, label_hw = ctx.passes, ctx.label_hw
+  records = []
+  for ratio, flipped in passes:
+    x = _pass_input(ctx, ratio, flipped)
+    logits, plan = _record_logits(logits_fn, x, mode, resize, slide_crop, stride)
+    _check_classes(logits.shape[-1], num_classes)
+    records.append((logits, plan, tuple(x.shape[1:3]), flipped))
+  n_chunks = -(-num_classes // chunk)
+  pad = n_chunks * chunk - num_classes
+  if pad:
+    records = [(jnp.pad(r, [(0, 0)] * (r.ndim - 1) + [(0, pad)]), plan, size, f)
+               for r, plan, size, f in records]
+  multi = len(passes) > 1
+  softmax = multi and merge == "mean_softmax"
+  # Per-example arrays derived from label_hw carry the batch sharding.
+  zero = jnp.zeros_like(label_hw[:, 0], jnp.float32)[:, None, None]
+  pixels = (label_hw.shape[0],) + ctx.label_size
+  neg_inf = jnp.broadcast_to(zero - jnp.inf, pixels)
+
+  def real(j, s):
+    """Scores of the padding classes (ids >= C) of chunk j -> -inf."""
+    if not pad:
+      return s
+    ids = j * chunk + jnp.arange(chunk, dtype=jnp.int32)
+    return jnp.where(ids < num_classes, s, -jnp.inf)
+
+  def pass_scores(j, p):
+    logits, plan, size, _ = records[p]
+    part = jax.lax.dynamic_slice_in_dim(logits, j * chunk, chunk, axis=logits.ndim - 1)
+    return _chunk_to_label(ctx, part, plan, size, resize)
+
+  chunk_ids = jnp.arange(n_chunks, dtype=jnp.int32)
+  if softmax:
+    def lse_step(carry, j):
+      out = []
+      for p, (m, total) in enumerate(carry):
+        s = real(j, pass_scores(j, p))
+        m_new = jnp.maximum(m, jnp.max(s, axis=-1))
+        total = (total * jnp.exp(m - m_new)
+                 + jnp.sum(jnp.exp(s - m_new[..., None]), axis=-1))
+        out.append((m_new, total))
+      return tuple(out), None
+
+    init = tuple((neg_inf, jnp.broadcast_to(zero, pixels)) for _ in passes)
+    stats, _ = jax.lax.scan(lse_step, init, chunk_ids)
+  inside = _inside(ctx)[..., None] if multi else None
+
+  def argmax_step(carry, j):
+    best, best_id = carry
+    total = None
+    for p, (_, _, _, flipped) in enumerate(records):
+      s = pass_scores(j, p)
+      if softmax:
+        m, z = stats[p]
+        s = jnp.exp(s - m[..., None]) / z[..., None]
+      if flipped:
+        s = flip_valid(s, label_hw[:, 1])
+      total = s if total is None else total + s
+    if softmax:
+      total = total / len(passes)
+    if multi:
+      total = jnp.where(inside, total, 0.0)
+    total = real(j, total)
+    top = jnp.max(total, axis=-1)
+    top_id = jnp.argmax(total, axis=-1).astype(jnp.int32) + j * chunk
+    # jnp.argmax: the first maximum wins, a NaN counts as the maximum.
+    take = (top > best) | (jnp.isnan(top) & ~jnp.isnan(best))
+    return (jnp.where(take, top, best), jnp.where(take, top_id, best_id)), None
+
+  init = (neg_inf, jnp.zeros_like(neg_inf, jnp.int32))
+  (_, pred), _ = jax.lax.scan(argmax_step, init, chunk_ids)
+  return pred
 
 
 def predict(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
@@ -392,16 +648,37 @@ def predict(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
             stride: Optional[Sequence[int]] = None, scales: Sequence[float] = (1.0,),
             flip: bool = False, num_classes: Optional[int] = None,
             align_corners: bool = False, resize: str = "bilinear",
-            merge: str = "mean_softmax") -> jnp.ndarray:
+            merge: str = "mean_softmax", class_chunk: Optional[int] = None) -> jnp.ndarray:
   """Predicted class ids at the original resolution: int32 [B, Hl, Wl].
 
   argmax of `predict_scores` (same arguments). Pixels outside label_hw are 0;
   the label is ignore_index there, so they never count.
+
+  class_chunk: classes per chunk, for a large vocabulary. None (or >= C):
+  argmax of `predict_scores`, the scores [B, Hl, Wl, C] built at once. k > 0:
+  the model runs once per pass (per window) as before, only its feature-
+  resolution logits are whole, and the label-resolution scores are built k
+  classes at a time with a running argmax (`_predict_chunked`; same
+  predictions up to float rounding, ties to the lowest class id). 0: automatic
+  (`resolve_class_chunk`): unchunked while B * Hl * Wl * C * 4 bytes <= 2 GiB.
   """
-  scores = predict_scores(logits_fn, batch, mode=mode, slide_crop=slide_crop, stride=stride,
-                          scales=scales, flip=flip, num_classes=num_classes,
-                          align_corners=align_corners, resize=resize, merge=merge)
-  return jnp.argmax(scores, axis=-1).astype(jnp.int32)
+  if class_chunk is None:
+    scores = predict_scores(logits_fn, batch, mode=mode, slide_crop=slide_crop, stride=stride,
+                            scales=scales, flip=flip, num_classes=num_classes,
+                            align_corners=align_corners, resize=resize, merge=merge)
+    return jnp.argmax(scores, axis=-1).astype(jnp.int32)
+  _check_call(batch, mode, slide_crop, stride, scales, resize, merge)
+  c = (num_classes if num_classes is not None
+       else _num_outputs(logits_fn, batch["image"], mode, slide_crop))
+  chunk = resolve_class_chunk(class_chunk, batch["image"].shape[0], batch["label"].shape[1:3], c)
+  if chunk is None:                                           # today's program
+    return predict(logits_fn, batch, mode=mode, slide_crop=slide_crop, stride=stride,
+                   scales=scales, flip=flip, num_classes=num_classes,
+                   align_corners=align_corners, resize=resize, merge=merge)
+  ctx = _context(logits_fn, batch, mode, slide_crop, stride, scales, flip, None,
+                 align_corners, resize, merge)
+  return _predict_chunked(logits_fn, ctx, chunk, c, mode=mode, slide_crop=slide_crop,
+                          stride=stride, resize=resize, merge=merge)
 
 
 def make_predict_step(logits_fn_from_variables: Callable[[Any, jnp.ndarray], jnp.ndarray], *,
@@ -411,7 +688,8 @@ def make_predict_step(logits_fn_from_variables: Callable[[Any, jnp.ndarray], jnp
                       scales: Sequence[float] = (1.0,), flip: bool = False,
                       align_corners: bool = False, resize: str = "bilinear",
                       merge: str = "mean_softmax",
-                      class_ids: Optional[Sequence[int]] = None
+                      class_ids: Optional[Sequence[int]] = None,
+                      class_chunk: Optional[int] = None
                       ) -> Callable[[Any, Mapping[str, jnp.ndarray]], jnp.ndarray]:
   """`(variables, batch) -> int32 [C, C]` confusion matrix of one eval batch.
 
@@ -427,8 +705,14 @@ def make_predict_step(logits_fn_from_variables: Callable[[Any, jnp.ndarray], jnp
   outputs; each prediction is mapped to its dataset id and scored against
   the labels with all `num_classes` dataset classes (a class no output maps
   to is never predicted).
+
+  class_chunk: classes per chunk of the label-resolution scores (`predict`):
+  None or >= C: all at once; 0: automatic (`resolve_class_chunk`).
   """
   check_mode(mode, slide_crop, stride, scales, resize, merge)
+  if class_chunk is not None and not (isinstance(class_chunk, (int, np.integer))
+                                      and not isinstance(class_chunk, bool) and class_chunk >= 0):
+    raise ValueError(f"class_chunk must be None or an integer >= 0, got {class_chunk!r}")
   ids, num_outputs = None, num_classes
   if class_ids is not None:
     ids = np.asarray(class_ids, np.int32)
@@ -441,7 +725,7 @@ def make_predict_step(logits_fn_from_variables: Callable[[Any, jnp.ndarray], jnp
     pred = predict(lambda x: logits_fn_from_variables(variables, x), batch, mode=mode,
                    slide_crop=slide_crop, stride=stride, scales=scales, flip=flip,
                    num_classes=num_outputs, align_corners=align_corners, resize=resize,
-                   merge=merge)
+                   merge=merge, class_chunk=class_chunk)
     if ids is not None:
       pred = jnp.asarray(ids)[pred]
     return confusion_matrix(pred, batch["label"], num_classes, ignore_index=ignore_index,

@@ -10,8 +10,9 @@ from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from protoseg_jax.ops import resize_bilinear
+from protoseg_jax.ops import interp_matrix, resize_bilinear
 
 
 def _pick(x: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
@@ -73,19 +74,117 @@ def ppd_loss(proto_logits: jnp.ndarray, proto_targets: jnp.ndarray) -> jnp.ndarr
   return jnp.sum(sq) / jnp.maximum(jnp.sum(valid), 1)
 
 
+def ppc_ppd_from_target(proto_lse: jnp.ndarray, proto_target_logits: jnp.ndarray,
+                        proto_targets: jnp.ndarray, ppc_temperature: float = 1.0
+                        ) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(PPC, PPD) without the [N, C*M] prototype logits: from each pixel's
+  log-sum-exp over all C*M of similarity / temperature (proto_lse [N]) and
+  its cosine to the target prototype (proto_target_logits [N]); targets as
+  in `ppc_loss` (negative: ignored). Equal to `ppc_loss(proto_logits / t)`
+  and `ppd_loss(proto_logits)` up to float rounding."""
+  valid = proto_targets.astype(jnp.int32) >= 0
+  count = jnp.maximum(jnp.sum(valid), 1)
+  s = proto_target_logits.astype(jnp.float32)
+  nll = proto_lse.astype(jnp.float32) - s / float(ppc_temperature)
+  ppc = jnp.sum(jnp.where(valid, nll, 0.0)) / count
+  ppd = jnp.sum(jnp.where(valid, jnp.square(1.0 - s), 0.0)) / count
+  return ppc, ppd
+
+
+# `segmentation_loss`'s automatic rule: the upsampled logits [B, H, W, C] are
+# formed whole while they are at most AUTO_UPSAMPLED_BYTES (float32; ADE20K's
+# 150 and COCO-Stuff's 171 classes at 16 crops of 512x512: 2.3 / 2.7 GiB keep
+# today's program), else a block of rows at a time, each about AUTO_ROW_BLOCK_BYTES.
+AUTO_UPSAMPLED_BYTES = 4 * 2**30
+AUTO_ROW_BLOCK_BYTES = 128 * 2**20
+
+
+def resolve_label_rows(label_rows: int, batch: int, height: int, width: int,
+                       num_classes: int) -> int:
+  """Label rows per block of `segmentation_loss` (>= height: all at once).
+
+  label_rows > 0: that many; 0 (automatic): all at once when the upsampled
+  logits B*H*W*C (float32) are at most AUTO_UPSAMPLED_BYTES (4 GiB), else
+  blocks of about AUTO_ROW_BLOCK_BYTES (128 MiB), balanced over the rows.
+  """
+  if label_rows < 0:
+    raise ValueError(f"label_rows must be >= 0 (0: automatic), got {label_rows}")
+  if label_rows > 0:
+    return min(int(label_rows), int(height))
+  row_bytes = 4 * int(batch) * int(width) * int(num_classes)
+  if row_bytes * height <= AUTO_UPSAMPLED_BYTES:
+    return int(height)
+  per = max(1, AUTO_ROW_BLOCK_BYTES // row_bytes)
+  blocks = -(-height // per)
+  return -(-height // blocks)
+
+
 def segmentation_loss(seg_logits: jnp.ndarray, labels: jnp.ndarray, *, ignore_index: int = 255,
-                      class_weights=None, align_corners: bool = True) -> jnp.ndarray:
-  """CE after bilinear upsampling of [B, h, w, C] logits to the [B, H, W] labels."""
-  up = resize_bilinear(seg_logits.astype(jnp.float32), labels.shape[1:3], align_corners=align_corners)
-  return cross_entropy(up, labels, ignore_index=ignore_index, class_weights=class_weights)
+                      class_weights=None, align_corners: bool = True,
+                      label_rows: int = 0) -> jnp.ndarray:
+  """CE after bilinear upsampling of [B, h, w, C] logits to the [B, H, W] labels.
+
+  label_rows: label rows per block (`resolve_label_rows`; 0 = automatic,
+  >= H = all at once, today's program). With blocks, the upsampling and the
+  cross-entropy are computed together a block of rows at a time
+  (`lax.scan`, the body checkpointed: the backward pass recomputes a block)
+  and no [B, H, W, C] tensor is formed; equal up to float rounding.
+  """
+  b, h, w, c = seg_logits.shape
+  rows = resolve_label_rows(label_rows, b, labels.shape[1], labels.shape[2], c)
+  if rows >= labels.shape[1]:
+    up = resize_bilinear(seg_logits.astype(jnp.float32), labels.shape[1:3],
+                         align_corners=align_corners)
+    return cross_entropy(up, labels, ignore_index=ignore_index, class_weights=class_weights)
+  return _blockwise_cross_entropy(seg_logits.astype(jnp.float32), labels, rows,
+                                  ignore_index=ignore_index, class_weights=class_weights,
+                                  align_corners=align_corners)
+
+
+def _blockwise_cross_entropy(logits, labels, rows: int, *, ignore_index, class_weights,
+                             align_corners):
+  """`segmentation_loss` a block of `rows` label rows at a time."""
+  b, h, w, c = logits.shape
+  hl, wl = labels.shape[1:3]
+  blocks = -(-hl // rows)
+  pad = blocks * rows - hl
+  wh = np.zeros((blocks * rows, h), np.float32)          # padded rows: no weight, ignored labels
+  wh[:hl] = interp_matrix(h, hl, align_corners)
+  ww = jnp.asarray(interp_matrix(w, wl, align_corners), jnp.float32)
+  y = jnp.pad(labels.astype(jnp.int32), ((0, 0), (0, pad), (0, 0)), constant_values=-1)
+  y = jnp.moveaxis(y.reshape(b, blocks, rows, wl), 1, 0)               # [blocks, B, rows, W]
+  wh = jnp.asarray(wh.reshape(blocks, rows, h))
+  cw = None if class_weights is None else jnp.asarray(class_weights, jnp.float32)
+  if cw is not None and cw.shape != (c,):
+    raise ValueError(f"class_weights must have {c} entries, got shape {cw.shape}")
+
+  @jax.checkpoint
+  def body(carry, xs):
+    wh_r, y_r = xs
+    x = jnp.einsum("oh,bhwc->bowc", wh_r, logits)
+    x = jnp.einsum("pw,bowc->bopc", ww, x)                             # [B, rows, W, C]
+    valid = (y_r != ignore_index) & (y_r >= 0) & (y_r < c)
+    safe = jnp.where(valid, y_r, 0)
+    nll = jax.nn.logsumexp(x, axis=-1) - _pick(x, safe)
+    wts = valid.astype(jnp.float32) if cw is None else jnp.where(valid, cw[safe], 0.0)
+    total, weight = carry
+    return (total + jnp.sum(wts * nll), weight + jnp.sum(wts)), None
+
+  zero = jnp.zeros((), jnp.float32)
+  (total, weight), _ = jax.lax.scan(body, (zero, zero), (wh, y))
+  return total / jnp.maximum(weight, 1e-12)
 
 
 def protoseg_loss(seg_logits: jnp.ndarray, labels: jnp.ndarray,
                   proto_logits: Optional[jnp.ndarray] = None,
                   proto_targets: Optional[jnp.ndarray] = None, *,
+                  proto_lse: Optional[jnp.ndarray] = None,
+                  proto_target_logits: Optional[jnp.ndarray] = None,
                   lambda_ppc: float = 0.01, lambda_ppd: float = 0.001,
+                  ppc_temperature: float = 1.0,
                   ignore_index: int = 255, class_weights=None,
-                  align_corners: bool = True) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+                  align_corners: bool = True,
+                  label_rows: int = 0) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
   """ProtoSeg loss: CE(upsample(seg_logits), labels) + lambda_ppc PPC + lambda_ppd PPD.
 
   Args:
@@ -93,18 +192,30 @@ def protoseg_loss(seg_logits: jnp.ndarray, labels: jnp.ndarray,
     labels: [B, H, W] int at label resolution.
     proto_logits, proto_targets: [N, C*M] and [N] from the prototype head
       (feature resolution; targets in [0, C*M), -1 for ignored pixels; the
-      label `ignore_index` does not apply to them); when None (linear head)
-      the loss is CE only.
+      label `ignore_index` does not apply to them); when neither proto_logits
+      nor proto_lse is given (linear head) the loss is CE only.
+    proto_lse, proto_target_logits: [N] each, what a head with class chunks
+      gives instead of proto_logits (`ppc_ppd_from_target`).
+    ppc_temperature: PPC on proto_logits / ppc_temperature (1.0: the
+      official code; the chunked head computed proto_lse with its own, the
+      same value).
+    label_rows: the CE's label rows per block (`segmentation_loss`).
 
   Returns:
     (total, {"loss_ce", "loss_ppc", "loss_ppd"}).
   """
   ce = segmentation_loss(seg_logits, labels, ignore_index=ignore_index,
-                         class_weights=class_weights, align_corners=align_corners)
-  if proto_logits is None:
+                         class_weights=class_weights, align_corners=align_corners,
+                         label_rows=label_rows)
+  if proto_logits is None and proto_lse is None:
     zero = jnp.zeros((), jnp.float32)
     return ce, {"loss_ce": ce, "loss_ppc": zero, "loss_ppd": zero}
-  ppc = ppc_loss(proto_logits, proto_targets)
-  ppd = ppd_loss(proto_logits, proto_targets)
+  if proto_logits is not None:
+    logits = proto_logits if float(ppc_temperature) == 1.0 else proto_logits / ppc_temperature
+    ppc = ppc_loss(logits, proto_targets)
+    ppd = ppd_loss(proto_logits, proto_targets)
+  else:
+    ppc, ppd = ppc_ppd_from_target(proto_lse, proto_target_logits, proto_targets,
+                                   ppc_temperature)
   total = ce + lambda_ppc * ppc + lambda_ppd * ppd
   return total, {"loss_ce": ce, "loss_ppc": ppc, "loss_ppd": ppd}

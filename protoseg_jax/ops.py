@@ -17,7 +17,7 @@ import numpy as np
 CUBIC_A = -0.75
 
 
-def _interp_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
+def interp_matrix(in_size: int, out_size: int, align_corners: bool) -> np.ndarray:
   """[out_size, in_size] linear-interpolation weights, PyTorch semantics."""
   dst = np.arange(out_size, dtype=np.float64)
   if align_corners:
@@ -50,8 +50,8 @@ def resize_bilinear(x: jnp.ndarray, size: tuple[int, int], *,
     raise ValueError(f"resize_bilinear expects [B, H, W, C], got shape {x.shape}")
   if (x.shape[1], x.shape[2]) == (h, w):
     return x
-  wh = jnp.asarray(_interp_matrix(x.shape[1], h, align_corners), x.dtype)
-  ww = jnp.asarray(_interp_matrix(x.shape[2], w, align_corners), x.dtype)
+  wh = jnp.asarray(interp_matrix(x.shape[1], h, align_corners), x.dtype)
+  ww = jnp.asarray(interp_matrix(x.shape[2], w, align_corners), x.dtype)
   x = jnp.einsum("oh,bhwc->bowc", wh, x)
   return jnp.einsum("pw,bowc->bopc", ww, x)
 

@@ -393,14 +393,18 @@ class Predictor:
     key = (label_size, with_scores)
     if key not in self._steps:
       model, kwargs = self.model, self._infer_kwargs
+      class_chunk = config_value(self.config, "eval.class_chunk")
 
       def step(variables, image, image_hw, label_hw):
         batch = {"image": image, "image_hw": image_hw, "label_hw": label_hw,
                  "label": jnp.zeros((image.shape[0],) + label_size, jnp.int32)}
-        scores = inference.predict_scores(
-            lambda x: model.apply(variables, x, train=False).logits, batch, **kwargs)
+        logits_fn = lambda x: model.apply(variables, x, train=False).logits
+        if not with_scores:   # labels only: the scores of a large vocabulary by chunks
+          pred = inference.predict(logits_fn, batch, class_chunk=class_chunk, **kwargs)
+          return self._class_ids[pred]                        # model output -> class id
+        scores = inference.predict_scores(logits_fn, batch, **kwargs)
         pred = self._class_ids[jnp.argmax(scores, axis=-1)]   # model output -> class id
-        return (pred, scores) if with_scores else pred
+        return pred, scores
 
       d = self._data
       self._steps[key] = jax.jit(step, in_shardings=(self._rep, d, d, d),

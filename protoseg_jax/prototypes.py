@@ -36,7 +36,8 @@ class PrototypeUpdate:
 
   prototypes:    [C, M, D] updated prototypes, unit norm.
   proto_logits:  [N, C*M] cosine similarity to the OLD prototypes (gradients
-                 flow into the embeddings only).
+                 flow into the embeddings only); None when learning from
+                 own-class similarities (`own_similarity`, chunked classes).
   proto_targets: [N] int32 c*M + index (Sinkhorn argmax) in [0, C*M);
                  PROTO_IGNORE (-1) for ignored pixels.
   assignments:   [N] int32 prototype (0..M-1) each pixel was assigned to for
@@ -64,12 +65,7 @@ def prototype_similarity(embeddings: jnp.ndarray, prototypes: jnp.ndarray,
   before the forward pass, outside the graph): the value is unchanged and
   the normalisation's Jacobian is replaced by the identity.
   """
-  c, m, d = prototypes.shape
-  flat = prototypes.reshape(c * m, d)
-  p = jax.lax.stop_gradient(l2_normalize(flat))
-  if trainable is not False:
-    # p + (flat - sg(flat)): exactly p in value, identity gradient to flat.
-    p = jnp.where(trainable, p + (flat - jax.lax.stop_gradient(flat)), p)
+  p = normalized_prototypes(prototypes, trainable)
   return jnp.einsum("nd,kd->nk", embeddings, p.astype(embeddings.dtype))
 
 
@@ -94,6 +90,133 @@ def _max_over_prototypes_jvp(primals, tangents):
   hit = x == best[..., None]
   count = jnp.sum(hit, axis=-1).astype(t.dtype)
   return best, jnp.sum(jnp.where(hit, t, jnp.zeros_like(t)), axis=-1) / count
+
+
+# --- Large vocabularies: the similarity a chunk of classes at a time ----------------
+
+# `resolve_class_chunk`'s automatic rule: all classes at once while the [N, C*M]
+# float32 similarity is at most AUTO_ALL_AT_ONCE_BYTES (ADE20K's 150 and
+# COCO-Stuff's 171 classes x 10 prototypes at 16 crops of 512x512 keep today's
+# program); else chunks whose similarity is about AUTO_CHUNK_BYTES each.
+AUTO_ALL_AT_ONCE_BYTES = 2 * 2**30
+AUTO_CHUNK_BYTES = 256 * 2**20
+
+
+def resolve_class_chunk(class_chunk: int, num_pixels: int, num_classes: int,
+                        num_prototypes: int) -> int:
+  """Classes per chunk of the head's similarity (static; >= num_classes: all at once).
+
+  class_chunk > 0: that many (>= num_classes: all at once, today's program);
+  0 (automatic): all at once when the similarity [N, C*M] (float32) is at
+  most AUTO_ALL_AT_ONCE_BYTES (2 GiB), else about AUTO_CHUNK_BYTES (256 MiB)
+  of similarity per chunk, the chunks balanced so that the last one is not
+  mostly padding.
+  """
+  c = int(num_classes)
+  if class_chunk < 0:
+    raise ValueError(f"class_chunk must be >= 0 (0: automatic), got {class_chunk}")
+  if class_chunk > 0:
+    return min(int(class_chunk), c)
+  row_bytes = 4 * int(num_pixels) * int(num_prototypes)       # one class's similarity
+  if row_bytes * c <= AUTO_ALL_AT_ONCE_BYTES:
+    return c
+  per = max(1, AUTO_CHUNK_BYTES // row_bytes)
+  chunks = -(-c // per)
+  return -(-c // chunks)
+
+
+def normalized_prototypes(prototypes: jnp.ndarray, trainable: Any = False) -> jnp.ndarray:
+  """[C*M, D] unit prototypes, the gradient stopped (or, where `trainable`,
+  passed straight to `prototypes`): what `prototype_similarity` multiplies."""
+  c, m, d = prototypes.shape
+  flat = prototypes.reshape(c * m, d)
+  p = jax.lax.stop_gradient(l2_normalize(flat))
+  if trainable is not False:
+    # p + (flat - sg(flat)): exactly p in value, identity gradient to flat.
+    p = jnp.where(trainable, p + (flat - jax.lax.stop_gradient(flat)), p)
+  return p
+
+
+@flax.struct.dataclass
+class ChunkedRetrieval:
+  """What the head needs of the similarity, computed a chunk of classes at a time.
+
+  scores: [N, C] class scores, max over M (as `max_over_prototypes`).
+  lse:    [N] log-sum-exp over all C*M of similarity / ppc_temperature (the
+          PPC normaliser), or None when not asked for.
+  own:    [N, M] stop-gradient similarity of each pixel to the M prototypes of
+          its own class (labels outside [0, C): zeros), or None without labels.
+  """
+  scores: jnp.ndarray
+  lse: Optional[jnp.ndarray] = None
+  own: Optional[jnp.ndarray] = None
+
+
+def chunked_retrieval(embeddings: jnp.ndarray, prototypes: jnp.ndarray, class_chunk: int, *,
+                      trainable: Any = False, labels: Optional[jnp.ndarray] = None,
+                      with_lse: bool = False, ppc_temperature: float = 1.0
+                      ) -> ChunkedRetrieval:
+  """The class scores (and PPC's log-sum-exp, and each pixel's own-class
+  similarities) of unit embeddings [N, D] to prototypes [C, M, D] without the
+  [N, C*M] similarity: a `lax.scan` over chunks of `class_chunk` classes
+  (C padded to a multiple with classes that never count), each chunk's
+  similarity [N, chunk*M] computed, reduced and dropped; the body is
+  `jax.checkpoint`ed, so the backward pass recomputes one chunk at a time
+  instead of storing them. Equal to the all-at-once forms up to float
+  rounding of the reductions.
+  """
+  c, m, d = prototypes.shape
+  n = embeddings.shape[0]
+  k = int(class_chunk)
+  if not 1 <= k <= c:
+    raise ValueError(f"class_chunk must be in [1, C={c}], got {k}")
+  chunks = -(-c // k)
+  pad = chunks * k - c
+  p = normalized_prototypes(prototypes, trainable).astype(embeddings.dtype)   # [C*M, D]
+  p = jnp.pad(p, ((0, pad * m), (0, 0))).reshape(chunks, k * m, d)
+  real = (jnp.arange(chunks * k) < c).reshape(chunks, k)                     # padding classes
+  if labels is not None:
+    y = labels.astype(jnp.int32)
+    valid = (y >= 0) & (y < c)
+    y_chunk, y_in = jnp.where(valid, y // k, -1), jnp.where(valid, y % k, 0)
+  inv_t = 1.0 / float(ppc_temperature)
+
+  @jax.checkpoint
+  def body(own, xs):
+    p_j, real_j, j = xs
+    sim = jnp.einsum("nd,kd->nk", embeddings, p_j)                          # [N, k*M]
+    scores = max_over_prototypes(sim.reshape(n, k, m))                      # [N, k]
+    scores = jnp.where(real_j[None, :], scores, -jnp.inf)
+    lse = None
+    if with_lse:
+      x = sim if inv_t == 1.0 else sim * inv_t
+      x = jnp.where(jnp.repeat(real_j, m)[None, :], x, -jnp.inf)
+      lse = jax.nn.logsumexp(x, axis=1)                                     # [N]
+    if labels is not None:
+      mine = jnp.take_along_axis(sim.reshape(n, k, m), y_in[:, None, None], axis=1)[:, 0]
+      own = own + jnp.where((y_chunk == j)[:, None], jax.lax.stop_gradient(mine), 0.0)
+    return own, (scores, lse)
+
+  own0 = jnp.zeros((n, m), embeddings.dtype) if labels is not None else jnp.zeros((), embeddings.dtype)
+  own, (scores, lse) = jax.lax.scan(body, own0, (p, real, jnp.arange(chunks)))
+  scores = jnp.moveaxis(scores, 0, 1).reshape(n, chunks * k)[:, :c]
+  if with_lse:
+    lse = jax.nn.logsumexp(lse, axis=0)                                      # over the chunks
+  return ChunkedRetrieval(scores=scores, lse=lse if with_lse else None,
+                          own=jax.lax.stop_gradient(own) if labels is not None else None)
+
+
+def target_similarity(embeddings: jnp.ndarray, prototypes: jnp.ndarray,
+                      proto_targets: jnp.ndarray, trainable: Any = False) -> jnp.ndarray:
+  """[N] cosine of each pixel to its target prototype (`proto_targets` in
+  [0, C*M); negative: 0): the PPC / PPD target term without the [N, C*M]
+  similarity. The gradient goes into the embeddings (and, where
+  `trainable`, to the prototypes, as `prototype_similarity`'s)."""
+  p = normalized_prototypes(prototypes, trainable).astype(embeddings.dtype)  # [C*M, D]
+  t = proto_targets.astype(jnp.int32)
+  valid = t >= 0
+  picked = jnp.take(p, jnp.where(valid, t, 0), axis=0)                      # [N, D]
+  return jnp.where(valid, jnp.sum(embeddings * picked, axis=-1), 0.0)
 
 
 def _argmax_equals(logits: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
@@ -136,7 +259,8 @@ def learn_prototypes(prototypes: jnp.ndarray, embeddings: jnp.ndarray, logits: j
                      labels: jnp.ndarray, *, gamma: float = 0.999, num_iters: int = 3,
                      epsilon: float = 0.05, assignment: str = "gumbel",
                      rng: Optional[jax.Array] = None, ignore_index: int = 255,
-                     similarity: Optional[jnp.ndarray] = None) -> PrototypeUpdate:
+                     similarity: Optional[jnp.ndarray] = None,
+                     own_similarity: Optional[jnp.ndarray] = None) -> PrototypeUpdate:
   """One ProtoSeg prototype-learning step (PROTOSEG.md, "Prototype learning").
 
   Args:
@@ -156,6 +280,10 @@ def learn_prototypes(prototypes: jnp.ndarray, embeddings: jnp.ndarray, logits: j
       are PROTO_IGNORE = -1, never ignore_index).
     similarity: optional [N, C*M] `prototype_similarity(embeddings,
       prototypes)` if the caller already has it.
+    own_similarity: optional [N, M] similarity of each pixel to its own
+      class's M prototypes (`chunked_retrieval(..., labels=)` computes it a
+      chunk of classes at a time): then no [N, C*M] similarity is formed and
+      `proto_logits` is None (the losses use `target_similarity`).
 
   Returns:
     PrototypeUpdate (prototypes, proto_logits, proto_targets, assignments, counts).
@@ -175,7 +303,11 @@ def learn_prototypes(prototypes: jnp.ndarray, embeddings: jnp.ndarray, logits: j
   if labels.shape != (n,):
     raise ValueError(f"labels must be [N={n}], got shape {labels.shape}")
 
-  if similarity is None:
+  if own_similarity is not None:
+    if own_similarity.shape != (n, m):
+      raise ValueError(f"own_similarity must be [N={n}, M={m}], got shape "
+                       f"{own_similarity.shape}")
+  elif similarity is None:
     similarity = prototype_similarity(embeddings, prototypes)
   elif similarity.shape != (n, c * m):
     raise ValueError(f"similarity must be [N={n}, C*M={c * m}], got shape {similarity.shape}")
@@ -187,7 +319,10 @@ def learn_prototypes(prototypes: jnp.ndarray, embeddings: jnp.ndarray, logits: j
   cls = jnp.where(valid, labels, 0)
 
   # Each pixel's similarities to the M prototypes of its own class: [N, M].
-  own = jnp.take_along_axis(similarity.reshape(n, c, m), cls[:, None, None], axis=1)[:, 0, :]
+  if own_similarity is None:
+    own = jnp.take_along_axis(similarity.reshape(n, c, m), cls[:, None, None], axis=1)[:, 0, :]
+  else:
+    own = own_similarity
   own = jax.lax.stop_gradient(own).astype(jnp.float32)
   q = sinkhorn_knopp(own, jnp.where(valid, labels, -1), c, num_iters=num_iters, epsilon=epsilon)
   index = jnp.argmax(q, axis=1).astype(jnp.int32)
@@ -224,6 +359,7 @@ def learn_prototypes_per_device(mesh, axis_name: str, prototypes: jnp.ndarray,
                                 embeddings: jnp.ndarray, logits: jnp.ndarray,
                                 labels: jnp.ndarray, *, rng: Optional[jax.Array] = None,
                                 similarity: Optional[jnp.ndarray] = None,
+                                own_similarity: Optional[jnp.ndarray] = None,
                                 **kwargs) -> PrototypeUpdate:
   """`learn_prototypes` the official multi-GPU way: each device on its own pixels.
 

@@ -195,13 +195,17 @@ def train_loss(params, prototypes, state: TrainState, batch: dict, *, model: Seg
                              update=learn, mutable=["batch_stats", "prototypes"],
                              rngs=rngs, **extra)
   scale = jnp.asarray(learn).astype(jnp.float32)
+  label_rows = int(config.loss.label_rows)
   total, parts = losses.protoseg_loss(
       out.logits, batch["label"], out.proto_logits, out.proto_targets,
+      proto_lse=out.proto_lse, proto_target_logits=out.proto_target_logits,
       lambda_ppc=p.lambda_ppc * scale, lambda_ppd=p.lambda_ppd * scale,
-      ignore_index=ignore_index, class_weights=class_weights, align_corners=m.align_corners)
+      ppc_temperature=float(p.ppc_temperature), ignore_index=ignore_index,
+      class_weights=class_weights, align_corners=m.align_corners, label_rows=label_rows)
   if out.aux_logits is not None:
     aux = losses.segmentation_loss(out.aux_logits, batch["label"], ignore_index=ignore_index,
-                                   class_weights=class_weights, align_corners=m.align_corners)
+                                   class_weights=class_weights, align_corners=m.align_corners,
+                                   label_rows=label_rows)
     total = total + m.aux_weight * aux
     parts["loss_aux"] = aux
   return total, (parts, updates)
@@ -313,7 +317,7 @@ def make_eval_step(model, config, mesh, num_classes: int, ignore_index: int = 25
       lambda v, x: model.apply(v, x, train=False).logits, num_classes=num_classes,
       ignore_index=ignore_index, mode=e.mode, slide_crop=e.slide_crop, stride=e.stride,
       scales=tuple(e.scales), flip=e.flip, align_corners=config.model.align_corners,
-      resize=e.resize, merge=e.merge, class_ids=class_ids)
+      resize=e.resize, merge=e.merge, class_ids=class_ids, class_chunk=e.class_chunk)
   rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   # Variables keep the shardings they come with (replicated, or FSDP params).
   return jax.jit(step, in_shardings=(None, data), out_shardings=rep)

@@ -390,6 +390,10 @@ def _check_protoseg(ck: _Checker, steps):
   ck.choice("protoseg.proto_init", heads.PROTO_INITS)
   ck.number("protoseg.lambda_ppc", 0)
   ck.number("protoseg.lambda_ppd", 0)
+  ck.number("protoseg.ppc_temperature", 0, lo_open=True,
+            note="PPC logits = cosine / temperature; 1.0: the official code")
+  ck.integer("protoseg.class_chunk", 0,
+             allowed="must be an integer >= 0 (classes per chunk; 0: automatic)")
   warmup = ck.integer("protoseg.warmup_iters", 0)
   if _valid(steps, warmup) and warmup > steps:
     ck.add("protoseg.warmup_iters", warmup,
@@ -443,6 +447,8 @@ def _check_eval(ck: _Checker):
     ck.add("eval.resize", resize, f"needs eval.mode='whole' (got {mode!r}): bicubic resizes the "
            "whole image's logits straight to the label size")
   ck.choice("eval.merge", inference.MERGES)
+  ck.integer("eval.class_chunk", 0, allowed="must be an integer >= 0 (0: automatic, k: classes "
+             "per chunk of the label-resolution scores)")
   ck.integer("eval.log_every_batches", 1)
 
 
@@ -485,6 +491,8 @@ def _check_runtime(ck: _Checker):
 
 def _check_classes(ck: _Checker, datasets, name):
   """loss.class_weights (and dataset.held_out_class) against the dataset's class count."""
+  ck.integer("loss.label_rows", 0, allowed="must be an integer >= 0 (label rows per CE block; "
+             "0: automatic)")
   weights = ck.numbers("loss.class_weights", none_ok=True)
   held_out = _INVALID
   try:

@@ -267,6 +267,222 @@ def test_coco_stuff10k_zip(tmp_path):
       _check_example(ex, raw, np.vectorize(expected_map.get)(raw), 171)
 
 
+# --- ADE20K-Full (ADE20K_2021_17_01, 847 classes, 16-bit labels) -------------------
+
+# ADE20K object id -> train id of a few classes (Mask2Former's
+# ADE20K_SEM_SEG_FULL_CATEGORIES), 65535 = ignore: 0 is "not annotated", 1 and
+# 3688 (the release's last object class) are ADE classes outside the 847.
+ADE_FULL_IDS = {0: 65535, 2978: 0, 312: 1, 1857: 255, 3108: 300, 3148: 846, 1: 65535,
+                3688: 65535}
+ADE_FULL_ROOT = "ADE20K_2021_17_01/images/ADE"
+
+
+def _seg_png(ids: np.ndarray, r_extra: int = 0, mode: str = "RGB") -> bytes:
+  """An ADE20K `_seg.png` of object ids: R = id // 256 * 10 (+ r_extra, which the
+  decoding drops), G = id % 256, B = an instance number."""
+  ids = np.asarray(ids, np.int64)
+  rgb = np.stack([ids // 256 * 10 + r_extra, ids % 256, (np.arange(ids.size) % 7).reshape(
+      ids.shape)], -1).astype(np.uint8)
+  buf = io.BytesIO()
+  img = Image.fromarray(rgb)
+  (img if mode == "RGB" else img.convert(mode)).save(buf, format="PNG")
+  return buf.getvalue()
+
+
+def _raw_ids(h, w, values, seed):
+  """int [h, w] using every value in `values` (then random ones of them)."""
+  rng = np.random.default_rng(seed)
+  return np.concatenate([np.asarray(values), rng.choice(values, h * w - len(values))]).reshape(h, w)
+
+
+def _ade_full_tree():
+  """{logical path: bytes} of a tiny release in the official layout, and the raw ids
+  of each image: scene folders two deep, the files the builder does not read
+  (json, parts, instance masks, the index), a grayscale JPEG, an R channel with
+  a residue mod 10, and one image whose short side (520) exceeds 512."""
+  values = sorted(ADE_FULL_IDS)
+  members, raws = {}, {}
+  items = [("training", "urban/street", "ADE_train_00000001", (20, 28), 0, "RGB"),
+           ("training", "home_or_hotel/bedroom", "ADE_train_00000002", (24, 18), 3, "L"),
+           ("training", "cultural/apse__indoor", "ADE_train_00000003", (520, 700), 9, "RGB"),
+           ("validation", "urban/street", "ADE_val_00000001", (16, 20), 0, "RGB")]
+  for i, (split, scene, stem, hw, r_extra, mode) in enumerate(items):
+    folder = f"{ADE_FULL_ROOT}/{split}/{scene}"
+    raws[stem] = _raw_ids(*hw, values, i)
+    members[f"{folder}/{stem}.jpg"] = _jpeg(*hw, i, mode=mode)
+    members[f"{folder}/{stem}_seg.png"] = _seg_png(raws[stem], r_extra)
+    members[f"{folder}/{stem}_parts_1.png"] = _seg_png(np.zeros(hw, int))
+    members[f"{folder}/{stem}.json"] = b'{"annotation": {}}'
+    members[f"{folder}/{stem}/instance_000_{stem}.png"] = _png_label(np.zeros(hw))
+  members["ADE20K_2021_17_01/objects.txt"] = b"unused\n"
+  return members, raws
+
+
+def _ade_full_expected(raw: np.ndarray) -> np.ndarray:
+  """uint16 train ids of raw object ids, at Mask2Former's size (independent of the builder:
+  short side > 512 -> 512, long side rounded; nearest rows/cols floor(i * in / out))."""
+  label = np.vectorize(ADE_FULL_IDS.get)(raw).astype(np.uint16)
+  h, w = raw.shape
+  if min(h, w) > 512:
+    nh, nw = (512, round(w / h * 512)) if w >= h else (round(h / w * 512), 512)
+    label = label[(np.arange(nh) * h // nh)[:, None], (np.arange(nw) * w // nw)[None, :]]
+  return label
+
+
+@pytest.fixture(scope="module")
+def ade_full(tmp_path_factory):
+  """(builder, raws): the tiny release zipped as ADE20K_2021_17_01.zip, prepared."""
+  tmp = tmp_path_factory.mktemp("ade_full")
+  manual = tmp / "manual"
+  manual.mkdir()
+  members, raws = _ade_full_tree()
+  _write_zip(manual / "ADE20K_2021_17_01.zip", members)
+  return _prepare("ade20k_full", manual, tmp / "tfds"), raws
+
+
+def test_ade20k_full_class_table_is_mask2formers():
+  from data.ade20k_full import builder as ade_full  # pylint: disable=g-import-not-at-top
+  meta = data.dataset_meta("ade20k_full")
+  assert meta.num_classes == 847 and meta.ignore_index == 65535
+  # Spot checks of Mask2Former's table (name, ADE id, train id).
+  spot_checks = {0: ("wall", 2978), 1: ("building, edifice", 312),
+                 11: ("person, individual, someone, somebody, mortal, soul", 1831),
+                 255: ("pier", 1857), 846: ("adding machine, totalizer, totaliser", 3148)}
+  for train_id, (name, ade_id) in spot_checks.items():
+    assert (meta.class_names[train_id], meta.release_ids[train_id]) == (name, ade_id)
+    assert ade_full.LUT[ade_id] == train_id
+  assert len(set(meta.release_ids)) == 847 and max(meta.release_ids) == 3156
+  assert ade_full.LUT.dtype == np.uint16 and ade_full.LUT.shape == (25 * 256 + 256,)
+  assert int((ade_full.LUT != 65535).sum()) == 847 and ade_full.LUT[0] == 65535
+
+
+def test_ade20k_full_decoding_and_mask2former_resize():
+  from data.ade20k_full import builder as ade_full  # pylint: disable=g-import-not-at-top
+  ids = np.array([[0, 1, 255, 256], [2978, 3148, 3688, 6655]])
+  np.testing.assert_array_equal(ade_full.decode_object_ids(_seg_png(ids)), ids)
+  low = ids.clip(0, 6399)  # R = 24 * 10 + 9 at most
+  np.testing.assert_array_equal(ade_full.decode_object_ids(_seg_png(low, r_extra=9)), low)
+  with pytest.raises(ValueError, match="RGB"):
+    ade_full.decode_object_ids(_seg_png(ids, mode="L"))
+  size = ade_full.mask2former_size
+  assert size(512, 683) is None and size(400, 3000) is None and size(512, 512) is None
+  assert size(1536, 2048) == (512, 683) and size(2048, 1536) == (683, 512)
+  assert size(513, 513) == (512, 512) and size(2000, 600) == (1707, 512)
+  assert size(1024, 1025) == (512, 512)  # 512.5: Python's round, as Mask2Former's
+  np.testing.assert_array_equal(ade_full.nearest_index(700, 689), np.arange(689) * 700 // 689)
+  img = np.random.default_rng(0).integers(0, 256, (8, 12, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(ade_full.resize_bilinear(img, (8, 12)), img)  # identity
+  half = ade_full.resize_bilinear(img, (4, 6)).astype(int)  # 2x: the mean of each 2x2 block
+  blocks = img.reshape(4, 2, 6, 2, 3).astype(float).mean((1, 3))
+  assert np.abs(half - blocks).max() <= 1
+
+
+def test_ade20k_full_zip(ade_full):
+  builder, raws = ade_full
+  meta = builder.info.metadata
+  assert meta["num_classes"] == 847 and meta["ignore_index"] == 65535
+  assert meta["class_names"][0] == "wall" and meta["release_ids"][846] == 3148
+  assert DatasetMeta.from_metadata(meta) == datasets.builder_meta(builder)
+  assert datasets.builder_meta(builder) == data.dataset_meta("ade20k_full")
+  assert builder.info.features["label"].dtype == np.uint16
+  assert builder.info.features["classes"].feature.num_classes == 847
+  assert {k: v.num_examples for k, v in builder.info.splits.items()} == {"train": 3, "validation": 1}
+  for split in ("train", "validation"):
+    for stem, ex in _examples(builder, split).items():
+      expected = _ade_full_expected(raws[stem])
+      assert ex["image"].shape == (*expected.shape, 3) and ex["image"].dtype == np.uint8
+      assert ex["label"].dtype == np.uint16 and ex["label"].shape == (*expected.shape, 1)
+      np.testing.assert_array_equal(ex["label"][..., 0], expected)
+      assert ex["classes"].tolist() == [0, 1, 255, 300, 846]  # 255 is a class here
+  assert _examples(builder, "train")["ADE_train_00000003"]["label"].shape == (512, 689, 1)
+  # The stored label is a 16-bit PNG of the train ids: what the trainer must decode
+  # (tf.io.decode_png(..., dtype=tf.uint16); uint8 decoding would scale it).
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  ds = builder.as_dataset(split="validation", decoders={"label": tfds.decode.SkipDecoding()})
+  (png,) = [ex["label"].numpy() for ex in ds]
+  assert png[24] == 16  # IHDR bit depth
+  np.testing.assert_array_equal(tf.io.decode_png(png, channels=1, dtype=tf.uint16)[..., 0].numpy(),
+                                _ade_full_expected(raws["ADE_val_00000001"]))
+
+
+def test_ade20k_full_eval_pipeline_reads_16bit_labels(ade_full):
+  builder, raws = ade_full
+  config = default.get_config()
+  config.batch_size, config.eval_batch_size, config.seed = 2, 2, 0
+  config.dataset.update(dict(
+      name="ade20k_full", data_dir=str(builder.data_dir_root), eval_split="validation",
+      eval_scale=None, eval_canvas=(16, 20), eval_label_canvas=(16, 24)))
+  (ev,) = list(ip.make_eval_dataset(config, process_index=0, process_count=1).as_numpy_iterator())
+  expected = np.full((16, 24), 65535)
+  expected[:, :20] = _ade_full_expected(raws["ADE_val_00000001"])
+  np.testing.assert_array_equal(ev["label"][0], expected)
+
+
+def test_ade20k_full_bad_files_are_named(tmp_path):
+  manual = tmp_path / "manual"
+  members, _ = _ade_full_tree()
+  street = f"{ADE_FULL_ROOT}/training/urban/street"
+  members[f"{street}/ADE_train_00000004.jpg"] = _jpeg(8, 10, 4)   # object id 4000: no class
+  members[f"{street}/ADE_train_00000004_seg.png"] = _seg_png(np.full((8, 10), 4000))
+  members[f"{street}/ADE_train_00000005.jpg"] = _jpeg(8, 10, 5)   # grayscale _seg.png
+  members[f"{street}/ADE_train_00000005_seg.png"] = _seg_png(np.zeros((8, 10), int), mode="L")
+  members[f"{street}/ADE_train_00000006.jpg"] = _jpeg(8, 10, 6)   # no _seg.png
+  members[f"{street}/ADE_train_00000007.jpg"] = _jpeg(8, 10, 7)   # label of another size
+  members[f"{street}/ADE_train_00000007_seg.png"] = _seg_png(np.zeros((8, 12), int))
+  for path, payload in members.items():  # extracted this time
+    (manual / path).parent.mkdir(parents=True, exist_ok=True)
+    (manual / path).write_bytes(payload)
+  with pytest.raises(data.common.BadFilesError) as e:
+    _prepare("ade20k_full", manual, tmp_path / "tfds")
+  msg = str(e.value)
+  assert "4 bad file(s)" in msg
+  assert ("ADE_train_00000004_seg.png: label ids 4000 are not ADE20K object ids "
+          "(expected 0..3688)") in msg
+  assert "ADE_train_00000005_seg.png: unreadable label" in msg and "mode L" in msg
+  assert "ADE_train_00000006_seg.png: missing" in msg
+  assert "ADE_train_00000007_seg.png: label is 8x12" in msg
+  builder = prepare_lib.prepare("ade20k_full", str(manual), str(tmp_path / "tfds"),
+                                on_bad_file="skip")
+  assert builder.info.splits["train"].num_examples == 3
+  assert len(builder.info.metadata["skipped_files"]) == 4
+
+
+def test_ade20k_full_missing_files_say_what_to_download(tmp_path):
+  (tmp_path / "manual").mkdir()
+  with pytest.raises(FileNotFoundError, match="ADE20K_2021_17_01.zip") as e:
+    _prepare("ade20k_full", tmp_path / "manual", tmp_path / "tfds")
+  assert "python -m data.prepare ade20k_full" in str(e.value)
+  # A release folder without the images of a split: the folder is named.
+  (tmp_path / "manual2" / ADE_FULL_ROOT / "training").mkdir(parents=True)
+  (tmp_path / "manual2" / ADE_FULL_ROOT / "validation" / "x").mkdir(parents=True)
+  with pytest.raises(FileNotFoundError, match=f"{ADE_FULL_ROOT}/training") as e:
+    _prepare("ade20k_full", tmp_path / "manual2", tmp_path / "tfds")
+  assert "is empty" in str(e.value) and "ADE20K_2021_17_01.zip" in str(e.value)
+  # The trainer on an unprepared ADE20K-Full.
+  config = demo_config(tmp_path / "tfds_none", name="ade20k_full", builder_config=None)
+  with pytest.raises(datasets.DatasetNotPreparedError) as e:
+    datasets.check_prepared(config)
+  msg = str(e.value)
+  assert "ADE20K_2021_17_01.zip" in msg and "python -m data.prepare ade20k_full" in msg
+  assert "https://ade20k.csail.mit.edu/request_data/" in msg and str(tmp_path / "tfds_none") in msg
+
+
+def test_ade20k_full_run_configs():
+  import importlib  # pylint: disable=g-import-not-at-top
+  proto = importlib.import_module("configs.ade20k_full_swin_proto").get_config()
+  linear = importlib.import_module("configs.ade20k_full_swin_linear").get_config()
+  ade20k = importlib.import_module("configs.ade20k_swin_proto").get_config()
+  assert (proto.dataset.name, proto.model.head, linear.model.head) == ("ade20k_full", "proto",
+                                                                       "linear")
+  assert (proto.model.backbone, proto.num_train_steps, proto.batch_size,
+          tuple(proto.dataset.crop_size)) == (
+              "swin_base_patch4_window12_384", 160_000, 16, (512, 512))
+  # The ADE20K Swin run on another dataset: only the name differs.
+  a, b = proto.to_dict(), ade20k.to_dict()
+  assert a["dataset"].pop("name") == "ade20k_full" and b["dataset"].pop("name") == "ade20k"
+  assert a == b
+
+
 def test_demo_scenes_are_deterministic_with_ignore_band():
   from data.demo import builder as demo  # pylint: disable=g-import-not-at-top
   for i in range(6):
@@ -322,11 +538,13 @@ def test_dataset_meta_needs_no_preparation():
   for name in data.DATASETS:
     meta = data.dataset_meta(name)
     assert meta.num_classes == len(meta.class_names) == len(meta.palette) > 0
-    assert meta.ignore_index == 255
+    # 8-bit label datasets ignore 255; ADE20K-Full (847 classes, 16-bit labels) 65535.
+    assert meta.ignore_index == (65535 if name == "ade20k_full" else 255)
     assert DatasetMeta.from_metadata(meta.metadata()) == meta
   assert data.dataset_meta("ade20k").num_classes == 150
   assert data.dataset_meta("cityscapes").num_classes == 19
   assert data.dataset_meta("coco_stuff164k").num_classes == 171
+  assert data.dataset_meta("ade20k_full").num_classes == 847
   with pytest.raises(ValueError, match="Unknown dataset"):
     data.dataset_meta("nope")
 
@@ -339,7 +557,10 @@ def test_cityscapes_release_ids_are_the_label_ids_of_its_train_ids():
     assert cityscapes.LABEL_ID_TO_TRAIN_ID[label_id] == train_id == cityscapes.LUT[label_id]
   assert DatasetMeta.from_metadata(data.dataset_meta("cityscapes").metadata()).release_ids == (
       release_ids)
-  for name in set(data.DATASETS) - {"cityscapes"}:  # their labels are train ids (after the LUT)
+  # ADE20K-Full: the ADE20K object id of each train id.
+  assert data.dataset_meta("ade20k_full").release_ids[:2] == (2978, 312)
+  # The others' labels are train ids (after the LUT).
+  for name in set(data.DATASETS) - {"cityscapes", "ade20k_full"}:
     assert data.dataset_meta(name).release_ids is None
 
 
@@ -348,6 +569,7 @@ def test_splits_are_the_builders_splits():
   assert data.SPLITS["cityscapes"] == ("train", "validation", "test")
   assert data.SPLITS["coco_stuff10k"] == ("train", "test")
   assert data.SPLITS["demo"] == ("train", "validation")
+  assert data.SPLITS["ade20k_full"] == ("train", "validation")
 
 
 def test_missing_dataset_says_what_to_download(tmp_path):

@@ -9,6 +9,7 @@ import sys
 import textwrap
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -235,6 +236,8 @@ def test_bad_arguments_are_reported():
     inf.predict(fn, batch, mode="slide")
   with pytest.raises(ValueError, match="expected num_classes=5"):
     inf.predict(fn, batch, num_classes=5)
+  with pytest.raises(ValueError, match="expected num_classes=5"):
+    inf.predict(fn, batch, num_classes=5, class_chunk=2)
 
 
 _SHARDED_SCRIPT = textwrap.dedent("""
@@ -254,18 +257,21 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     batch = dict(image=img, image_hw=hw, label=lab, label_hw=lhw, mask=np.arange(b) < 7)
     w = rng.randn(3, c).astype(np.float32)
     fn = lambda v, x: jax.image.resize(jnp.einsum("bhwk,kc->bhwc", x, v), (x.shape[0], (x.shape[1] + 1) // 2, (x.shape[2] + 1) // 2, c), "linear")
-    step = inference.make_predict_step(fn, num_classes=c, mode="slide", slide_crop=(4, 4), stride=(3, 3), scales=(0.75, 1.0), flip=True)
+    kw = dict(num_classes=c, mode="slide", slide_crop=(4, 4), stride=(3, 3), scales=(0.75, 1.0), flip=True)
+    step = inference.make_predict_step(fn, **kw)
+    chunked = inference.make_predict_step(fn, class_chunk=2, **kw)   # 2 chunks, one padded class
     ref = np.asarray(jax.jit(step)(w, batch))
     assert ref.sum() > 0
     for axis_type in (jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto):
       mesh = jax.make_mesh((4,), ("data",), axis_types=(axis_type,))
-      with jax.set_mesh(mesh):
-        sh = {k: NamedSharding(mesh, P("data")) for k in batch}
-        gb = {k: jax.device_put(v, sh[k]) for k, v in batch.items()}
-        out = jax.jit(step, in_shardings=(NamedSharding(mesh, P()), sh),
-                      out_shardings=NamedSharding(mesh, P()))(w, gb)
-      got = evaluate.host_int64(out)
-      np.testing.assert_array_equal(got, ref)
+      for st in (step, chunked):
+        with jax.set_mesh(mesh):
+          sh = {k: NamedSharding(mesh, P("data")) for k in batch}
+          gb = {k: jax.device_put(v, sh[k]) for k, v in batch.items()}
+          out = jax.jit(st, in_shardings=(NamedSharding(mesh, P()), sh),
+                        out_shardings=NamedSharding(mesh, P()))(w, gb)
+        got = evaluate.host_int64(out)
+        np.testing.assert_array_equal(got, ref)
     print("SHARDED_OK", got.sum())
 """)
 
@@ -369,3 +375,155 @@ def test_sum_logits_merge_is_openseg_ms_test():
   np.testing.assert_allclose(got, want, atol=1e-4)
   mean_sm = np.asarray(inf.predict_scores(fn, batch, scales=scales, flip=True))
   assert np.all(mean_sm >= 0) and np.allclose(mean_sm.sum(-1), 1., atol=1e-5)
+
+
+# ---------------------------------------------------------------- chunks of classes (large vocabularies)
+
+_C = 6   # chunks of 3 divide it, chunks of 4 do not (padded to 8)
+
+
+def _padded_batch(seed=13):
+  """Valid sizes smaller than both canvases, and a padding row of size 0."""
+  rng = np.random.RandomState(seed)
+  batch = make_batch(rng, [(8, 12), (6, 9), (8, 12)], [(11, 16), (5, 7), (11, 16)],
+                     (8, 12), (12, 16), [True, True, False])
+  batch["image_hw"] = batch["image_hw"].at[2].set(0)
+  batch["label_hw"] = batch["label_hw"].at[2].set(0)
+  return batch
+
+
+def _slide_kw(mode):
+  return dict(mode="slide", slide_crop=(5, 6), stride=(3, 4)) if mode == "slide" else {}
+
+
+@pytest.mark.parametrize("mode,resize", [("whole", "bilinear"), ("whole", "bilinear_align_corners"),
+                                         ("whole", "bicubic"), ("slide", "bilinear"),
+                                         ("slide", "bilinear_align_corners")])
+def test_chunked_single_pass_equals_unchunked(mode, resize):
+  batch = _padded_batch()
+  fn = _pooled_fn(_C)
+  kw = dict(_slide_kw(mode), resize=resize, num_classes=_C)
+  want, got3, got4 = jax.jit(lambda b: [inf.predict(fn, b, class_chunk=k, **kw)
+                                        for k in (None, 3, 4)])(batch)
+  want = np.asarray(want)
+  assert len(np.unique(want[:2] // 3)) == 2 and len(np.unique(want[:2] // 4)) == 2  # both chunks win
+  np.testing.assert_array_equal(np.asarray(got3), np.asarray(want))
+  np.testing.assert_array_equal(np.asarray(got4), np.asarray(want))
+
+
+@pytest.mark.parametrize("mode,resize,merge,chunk", [
+    ("whole", "bilinear", "mean_softmax", 4), ("whole", "bilinear", "sum_logits", 3),
+    ("whole", "bilinear_align_corners", "mean_softmax", 3), ("whole", "bicubic", "sum_logits", 4),
+    ("whole", "bicubic", "mean_softmax", 1), ("slide", "bilinear", "mean_softmax", 3),
+    ("slide", "bilinear_align_corners", "sum_logits", 4)])
+def test_chunked_multiscale_flip_equals_unchunked(mode, resize, merge, chunk):
+  batch = _padded_batch()
+  fn = _pooled_fn(_C)
+  kw = dict(_slide_kw(mode), resize=resize, merge=merge, scales=(0.5, 1.0), flip=True)
+  want, got = jax.jit(lambda b: [inf.predict(fn, b, class_chunk=k, **kw)
+                                 for k in (None, chunk)])(batch)
+  want = np.asarray(want)
+  assert len(np.unique(want[:2] // chunk)) >= 2              # classes of several chunks win
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_chunked_ties_go_to_the_lowest_class_across_chunks():
+  batch = _padded_batch()
+  lin = _pooled_fn(3)
+  fn = lambda x: jnp.concatenate([lin(x)] * 2, axis=-1)      # class c + 3 ties with class c
+  want, got = jax.jit(lambda b: [inf.predict(fn, b, class_chunk=k) for k in (None, 4)])(batch)
+  assert np.asarray(want).max() < 3
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_automatic_class_chunk_rule():
+  r = inf.resolve_class_chunk
+  assert r(None, 2, (512, 512), 10000) is None                # None: never chunked
+  assert r(0, 2, (256, 256), 847) is None                     # 444 MB <= 2 GiB: as before
+  assert r(0, 8, (1024, 2048), 19) is None                    # Cityscapes, 1.27 GB
+  assert r(5, 1, (4, 4), 5) is None and r(9, 1, (4, 4), 5) is None
+  assert r(2, 1, (4, 4), 5) == 2
+  # 4 x 512 x 512 x 847 x 4 B = 3.55 GB: chunks of <= 128 MiB of scores (32 classes), balanced.
+  assert r(0, 4, (512, 512), 847) == 32
+  assert r(0, 3, (512, 512), 847) == 41                       # <= 42 classes: 21 chunks of 41
+  assert r(0, 1, (1024, 2048), 10000) == 16                   # 8 MiB per class: 16 classes
+  assert r(0, 8, (2112, 2112), 150) == 1                      # ADE20K's canvas: 136 MiB per class
+  with pytest.raises(ValueError, match="class_chunk"):
+    r(-1, 1, (4, 4), 5)
+  fn = _pooled_fn(2)
+  with pytest.raises(ValueError, match="class_chunk"):
+    inf.make_predict_step(lambda v, x: fn(x), num_classes=2, class_chunk=-1)
+
+
+def _jaxpr_shapes(jaxpr, out=None):
+  """Shapes of every variable of a (closed) jaxpr and of its sub-jaxprs (scan, while, pjit, ...)."""
+  out = [] if out is None else out
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  for v in list(jaxpr.invars) + list(jaxpr.constvars):
+    out.append(tuple(v.aval.shape))
+  for eqn in jaxpr.eqns:
+    out.extend(tuple(getattr(v.aval, "shape", ())) for v in eqn.outvars)
+    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+      _jaxpr_shapes(sub, out)
+  return out
+
+
+def _num_eqns(jaxpr):
+  jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+  return sum(1 + sum(_num_eqns(s) for s in jax.extend.core.jaxprs_in_params(e.params))
+             for e in jaxpr.eqns)
+
+
+@pytest.mark.parametrize("mode,resize,merge", [("whole", "bilinear", "mean_softmax"),
+                                               ("slide", "bilinear_align_corners", "mean_softmax"),
+                                               ("whole", "bicubic", "sum_logits")])
+def test_chunked_program_never_holds_all_classes_at_label_or_input_resolution(mode, resize, merge):
+  batch = _padded_batch()
+  kw = dict(_slide_kw(mode), resize=resize, merge=merge, scales=(0.5, 1.0), flip=True)
+  b, (hl, wl), c = 3, (12, 16), 7
+  # All classes at the input canvas (8 x 12) or the label canvas: >= 3 * 96 * 7 elements. The
+  # chunked program's largest: a chunk at label resolution 3 * 192 * 2, the padded feature
+  # logits 3 * 24 * 8 (slide: 6 windows of 2 x 3).
+  limit = b * 8 * 12 * c
+
+  def shapes(chunk, classes=c):
+    fn = _pooled_fn(classes)
+    return _jaxpr_shapes(jax.make_jaxpr(lambda x: inf.predict(fn, x, class_chunk=chunk, **kw))(
+        batch))
+
+  plain = shapes(None)
+  assert (b, hl, wl, c) in plain                              # today's program has them
+  assert ((b, 8, 12, c) in plain) == (resize != "bicubic")   # and at input resolution
+  chunked = shapes(2)
+  assert max(np.prod(s) for s in chunked) < limit, sorted(chunked, key=np.prod)[-3:]
+  assert (b, hl, wl, 2) in chunked
+  # The program does not grow with C / chunk: 7 classes in 4 chunks, 41 in 21.
+  n = [_num_eqns(jax.make_jaxpr(lambda x: inf.predict(_pooled_fn(classes), x, class_chunk=2,
+                                                      **kw))(batch)) for classes in (c, 41)]
+  assert n[0] == n[1], n
+
+
+def test_automatic_class_chunk_is_todays_program_when_small(monkeypatch):
+  batch = _padded_batch()
+  fn = _pooled_fn(_C)
+  kw = dict(scales=(0.5, 1.0), flip=True, num_classes=_C)
+  today = str(jax.make_jaxpr(lambda x: inf.predict(fn, x, **kw))(batch))
+  for chunk in (0, _C, 100):
+    assert str(jax.make_jaxpr(lambda x: inf.predict(fn, x, class_chunk=chunk, **kw))(batch)) == today
+  # Over the budget the same call chunks (here: 3 x 12 x 16 x 6 x 4 B > 1 KiB, 2 classes per chunk).
+  monkeypatch.setattr(inf, "AUTO_BUDGET_BYTES", 1024)
+  monkeypatch.setattr(inf, "AUTO_CHUNK_BYTES", 3 * 12 * 16 * 4 * 2)
+  assert inf.resolve_class_chunk(0, 3, (12, 16), _C) == 2
+  auto = jax.make_jaxpr(lambda x: inf.predict(fn, x, class_chunk=0, **kw))(batch)
+  assert str(auto) == str(jax.make_jaxpr(lambda x: inf.predict(fn, x, class_chunk=2, **kw))(batch))
+  assert str(auto) != today and (3, 12, 16, _C) not in _jaxpr_shapes(auto)
+
+
+def test_chunked_predict_step_with_class_ids():
+  batch = _padded_batch()
+  fn = _pooled_fn(4)
+  kw = dict(num_classes=6, ignore_index=IGNORE, class_ids=(0, 2, 3, 5), scales=(0.5, 1.0), flip=True)
+  want, got = jax.jit(lambda b: [inf.make_predict_step(lambda v, x: fn(x), class_chunk=k, **kw)(None, b)
+                                 for k in (None, 3)])(batch)
+  np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+  assert np.asarray(want).sum() == 11 * 16 + 5 * 7             # the padding row never counts

@@ -8,6 +8,8 @@
     out.aux_logits     # [B, h', w', C] or None
     out.proto_logits   # [N, C*M] or None (ProtoSeg head learning this call)
     out.proto_targets  # [N] in [0, C*M), -1 = ignored pixel; or None
+    out.proto_lse, out.proto_target_logits   # [N] each, instead of proto_logits with
+                                             # class chunks (heads.ProtoSegHead.class_chunk)
 
 Variables: params and batch_stats under "backbone", "decoder", "head",
 "aux_decoder", "aux_head"; prototypes under {"prototypes": {"head": ...}}.
@@ -52,6 +54,8 @@ class SegmentorOutput:
   aux_logits: Optional[jnp.ndarray] = None
   proto_logits: Optional[jnp.ndarray] = None
   proto_targets: Optional[jnp.ndarray] = None
+  proto_lse: Optional[jnp.ndarray] = None
+  proto_target_logits: Optional[jnp.ndarray] = None
 
 
 class Segmentor(nn.Module):
@@ -95,7 +99,8 @@ class Segmentor(nn.Module):
               dtype=self.dtype, name="aux_decoder")(feats, train=train)
       aux = heads.LinearHead(self.num_classes, dtype=self.dtype, name="aux_head")(a).logits
     return SegmentorOutput(logits=out.logits, aux_logits=aux, proto_logits=out.proto_logits,
-                           proto_targets=out.proto_targets)
+                           proto_targets=out.proto_targets, proto_lse=out.proto_lse,
+                           proto_target_logits=out.proto_target_logits)
 
 
 def _items(cd) -> tuple:
@@ -118,7 +123,8 @@ def build_model(config, num_classes: int, ignore_index: int = 255) -> Segmentor:
         assignment=p.assignment, use_mask_norm=p.use_mask_norm,
         proj_norm_axis=p.proj_norm_axis, proto_init=p.proto_init,
         update_prototype=bool(p.update_prototype), prototype_update=p.prototype_update,
-        ignore_index=ignore_index))
+        ignore_index=ignore_index, class_chunk=int(p.class_chunk),
+        ppc_temperature=float(p.ppc_temperature)))
   return Segmentor(num_classes=num_classes, backbone=m.backbone, decoder=m.decoder, head=m.head,
                    backbone_kwargs=_items(m.backbone_kwargs),
                    decoder_kwargs=_items(m.decoder_kwargs), head_kwargs=head_kwargs,

@@ -50,20 +50,24 @@ def _nearest_index(n_in, n_out):
   return tf.minimum(idx, n_in - 1)
 
 
-def crop_is_acceptable(label_crop, cat_max_ratio: float, ignore_index: int):
+def crop_is_acceptable(label_crop, cat_max_ratio: float, ignore_index: int,
+                       num_classes: int = 256):
   """mmseg's cat_max_ratio test on a label crop: >1 class and none above the ratio.
 
   Args:
-    label_crop: uint8 [h, w].
+    label_crop: uint8 or uint16 [h, w].
     cat_max_ratio: the largest class must hold less than this share.
     ignore_index: the label value that is not a class.
+    num_classes: the dataset's classes (ids >= 256 are counted when it is larger).
   Returns:
     bool scalar: at least two non-ignored classes present and the largest
     holds less than `cat_max_ratio` of the non-ignored pixels.
   """
-  counts = tf.raw_ops.DenseBincount(input=tf.cast(tf.reshape(label_crop, [-1]), tf.int32),
-                                   size=256, weights=tf.zeros([0], tf.int32))
-  counts = counts * tf.cast(tf.range(256) != ignore_index, tf.int32)
+  size = max(256, int(num_classes))
+  x = tf.cast(tf.reshape(label_crop, [-1]), tf.int32)
+  keep = tf.logical_and(x != ignore_index, x < size)          # ignore (65535 in 16-bit labels)
+  counts = tf.raw_ops.DenseBincount(input=tf.where(keep, x, 0), size=size,
+                                   weights=tf.cast(keep, tf.int32))
   total = tf.reduce_sum(counts)
   present = tf.math.count_nonzero(counts)
   largest = tf.reduce_max(counts)
@@ -85,7 +89,8 @@ def crop_candidates(hw, crop_hw, seed):
   return tops, lefts
 
 
-def random_crop(window_fn, hw, crop_hw, seed, cat_max_ratio: float, ignore_index: int):
+def random_crop(window_fn, hw, crop_hw, seed, cat_max_ratio: float, ignore_index: int,
+                num_classes: int = 256):
   """mmseg RandomCrop: picks a crop, retried up to 10 times for cat_max_ratio.
 
   Candidate k (k = 0..10) is uniform in [0, max(H - ch, 0)] x [0, max(W - cw, 0)];
@@ -108,7 +113,7 @@ def random_crop(window_fn, hw, crop_hw, seed, cat_max_ratio: float, ignore_index
     return tf.stack([tops[0], lefts[0]]), first
 
   def cond(k, window):
-    acceptable = crop_is_acceptable(window, cat_max_ratio, ignore_index)
+    acceptable = crop_is_acceptable(window, cat_max_ratio, ignore_index, num_classes)
     return tf.logical_and(k < 10, tf.logical_not(acceptable))
 
   def body(k, window):
@@ -224,6 +229,7 @@ class TrainOptions:
   augmentation: str = "mmseg"           # AUGMENTATIONS: train_transform | openseg_transform
   aspect_range: tuple[float, float] = (0.9, 1.1)   # openseg only
   brightness_shift: int = 10                       # openseg only
+  num_classes: int = 256                           # the crop retries count ids below max(256, this)
 
 
 
@@ -325,7 +331,7 @@ def train_transform(image, label, seed, opts: TrainOptions):
     return tf.gather(flat_label, index)
 
   top_left, label = random_crop(label_window, new_hw, opts.crop_size, seeds[1], opts.cat_max_ratio,
-                                opts.ignore_index)
+                                opts.ignore_index, opts.num_classes)
   image = resize_window_bilinear(image, new_hw, top_left, win)
   # 3. Horizontal flip.
   image, label = random_flip(image, label, seeds[2], opts.flip_prob)

@@ -86,7 +86,7 @@ def eval_canvases(config) -> tuple[tuple[int, int], tuple[int, int]]:
           _pair(_ds(config, "eval_label_canvas"), "eval_label_canvas"))
 
 
-def _train_options(config, ignore_index: int) -> augment.TrainOptions:
+def _train_options(config, ignore_index: int, num_classes: int = 256) -> augment.TrainOptions:
   """config.dataset's train transform settings (their values are checked by
   validate.validate_config, which the trainer runs first)."""
   mean, std = _mean_std(config)
@@ -104,36 +104,48 @@ def _train_options(config, ignore_index: int) -> augment.TrainOptions:
       augmentation=_ds(config, "augmentation"),
       aspect_range=tuple(float(a) for a in _ds(config, "aspect_range")),
       brightness_shift=int(_ds(config, "brightness_shift")),
+      num_classes=int(num_classes),
   )
 
 
 def _held_out_lut(config, builder):
-  """uint8 [256] training-label map of config.dataset.held_out_class (that
-  class -> ignore, ids above it down by one; `held_out.label_lut`), or None."""
+  """The training-label map of config.dataset.held_out_class (that class ->
+  ignore, ids above it down by one; `held_out.label_lut`) in the labels'
+  dtype (uint8 [256], uint16 [65536]), or None."""
   meta = builder_meta(builder)
   k = held_out.held_out_class(config, meta.num_classes)
   if k == held_out.NONE:
     return None
-  if not 0 <= meta.ignore_index <= 255:
-    raise ValueError(f"config.dataset.held_out_class needs an ignore index in 0..255 (uint8 "
-                     f"label PNGs), dataset has {meta.ignore_index}")
+  wide = _label_dtype(builder) == tf.uint16
+  size = 65536 if wide else 256
+  if not 0 <= meta.ignore_index < size:
+    raise ValueError(f"config.dataset.held_out_class needs an ignore index in 0..{size - 1} "
+                     f"(the labels' PNG depth), dataset has {meta.ignore_index}")
   ids = held_out.model_class_ids(meta.num_classes, k)
-  return tf.constant(held_out.label_lut(ids, meta.ignore_index, 256)[:256].astype(np.uint8))
+  lut = held_out.label_lut(ids, meta.ignore_index, size)[:size]
+  return tf.constant(lut.astype(np.uint16 if wide else np.uint8))
 
 
 # ---------------------------------------------------------------------------
 # Reading and seeds.
 
 
-def _decode(image_bytes, label_bytes):
-  """-> uint8 [H, W, 3], uint8 [H, W].
+def _label_dtype(builder):
+  """tf.uint8, or tf.uint16 for a dataset whose labels are 16-bit PNGs (more
+  than 255 classes, e.g. ADE20K-Full's 847)."""
+  dtype = builder.info.features["label"].tf_dtype
+  return tf.uint16 if dtype == tf.uint16 else tf.uint8
+
+
+def _decode(image_bytes, label_bytes, label_dtype=tf.uint8):
+  """-> uint8 [H, W, 3], uint8 (or uint16) [H, W].
 
   A record that does not decode (truncated, corrupt) or whose image and
   label differ in size raises InvalidArgumentError here; the pipelines drop
   such examples with `_skip_bad_records`.
   """
   image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-  label = tf.io.decode_png(label_bytes, channels=1)[..., 0]
+  label = tf.io.decode_png(label_bytes, channels=1, dtype=label_dtype)[..., 0]
   same = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(label)))
   check = tf.debugging.Assert(same, ["bad record: image and label differ in size:",
                                      tf.shape(image)[:2], tf.shape(label)])
@@ -205,7 +217,9 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
   local_batch = _local_batch(config, "batch_size", process_count)
   seed = int(config_value(config, "seed"))
   builder = check_prepared(config)
-  opts = _train_options(config, builder_meta(builder).ignore_index)
+  meta = builder_meta(builder)
+  opts = _train_options(config, meta.ignore_index, meta.num_classes)
+  label_dtype = _label_dtype(builder)
   split = _ds(config, "train_split")
   n_total = split_size(builder, split)
   per_row = n_total // global_batch
@@ -237,7 +251,7 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
   lut = _held_out_lut(config, builder)
 
   def decode(e, i, image_bytes, label_bytes):
-    image, label = _decode(image_bytes, label_bytes)
+    image, label = _decode(image_bytes, label_bytes, label_dtype)
     if lut is not None:  # config.dataset.held_out_class: the model never sees its labels
       label = tf.gather(lut, tf.cast(label, tf.int32))
     return e, i, image, label
@@ -274,6 +288,7 @@ def make_eval_dataset(config, *, process_index: int, process_count: int,
   (hc, wc), (hl, wl) = eval_canvases(config)
   builder = check_prepared(config, run)
   ignore_index = builder_meta(builder).ignore_index
+  label_dtype = _label_dtype(builder)
   split = _ds(config, "eval_split")
   n_total = split_size(builder, split)
   subsplit = tfds.split_for_jax_process(split, process_index=process_index,
@@ -305,7 +320,8 @@ def make_eval_dataset(config, *, process_index: int, process_count: int,
 
   # Records that fail to decode are dropped (logged) before the canvas checks,
   # which still stop the pipeline; the padding below fills in for them.
-  ds = _read_split(builder, subsplit).map(_decode, num_parallel_calls=_num_parallel(config))
+  ds = _read_split(builder, subsplit).map(lambda i, l: _decode(i, l, label_dtype),
+                                          num_parallel_calls=_num_parallel(config))
   ds = _skip_bad_records(ds).map(transform, num_parallel_calls=_num_parallel(config))
   pad = {"image": tf.zeros([hc, wc, 3], tf.float32), "image_hw": tf.zeros([2], tf.int32),
          "label": tf.fill([hl, wl], ignore_index), "label_hw": tf.zeros([2], tf.int32),
