@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
 import tensorflow_datasets as tfds
@@ -61,12 +62,21 @@ def main(argv=None):
   args = parser.parse_args(argv)
   if args.name != "demo" and not args.manual_dir:
     parser.error(f"{args.name} needs --manual_dir:\n{data.builder_class(args.name).MANUAL_DOWNLOAD_INSTRUCTIONS}")
+  if not (sys.stdout.isatty() and sys.stderr.isatty()):
+    # TFDS's tqdm bars redraw with cursor escapes (`[A`) that litter logs and pipes; the
+    # trainer's command-line layer does the same (protoseg_jax/trainer/cli.py quiet_console).
+    tfds.disable_progress_bar()
   start = time.time()
+  existed = data.get_builder(args.name, data_dir=args.data_dir, config=args.config).is_prepared()
   try:
     builder = prepare(args.name, args.manual_dir, args.data_dir, args.config, args.on_bad_file)
   except (FileNotFoundError, data.common.BadFilesError) as e:
     raise SystemExit(f"data.prepare {args.name}: {e}") from None
   splits = ", ".join(f"{k}: {v.num_examples}" for k, v in builder.info.splits.items())
+  if existed:
+    print(f"Reused {builder.name}: already prepared in {builder.data_dir} ({splits}); nothing "
+          "was read or written (delete that folder to prepare it again)")
+    return
   skipped = f"; skipped {len(builder.bad_files)} bad file(s), listed above" if builder.bad_files else ""
   print(f"Prepared {builder.name} in {builder.data_dir} ({splits}) in {time.time() - start:.1f} s"
         f"{skipped}")

@@ -17,9 +17,12 @@ model's last output.
 OUT is a workdir of its own: OUT/variables (`trainer.checkpoints.
 save_variables`), OUT/config.json (the run's config) and OUT/run.json (the
 run's classes with the new one last: the dataset's held-out class of that
-name, else a new class id). Use it like any run:
+name, else a new class id). Use it like any run, with no other flag (--config
+is the run's config file as it is, without a held-out override, or left out):
 
-  python main.py --config=configs/demo.py --workdir=OUT --mode=eval      (or predict, ...)
+  python main.py --config=configs/demo.py --workdir=OUT --mode=eval      (or --mode=predict)
+  python -m protoseg_jax.diagnostics --workdir=OUT
+  python -m protoseg_jax.visualize --workdir=OUT --image=IMG --output=DIR
 
 A model trained with config.dataset.held_out_class=k gets k back when
 --name is omitted (or is its name); predictions and evaluation then carry
@@ -115,6 +118,21 @@ def add_class_from_support(config, model, variables, pairs) -> tuple[dict, int]:
   return new, emb.shape[0]
 
 
+def new_class(classes, name=None):
+  """(the new class's name, the classes after adding it): --name, else the one class the
+  model was trained without; cli.ArgumentError when neither gives a usable name."""
+  missing = [classes.names[i] for i in classes.missing]
+  name = name or (missing[0] if len(missing) == 1 else None)
+  if not name:
+    raise cli.ArgumentError("--name is required: the model lacks none of its dataset's classes "
+                            f"({len(classes.output_names)} outputs), so the new class needs "
+                            "a name")
+  try:
+    return name, classes.with_class(name)
+  except ValueError as e:
+    raise cli.ArgumentError(f"--name={name}: {e}") from None
+
+
 def main(argv):
   del argv
   for flag in ("workdir", "support", "output"):
@@ -123,18 +141,12 @@ def main(argv):
   workdir, output = cli.expand(FLAGS.workdir), cli.expand(FLAGS.output)
   config = cli.run_config(workdir)          # every config problem first
   pairs = list_support(cli.expand(FLAGS.support))
+  facts = runs.read_facts(workdir)
+  if facts is not None:                     # the run's classes, known before any weights load
+    new_class(facts.classes, FLAGS.name)
   run = cli.load_tool_run(workdir, config=config, checkpoint_step=FLAGS.checkpoint_step,
                           needs_prototypes=True)
-  missing = [run.classes.names[i] for i in run.classes.missing]
-  name = FLAGS.name or (missing[0] if len(missing) == 1 else None)
-  if not name:
-    raise cli.ArgumentError("--name is required: the model lacks none of its dataset's classes "
-                            f"({len(run.classes.output_names)} outputs), so the new class needs "
-                            "a name")
-  try:
-    classes = run.classes.with_class(name)
-  except ValueError as e:
-    raise cli.ArgumentError(f"--name={name}: {e}") from None
+  name, classes = new_class(run.classes, FLAGS.name)
   import jax
   variables = jax.device_get(run.variables)
   new, n = add_class_from_support(run.config, run.model, variables, pairs)
@@ -153,11 +165,12 @@ def main(argv):
 def define_flags():
   cli.define_run_flags(config_required=False, workdir="The run (its checkpoints) to add to.")
   flags.DEFINE_string("support", None, "Directory of <stem>.png|jpg images and <stem>_mask.png "
-                      "masks (any value > 0 is the new class).")
+                      "masks (any value > 0 is the new class: 0/1, 0/255 and palette masks).")
   flags.DEFINE_string("name", None, "Name of the new class (default: the class the model was "
                       "trained without, config.dataset.held_out_class).")
   flags.DEFINE_string("output", None, "Output directory, a workdir of its own: variables/, "
-                      "config.json and run.json.")
+                      "config.json and run.json; use it as --workdir=OUT with main.py "
+                      "--mode=eval|predict, diagnostics and visualize.")
 
 
 if __name__ == "__main__":

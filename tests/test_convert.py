@@ -11,6 +11,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import subprocess
+import sys
+import textwrap
 import types
 
 import flax
@@ -24,7 +27,7 @@ import torch.nn.functional as F
 from timm.models.hrnet import HighResolutionModule
 
 from protoseg_jax import convert, sharding, train
-from protoseg_jax.trainer import augment, checkpoints
+from protoseg_jax.trainer import augment, checkpoints, cli
 from protoseg_jax.convert import cli as convert_cli
 from protoseg_jax.convert import hrnet as hrnet_convert
 from protoseg_jax.models import get_backbone, hrnet
@@ -34,6 +37,7 @@ from torch_helpers import max_rel_err as rel_err, nhwc, randomize_bn
 
 ARCH = "hrnet_w18_small"   # 16-32-64-128 branches: D = 240 instead of W48's 720
 C, M = 5, 3
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4                 # max|ours - ref| / max|ref|, float32
 
 
@@ -306,20 +310,30 @@ def test_cli_backbone_pth_and_safetensors(tmp_path):
   save_file({k: v.contiguous() for k, v in sd.items()}, str(tmp_path / "b.safetensors"))
   for src in ("b.pth", "b.safetensors"):
     dst = str(tmp_path / (src + ".out"))
-    convert_cli.main(["--arch", ARCH, "--src", str(tmp_path / src), "--dst", dst])
+    convert_cli.convert_file(ARCH, str(tmp_path / src), dst)
     got = checkpoints.load_variables(dst)
     assert jax.tree.structure(got) == jax.tree.structure(want), src
     jax.tree_util.tree_map(np.testing.assert_array_equal, got, want)
     assert not os.path.exists(os.path.join(dst, "config_overrides.json"))
-  with pytest.raises(ValueError, match="Unknown backbone arch 'hrnet_w99'"):
-    convert_cli.main(["--arch", "hrnet_w99", "--src", str(tmp_path / "b.pth"), "--dst", dst])
+  with pytest.raises(cli.ArgumentError, match="--arch=hrnet_w99: unknown arch; backbones: .*hrnet_w48"):
+    convert_cli.convert_file("hrnet_w99", str(tmp_path / "b.pth"), dst)
+  with pytest.raises(cli.ArgumentError, match="--src=.*nope.pth: no such file"):
+    convert_cli.convert_file(ARCH, str(tmp_path / "nope.pth"), dst)
+  with pytest.raises(cli.ArgumentError, match="--dst=.*b.pth: a file, not a directory"):
+    convert_cli.convert_file(ARCH, str(tmp_path / "b.pth"), str(tmp_path / "b.pth"))
+  with pytest.raises(cli.UserError, match=r"b.pth does not fit --arch=resnet50: .*missing keys "
+                     r"\(\d+\): \[.*\] \(\+\d+ more\); unknown keys"):
+    convert_cli.convert_file("resnet50", str(tmp_path / "b.pth"), dst)
+  (tmp_path / "notes.pth").write_text("not a checkpoint")
+  with pytest.raises(cli.UserError, match="notes.pth: not a PyTorch checkpoint"):
+    convert_cli.convert_file(ARCH, str(tmp_path / "notes.pth"), dst)
 
 
 def test_cli_full_official_checkpoint(official, converted, tmp_path, capsys):
   _, sd, _, _ = official
   src, dst = str(tmp_path / "hrnet_proto_latest.pth"), str(tmp_path / "out")
   torch.save({"state_dict": {"module." + k: v for k, v in sd.items()}, "iters": 80000}, src)
-  convert_cli.main(["--arch", f"protoseg_{ARCH}", "--src", src, "--dst", dst])
+  convert_cli.convert_file(f"protoseg_{ARCH}", src, dst)
   got = checkpoints.load_variables(dst)
   assert jax.tree.structure(got) == jax.tree.structure(converted)
   jax.tree_util.tree_map(np.testing.assert_array_equal, got, converted)
@@ -332,18 +346,16 @@ def test_cli_full_official_checkpoint(official, converted, tmp_path, capsys):
   assert "config.protoseg.proj_norm_axis = 'width'" in out
   assert "config.model.backbone_kwargs.fusion = 'bilinear_align_corners'" in out
   # only the backbone, as stored (the stem keeps openseg's BGR input order)
-  convert_cli.main(["--arch", ARCH, "--prefix", "backbone.", "--src", src, "--dst", dst + "_bb"])
+  convert_cli.convert_file(ARCH, src, dst + "_bb", prefix="backbone.")
   got = checkpoints.load_variables(dst + "_bb")
   stored = convert.convert_protoseg_checkpoint(sd, arch=ARCH, input_order="bgr", check=False)
   for col in ("params", "batch_stats"):
     jax.tree_util.tree_map(np.testing.assert_array_equal, got[col], stored[col]["backbone"])
-  with pytest.raises(SystemExit):
-    convert_cli.main(["--arch", f"protoseg_{ARCH}", "--prefix", "backbone.", "--src", src, "--dst", dst])
-  assert "--prefix is for backbones" in capsys.readouterr().err
-  with pytest.raises(SystemExit):
-    convert_cli.main(["--arch", ARCH, "--input_order", "bgr", "--src", src, "--dst", dst])
-  assert "--input_order is for protoseg_" in capsys.readouterr().err
-  convert_cli.main(["--arch", f"protoseg_{ARCH}", "--input_order", "bgr", "--src", src, "--dst", dst + "_bgr"])
+  with pytest.raises(cli.ArgumentError, match="--prefix is for backbones"):
+    convert_cli.convert_file(f"protoseg_{ARCH}", src, dst, prefix="backbone.")
+  with pytest.raises(cli.ArgumentError, match="--input_order is for protoseg_"):
+    convert_cli.convert_file(ARCH, src, dst, input_order="bgr")
+  convert_cli.convert_file(f"protoseg_{ARCH}", src, dst + "_bgr", input_order="bgr")
   got = checkpoints.load_variables(dst + "_bgr")
   np.testing.assert_array_equal(got["params"]["backbone"]["conv1"]["kernel"],
                                 converted["params"]["backbone"]["conv1"]["kernel"][:, :, ::-1, :])
@@ -417,3 +429,67 @@ def test_init_from_wrong_arch_and_full_model_dir(converted, tmp_path, tiny_confi
   config.init_from = str(tmp_path / "w18s")
   with pytest.raises(ValueError, match="init_from_scope='all' needs a whole model"):
     checkpoints.init_from(config, abstract)
+
+
+def _convert_subprocess(args, tmp_path, block=()):
+  """`python -m protoseg_jax.convert ARGS` in a fresh interpreter where importing `block` fails."""
+  code = textwrap.dedent(f"""
+      import runpy, sys
+      class _Blocker:
+        def find_spec(self, name, path=None, target=None):
+          if name.split(".")[0] in {tuple(block)!r}:
+            raise ImportError(f"{{name}} is blocked in this test")
+      sys.meta_path.insert(0, _Blocker())
+      sys.argv = ["python -m protoseg_jax.convert", *{list(args)!r}]
+      runpy.run_module("protoseg_jax.convert", run_name="__main__", alter_sys=True)
+      """)
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                        text=True, timeout=600)
+
+
+def test_cli_converts_a_pth_without_torch(tmp_path):
+  """The README's conversion after `pip install -r requirements.txt` (no torch): the
+  .pth is read by convert.torch_file, and the result is the one torch's tensors give."""
+  torch.manual_seed(0)
+  sd = randomize_bn(timm.create_model(ARCH, pretrained=False)).state_dict()
+  src, dst = tmp_path / "imagenet.pth", tmp_path / "out"
+  torch.save({"model": sd}, src)
+  done = _convert_subprocess(["--arch", ARCH, "--src", str(src), "--dst", str(dst)], tmp_path,
+                             block=("torch", "timm", "torchvision"))
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert f"converted {src} ({ARCH})" in done.stdout
+  jax.tree_util.tree_map(np.testing.assert_array_equal, checkpoints.load_variables(str(dst)),
+                         convert.convert_state_dict(ARCH, sd))
+
+
+class _Shell:
+  def __init__(self, command):
+    self.command = command
+
+  def __reduce__(self):
+    return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("case", ["malicious", "wrong_layout", "missing"])
+def test_cli_user_errors_are_one_line(tmp_path, case):
+  src, marker = tmp_path / "ckpt.pth", tmp_path / "ran"
+  args = ["--arch", ARCH, "--src", str(src), "--dst", str(tmp_path / "out")]
+  if case == "malicious":
+    torch.save({"w": torch.ones(2), "x": _Shell(f"touch {marker}")}, src)
+    code, want = 1, [f"{src}: refused: its pickle names posix.system"]
+  elif case == "wrong_layout":
+    torch.save({"fc.weight": torch.ones(2, 2)}, src)
+    code, want = 1, [f"{src} does not fit --arch={ARCH}: state_dict does not match the model: "
+                     "missing keys ("]
+  else:
+    args = args[:4]                        # no --dst, and --src does not exist
+    code, want = 2, ["flag error: --dst is required"]
+  done = _convert_subprocess(args, tmp_path)
+  assert done.returncode == code, done.stderr[-3000:]
+  assert "Traceback" not in done.stderr, done.stderr[-3000:]
+  lines = [line for line in done.stderr.splitlines() if "error:" in line]
+  assert len(lines) == len(want), lines
+  for line, w in zip(lines, want):
+    assert line.startswith("python -m protoseg_jax.convert: ") and w in line, line
+  assert not marker.exists() and not (tmp_path / "out").exists()

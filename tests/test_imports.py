@@ -115,8 +115,9 @@ TOOLS = ("protoseg_jax.main", "protoseg_jax.__main__", "protoseg_jax.predict",
          "protoseg_jax.diagnostics", "protoseg_jax.visualize", "protoseg_jax.add_class",
          "protoseg_jax.export", "protoseg_jax.convert.cli", "protoseg_jax.convert.__main__")
 LIBRARY_THIRD_PARTY = {"jax", "jaxlib", "flax", "optax", "numpy", "absl"}
-# Optional readers of PyTorch checkpoint files, imported inside the function that needs them.
-LIBRARY_OPTIONAL = {"protoseg_jax.convert.state_dict": {"safetensors", "torch"}}
+# Optional readers of checkpoint files, imported inside the function that needs them (.pth
+# files need no torch: convert/torch_file.py reads them with the standard library and NumPy).
+LIBRARY_OPTIONAL = {"protoseg_jax.convert.state_dict": {"safetensors"}}
 
 
 def layer(name: str) -> str:

@@ -376,3 +376,25 @@ def test_outputs_never_leave_the_output_folder(setup, tmp_path):
 
 def meta_palette(setup):  # noqa: D103
   return setup[3].palette
+
+
+def test_same_stem_inputs_and_output_in_the_input(setup, tmp_path):
+  """a.jpg beside a.png: the first is written, the other skipped by name (the run goes
+  on); --output equal to --input, or every image under --output: one clear error."""
+  *_, predictor = setup
+  src, out = tmp_path / "in", tmp_path / "out"
+  src.mkdir()
+  Image.fromarray(_rng_image(20, 24, 1)).save(src / "a.png")
+  Image.fromarray(_rng_image(20, 24, 2)).save(src / "a.jpg")
+  Image.fromarray(_rng_image(20, 24, 3)).save(src / "b.png")
+  summary = predictor.predict_paths(P.list_images(str(src), exclude=str(out)), str(out))
+  assert summary["images"] == 2
+  assert sorted(os.listdir(out)) == ["a.png", "a_color.png", "a_overlay.png", "b.png",
+                                     "b_color.png", "b_overlay.png"]
+  ((path, reason),) = summary["failed"]
+  assert os.path.basename(path) == "a.png" and "skipped: " in reason
+  assert "a.jpg writes the same outputs" in reason
+  with pytest.raises(P.ArgumentError, match="is the --input folder"):
+    P.check_output_dir(str(src), str(src))
+  with pytest.raises(P.NoInputImages, match="all lie under --output="):
+    P.list_images(str(out), exclude=str(out))

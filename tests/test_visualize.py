@@ -123,3 +123,28 @@ def test_load_model_variables_from_a_checkpoint(tiny_state, tiny, tmp_path):
     np.testing.assert_array_equal(a, b)
   with pytest.raises(FileNotFoundError, match="available: \\[3\\]"):
     runs.load_run(str(tmp_path), config, checkpoint_step=7)
+
+
+def test_weights_that_are_no_model_of_the_config_are_one_line_errors(tiny, tmp_path):
+  """--variables at a converted backbone (no decoder, head or prototypes) says so;
+  another model's variables name the arrays; a workdir without weights has no
+  doubled space in its message. All user errors of the command-line layer."""
+  from protoseg_jax.trainer import checkpoints, cli
+  config, meta, model, variables = tiny
+  backbone = {"params": variables["params"]["backbone"],
+              "batch_stats": variables["batch_stats"]["backbone"]}
+  checkpoints.save_variables(backbone, str(tmp_path / "bb"))
+  with pytest.raises(runs.WeightsDoNotFit, match=r"holds a backbone's weights only .*no "
+                     r"decoder, head or prototypes.*--config.init_from="):
+    runs.load_run(config=config, variables_dir=str(tmp_path / "bb"))
+  other = jax.tree.map(lambda x: x, variables)
+  other["params"]["head"]["proj_conv2"]["kernel"] = np.zeros((3, 3), np.float32)
+  checkpoints.save_variables(other, str(tmp_path / "other"))
+  with pytest.raises(runs.WeightsDoNotFit, match=r"does not fit the model of the config.*"
+                     r"proj_conv2.*give the --config these weights were made for"):
+    runs.load_run(config=config, variables_dir=str(tmp_path / "other"))
+  assert runs.WeightsDoNotFit in cli.RUN_ERRORS and runs.RunNotFound in cli.RUN_ERRORS
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(runs.RunNotFound) as e:
+    runs.load_run(str(tmp_path / "empty"), config)
+  assert "no checkpoint in " in str(e.value) and "  " not in str(e.value)

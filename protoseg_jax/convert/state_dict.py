@@ -1,6 +1,7 @@
 """Low-level PyTorch state_dict helpers, shared by every converter.
 
-  load_torch_file(path)               a state_dict from .pth/.pt/.bin or .safetensors
+  load_torch_file(path)               a state_dict from .pth/.pt/.bin (torch_file: no torch
+                                      needed, no pickled code run) or .safetensors
   sub_state_dict(sd, prefix)          THE prefix handling: DataParallel's `module.` stripped,
                                       a sub-model (`backbone.`, `decode_head.`) selected
   StateDictReader                     reads tensors, remembers which keys were used, reports
@@ -23,6 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from protoseg_jax.convert import torch_file
 from protoseg_jax.trees import check_variables, float32_tree
 
 # DataParallel / DistributedDataParallel wrap every key in this.
@@ -109,11 +111,17 @@ class StateDictReader:
                      if k not in self._used and not any(s in k for s in self._ignore))
     msgs = []
     if self._missing:
-      msgs.append(f"missing keys ({len(self._missing)}): {self._missing}")
+      msgs.append(f"missing keys ({len(self._missing)}): {_first(self._missing)}")
     if unknown:
-      msgs.append(f"unknown keys ({len(unknown)}): {unknown}")
+      msgs.append(f"unknown keys ({len(unknown)}): {_first(unknown)}")
     if msgs:
       raise ValueError("state_dict does not match the model: " + "; ".join(msgs))
+
+
+def _first(keys: list[str], limit: int = 12) -> str:
+  """The first `limit` keys, and how many more (a wrong --arch misses hundreds)."""
+  more = f" (+{len(keys) - limit} more)" if len(keys) > limit else ""
+  return f"{keys[:limit]}{more}"
 
 
 def to_numpy(t) -> np.ndarray:
@@ -222,19 +230,39 @@ def finalize(reader: StateDictReader, variables: dict, model=None, *,
   return variables
 
 
+SAFETENSORS_PIP = "pip install safetensors (it comes with pip install -r requirements.txt)"
+
+
+class MissingDependency(ImportError):
+  """A package a file format needs is not installed; the message names the pip command."""
+
+
 def load_torch_file(path: str) -> dict:
-  """A state_dict from .pth/.pt/.bin (torch) or .safetensors, `module.` stripped."""
-  if not os.path.exists(path):
+  """A state_dict from .pth/.pt/.bin (`torch_file.load`: no torch, no pickled code run) or
+  .safetensors, `module.` stripped.
+
+  Raises:
+    FileNotFoundError: no such file.
+    torch_file.TorchFileError: not a checkpoint this reads (or it names code: refused).
+    ValueError: the file holds no state_dict.
+    MissingDependency: .safetensors without the safetensors package.
+  """
+  path = os.path.expanduser(os.fspath(path))
+  if not os.path.isfile(path):
     raise FileNotFoundError(f"checkpoint {path!r} does not exist")
   if path.endswith(".safetensors"):
-    from safetensors.numpy import load_file
+    try:
+      from safetensors.numpy import load_file
+    except ImportError:
+      raise MissingDependency(f"reading {path} needs the safetensors package: "
+                              f"{SAFETENSORS_PIP}") from None
     return dict(load_file(path))
-  import torch  # only needed for .pth files
-  obj = torch.load(path, map_location="cpu", weights_only=False)
+  obj = torch_file.load(path)
   for key in ("state_dict", "model", "model_state"):
     if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
       obj = obj[key]
       break
   if not isinstance(obj, dict):
-    raise ValueError(f"{path!r} holds a {type(obj).__name__}, expected a state_dict")
+    raise ValueError(f"{path} holds a {type(obj).__name__}, expected a state_dict (a dict of "
+                     "tensors, or one under 'state_dict', 'model' or 'model_state')")
   return sub_state_dict(obj)[0]

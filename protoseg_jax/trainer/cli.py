@@ -20,7 +20,7 @@ Errors, the same for every tool:
 
 The console: absl's INFO lines of orbax, TFDS and etils are dropped (their
 warnings stay; `--verbosity` works as absl's), and TFDS's progress bars are
-off when stderr is not a terminal.
+off unless stdout and stderr are terminals.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ class ArgumentError(UserError):
 
 
 # Errors of the trainer's modules that are user errors (one line, exit 1).
-RUN_ERRORS = (runs.RunNotFound, checkpoints.NoIntactCheckpoint,
+RUN_ERRORS = (runs.RunNotFound, runs.WeightsDoNotFit, checkpoints.NoIntactCheckpoint,
               datasets.DatasetNotPreparedError, faults.WorkdirInUse)
 
 
@@ -82,8 +82,11 @@ class QuietLibraries:
 
 
 def quiet_console():
+  """absl's handler drops the libraries' INFO lines; TFDS's tqdm bars (they redraw with
+  cursor escapes, `[A`, that litter logs and pipes) are off unless stdout and stderr are
+  both terminals."""
   logging.get_absl_handler().addFilter(QuietLibraries())
-  if not sys.stderr.isatty():
+  if not (sys.stdout.isatty() and sys.stderr.isatty()):
     try:
       import tensorflow_datasets as tfds
       tfds.disable_progress_bar()
