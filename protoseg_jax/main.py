@@ -5,6 +5,8 @@
       [--config.batch_size=16 ...]
   python main.py --config=CONFIG --workdir=DIR --mode=predict --input=IMAGES --output=OUT
       [--output_format=default|cityscapes] [--checkpoint_step=N]
+  python main.py --config=CONFIG --workdir=DIR --mode=export --export_dir=OUT
+      [--export_size=H,W] [--export_format=all|jax|saved_model|onnx] [--checkpoint_step=N]
   python -m protoseg_jax --workdir=DIR --mode=eval|predict ...                (anywhere)
 
 train: trains with periodic evaluation, resuming from the newest intact
@@ -18,7 +20,10 @@ and writes label maps, colour maps and overlays under --output
 (protoseg_jax/predict.py); unreadable inputs, images over
 config.predict.max_pixels and outputs that would leave --output (symlinks,
 `..`) are skipped by name and listed at the end; the exit status is 1 only
-when no image was written.
+when no image was written. export: writes the model's whole-image inference
+as model.jax (jax.export), saved_model/ and model.onnx with export.json under
+--export_dir (protoseg_jax/export.py, docs/export.md; converted weights:
+--config.init_from=DIR and no --workdir needed).
 
 eval and predict need no --config: a workdir describes itself (DIR/config.json,
 DIR/run.json), so `python -m protoseg_jax --workdir=DIR --mode=eval` works
@@ -43,7 +48,7 @@ from absl import flags, logging
 from protoseg_jax.trainer import cli
 
 FLAGS = flags.FLAGS
-MODES = ("train", "eval", "predict")
+MODES = ("train", "eval", "predict", "export")
 
 
 def define_flags():
@@ -51,7 +56,8 @@ def define_flags():
                        workdir="Directory for checkpoints, metrics.jsonl, TensorBoard logs and "
                                "the run's description (config.json, run.json).")
   flags.DEFINE_enum("mode", "train", list(MODES),
-                    "train (with periodic eval), eval or predict (--input -> --output).")
+                    "train (with periodic eval), eval, predict (--input -> --output) or export "
+                    "(--export_dir).")
   flags.DEFINE_string("input", None, "predict mode: an image file, a directory (searched "
                       "recursively) or a glob (quote it; ** recurses).")
   flags.DEFINE_string("output", None, "predict mode: output directory; each input's path "
@@ -60,6 +66,8 @@ def define_flags():
                     "predict mode: default (<name>.png ids, <name>_color.png, "
                     "<name>_overlay.png) or cityscapes (<name>_labelIds.png with official "
                     "Cityscapes labelIds).")
+  from protoseg_jax import export
+  export.define_flags()
   flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0 "
                       "(omit on Cloud TPU, where jax.distributed finds it).")
   flags.DEFINE_integer("num_processes", None, "Multi-process: total number of processes.")
@@ -71,7 +79,7 @@ def define_flags():
 def _check_arguments(mode: str):
   """The flags a mode needs, each missing one its own line (exit 2), before any work."""
   missing = []
-  if not FLAGS.workdir:
+  if not FLAGS.workdir and not (mode == "export" and FLAGS.config is not None):
     missing.append("--workdir is required (the run's directory)")
   if mode == "train" and FLAGS.config is None:
     missing.append("--config is required to train (e.g. --config=configs/demo.py)")
@@ -80,6 +88,10 @@ def _check_arguments(mode: str):
                 if not getattr(FLAGS, f)]
   elif FLAGS.input or FLAGS.output:
     missing.append(f"--input / --output are for --mode=predict, not --mode={mode}")
+  if mode == "export" and not FLAGS.export_dir:
+    missing.append("--export_dir is required with --mode=export")
+  elif mode != "export" and FLAGS.export_dir:
+    missing.append(f"--export_dir is for --mode=export, not --mode={mode}")
   if missing:
     cli.fail(missing)
 
@@ -94,6 +106,9 @@ def main(argv):
   workdir = cli.expand(FLAGS.workdir)
   if mode == "predict":
     return _predict(workdir)
+  if mode == "export":
+    from protoseg_jax import export
+    return export.run_command(workdir)
   config = cli.run_config(workdir)
   from protoseg_jax.trainer import loop
   if mode == "train":

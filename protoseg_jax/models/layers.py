@@ -82,13 +82,18 @@ def avg_pool_ceil(x: jnp.ndarray, stride: int) -> jnp.ndarray:
     return x
   ph = (-x.shape[1]) % stride
   pw = (-x.shape[2]) % stride
+  if ph == 0 and pw == 0:   # keywords and a string padding: what converters' rewrites take
+    return nn.avg_pool(x, window_shape=(stride, stride), strides=(stride, stride),
+                       padding="VALID")
   return nn.avg_pool(x, (stride, stride), (stride, stride), ((0, ph), (0, pw)),
                      count_include_pad=False)
 
 
 def avg_pool_same_2x2(x: jnp.ndarray) -> jnp.ndarray:
-  """timm `AvgPool2dSame(2, stride=1)`: zero-pad bottom/right by 1, 2x2 mean counting the pad."""
-  return nn.avg_pool(x, (2, 2), (1, 1), ((0, 1), (0, 1)), count_include_pad=True)
+  """timm `AvgPool2dSame(2, stride=1)`: zero-pad bottom/right by 1, 2x2 mean counting the pad
+  (padded explicitly, then a VALID pool: the same values, in the form converters take)."""
+  x = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+  return nn.avg_pool(x, window_shape=(2, 2), strides=(1, 1), padding="VALID")
 
 
 class BasicBlock(nn.Module):

@@ -39,7 +39,7 @@ The blocks (`Bottleneck`, `BasicBlock`) are in `protoseg_jax.models.layers`.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
@@ -74,6 +74,7 @@ class ResNet(nn.Module):
   layers: tuple[int, ...] = (3, 4, 6, 3)
   deep_stem: bool = False
   stem_width: int = 32  # deep stem only: 3 -> w -> w -> 2w
+  base_width: int = 64  # stage s has base_width * 2**s planes (x4 out); 64: every published ResNet
   avg_down: bool = False
   output_stride: int = 8
   remat: str = "none"
@@ -91,9 +92,12 @@ class ResNet(nn.Module):
         x = conv2d(w, 3, stride=2 if i == 0 else 1, dtype=d, name=f"stem_conv{i + 1}")(x)
         x = nn.relu(batch_norm(train, dtype=d, name=f"stem_bn{i + 1}")(x))
     else:
-      x = conv2d(64, 7, stride=2, dtype=d, name="conv1")(x)
+      x = conv2d(self.base_width, 7, stride=2, dtype=d, name="conv1")(x)
       x = nn.relu(batch_norm(train, dtype=d, name="bn1")(x))
-    x = nn.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
+    # The 3x3/2 max-pool padded by 1 with -inf, as a VALID pool of the padded map (the
+    # same values): converters that rewrite Linen's pools (jax2onnx) take string paddings.
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-jnp.inf)
+    x = nn.max_pool(x, window_shape=(3, 3), strides=(2, 2), padding="VALID")
 
     feats = []
     modes = remat_plan(self.remat, len(self.layers))
@@ -107,11 +111,11 @@ class ResNet(nn.Module):
              remat_blocks: bool) -> jnp.ndarray:
     """Stage s (0-based: layer{s + 1}) with its (stride, first_dilation, dilation)."""
     stride, first_dil, dil = plan
-    planes = 64 * 2 ** s
+    planes = self.base_width * 2 ** s
     if s > 0:
-      inplanes = 64 * 2 ** (s - 1) * Bottleneck.expansion
+      inplanes = self.base_width * 2 ** (s - 1) * Bottleneck.expansion
     else:
-      inplanes = 2 * self.stem_width if self.deep_stem else 64
+      inplanes = 2 * self.stem_width if self.deep_stem else self.base_width
     block_cls = maybe_remat(Bottleneck, remat_blocks)
     for b in range(self.layers[s]):
       downsample = None
@@ -140,10 +144,14 @@ _SPECS = {
 
 
 def _make(arch: str, *, output_stride: int = 8, remat: str = "none",
-          dtype: Any = jnp.float32) -> ResNet:
-  layers, deep, avg = _SPECS[arch]
-  return ResNet(layers=layers, deep_stem=deep, avg_down=avg, output_stride=output_stride,
-                remat=remat, dtype=dtype)
+          dtype: Any = jnp.float32, layers: Optional[Sequence[int]] = None,
+          base_width: int = 64, stem_width: int = 32) -> ResNet:
+  """The arch's ResNet; `layers` / `base_width` / `stem_width` shrink it (tests,
+  config.model.backbone_kwargs), which no published weights fit."""
+  spec, deep, avg = _SPECS[arch]
+  return ResNet(layers=tuple(layers) if layers is not None else spec, deep_stem=deep,
+                avg_down=avg, output_stride=output_stride, base_width=int(base_width),
+                stem_width=int(stem_width), remat=remat, dtype=dtype)
 
 
 ARCHS = {name: functools.partial(_make, name) for name in _SPECS}
