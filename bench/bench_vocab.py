@@ -36,7 +36,8 @@ run; its line says `"skipped"` and why.
       # the whole train step compiled (not run): XLA's memory per head
 
 --heads: protoseg (all classes at once, today's head), protoseg_auto (the
-head's automatic class chunks, `prototypes.resolve_class_chunk`), linear.
+head's automatic class chunks, `prototypes.resolve_class_chunk`),
+protoseg_k<K> (chunks of K classes), linear.
 
 --losses=gather measures the loss and max-over-M forms the library used
 before 2026-11-28 (log_softmax + take_along_axis, jnp.max), for comparison.
@@ -114,7 +115,7 @@ def protoseg_step(emb, protos, scale, bias, labels, rng, loss_impl="library", cl
 
     def chunked_loss(emb, scale, bias):
       r = chunked_retrieval(emb, protos, chunk, labels=labels, with_lse=True)
-      scores = layer_norm(r.scores, scale, bias)
+      scores = jax.checkpoint(layer_norm)(r.scores, scale, bias)   # as the head's remat
       res = learn_prototypes(protos, emb, scores, labels, rng=rng, own_similarity=r.own,
                              ignore_index=-1)
       target = target_similarity(emb, protos, res.proto_targets)
@@ -160,10 +161,17 @@ def head_params(head: str, c: int, m: int, d: int) -> int:
 HEADS = {"protoseg": None, "protoseg_auto": 0, "linear": None}   # head -> class_chunk
 
 
+def head_chunk(head: str):
+  """class_chunk of a --heads name: HEADS, or protoseg_k<K> for chunks of K classes."""
+  if head.startswith("protoseg_k"):
+    return int(head[len("protoseg_k"):])
+  return HEADS[head]
+
+
 def run_size(head, c, n, m, d, repeats, max_bytes, loss_impl="library") -> dict:
   sds = jax.ShapeDtypeStruct
   f32, i32 = jnp.float32, jnp.int32
-  chunk = HEADS[head]
+  chunk = head_chunk(head)
   if head.startswith("protoseg"):
     fn = jax.jit(functools.partial(protoseg_step, loss_impl=loss_impl, class_chunk=chunk))
     shapes = (sds((n, d), f32), sds((c, m, d), f32), sds((c,), f32), sds((c,), f32),
@@ -203,14 +211,16 @@ def run_size(head, c, n, m, d, repeats, max_bytes, loss_impl="library") -> dict:
 def whole_step(spec: str, c: int, head: str, overrides=()) -> dict:
   """The whole train step (`train.make_train_step`) of config `spec` with C
   classes and `head` ("protoseg": today's all-at-once head and CE,
-  "protoseg_auto": the automatic class chunks and CE row blocks, "linear"),
+  "protoseg_auto": the automatic class chunks and CE row blocks, "linear":
+  the linear head with today's CE, "linear_auto": with the CE's row blocks),
   compiled for one device (nothing run): XLA's memory (`harness.compiled_memory`)."""
   from protoseg_jax import optim, sharding, train
   from protoseg_jax.models.segmentor import build_model
-  auto = head == "protoseg_auto"
+  auto = head.endswith("_auto")
+  linear = head.startswith("linear")
   config = harness.load_config(spec, list(overrides))
   harness.apply_overrides(config, {
-      "model.head": "linear" if head == "linear" else "proto",
+      "model.head": "linear" if linear else "proto",
       "protoseg.class_chunk": 0 if auto else c, "loss.label_rows": 0 if auto else 1 << 20})
   model = build_model(config, c)
   mesh = sharding.create_mesh(jax.devices()[:1])
@@ -228,9 +238,9 @@ def whole_step(spec: str, c: int, head: str, overrides=()) -> dict:
   n = b * (crop[0] // 4) * (crop[1] // 4)
   rec = {"what": "whole_train_step", "config": spec, "overrides": list(overrides), "head": head,
          "C": c, "batch": b, "crop": list(crop), "N_feature_pixels": n,
-         "M": int(p.num_prototypes) if head != "linear" else None,
+         "M": int(p.num_prototypes) if not linear else None,
          "class_chunk": (resolve_class_chunk(0, n, c, int(p.num_prototypes)) if auto else c)
-         if head != "linear" else None,
+         if not linear else None,
          "label_rows": losses.resolve_label_rows(0 if auto else 1 << 20, b, crop[0], crop[1], c),
          "compile_s": round(time.perf_counter() - t0, 1)}
   rec.update(harness.compiled_memory(compiled))
@@ -272,7 +282,8 @@ def main(argv=None):
                   help="only compare the --losses variants on a small problem and exit")
   ap.add_argument("--whole_step", default=None,
                   help="a config (configs/<name>.py[:variant]): compile its whole train step "
-                       "for each --classes and --heads (protoseg, protoseg_auto, linear)")
+                       "for each --classes and --heads (protoseg, protoseg_auto, linear, "
+                       "linear_auto)")
   ap.add_argument("--set", action="append", default=[],
                   help="--whole_step config overrides, KEY=VALUE (repeatable)")
   a = ap.parse_args(argv)

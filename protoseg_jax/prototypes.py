@@ -15,6 +15,7 @@ form (shard_map over the data axis, then pmean).
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Optional
 
 import flax.struct
@@ -158,52 +159,128 @@ def chunked_retrieval(embeddings: jnp.ndarray, prototypes: jnp.ndarray, class_ch
                       ) -> ChunkedRetrieval:
   """The class scores (and PPC's log-sum-exp, and each pixel's own-class
   similarities) of unit embeddings [N, D] to prototypes [C, M, D] without the
-  [N, C*M] similarity: a `lax.scan` over chunks of `class_chunk` classes
-  (C padded to a multiple with classes that never count), each chunk's
-  similarity [N, chunk*M] computed, reduced and dropped; the body is
-  `jax.checkpoint`ed, so the backward pass recomputes one chunk at a time
-  instead of storing them. Equal to the all-at-once forms up to float
-  rounding of the reductions.
+  [N, C*M] similarity: a loop over chunks of `class_chunk` classes, each
+  chunk's similarity [N, chunk*M] computed, reduced and dropped, its scores
+  written in place into the [N, C] result. The gradient is a custom VJP that
+  loops over the chunks again, recomputing each similarity, so neither pass
+  holds more than one chunk's similarity, and only the [N, C] scores and
+  their cotangent are full size. When C is not a multiple of the chunk the
+  last chunk is the last `class_chunk` classes (it overlaps the one before;
+  classes already counted are masked out of the log-sum-exp and of the
+  gradient). Value and gradient equal the all-at-once forms up to float
+  rounding of the reductions; the gradient of the max over M is
+  `max_over_prototypes`'s (ties split evenly); `own` is stop-gradient.
   """
   c, m, d = prototypes.shape
-  n = embeddings.shape[0]
   k = int(class_chunk)
   if not 1 <= k <= c:
     raise ValueError(f"class_chunk must be in [1, C={c}], got {k}")
-  chunks = -(-c // k)
-  pad = chunks * k - c
   p = normalized_prototypes(prototypes, trainable).astype(embeddings.dtype)   # [C*M, D]
-  p = jnp.pad(p, ((0, pad * m), (0, 0))).reshape(chunks, k * m, d)
-  real = (jnp.arange(chunks * k) < c).reshape(chunks, k)                     # padding classes
-  if labels is not None:
-    y = labels.astype(jnp.int32)
-    valid = (y >= 0) & (y < c)
-    y_chunk, y_in = jnp.where(valid, y // k, -1), jnp.where(valid, y % k, 0)
-  inv_t = 1.0 / float(ppc_temperature)
-
-  @jax.checkpoint
-  def body(own, xs):
-    p_j, real_j, j = xs
-    sim = jnp.einsum("nd,kd->nk", embeddings, p_j)                          # [N, k*M]
-    scores = max_over_prototypes(sim.reshape(n, k, m))                      # [N, k]
-    scores = jnp.where(real_j[None, :], scores, -jnp.inf)
-    lse = None
-    if with_lse:
-      x = sim if inv_t == 1.0 else sim * inv_t
-      x = jnp.where(jnp.repeat(real_j, m)[None, :], x, -jnp.inf)
-      lse = jax.nn.logsumexp(x, axis=1)                                     # [N]
-    if labels is not None:
-      mine = jnp.take_along_axis(sim.reshape(n, k, m), y_in[:, None, None], axis=1)[:, 0]
-      own = own + jnp.where((y_chunk == j)[:, None], jax.lax.stop_gradient(mine), 0.0)
-    return own, (scores, lse)
-
-  own0 = jnp.zeros((n, m), embeddings.dtype) if labels is not None else jnp.zeros((), embeddings.dtype)
-  own, (scores, lse) = jax.lax.scan(body, own0, (p, real, jnp.arange(chunks)))
-  scores = jnp.moveaxis(scores, 0, 1).reshape(n, chunks * k)[:, :c]
-  if with_lse:
-    lse = jax.nn.logsumexp(lse, axis=0)                                      # over the chunks
+  y = (jnp.full(embeddings.shape[:1], -1, jnp.int32) if labels is None
+       else labels.astype(jnp.int32))
+  spec = _ChunkSpec(c, m, k, 1.0 / float(ppc_temperature), trainable is not False,
+                    bool(with_lse), labels is not None)
+  scores, lse, own = _chunked_retrieval(spec, embeddings, p, y)
   return ChunkedRetrieval(scores=scores, lse=lse if with_lse else None,
-                          own=jax.lax.stop_gradient(own) if labels is not None else None)
+                          own=own if labels is not None else None)
+
+
+@flax.struct.dataclass
+class _ChunkSpec:
+  """Static sizes of `_chunked_retrieval`: C, M, classes per chunk, 1 / PPC
+  temperature, and which of the prototypes' gradient, the log-sum-exp and the
+  own-class similarity are wanted (inference needs none of them)."""
+  c: int = flax.struct.field(pytree_node=False)
+  m: int = flax.struct.field(pytree_node=False)
+  k: int = flax.struct.field(pytree_node=False)
+  inv_t: float = flax.struct.field(pytree_node=False)
+  grad_prototypes: bool = flax.struct.field(pytree_node=False)
+  with_lse: bool = flax.struct.field(pytree_node=False)
+  with_own: bool = flax.struct.field(pytree_node=False)
+
+  @property
+  def chunks(self) -> int:
+    return -(-self.c // self.k)
+
+  def chunk(self, j, embeddings, p):
+    """Chunk j's first class (the last chunk ends at C), its similarity
+    [N, k, M], and the mask [k] of the classes not in an earlier chunk."""
+    start = jnp.minimum(j * self.k, self.c - self.k)
+    p_j = jax.lax.dynamic_slice_in_dim(p, start * self.m, self.k * self.m, axis=0)
+    sim = jnp.einsum("nd,kd->nk", embeddings, p_j).reshape(-1, self.k, self.m)
+    new = start + jnp.arange(self.k) >= j * self.k
+    return start, sim, new
+
+
+def _logits_for_lse(spec, sim, new):
+  x = sim if spec.inv_t == 1.0 else sim * spec.inv_t
+  return jnp.where(new[None, :, None], x, -jnp.inf).reshape(x.shape[0], -1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _chunked_retrieval(spec, embeddings, p, labels):
+  return _chunked_retrieval_fwd(spec, embeddings, p, labels)[0]
+
+
+def _chunked_retrieval_fwd(spec, embeddings, p, labels):
+  n = embeddings.shape[0]
+  dtype = embeddings.dtype
+  valid = (labels >= 0) & (labels < spec.c)
+
+  def body(j, carry):
+    scores, lse, own = carry
+    start, sim, new = spec.chunk(j, embeddings, p)
+    scores = jax.lax.dynamic_update_slice_in_dim(scores, max_over_prototypes(sim), start, axis=1)
+    if spec.with_lse:
+      lse = jnp.logaddexp(lse, jax.nn.logsumexp(_logits_for_lse(spec, sim, new), axis=1))
+    if spec.with_own:
+      mine = valid & (labels // spec.k == j)
+      idx = jnp.clip(labels - start, 0, spec.k - 1)
+      own = jnp.where(mine[:, None], jnp.take_along_axis(sim, idx[:, None, None], axis=1)[:, 0],
+                      own)
+    return scores, lse, own
+
+  init = (jnp.zeros((n, spec.c), dtype), jnp.full((n,), -jnp.inf, dtype),
+          jnp.zeros((n, spec.m), dtype))
+  scores, lse, own = jax.lax.fori_loop(0, spec.chunks, body, init)
+  return (scores, lse, own), (embeddings, p, lse)
+
+
+def _chunked_retrieval_bwd(spec, res, cotangents):
+  embeddings, p, lse = res
+  g_scores, g_lse, _ = cotangents                      # `own` is stop-gradient
+  n = embeddings.shape[0]
+
+  def body(j, carry):
+    g_emb, g_p = carry
+    start, sim, new = spec.chunk(j, embeddings, p)
+    g_s = jax.lax.dynamic_slice_in_dim(g_scores, start, spec.k, axis=1)
+    g_s = jnp.where(new[None, :], g_s, 0).astype(jnp.float32)          # [N, k]
+    best = jnp.max(sim, axis=-1, keepdims=True)
+    hit = sim == best
+    share = g_s / jnp.sum(hit, axis=-1).astype(jnp.float32)
+    g_sim = jnp.where(hit, share[:, :, None], 0.0).reshape(n, -1)       # [N, k*M]
+    if spec.with_lse:
+      x = _logits_for_lse(spec, sim, new).astype(jnp.float32)
+      soft = jnp.exp(x - lse.astype(jnp.float32)[:, None])              # 0 where masked
+      g_sim = g_sim + (g_lse.astype(jnp.float32) * spec.inv_t)[:, None] * soft
+    g_sim = g_sim.astype(embeddings.dtype)
+    p_j = jax.lax.dynamic_slice_in_dim(p, start * spec.m, spec.k * spec.m, axis=0)
+    g_emb = g_emb + jnp.dot(g_sim, p_j, preferred_element_type=jnp.float32)
+    if spec.grad_prototypes:
+      g_pj = jnp.dot(g_sim.T, embeddings, preferred_element_type=jnp.float32)
+      old = jax.lax.dynamic_slice_in_dim(g_p, start * spec.m, spec.k * spec.m, axis=0)
+      g_p = jax.lax.dynamic_update_slice_in_dim(g_p, old + g_pj, start * spec.m, axis=0)
+    return g_emb, g_p
+
+  g_p0 = jnp.zeros(p.shape if spec.grad_prototypes else (0, p.shape[1]), jnp.float32)
+  g_emb, g_p = jax.lax.fori_loop(0, spec.chunks, body,
+                                 (jnp.zeros(embeddings.shape, jnp.float32), g_p0))
+  g_p = g_p.astype(p.dtype) if spec.grad_prototypes else jnp.zeros_like(p)
+  return g_emb.astype(embeddings.dtype), g_p, None
+
+
+_chunked_retrieval.defvjp(_chunked_retrieval_fwd, _chunked_retrieval_bwd)
 
 
 def target_similarity(embeddings: jnp.ndarray, prototypes: jnp.ndarray,
