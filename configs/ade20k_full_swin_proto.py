@@ -16,7 +16,7 @@ Variants (comma-separated): "swin_t" | "swin_b", "fsdp" (FSDP sharding), "runloc
 
 from configs import datasets, default, models
 
-VARIANTS = (*models.SWIN_ARCHS, "fsdp", "runlocal")
+VARIANTS = (*models.SWIN_ARCHS, "distinct", "fsdp", "runlocal")
 
 
 def get_config(arg=None):

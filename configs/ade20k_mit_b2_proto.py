@@ -19,7 +19,7 @@ Variants: "mit_b0" .. "mit_b5" (default here b2), "fsdp" (FSDP sharding), "runlo
 
 from configs import datasets, default, models
 
-VARIANTS = (*models.MIT_ARCHS, "fsdp", "runlocal")
+VARIANTS = (*models.MIT_ARCHS, "distinct", "fsdp", "runlocal")
 
 
 def get_config(arg=None):

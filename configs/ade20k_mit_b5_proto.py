@@ -8,7 +8,7 @@ Variants: "fsdp" (FSDP sharding), "runlocal".
 
 from configs import datasets, default, models
 
-VARIANTS = ("fsdp", "runlocal")
+VARIANTS = ("distinct", "fsdp", "runlocal")
 
 
 def get_config(arg=None):

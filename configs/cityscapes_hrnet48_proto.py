@@ -79,7 +79,7 @@ Variants (comma-separated arg): "fsdp" (FSDP sharding), "runlocal" (a few tiny s
 
 from configs import datasets, default, models
 
-VARIANTS = ("fsdp", "runlocal")
+VARIANTS = ("distinct", "fsdp", "runlocal")
 
 
 def get_config(arg=None):

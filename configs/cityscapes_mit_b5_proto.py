@@ -16,7 +16,7 @@ Variants: "fsdp" (FSDP sharding), "runlocal" (also a 512x512 window, stride 384)
 
 from configs import datasets, default, models
 
-VARIANTS = ("fsdp", "runlocal")
+VARIANTS = ("distinct", "fsdp", "runlocal")
 
 
 def get_config(arg=None):

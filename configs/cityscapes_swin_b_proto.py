@@ -14,7 +14,7 @@ Variants: "swin_t" | "swin_b" (default), "fsdp" (FSDP sharding), "runlocal".
 
 from configs import datasets, default, models
 
-VARIANTS = (*models.SWIN_ARCHS, "fsdp", "runlocal")
+VARIANTS = (*models.SWIN_ARCHS, "distinct", "fsdp", "runlocal")
 
 
 def get_config(arg=None):

@@ -19,7 +19,7 @@ Variants: "160k", "fsdp" (FSDP sharding), "runlocal".
 
 from configs import datasets, default, models
 
-VARIANTS = ("160k", "fsdp", "runlocal")
+VARIANTS = ("160k", "distinct", "fsdp", "runlocal")
 
 
 def get_config(arg=None):

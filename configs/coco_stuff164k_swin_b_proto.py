@@ -12,7 +12,7 @@ Variants: "swin_t" | "swin_b" (default), "160k", "fsdp" (FSDP sharding), "runloc
 
 from configs import datasets, default, models
 
-VARIANTS = (*models.SWIN_ARCHS, "160k", "fsdp", "runlocal")
+VARIANTS = (*models.SWIN_ARCHS, "160k", "distinct", "fsdp", "runlocal")
 
 
 def get_config(arg=None):

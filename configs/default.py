@@ -102,6 +102,7 @@ def get_config():
   p.sinkhorn_epsilon = 0.05
   p.assignment = "gumbel"               # gumbel (official) | argmax
   p.use_mask_norm = True
+  p.use_feat_norm = True                # LayerNorm over D before the embedding's unit norm (official)
   p.proj_norm_axis = "channel"          # channel (paper intent, default) | width (official-code
                                         # quirk: L2 along image width; the official recipe sets it)
   p.proto_init = "trunc_normal_2std"    # trunc_normal_2std (cut at +-2 std) | timm_trunc_normal
@@ -196,12 +197,25 @@ def choose_one(variants: set, options, default: str, what: str) -> str:
   return chosen.pop() if chosen else default
 
 
+def set_distinct_prototypes(config):
+  """The prototype setting of the demo study (docs/benchmarks.md, issue 20)
+  under which a class's M prototypes stay distinct and take its looks apart:
+  the momentum update assigns each pixel to its Sinkhorn argmax (instead of
+  the official Gumbel draw from softmax(Q), which picks near uniformly) and
+  PPC has the paper's temperature 0.1 (the official code has none)."""
+  config.protoseg.assignment = "argmax"
+  config.protoseg.ppc_temperature = 0.1
+
+
 def apply_variants(config, variants: set):
   """The variants every run may declare in its VARIANTS: "160k" (the run's
-  schedule for 160k iterations, evaluated as often as before), "fsdp"
-  (`set_fsdp`) and "runlocal" (`runlocal`). Run-specific variants are applied by the run itself."""
+  schedule for 160k iterations, evaluated as often as before), "distinct"
+  (`set_distinct_prototypes`, the ProtoSeg runs), "fsdp" (`set_fsdp`) and
+  "runlocal" (`runlocal`). Run-specific variants are applied by the run itself."""
   if "160k" in variants:
     config.num_train_steps = 160_000
+  if "distinct" in variants:
+    set_distinct_prototypes(config)
   if "fsdp" in variants:
     set_fsdp(config)
   if "runlocal" in variants:

@@ -6,7 +6,7 @@ Generates the dataset on first use (no download), trains a tiny HRNet with the
 ProtoSeg head for a few minutes on 2 CPU cores and evaluates it.
 
 Variant "runlocal" (`--config=configs/demo.py:runlocal`): the smallest real
-run, in seconds: the demo's "tiny" builder config (a few dozen scenes), 64x64
+run, under a minute on 2 cores (most of it compiling): the demo's "tiny" builder config (a few dozen scenes), 64x64
 crops, 2 steps of batch 8 (lr warm-up cut to 2 steps) with a checkpoint and
 an evaluation at the end (without the val/proto_* usage pass), M=2
 prototypes of 16 dimensions. The tests' tiny runs start from it.
@@ -35,6 +35,10 @@ def get_config(arg=None):
   p.num_prototypes = 4
   p.embed_dim = 64
   p.gamma = 0.99             # 400 steps instead of 80k: prototypes must move faster
+  # Distinct prototypes (issue 20's study, docs/benchmarks.md): argmax
+  # assignment and the paper's PPC temperature 0.1 instead of the official
+  # Gumbel draw and no temperature, whose prototypes collapse into copies.
+  default.set_distinct_prototypes(config)
 
   default.set_adamw_warmup_poly(config, 3e-3, weight_decay=1e-4, warmup_steps=30)
   config.num_train_steps = 400

@@ -425,6 +425,7 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
   # Every builder is at its first release; one whose prepared data change sets
   # its own VERSION and RELEASE_NOTES.
   VERSION = tfds.core.Version("1.0.0")
+  LABEL_DTYPE = np.uint8          # np.uint16: 16-bit label PNGs (ADE20K-Full)
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   SPLITS: Mapping[str, object] = {}
   ARCHIVES: Mapping[str, str] = {}
@@ -547,18 +548,23 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
         palette=tuple(tuple(int(v) for v in c) for c in cls.PALETTE),
         release_ids=None if cls.RELEASE_IDS is None else tuple(int(i) for i in cls.RELEASE_IDS))
 
+  def _features(self, meta: DatasetMeta) -> dict:
+    """The stored features (the module docstring's); a builder with more
+    (the demo's appearance map) or 16-bit labels (LABEL_DTYPE) says so here."""
+    return {
+        "image": tfds.features.Image(shape=(None, None, 3), encoding_format=self.IMAGE_FORMAT),
+        "label": tfds.features.Image(shape=(None, None, 1), dtype=self.LABEL_DTYPE,
+                                     encoding_format="png"),
+        "classes": tfds.features.Sequence(tfds.features.ClassLabel(names=list(meta.class_names))),
+        "file_name": tfds.features.Text(),
+    }
+
   def _info(self) -> tfds.core.DatasetInfo:
     meta = self.meta()
     return tfds.core.DatasetInfo(
         builder=self,
         description=self.DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format=self.IMAGE_FORMAT),
-            "label": tfds.features.Image(shape=(None, None, 1), encoding_format="png"),
-            "classes": tfds.features.Sequence(
-                tfds.features.ClassLabel(names=list(meta.class_names))),
-            "file_name": tfds.features.Text(),
-        }),
+        features=tfds.features.FeaturesDict(self._features(meta)),
         homepage=self.HOMEPAGE or None,
         metadata=tfds.core.MetadataDict(**meta.metadata()),
     )

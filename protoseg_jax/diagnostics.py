@@ -38,7 +38,7 @@ def main(argv):
   run = cli.load_tool_run(cli.expand(FLAGS.workdir), variables_dir=cli.expand(FLAGS.variables),
                           checkpoint_step=FLAGS.checkpoint_step, needs_prototypes=True)
   protos = prototype_stats.prototype_array(run.variables["prototypes"])
-  counts = None
+  counts = looks = None
   if FLAGS.num_batches > 0:
     try:
       batches = input_pipeline.create_eval_iterator(
@@ -47,12 +47,13 @@ def main(argv):
       print(f"dataset not prepared ({str(e).splitlines()[0]}): prototype-only statistics")
     else:
       step = prototype_stats.jit_usage_step(run.model, run.classes.label_lut(), run.mesh)
-      counts, n = prototype_stats.eval_usage_counts(step, run.variables, batches,
+      counts, n, looks = prototype_stats.eval_usage(step, run.variables, batches,
                                                     FLAGS.num_batches)
       print(f"usage over {n} images of {run.config.dataset.eval_split} "
             f"(up to {FLAGS.num_batches} eval batches)")
   print(prototype_stats.format_table(protos, run.classes.output_names, counts,
-                                     threshold=FLAGS.threshold, min_fraction=FLAGS.min_fraction))
+                                     threshold=FLAGS.threshold, min_fraction=FLAGS.min_fraction,
+                                     looks=looks))
 
 
 if __name__ == "__main__":

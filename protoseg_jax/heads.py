@@ -97,6 +97,9 @@ class ProtoSegHead(nn.Module):
     assignment: "gumbel" (official) or "argmax" (deterministic); gumbel takes
       its randomness from the "prototypes" rng stream.
     use_mask_norm: LayerNorm over the C class scores (official, default on).
+    use_feat_norm: LayerNorm over D of the projected features before their
+      unit norm (official, default on); False: the unit-norm projection is
+      the embedding (no params "feat_norm").
     proj_norm_axis: "channel" (paper intent, default) or "width" (official
       code quirk: the projection output is L2-normalised along image width;
       set it when loading official checkpoints).
@@ -135,6 +138,7 @@ class ProtoSegHead(nn.Module):
   sinkhorn_epsilon: float = 0.05
   assignment: str = "gumbel"
   use_mask_norm: bool = True
+  use_feat_norm: bool = True
   proj_norm_axis: str = "channel"
   proto_init: str = "trunc_normal_2std"
   update_prototype: bool = True
@@ -174,7 +178,8 @@ class ProtoSegHead(nn.Module):
     x = x.astype(jnp.float32)
     x = l2_normalize(x, axis=2 if self.proj_norm_axis == "width" else -1)
     # feat_norm: LayerNorm over D, then unit norm.
-    x = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name="feat_norm")(x)
+    if self.use_feat_norm:
+      x = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name="feat_norm")(x)
     emb = l2_normalize(x).reshape(b * h * w, d)
 
     protos = self.variable("prototypes", "prototypes", init_prototypes,
@@ -196,7 +201,11 @@ class ProtoSegHead(nn.Module):
                                     ppc_temperature=self.ppc_temperature)
       scores = retrieval.scores
     if self.use_mask_norm:
-      scores = nn.LayerNorm(epsilon=1e-5, dtype=jnp.float32, name="mask_norm")(scores)
+      # With chunks the LayerNorm over [N, C] is rematerialised: its backward
+      # recomputes the normalised scores instead of keeping them (two [N, C]
+      # f32 buffers fewer; bench/bench_vocab.py).
+      norm = nn.LayerNorm if chunk >= c else nn.remat(nn.LayerNorm)
+      scores = norm(epsilon=1e-5, dtype=jnp.float32, name="mask_norm")(scores)
     logits = scores.reshape(b, h, w, c)
 
     out = HeadOutput(logits=logits, embeddings=emb.reshape(b, h, w, d))

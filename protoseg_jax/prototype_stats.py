@@ -25,6 +25,16 @@ statistic L2-normalises P along D first, as the head does):
                       "retrieved by at least one pixel"); 0 for a class
                       with no pixel (see `present`)                     [C]
 
+  For a dataset that records each pixel's appearance a (its look within its
+  class: the demo's 'appearance' map):
+  look counts[c, a, m] pixels of class c and look a retrieving m        [C, A, M]
+  appearance NMI      per class with >= 2 looks among its pixels: the
+                      normalised mutual information between look and
+                      retrieved prototype, I / ((H(look) + H(proto)) / 2)
+                      (sklearn's normalized_mutual_info_score, arithmetic);
+                      1 = each look has prototypes of its own, 0 = the
+                      prototype says nothing about the look             [C]
+
 All functions are pure jax.numpy (jit-able) and also take NumPy arrays.
 `scalars(prototypes, prefix)` gives the cheap prototype-only numbers for a
 training log; `eval_summaries` the `val/proto_*` entries of an evaluation
@@ -37,6 +47,7 @@ Library code (jax and NumPy); the command is `protoseg_jax/diagnostics.py`.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Optional
 
@@ -136,6 +147,44 @@ def usage_counts(prototypes, embeddings, labels) -> jnp.ndarray:
   return counts[:-1].reshape(c, m)
 
 
+def look_counts(prototypes, embeddings, labels, looks, num_looks: int) -> jnp.ndarray:
+  """[C, A, M] int: pixels of class c and look a (< num_looks = A; other
+  values are not counted) whose retrieved prototype is m."""
+  c, m, _ = prototype_array(prototypes).shape
+  idx = retrieved_prototype(prototypes, embeddings, labels).reshape(-1)
+  y = jnp.asarray(labels).reshape(-1)
+  a = jnp.asarray(looks).reshape(-1).astype(jnp.int32)
+  valid = (idx >= 0) & (a >= 0) & (a < num_looks)
+  seg = jnp.where(valid, (y * num_looks + a) * m + idx, c * num_looks * m)
+  counts = jax.ops.segment_sum(valid.astype(jnp.int32), seg, num_segments=c * num_looks * m + 1)
+  return counts[:-1].reshape(c, num_looks, m)
+
+
+def appearance_nmi(look_counts) -> np.ndarray:
+  """[C] float64 (host): the appearance NMI of each class from its look x
+  prototype contingency table [C, A, M]; NaN for a class with fewer than two
+  looks among its pixels. The arithmetic-mean normalisation of
+  `sklearn.metrics.normalized_mutual_info_score` (natural log)."""
+  t = np.asarray(look_counts, np.float64)
+  out = np.full(t.shape[0], np.nan)
+  for c, table in enumerate(t):
+    n = table.sum()
+    rows, cols = table.sum(1), table.sum(0)
+    if np.count_nonzero(rows) < 2:
+      continue
+    nz = table > 0
+    mi = float(np.sum(table[nz] / n * np.log(n * table[nz] / np.outer(rows, cols)[nz])))
+    h = [float(-np.sum(v[v > 0] / n * np.log(v[v > 0] / n))) for v in (rows, cols)]
+    out[c] = 0.0 if mi <= 0 else min(mi / (0.5 * (h[0] + h[1])), 1.0)
+  return out
+
+
+def mean_appearance_nmi(look_counts) -> float:
+  """Mean of `appearance_nmi` over the classes with two looks or more (NaN if none)."""
+  v = appearance_nmi(look_counts)
+  return float(np.nanmean(v)) if np.any(~np.isnan(v)) else float("nan")
+
+
 def usage_fraction(counts) -> jnp.ndarray:
   """[C, M]: counts / pixels of the class; NaN rows for absent classes."""
   counts = jnp.asarray(counts, jnp.float32)
@@ -195,10 +244,15 @@ def used_fraction(counts, min_fraction: float = 0.0) -> jnp.ndarray:
 
 # --- usage over eval batches ----------------------------------------------------
 
+# Looks per class the usage step counts (the demo has at most 3).
+MAX_LOOKS = 8
+
+
 def make_usage_step(model, label_lut=None):
-  """`(variables, batch) -> (int32 [C, M] usage counts, int32 images)` of one
-  eval batch (input_pipeline's dict: image, image_hw, label, label_hw, mask);
-  jit-able, every size per example is data.
+  """`(variables, batch) -> (int32 [C, M] usage counts, int32 images, int32
+  [C, MAX_LOOKS, M] look counts or None)` of one eval batch (input_pipeline's
+  dict: image, image_hw, label, label_hw, mask, and 'appearance' like the
+  label where the dataset records it); jit-able, every size per example is data.
 
   Each example's embeddings [h, w] cover the whole canvas [Hc, Wc]; its
   image's part is the first fh = ceil(image_h * h / Hc) rows and
@@ -221,20 +275,25 @@ def make_usage_step(model, label_lut=None):
     fw = (ihw[:, 1] * w + wc - 1) // wc
     i, j = jnp.arange(h), jnp.arange(w)
 
-    def one(label, fh, fw, lh, lw, keep):
+    def one(label, fh, fw, lh, lw, keep, is_label=True):
       rows = jnp.minimum(i * lh // jnp.maximum(fh, 1), hl - 1)
       cols = jnp.minimum(j * lw // jnp.maximum(fw, 1), wl - 1)
       y = label[rows[:, None], cols[None, :]].astype(jnp.int32)
-      if lut is not None:
+      if lut is not None and is_label:
         inside_lut = (y >= 0) & (y < lut.shape[0])
         y = jnp.where(inside_lut, lut[jnp.clip(y, 0, lut.shape[0] - 1)], -1)
       inside = (i[:, None] < fh) & (j[None, :] < fw) & keep
       return jnp.where(inside, y, -1)
 
-    labels = jax.vmap(one)(batch["label"], fh, fw, lhw[:, 0], lhw[:, 1],
-                           batch["mask"].astype(bool))
-    counts = usage_counts(variables["prototypes"], emb, labels)
-    return counts, jnp.sum(batch["mask"].astype(jnp.int32))
+    sizes = (fh, fw, lhw[:, 0], lhw[:, 1], batch["mask"].astype(bool))
+    labels = jax.vmap(one)(batch["label"], *sizes)
+    protos = variables["prototypes"]
+    counts = usage_counts(protos, emb, labels)
+    looks = None
+    if "appearance" in batch:       # the look map, resized as the labels are
+      appearance = jax.vmap(functools.partial(one, is_label=False))(batch["appearance"], *sizes)
+      looks = look_counts(protos, emb, labels, appearance, MAX_LOOKS)
+    return counts, jnp.sum(batch["mask"].astype(jnp.int32)), looks
 
   return step
 
@@ -250,26 +309,37 @@ def jit_usage_step(model, label_lut=None, mesh=None):
   return jax.jit(make_usage_step(model, label_lut), **kw)
 
 
-def eval_usage_counts(step, variables, batches, num_batches: Optional[int]
-                      ) -> tuple[np.ndarray, int]:
-  """[C, M] usage counts over the first `num_batches` eval batches (None or
-  -1: all) and the number of images counted. step: `jit_usage_step(model,
+def eval_usage(step, variables, batches, num_batches: Optional[int]
+               ) -> tuple[np.ndarray, int, Optional[np.ndarray]]:
+  """([C, M] usage counts, images counted, [C, MAX_LOOKS, M] look counts or
+  None when the batches carry no appearance map) over the first
+  `num_batches` eval batches (None or -1: all). step: `jit_usage_step(model,
   label_lut, mesh)`; global batches sharded over that mesh give replicated
   counts on every host."""
   c, m = prototype_array(variables["prototypes"]).shape[:2]
   counts = np.zeros((c, m), np.int64)
+  looks = None
   images = 0
   for i, batch in enumerate(batches):
     if num_batches is not None and 0 <= num_batches <= i:
       break
-    n_counts, n_images = step(variables, batch)
+    n_counts, n_images, n_looks = step(variables, batch)
     counts += host_int64(n_counts)
     images += int(host_int64(n_images))
+    if n_looks is not None:
+      looks = host_int64(n_looks) + (0 if looks is None else looks)
+  return counts, images, looks
+
+
+def eval_usage_counts(step, variables, batches, num_batches: Optional[int]
+                      ) -> tuple[np.ndarray, int]:
+  """`eval_usage`'s ([C, M] usage counts, images counted)."""
+  counts, images, _ = eval_usage(step, variables, batches, num_batches)
   return counts, images
 
 
 def usage_summaries(counts, images: int, class_names, prefix: str = "val",
-                    min_fraction: float = 0.0) -> tuple[dict, dict]:
+                    min_fraction: float = 0.0, looks=None) -> tuple[dict, dict]:
   """(metrics.jsonl record, TensorBoard scalars) of usage counts [C, M]:
 
     <prefix>/proto_used_frac  used prototypes / (M * classes present)
@@ -280,6 +350,11 @@ def usage_summaries(counts, images: int, class_names, prefix: str = "val",
                               prototype m, m < M]; None when no pixel}
                               (metrics.jsonl only: C*M numbers)
     <prefix>/proto_images     images the counts come from
+  and, given look counts [C, A, M] (a dataset that records appearances):
+    <prefix>/proto_appearance_nmi  mean appearance NMI over the classes
+                              with two looks or more among their pixels
+    <prefix>/proto_appearance_nmi_per_class  {class: NMI or None}
+                              (metrics.jsonl; TensorBoard: .../<class>)
   """
   counts = np.asarray(counts)
   prefix = prefix.rstrip("/")
@@ -298,6 +373,14 @@ def usage_summaries(counts, images: int, class_names, prefix: str = "val",
                                       else None for c, n in enumerate(names)}}
   tb = {f"{prefix}/proto_used_frac": used_frac}
   tb.update({f"{prefix}/proto_used/{n}": int(used[c]) for c, n in enumerate(names) if present[c]})
+  if looks is not None:
+    nmi = appearance_nmi(looks)
+    per = {n: None if np.isnan(nmi[c]) else round(float(nmi[c]), 6) for c, n in enumerate(names)}
+    mean = mean_appearance_nmi(looks)
+    if not math.isnan(mean):
+      record[f"{prefix}/proto_appearance_nmi"] = tb[f"{prefix}/proto_appearance_nmi"] = mean
+    record[f"{prefix}/proto_appearance_nmi_per_class"] = per
+    tb.update({f"{prefix}/proto_appearance_nmi/{n}": v for n, v in per.items() if v is not None})
   return record, tb
 
 
@@ -312,11 +395,11 @@ def eval_summaries(config, step, variables, batches, class_names, *,
   protos = prototype_array(variables["prototypes"])
   limits = [int(n) for n in (config.eval.proto_usage_batches, config.max_eval_batches)
             if n is not None and int(n) >= 0]
-  counts, images = eval_usage_counts(step, variables, batches, min(limits) if limits else None)
-  record, tb = usage_summaries(counts, images, class_names, prefix)
+  counts, images, looks = eval_usage(step, variables, batches, min(limits) if limits else None)
+  record, tb = usage_summaries(counts, images, class_names, prefix, looks=looks)
   cheap = {k: float(v) for k, v in scalars(protos, prefix).items()}
   logging.info("prototype usage over %d eval images:\n%s", images,
-               format_table(protos, class_names, counts))
+               format_table(protos, class_names, counts, looks=looks))
   return {**cheap, **record}, {**cheap, **tb}
 
 
@@ -327,9 +410,10 @@ def _fmt(x, spec: str) -> str:
 
 
 def format_table(prototypes, class_names=None, counts=None, *, threshold: float = DISTINCT_THRESHOLD,
-                 min_fraction: float = 0.0) -> str:
+                 min_fraction: float = 0.0, looks=None) -> str:
   """The per-class table: mean / max cosine, distinct and (given counts) used
-  prototypes and the usage fraction of each prototype."""
+  prototypes and the usage fraction of each prototype; given look counts
+  [C, A, M], the appearance NMI of each class with two looks or more."""
   p = prototype_array(prototypes)
   c, m, _ = p.shape
   names = list(class_names) if class_names is not None else [str(i) for i in range(c)]
@@ -338,6 +422,9 @@ def format_table(prototypes, class_names=None, counts=None, *, threshold: float 
   distinct = np.asarray(distinct_prototypes(p, threshold))
   width = max(8, max(len(n) for n in names))
   head = f"{'class':<{width}}  {'mean_cos':>8}  {'max_cos':>8}  {'distinct':>8}"
+  nmi = appearance_nmi(looks) if looks is not None else None
+  if nmi is not None:
+    head += f"  {'look_nmi':>8}"
   if counts is not None:
     frac = np.asarray(usage_fraction(counts))
     used = np.asarray(used_prototypes(counts, min_fraction))
@@ -348,6 +435,8 @@ def format_table(prototypes, class_names=None, counts=None, *, threshold: float 
   for i in range(c):
     row = (f"{names[i]:<{width}}  {_fmt(float(mean_cos[i]), '8.3f')}  "
            f"{_fmt(float(max_cos[i]), '8.3f')}  {distinct[i]:>5d}/{m:<2d}")
+    if nmi is not None:
+      row += f"  {_fmt(float(nmi[i]), '8.3f')}"
     if counts is not None:
       row += f"  {pixels[i]:>9d}  "
       if present[i]:
@@ -366,4 +455,8 @@ def format_table(prototypes, class_names=None, counts=None, *, threshold: float 
     n = int(present.sum())
     lines.append(f"used (>= 1 pixel and >= {min_fraction:.1%} of the class's pixels): "
                  f"{int(used[present].sum())} of {n * m} prototypes of the {n} classes present")
+  if nmi is not None and np.any(~np.isnan(nmi)):
+    lines.append(f"appearance NMI (look vs retrieved prototype; 1 = each look its own "
+                 f"prototypes): mean {np.nanmean(nmi):.3f} over the "
+                 f"{int(np.sum(~np.isnan(nmi)))} classes with two looks or more")
   return "\n".join(lines)

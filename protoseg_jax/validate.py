@@ -386,6 +386,7 @@ def _check_protoseg(ck: _Checker, steps):
   ck.number("protoseg.sinkhorn_epsilon", 0, lo_open=True, note="Sinkhorn entropy weight")
   ck.choice("protoseg.assignment", prototypes.ASSIGNMENTS)
   ck.boolean("protoseg.use_mask_norm")
+  ck.boolean("protoseg.use_feat_norm")
   ck.choice("protoseg.proj_norm_axis", heads.PROJ_NORM_AXES)
   ck.choice("protoseg.proto_init", heads.PROTO_INITS)
   ck.number("protoseg.lambda_ppc", 0)

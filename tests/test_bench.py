@@ -183,3 +183,21 @@ def test_suite_runs_its_items_as_modules(tmp_path):
   assert recs[-1]["figures"]["status"] == {"matmul": "ok"}
   for r in recs[1:3]:
     assert r["trainer_stack_imported"] == [] and r["figures"]["ms_min"] <= r["figures"]["ms"]
+
+
+def test_bench_assignment_agreement_is_softmax_of_q_at_its_argmax():
+  """bench_assignment: the Gumbel pick equals the Sinkhorn argmax with
+  probability softmax(Q)[argmax Q]: e / (e + M - 1) for a one-hot Q (the
+  bound), 1/M for a flat one; the sampled rate agrees with the expectation."""
+  import math
+  import jax
+  import numpy as np
+  from bench import bench_assignment
+  m = 4
+  onehot = np.eye(m, dtype=np.float32)[np.arange(4000) % m]
+  flat = np.full((4000, m), 1 / m, np.float32)
+  a = bench_assignment.agreement(onehot, jax.random.key(0), 5)
+  b = bench_assignment.agreement(flat, jax.random.key(1), 5)
+  assert a["agreement_expected"] == a["bound"] == round(math.e / (math.e + m - 1), 4)
+  assert abs(a["agreement_sampled"] - a["bound"]) < 0.02
+  assert b["agreement_expected"] == b["uniform"] == 0.25 and b["q_max_mean"] == 0.25

@@ -149,3 +149,26 @@ def test_a_checkpoint_of_another_model_is_not_taken_for_a_damaged_one(tmp_path):
   with pytest.raises(ValueError, match="not compatible with the stored shape"):
     checkpoints.restore_state(mngr, other)     # no fallback to step 1: it does not fit either
   mngr.close()
+
+
+def test_config_json_from_an_earlier_version_reads_with_the_added_keys(tmp_path):
+  """A workdir written before keys were added (issues 19, 20) still loads: the
+  missing keys come back with the behaviour that run had; present ones stay."""
+  import json
+  from configs import demo
+  from protoseg_jax.trainer import run as runs
+  from protoseg_jax.validate import validate_config
+  config = demo.get_config()
+  tree = json.loads(runs.config_to_json(config))
+  del tree["protoseg"]["class_chunk"], tree["protoseg"]["use_feat_norm"]
+  del tree["loss"]["label_rows"], tree["eval"]["class_chunk"]
+  tree["protoseg"]["ppc_temperature"] = 0.1                  # present: kept
+  (tmp_path / runs.CONFIG_FILE).write_text(json.dumps(tree))
+  back = runs.read_config(str(tmp_path))
+  assert back.protoseg.class_chunk == 0 and back.protoseg.use_feat_norm is True
+  assert back.loss.label_rows == 0 and back.eval.class_chunk == 0
+  assert back.protoseg.ppc_temperature == 0.1
+  validate_config(back)
+  for key in runs.ADDED_KEYS:                                 # each is a key of today's configs
+    section, leaf = key.split(".")
+    assert leaf in config[section], key

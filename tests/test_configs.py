@@ -93,7 +93,25 @@ def test_grid_files_exist():
   assert not missing, f"configs missing from the grid: {missing}"
 
 
-@pytest.mark.parametrize("name,variant", cases())
+def build_cases():
+  """cases() but "distinct": its model is the base's with two head settings
+  (test_distinct_variant_sets_only_the_study_setting), not built again."""
+  return [(n, v) for n, v in cases() if v != "distinct"]
+
+
+@pytest.mark.parametrize("name", [n for n in config_names() if n.endswith("_proto")])
+def test_distinct_variant_sets_only_the_study_setting(name):
+  """Every real-data ProtoSeg run has `:distinct` (issue 20's setting); it
+  changes the assignment and the PPC temperature and nothing else; without it
+  the run keeps the official values."""
+  base, distinct = flat(load(name).get_config()), flat(load(name).get_config("distinct"))
+  diff = sorted(k for k in base if base[k] != distinct[k])
+  assert diff == ["protoseg.assignment", "protoseg.ppc_temperature"], diff
+  assert (base["protoseg.assignment"], base["protoseg.ppc_temperature"]) == ("gumbel", 1.0)
+  assert (distinct["protoseg.assignment"], distinct["protoseg.ppc_temperature"]) == ("argmax", 0.1)
+
+
+@pytest.mark.parametrize("name,variant", build_cases())
 def test_config_builds(name, variant):
   config = load(name).get_config(variant)
   for key in TOOL_KEYS:

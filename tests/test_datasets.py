@@ -9,6 +9,9 @@ protoseg_jax.datasets tests read the tiny demo and unprepared datasets.
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 import zipfile
 
 import ml_collections
@@ -503,6 +506,27 @@ def test_demo_scenes_are_deterministic_with_ignore_band():
   assert sum(len(a) > 1 for a in demo.APPEARANCES.values()) >= 2
 
 
+def test_demo_appearance_map_marks_each_look_and_leaves_scenes_unchanged():
+  """The appearance map (version 1.1.0): 255 exactly on the label's ignore band,
+  each pixel's look within its class's APPEARANCES elsewhere, and `render`'s
+  images and labels (version 1.0.0's) are render_with_appearance's."""
+  from data.demo import builder as demo  # pylint: disable=g-import-not-at-top
+  seen = set()
+  for i in range(12):
+    image, label, look = demo.render_with_appearance(0, 1, i)
+    image0, label0 = demo.render(0, 1, i)
+    np.testing.assert_array_equal(image, image0)
+    np.testing.assert_array_equal(label, label0)
+    assert look.dtype == np.uint8 and look.shape == label.shape
+    np.testing.assert_array_equal(look == 255, label == 255)
+    for c in np.unique(label[label != 255]):
+      looks = np.unique(look[label == c])
+      assert looks.max() < max(1, len(demo.APPEARANCES.get(int(c), ()))), (i, c, looks)
+      seen.update((int(c), int(a)) for a in looks)
+  assert {(2, 1), (2, 2), (1, 1)} <= seen          # other looks than the first occur
+  assert demo.Builder.VERSION == "1.1.0"
+
+
 # --- protoseg_jax.datasets ------------------------------------------------------
 
 
@@ -514,12 +538,42 @@ def demo_config(data_dir, **dataset_overrides):
   return config
 
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _prepare_command(data_dir) -> subprocess.CompletedProcess:
+  """`python -m data.prepare demo --config=tiny --data_dir=DIR` as a user runs it, its
+  output into pipes (not a terminal)."""
+  return subprocess.run([sys.executable, "-m", "data.prepare", "demo", "--config=tiny",
+                         f"--data_dir={data_dir}"], cwd=ROOT, capture_output=True, text=True,
+                        timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+
+
+_PREPARE_OUTPUT = {}  # data_dir -> the output of the command that prepared it
+
+
 @pytest.fixture(scope="module")
 def demo_dir(tmp_path_factory):
-  """A data_dir with the tiny demo prepared (shared with test_input_pipeline.py)."""
+  """A data_dir with the tiny demo (24 train / 10 validation) prepared by `python -m
+  data.prepare` (shared with test_input_pipeline.py and test_held_out.py)."""
   d = tmp_path_factory.mktemp("tfds")
-  datasets.check_prepared(demo_config(d))  # builds the tiny demo (24 train / 10 validation)
+  done = _prepare_command(d)
+  assert done.returncode == 0, done.stderr[-3000:]
+  _PREPARE_OUTPUT[str(d)] = done
+  datasets.check_prepared(demo_config(d))
   return d
+
+
+def test_prepare_command_without_a_terminal_and_again(demo_dir):
+  """Piped output has no progress-bar escape codes; a second run says it reused the data."""
+  d, first = demo_dir, _PREPARE_OUTPUT[str(demo_dir)]
+  assert "\x1b[" not in first.stdout + first.stderr
+  assert first.stdout.strip().splitlines()[-1].startswith("Prepared protoseg_demo in ")
+  again = _prepare_command(d)
+  assert again.returncode == 0, again.stderr[-3000:]
+  (line,) = again.stdout.strip().splitlines()
+  assert line.startswith(f"Reused protoseg_demo: already prepared in {d}"), line
+  assert "\x1b[" not in again.stdout + again.stderr
 
 
 def test_dataset_info(demo_dir):

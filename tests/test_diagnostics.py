@@ -144,13 +144,16 @@ def test_eval_usage_counts_match_numpy_on_padded_batches():
     lab = np.full((len(mask), 24, 24), 255, np.int32)
     for b, (lh, lw) in enumerate(label_hws):
       lab[b, :lh, :lw] = rng.choice([0, 1, 2, 3, 255], size=(lh, lw), p=[.3, .2, .2, .2, .1])
+    looks = rng.choice([0, 1, 2, 9, 255], size=lab.shape, p=[.3, .3, .2, .1, .1])  # 9: >= MAX_LOOKS
     return {"image": rng.normal(size=(len(mask), 16, 20, 3)).astype(np.float32),
             "image_hw": np.asarray(image_hws, np.int32), "label": lab,
-            "label_hw": np.asarray(label_hws, np.int32), "mask": np.asarray(mask)}
+            "label_hw": np.asarray(label_hws, np.int32), "mask": np.asarray(mask),
+            "appearance": looks.astype(np.int32)}
 
   batches = [batch([(16, 20), (13, 9), (0, 0)], [(24, 22), (11, 14), (0, 0)], [True, True, False]),
              batch([(7, 18), (16, 20), (16, 20)], [(9, 23), (20, 24), (24, 24)], [True, True, True])]
   want, images = np.zeros((C, M), np.int64), 0
+  want_looks = np.zeros((C, dg.MAX_LOOKS, M), np.int64)
   embed = jax.jit(lambda v, x: proto_head_output(model, v, x).embeddings)
   for bt in batches:
     emb = np.asarray(embed(variables, bt["image"]), np.float64)   # [B, 4, 5, D]
@@ -158,16 +161,24 @@ def test_eval_usage_counts_match_numpy_on_padded_batches():
       (ih, iw), (lh, lw) = bt["image_hw"][b], bt["label_hw"][b]
       fh, fw = -(-ih * 4 // 16), -(-iw * 5 // 20)
       label = bt["label"][b, :lh, :lw]            # PyTorch nearest: floor(i * lh / fh)
-      y = lut[label[(np.arange(fh) * lh) // fh][:, (np.arange(fw) * lw) // fw]]
-      for e, c in zip(emb[b, :fh, :fw].reshape(-1, D), y.reshape(-1)):
+      rows, cols = (np.arange(fh) * lh) // fh, (np.arange(fw) * lw) // fw
+      y = lut[label[rows][:, cols]]
+      look = bt["appearance"][b, :lh, :lw][rows][:, cols]
+      for e, c, a in zip(emb[b, :fh, :fw].reshape(-1, D), y.reshape(-1), look.reshape(-1)):
         if c < C:
           want[c, int(np.argmax(_unit(protos[c]) @ e))] += 1
+          if a < dg.MAX_LOOKS:
+            want_looks[c, a, int(np.argmax(_unit(protos[c]) @ e))] += 1
       images += 1
   # num_batches=2: a third batch is not read.
   step = dg.jit_usage_step(model, lut)
-  counts, n = dg.eval_usage_counts(step, variables, iter(batches + [batches[1]]), 2)
+  counts, n, looks = dg.eval_usage(step, variables, iter(batches + [batches[1]]), 2)
   np.testing.assert_array_equal(counts, want)
-  assert n == images == 5 and want.sum() > 40
+  np.testing.assert_array_equal(looks, want_looks)
+  assert n == images == 5 and want.sum() > 40 and want_looks[:, 1:3].sum() > 10
+  no_looks = [{k: v for k, v in bt.items() if k != "appearance"} for bt in batches]
+  counts2, n2 = dg.eval_usage_counts(dg.jit_usage_step(model, lut), variables, iter(no_looks), 2)
+  np.testing.assert_array_equal(counts2, want)
 
   # The log entries of these counts (class 2 made absent).
   want[2] = 0
@@ -179,3 +190,39 @@ def test_eval_usage_counts_match_numpy_on_padded_batches():
   np.testing.assert_allclose(record["val/proto_usage"]["b"], want[1] / want[1].sum(), atol=1e-6)
   assert record["val/proto_usage"]["c"] is None and record["val/proto_images"] == 5
   assert set(tb) == {"val/proto_used_frac", "val/proto_used/a", "val/proto_used/b"}
+
+
+def _pixels(table):
+  """The (look, prototype) pixel lists behind a contingency table [A, M]."""
+  a, m = np.nonzero(table)
+  reps = table[a, m]
+  return np.repeat(a, reps), np.repeat(m, reps)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_appearance_nmi_equals_sklearn(seed):
+  """val/proto_appearance_nmi's per-class value is sklearn's
+  normalized_mutual_info_score (arithmetic) of look vs retrieved prototype."""
+  from sklearn.metrics import normalized_mutual_info_score
+  rng = np.random.default_rng(seed)
+  looks = rng.integers(0, 30, size=(5, dg.MAX_LOOKS, M))
+  looks[0, 2:] = 0                                   # two looks
+  looks[1] = 0
+  looks[1, 0] = rng.integers(1, 9, M)                # one look: no NMI
+  looks[2] = 0
+  looks[2, 0, 0], looks[2, 1, 1], looks[2, 2, 2] = 5, 7, 3   # each look its own prototype
+  looks[3] = 0
+  looks[3, :3, 0] = [4, 6, 2]                        # one prototype for all looks
+  got = dg.appearance_nmi(looks)
+  assert np.isnan(got[1]) and got[2] == pytest.approx(1.0) and got[3] == 0.0
+  for c in (0, 2, 3, 4):
+    a, m = _pixels(looks[c])
+    want = normalized_mutual_info_score(a, m, average_method="arithmetic")
+    np.testing.assert_allclose(got[c], want, rtol=1e-9, atol=1e-12)
+  assert dg.mean_appearance_nmi(looks) == pytest.approx(np.nanmean(got))
+  record, tb = dg.usage_summaries(looks.sum(1), 3, list("abcde"), looks=looks)
+  assert record["val/proto_appearance_nmi"] == pytest.approx(np.nanmean(got))
+  assert record["val/proto_appearance_nmi_per_class"]["b"] is None
+  assert tb["val/proto_appearance_nmi/c"] == pytest.approx(1.0)
+  table = dg.format_table(rng.normal(size=(5, M, D)), list("abcde"), looks.sum(1), looks=looks)
+  assert "look_nmi" in table and "appearance NMI" in table

@@ -19,8 +19,9 @@ def _labels(seed=1):
   return jnp.asarray(np.where(y == C, 255, y))
 
 
-def _official_head_forward(variables, x_nhwc, width_quirk):
-  """The official HRNet_W48_Proto head (after cls_head) in PyTorch, NCHW."""
+def _official_head_forward(variables, x_nhwc, width_quirk, feat_norm=True):
+  """The official HRNet_W48_Proto head (after cls_head) in PyTorch, NCHW
+  (feat_norm=False: without its feat_norm LayerNorm)."""
   p = jax.tree.map(lambda a: torch.from_numpy(np.asarray(a)), variables["params"])
   protos = torch.from_numpy(np.asarray(variables["prototypes"]["prototypes"]))
   x = torch.from_numpy(np.asarray(x_nhwc)).permute(0, 3, 1, 2)
@@ -29,7 +30,8 @@ def _official_head_forward(variables, x_nhwc, width_quirk):
   c = F.normalize(c, p=2, dim=-1 if width_quirk else 1)
   b, d, h, w = c.shape
   _c = c.permute(0, 2, 3, 1).reshape(-1, d)
-  _c = F.layer_norm(_c, (d,), p["feat_norm"]["scale"], p["feat_norm"]["bias"], 1e-5)
+  if feat_norm:
+    _c = F.layer_norm(_c, (d,), p["feat_norm"]["scale"], p["feat_norm"]["bias"], 1e-5)
   _c = F.normalize(_c, p=2, dim=-1)
   protos = F.normalize(protos, p=2, dim=-1)
   masks = torch.einsum("nd,kmd->nmk", _c, protos)
@@ -51,6 +53,19 @@ def test_forward_matches_official_head(axis):
   assert out.logits.shape == (B, H, W, C) and out.proto_logits is None
   np.testing.assert_allclose(np.asarray(out.logits), _official_head_forward(v, x, axis == "width"),
                              atol=2e-5)
+
+
+def test_without_feat_norm_is_the_official_head_minus_that_layer():
+  """protoseg.use_feat_norm=False (issue 20's switch): no feat_norm params, and
+  the logits are the official head's with its feat_norm LayerNorm removed."""
+  head = ProtoSegHead(num_classes=C, num_prototypes=M, embed_dim=D, use_feat_norm=False)
+  x = _x(3)
+  v = head.init(jax.random.key(0), x)
+  assert "feat_norm" not in v["params"] and "mask_norm" in v["params"]
+  v = jax.tree.map(lambda a: a + 0.2, v)
+  np.testing.assert_allclose(np.asarray(head.apply(v, x).logits),
+                             _official_head_forward(v, x, False, feat_norm=False),
+                             atol=5e-4)   # mask_norm divides by the small spread of 4 cosines
 
 
 def test_width_quirk_changes_logits():

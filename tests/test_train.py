@@ -58,6 +58,8 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path, tiny_config, monkeypa
   for key in train.TRAIN_KEYS:
     assert np.isfinite(train_recs[-1][key]), key
   assert train_recs[-1]["train/loss_ppc"] > 0 and train_recs[-1]["train/loss_ppd"] > 0
+  for r in train_recs:                                    # the loop's own measure
+    assert 0.0 <= r["train/input_wait_frac"] <= 1.0
   assert [r["step"] for r in val_recs] == [1, 2]
   for key in ("val/mIoU", "val/mAcc", "val/aAcc"):
     assert 0.0 <= val_recs[-1][key] <= 100.0
@@ -84,17 +86,28 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path, tiny_config, monkeypa
   lut = np.full(256, 255)
   lut[[0, 1, 2, 4, 5]] = np.arange(5)
   want = np.zeros((5, m), np.int64)
+  want_looks = np.zeros((5, prototype_stats.MAX_LOOKS, m), np.int64)
   sh = sharding.batch_sharding(sharding.create_mesh())
   for batch in input_pipeline.create_eval_iterator(config, sh):
     emb = proto_head_output(model, state.variables(), batch["image"]).embeddings
     labels = lut[np.asarray(batch["label"])[:, ::4, ::4]]
     labels[~np.asarray(batch["mask"])] = 255
     want += np.asarray(prototype_stats.usage_counts(state.prototypes, emb, labels))
+    looks = np.asarray(batch["appearance"])[:, ::4, ::4]     # the demo records each look
+    want_looks += np.asarray(prototype_stats.look_counts(state.prototypes, emb, labels, looks,
+                                                         prototype_stats.MAX_LOOKS))
   for c, n in enumerate(names):
     if want[c].sum():
       np.testing.assert_allclose(val["val/proto_usage"][n], want[c] / want[c].sum(), atol=2e-6)
     else:
       assert val["val/proto_usage"][n] is None
+  # val/proto_appearance_nmi: per class with two looks or more among its pixels.
+  nmi = prototype_stats.appearance_nmi(want_looks)
+  assert np.sum(~np.isnan(nmi)) >= 1
+  for c, n in enumerate(names):
+    got = val["val/proto_appearance_nmi_per_class"][n]
+    assert (got is None) if np.isnan(nmi[c]) else got == pytest.approx(nmi[c], abs=1e-6), n
+  assert val["val/proto_appearance_nmi"] == pytest.approx(np.nanmean(nmi), abs=1e-6)
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2"]
   # eval mode: evaluates the checkpoint and appends to the same file; without a
   # config it reads the workdir's own.
@@ -458,3 +471,23 @@ def test_one_trainer_per_workdir_and_a_killed_one_leaves_it_free(tmp_path, tiny_
   with faults.WorkdirLock(workdir):                           # free again after the kill
     with pytest.raises(faults.WorkdirInUse):
       faults.WorkdirLock(workdir).acquire()                   # and held while we hold it
+
+
+def test_input_wait_fraction_and_its_warning(monkeypatch):
+  """train/input_wait_frac = time in next() / wall time since the last summary;
+  over 10% it warns once, naming the knobs."""
+  import time
+  warnings = []
+  monkeypatch.setattr(loop.logging, "warning", lambda msg, *a: warnings.append(msg % a))
+  waits = loop.InputWait()
+  with waits:
+    time.sleep(0.05)
+  time.sleep(0.02)
+  frac = waits.summary()["train/input_wait_frac"]
+  assert 0.3 < frac < 0.95          # 0.05 s of 0.07 s, with a loaded machine's slack
+  assert len(warnings) == 1 and "num_parallel_calls" in warnings[0] and "cores" in warnings[0]
+  with waits:
+    time.sleep(0.03)
+  assert waits.summary()["train/input_wait_frac"] > 0.9 and len(warnings) == 1   # once
+  time.sleep(0.02)
+  assert waits.summary()["train/input_wait_frac"] == 0.0

@@ -194,6 +194,7 @@ class Builder(common.SegmentationBuilder, skip_registration=True):
   PALETTE = common.generated_palette(847, seed=847)
   RELEASE_IDS = ADE_IDS
   IGNORE_INDEX = IGNORE_INDEX
+  LABEL_DTYPE = np.uint16         # 847 classes and 65535 = ignore do not fit 8 bits
   DESCRIPTION = __doc__
   HOMEPAGE = "https://ade20k.csail.mit.edu/"
 
@@ -202,23 +203,6 @@ class Builder(common.SegmentationBuilder, skip_registration=True):
   @classmethod
   def meta(cls):
     return dataclasses.replace(super().meta(), ignore_index=cls.IGNORE_INDEX)
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    meta = self.meta()
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=self.DESCRIPTION,
-        features=tfds.features.FeaturesDict({
-            "image": tfds.features.Image(shape=(None, None, 3), encoding_format=self.IMAGE_FORMAT),
-            "label": tfds.features.Image(shape=(None, None, 1), dtype=np.uint16,
-                                         encoding_format="png"),
-            "classes": tfds.features.Sequence(
-                tfds.features.ClassLabel(names=list(meta.class_names))),
-            "file_name": tfds.features.Text(),
-        }),
-        homepage=self.HOMEPAGE,
-        metadata=tfds.core.MetadataDict(**meta.metadata()),
-    )
 
   def _split_generators(self, dl_manager):
     files = Files(dl_manager.manual_dir, self.ARCHIVES, self.MANUAL_DOWNLOAD_INSTRUCTIONS)

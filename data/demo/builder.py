@@ -8,6 +8,13 @@ one-pixel band along every boundary (the top/left side of each change).
 Everything is decided by the class, appearance and placement drawn from a
 NumPy generator seeded with (seed, split, index), so every build is
 identical.
+
+Besides the label, each example stores its appearance map ('appearance',
+uint8 [H, W, 1] PNG): the index of each pixel's look within its class's
+APPEARANCES (0 for background and the one-look classes), 255 where the
+label is 255. `val/proto_appearance_nmi` measures how well the prototypes
+take a class's looks apart (protoseg_jax.prototype_stats). Version 1.1.0
+added it; images, labels and splits are those of 1.0.0.
 """
 
 from __future__ import annotations
@@ -114,6 +121,13 @@ _IGRID = _GRID.astype(np.int32)
 
 def render(seed: int, split_id: int, index: int) -> tuple[np.ndarray, np.ndarray]:
   """One scene: (uint8 [96, 96, 3] image, uint8 [96, 96] label with 255 band)."""
+  return render_with_appearance(seed, split_id, index)[:2]
+
+
+def render_with_appearance(seed: int, split_id: int, index: int
+                           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """One scene: (image, label, uint8 [96, 96] appearance map: each pixel's
+  look within its class, 255 where the label is 255)."""
   rng = np.random.default_rng([seed, split_id, index])
   yy, xx = _GRID
   # Background: greyish, low-frequency blotches plus fine grain.
@@ -121,6 +135,7 @@ def render(seed: int, split_id: int, index: int) -> tuple[np.ndarray, np.ndarray
   image = base + 28 * _lowfreq(rng, 6)[..., None] * np.array([1.0, 0.95, 0.9], np.float32)
   image += 10 * _lowfreq(rng, 24)[..., None]
   label = np.zeros((SIZE, SIZE), np.uint8)
+  look = np.zeros((SIZE, SIZE), np.uint8)
 
   n = int(rng.integers(2, 6))
   classes = sorted(rng.integers(1, 6, n), key=lambda c: c != 4)  # bars underneath
@@ -129,7 +144,8 @@ def render(seed: int, split_id: int, index: int) -> tuple[np.ndarray, np.ndarray
     if mask.sum() < 12:
       continue
     app = APPEARANCES[int(cls)]
-    _, col_a, col_b, kind = app[int(rng.integers(0, len(app)))]
+    which_look = int(rng.integers(0, len(app)))
+    _, col_a, col_b, kind = app[which_look]
     jitter = (rng.uniform(-18, 18, 3) + rng.uniform(-12, 12)).astype(np.float32)
     col_a = np.clip(np.array(col_a, np.float32) + jitter, 0, 255)
     if kind == "solid":
@@ -145,6 +161,7 @@ def render(seed: int, split_id: int, index: int) -> tuple[np.ndarray, np.ndarray
     shade = (1.0 + gy * (yy - SIZE / 2) / SIZE + gx * (xx - SIZE / 2) / SIZE)[..., None]
     image = np.where(mask[..., None], fill * shade, image)
     label[mask] = cls
+    look[mask] = which_look
 
   image = image + 5 * rng.standard_normal(image.shape, dtype=np.float32)
   image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
@@ -153,7 +170,8 @@ def render(seed: int, split_id: int, index: int) -> tuple[np.ndarray, np.ndarray
   edge[:, :-1] |= label[:, :-1] != label[:, 1:]
   edge[:-1, :] |= label[:-1, :] != label[1:, :]
   label = np.where(edge, np.uint8(common.IGNORE_INDEX), label)
-  return image, label
+  look = np.where(label == common.IGNORE_INDEX, np.uint8(common.IGNORE_INDEX), look)
+  return image, label, look
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -166,6 +184,9 @@ class Builder(common.SegmentationBuilder, skip_registration=True):
   """The demo dataset: `data.get_builder('demo', data_dir=...)`."""
 
   name = "protoseg_demo"
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.0.0": "Initial release.",
+                   "1.1.0": "The appearance map (images, labels and splits unchanged)."}
   BUILDER_CONFIGS = [
       DemoConfig(name="default", description="800 train / 100 validation scenes."),
       DemoConfig(name="tiny", description="24 train / 10 validation scenes (tests).",
@@ -183,9 +204,14 @@ class Builder(common.SegmentationBuilder, skip_registration=True):
     return {split: self._generate_examples(split, split_id, getattr(cfg, f"num_{split}"))
             for split, split_id in self.SPLITS.items()}
 
+  def _features(self, meta):
+    return {**super()._features(meta),
+            "appearance": tfds.features.Image(shape=(None, None, 1), encoding_format="png")}
+
   def _generate_examples(self, split: str, split_id: int, count: int):
     seed = self.builder_config.seed
     for i in range(count):
-      image, label = render(seed, split_id, i)
+      image, label, look = render_with_appearance(seed, split_id, i)
       name = f"{split}_{i:05d}"
-      yield name, common.make_example(name, (_png(image), label.shape), label, len(CLASS_NAMES))
+      example = common.make_example(name, (_png(image), label.shape), label, len(CLASS_NAMES))
+      yield name, {**example, "appearance": common.encode_label_png(look)}

@@ -121,6 +121,7 @@ def build_model(config, num_classes: int, ignore_index: int = 255) -> Segmentor:
         num_prototypes=p.num_prototypes, embed_dim=p.embed_dim, gamma=p.gamma,
         sinkhorn_iters=p.sinkhorn_iters, sinkhorn_epsilon=p.sinkhorn_epsilon,
         assignment=p.assignment, use_mask_norm=p.use_mask_norm,
+        use_feat_norm=bool(p.use_feat_norm),
         proj_norm_axis=p.proj_norm_axis, proto_init=p.proto_init,
         update_prototype=bool(p.update_prototype), prototype_update=p.prototype_update,
         ignore_index=ignore_index, class_chunk=int(p.class_chunk),

@@ -178,13 +178,19 @@ def _epoch_shuffle_seed(seed: int, epoch, row: int = 0):
   return tf.random.stateless_uniform([], key, minval=1, maxval=(1 << 62), dtype=tf.int64)
 
 
-def _read_split(builder, split: str):
-  """(image bytes, label bytes) in stored order, not decoded."""
+def _read_split(builder, split: str, *extra: str):
+  """(image bytes, label bytes, *extra features' bytes) in stored order, not decoded."""
+  keys = ("image", "label", *extra)
   ds = builder.as_dataset(
       split=split, shuffle_files=False,
-      decoders={"image": tfds.decode.SkipDecoding(), "label": tfds.decode.SkipDecoding()},
+      decoders={k: tfds.decode.SkipDecoding() for k in keys},
       read_config=tfds.ReadConfig(try_autocache=False, add_tfds_id=False))
-  return ds.map(lambda ex: (ex["image"], ex["label"]))
+  return ds.map(lambda ex: tuple(ex[k] for k in keys))
+
+
+def has_appearance(builder) -> bool:
+  """Whether the dataset records each pixel's look ('appearance', the demo's)."""
+  return "appearance" in builder.info.features
 
 
 def _local_batch(config, key: str, process_count: int) -> int:
@@ -296,7 +302,9 @@ def make_eval_dataset(config, *, process_index: int, process_count: int,
   largest = -(-n_total // process_count)
   num_batches = -(-largest // local_batch)
 
-  def transform(image, label):
+  looks = has_appearance(builder)
+
+  def transform(image, label, appearance=None):
     label_hw = tf.shape(label)
     image, new_hw = augment.eval_transform(image, opts)
     checks = [
@@ -315,17 +323,30 @@ def make_eval_dataset(config, *, process_index: int, process_count: int,
                      constant_values=ignore_index)
     image.set_shape([hc, wc, 3])
     label.set_shape([hl, wl])
-    return {"image": image, "image_hw": tf.cast(new_hw, tf.int32), "label": label,
-            "label_hw": tf.cast(label_hw, tf.int32), "mask": tf.constant(True)}
+    out = {"image": image, "image_hw": tf.cast(new_hw, tf.int32), "label": label,
+           "label_hw": tf.cast(label_hw, tf.int32), "mask": tf.constant(True)}
+    if appearance is not None:      # the look map, padded as the label
+      with tf.control_dependencies(checks):
+        out["appearance"] = tf.pad(tf.cast(appearance, tf.int32),
+                                   [[0, hl - label_hw[0]], [0, wl - label_hw[1]]],
+                                   constant_values=255)
+      out["appearance"].set_shape([hl, wl])
+    return out
+
+  def decode(image_bytes, label_bytes, *appearance_bytes):
+    image, label = _decode(image_bytes, label_bytes, label_dtype)
+    return (image, label, *(tf.io.decode_png(a, channels=1)[..., 0] for a in appearance_bytes))
 
   # Records that fail to decode are dropped (logged) before the canvas checks,
   # which still stop the pipeline; the padding below fills in for them.
-  ds = _read_split(builder, subsplit).map(lambda i, l: _decode(i, l, label_dtype),
-                                          num_parallel_calls=_num_parallel(config))
+  ds = _read_split(builder, subsplit, *(("appearance",) if looks else ())).map(
+      decode, num_parallel_calls=_num_parallel(config))
   ds = _skip_bad_records(ds).map(transform, num_parallel_calls=_num_parallel(config))
   pad = {"image": tf.zeros([hc, wc, 3], tf.float32), "image_hw": tf.zeros([2], tf.int32),
          "label": tf.fill([hl, wl], ignore_index), "label_hw": tf.zeros([2], tf.int32),
          "mask": tf.constant(False)}
+  if looks:
+    pad["appearance"] = tf.fill([hl, wl], 255)
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
   ds = ds.take(num_batches * local_batch)  # the slice's rows (fewer if some were dropped) + padding
   ds = ds.batch(local_batch, drop_remainder=True)
@@ -392,7 +413,7 @@ def pad_eval_rows(batch: dict[str, np.ndarray], multiple: int,
     return batch
   out = {}
   for key, value in batch.items():
-    fill = ignore_index if key == "label" else 0
+    fill = ignore_index if key == "label" else 255 if key == "appearance" else 0
     pad = np.full((extra,) + value.shape[1:], fill, value.dtype)
     out[key] = np.concatenate([value, pad])
   return out

@@ -168,6 +168,46 @@ class _Run:
     self.writers = _Writers(workdir)
 
 
+class InputWait:
+  """How much of the train loop's time goes to waiting for the next batch.
+
+  `with waits:` around `next(batches)`; `summary()` at a log step gives
+  train/input_wait_frac = time in next() / wall time since the last
+  summary (or `restart()`, called after the first step's compilation and
+  after each evaluation), and logs a warning the first time it is over
+  WARN_FRAC. The host dispatches steps asynchronously, so a device that
+  keeps up with its input shows a small fraction; a device that waits for
+  input shows the host waiting in next().
+  """
+  WARN_FRAC = 0.1
+
+  def __init__(self):
+    self.warned = False
+    self.restart()
+
+  def restart(self):
+    self.waited, self.since = 0.0, time.perf_counter()
+
+  def __enter__(self):
+    self._t = time.perf_counter()
+
+  def __exit__(self, *exc):
+    self.waited += time.perf_counter() - self._t
+
+  def summary(self) -> dict:
+    wall = time.perf_counter() - self.since
+    frac = min(self.waited / wall, 1.0) if wall > 0 else 0.0
+    if frac > self.WARN_FRAC and not self.warned:
+      self.warned = True
+      logging.warning(
+          "The train step waited for input %.0f%% of the time since the last log step "
+          "(train/input_wait_frac): the input pipeline is the bottleneck. Raise "
+          "config.dataset.num_parallel_calls (-1 = tf.data AUTOTUNE), give the job more CPU "
+          "cores, or prepare the dataset in a faster storage format.", 100 * frac)
+    self.restart()
+    return {"train/input_wait_frac": frac}
+
+
 def train_and_evaluate(config, workdir: str) -> train.TrainState:
   """Train config.num_train_steps steps with periodic evaluation; resumes from DIR.
 
@@ -254,10 +294,12 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals) -> train
   skipped, stopping = faults.SkippedSteps(config.max_consecutive_nonfinite), False
   nan_steps = frozenset(int(s) for s in config.debug.nan_steps)
   t0 = time.time()
+  waits = InputWait()
   stop.install()
   for step in range(start + 1, total + 1):
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      batch = next(batches)
+      with waits:
+        batch = next(batches)
       if step in nan_steps:
         batch = faults.nan_images(batch)
       state, metrics = step_fn(state, batch)
@@ -266,6 +308,7 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals) -> train
       jax.block_until_ready(metrics)
       logging.info("First step done %.1fs after the start (compilation included)",
                    time.time() - t_start)
+      waits.restart()               # compilation is not input time
     for h in hooks:
       h(step)
     stopping = step < total and stop.reached(step, step % config.log_every_steps == 0)
@@ -273,6 +316,7 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals) -> train
       host = jax.device_get(pending)
       pending = []
       summary = skipped.summary(host, step)
+      summary.update(waits.summary())
       if state.prototypes:  # did the prototypes collapse? ({} for the linear head)
         protos = jax.device_get(state.prototypes)
         summary.update({k: float(v) for k, v in prototype_stats.scalars(protos, "train").items()})
@@ -288,6 +332,7 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals) -> train
       break
     if step % config.eval_every_steps == 0 or step == total:
       writers.write_eval(step, run.evaluation.evaluate(state.variables()), run.classes.names)
+      waits.restart()               # evaluation is not train time
   mngr.wait_until_finished()
   mngr.close()
   if stopping:

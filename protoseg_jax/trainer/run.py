@@ -47,6 +47,13 @@ class RunNotFound(FileNotFoundError):
   """A workdir, its config or its weights cannot be found (a user error: one line)."""
 
 
+class WeightsDoNotFit(ValueError):
+  """Saved or converted weights that are not the config's model (a user error: one line)."""
+
+
+MODEL_PARTS = ("backbone", "decoder", "head")   # the Segmentor's top-level params
+
+
 # --- config.json ---------------------------------------------------------------
 
 def _tuples(x):
@@ -62,9 +69,36 @@ def config_to_json(config) -> str:
   return config.to_json_best_effort(indent=1, sort_keys=True) + "\n"
 
 
+# Keys added to configs/default.py after runs were written without them, with
+# the value that gives the behaviour those runs had: a workdir's config.json
+# from before reads back with them filled in (and still evaluates, predicts,
+# resumes exactly as it did).
+ADDED_KEYS = {
+    "protoseg.class_chunk": 0,            # issue 19: automatic = all at once for them
+    "protoseg.ppc_temperature": 1.0,      # issue 19/20: the official code's (none)
+    "protoseg.use_feat_norm": True,       # issue 20: the official head's feat_norm
+    "loss.label_rows": 0,                 # issue 19: automatic
+    "eval.class_chunk": 0,                # issue 19: automatic
+}
+
+
 def config_from_json(text: str) -> ml_collections.ConfigDict:
-  """A config written by `config_to_json`, locked (an override of a missing key fails)."""
-  config = ml_collections.ConfigDict(_tuples(json.loads(text)))
+  """A config written by `config_to_json`, locked (an override of a missing
+  key fails); ADDED_KEYS missing from it are filled in with their values."""
+  tree = _tuples(json.loads(text))
+  filled = []
+  for key, value in ADDED_KEYS.items():
+    *parents, leaf = key.split(".")
+    node = tree
+    for part in parents:
+      node = node.get(part) if isinstance(node, dict) else None
+    if isinstance(node, dict) and leaf not in node:
+      node[leaf] = value
+      filled.append(key)
+  if filled:
+    logging.info("config.json from an earlier version: %s set to the behaviour it had (%s)",
+                 ", ".join(filled), ", ".join(repr(ADDED_KEYS[k]) for k in filled))
+  config = ml_collections.ConfigDict(tree)
   config.lock()
   return config
 
@@ -281,6 +315,7 @@ def load_run(workdir: Optional[str] = None, config=None, *,
 
   Raises:
     RunNotFound: no workdir config, no weights (`weights_source`).
+    WeightsDoNotFit: the variables are a backbone's alone, or another model's.
     checkpoints.NoIntactCheckpoint: no checkpoint (or not checkpoint_step)
       can be restored.
   """
@@ -314,7 +349,17 @@ def load_run(workdir: Optional[str] = None, config=None, *,
       raise RunNotFound(f"{where} has {got} classes, but the run's classes are "
                         f"{classes.num_outputs} ({', '.join(classes.output_names)})")
     loaded = {k: v for k, v in loaded.items() if k in abstract}
-    trees.check_tree_shapes(loaded, abstract, f"{where} does not fit the model of the config")
+    if not set(MODEL_PARTS) & set(loaded.get("params", {})):
+      raise WeightsDoNotFit(
+          f"{where} holds a backbone's weights only (what `python -m protoseg_jax.convert "
+          "--arch ARCH` writes to train from): no decoder, head or prototypes, so there is no "
+          f"model to run; train from them with --config.init_from={path}, or give a whole "
+          "model (a workdir, add_class's output, or an official checkpoint converted with "
+          "--arch protoseg_hrnet_w48)")
+    try:
+      trees.check_tree_shapes(loaded, abstract, f"{where} does not fit the model of the config")
+    except ValueError as e:
+      raise WeightsDoNotFit(f"{e} (give the --config these weights were made for)") from None
     variables = _put(jax.tree.map(lambda x, a: np.asarray(x, a.dtype), loaded, abstract),
                      shardings)
   logging.info("Loaded %s: %d classes (%s)", where, classes.num_outputs,
