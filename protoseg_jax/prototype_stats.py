@@ -406,7 +406,11 @@ def eval_summaries(config, step, variables, batches, class_names, *,
 # --- the table ------------------------------------------------------------------------
 
 def _fmt(x, spec: str) -> str:
-  return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+  """format(x, spec), or "-" as wide as the spec's width for a missing value."""
+  if x is None or (isinstance(x, float) and math.isnan(x)):
+    width = spec.split(".")[0]
+    return "-".rjust(int(width) if width.isdigit() else 1)
+  return format(x, spec)
 
 
 def format_table(prototypes, class_names=None, counts=None, *, threshold: float = DISTINCT_THRESHOLD,

@@ -226,3 +226,5 @@ def test_appearance_nmi_equals_sklearn(seed):
   assert tb["val/proto_appearance_nmi/c"] == pytest.approx(1.0)
   table = dg.format_table(rng.normal(size=(5, M, D)), list("abcde"), looks.sum(1), looks=looks)
   assert "look_nmi" in table and "appearance NMI" in table
+  rows = table.splitlines()[2:7]                     # one per class, "-" where no NMI
+  assert len({len(r) for r in rows}) == 1, rows
