@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from protoseg_jax import train
-from protoseg_jax.trainer import faults
+from protoseg_jax.trainer import faults, loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -136,7 +136,7 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
   assert sorted(a) == sorted(b) == list(range(1, N + 1))
   for step in a:
     assert set(a[step]) == set(b[step]), step
-    for key in a[step]:
+    for key in set(a[step]) - set(loop.TIMING_KEYS):   # timings differ between runs
       np.testing.assert_allclose(b[step][key], a[step][key], rtol=1e-6, atol=1e-6,
                                  err_msg=f"{key} at step {step}")
   val = [[r for r in _records(d) if "val/mIoU" in r] for d in (straight, workdir)]

@@ -168,6 +168,11 @@ class _Run:
     self.writers = _Writers(workdir)
 
 
+# Keys of the train records that are timings, not results (they differ between
+# two otherwise identical runs).
+TIMING_KEYS = ("train/input_wait_frac",)
+
+
 class InputWait:
   """How much of the train loop's time goes to waiting for the next batch.
 
