@@ -136,10 +136,12 @@ def retrieved_prototype(prototypes, embeddings, labels) -> jnp.ndarray:
   return jnp.where(valid, idx, -1).reshape(jnp.shape(labels))
 
 
-def usage_counts(prototypes, embeddings, labels) -> jnp.ndarray:
-  """[C, M] int: pixels of class c whose retrieved prototype is m."""
+def usage_counts(prototypes, embeddings, labels, retrieved=None) -> jnp.ndarray:
+  """[C, M] int: pixels of class c whose retrieved prototype is m (retrieved:
+  `retrieved_prototype` of these pixels where the caller has it already)."""
   c, m, _ = prototype_array(prototypes).shape
-  idx = retrieved_prototype(prototypes, embeddings, labels).reshape(-1)
+  idx = (retrieved if retrieved is not None
+         else retrieved_prototype(prototypes, embeddings, labels)).reshape(-1)
   y = jnp.asarray(labels).reshape(-1)
   valid = idx >= 0
   seg = jnp.where(valid, y * m + idx, c * m)              # invalid -> dropped bin
@@ -147,11 +149,14 @@ def usage_counts(prototypes, embeddings, labels) -> jnp.ndarray:
   return counts[:-1].reshape(c, m)
 
 
-def look_counts(prototypes, embeddings, labels, looks, num_looks: int) -> jnp.ndarray:
+def look_counts(prototypes, embeddings, labels, looks, num_looks: int,
+                retrieved=None) -> jnp.ndarray:
   """[C, A, M] int: pixels of class c and look a (< num_looks = A; other
-  values are not counted) whose retrieved prototype is m."""
+  values are not counted) whose retrieved prototype is m (retrieved: as in
+  `usage_counts`)."""
   c, m, _ = prototype_array(prototypes).shape
-  idx = retrieved_prototype(prototypes, embeddings, labels).reshape(-1)
+  idx = (retrieved if retrieved is not None
+         else retrieved_prototype(prototypes, embeddings, labels)).reshape(-1)
   y = jnp.asarray(labels).reshape(-1)
   a = jnp.asarray(looks).reshape(-1).astype(jnp.int32)
   valid = (idx >= 0) & (a >= 0) & (a < num_looks)
@@ -288,11 +293,12 @@ def make_usage_step(model, label_lut=None):
     sizes = (fh, fw, lhw[:, 0], lhw[:, 1], batch["mask"].astype(bool))
     labels = jax.vmap(one)(batch["label"], *sizes)
     protos = variables["prototypes"]
-    counts = usage_counts(protos, emb, labels)
+    retrieved = retrieved_prototype(protos, emb, labels)    # one similarity for both counts
+    counts = usage_counts(protos, emb, labels, retrieved)
     looks = None
     if "appearance" in batch:       # the look map, resized as the labels are
       appearance = jax.vmap(functools.partial(one, is_label=False))(batch["appearance"], *sizes)
-      looks = look_counts(protos, emb, labels, appearance, MAX_LOOKS)
+      looks = look_counts(protos, emb, labels, appearance, MAX_LOOKS, retrieved)
     return counts, jnp.sum(batch["mask"].astype(jnp.int32)), looks
 
   return step
