@@ -339,7 +339,9 @@ def test_wheel_installs_a_package_that_evaluates_predicts_and_diagnoses_a_workdi
   done = run("-m", "protoseg_jax.diagnostics", f"--workdir={workdir}")
   assert done.returncode == 0, done.stderr[-3000:]
   assert "usage over 10 images of validation" in done.stdout, done.stdout   # the data read too
-  assert done.stdout.splitlines()[-1].startswith("used (>= 1 pixel")
+  summary = done.stdout.splitlines()[-2:]                     # the demo has looks: NMI last
+  assert summary[0].startswith("used (>= 1 pixel"), done.stdout
+  assert summary[1].startswith("appearance NMI (look vs retrieved prototype"), done.stdout
   # Training needs the checkout's configs: one line saying so, exit 2.
   done = run("-m", "protoseg_jax", f"--workdir={tmp_path / 'new'}", "--config=configs/demo.py")
   assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
