@@ -8,6 +8,8 @@ import sys
 
 import pytest
 
+from conftest import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = {
     "main.py": ["main.py"],
@@ -21,7 +23,7 @@ TOOLS = {
 
 def _run(args, cwd, timeout=300):
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+             XLA_FLAGS=xla_flags(1))
   return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
                         text=True, timeout=timeout)
 

@@ -35,6 +35,8 @@ from protoseg_jax.models.segmentor import Segmentor, build_model
 from test_hrnet import numpy_variables, openseg_module_forward
 from torch_helpers import max_rel_err as rel_err, nhwc, randomize_bn
 
+from conftest import xla_flags
+
 ARCH = "hrnet_w18_small"   # 16-32-64-128 branches: D = 240 instead of W48's 720
 C, M = 5, 3
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -443,7 +445,7 @@ def _convert_subprocess(args, tmp_path, block=()):
       sys.argv = ["python -m protoseg_jax.convert", *{list(args)!r}]
       runpy.run_module("protoseg_jax.convert", run_name="__main__", alter_sys=True)
       """)
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
   return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=600)
 

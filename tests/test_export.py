@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import make_tiny_config
+from conftest import make_tiny_config, xla_flags
 from protoseg_jax import export, inference, optim, train
 from protoseg_jax.models.segmentor import build_model
 from protoseg_jax.trainer import augment, checkpoints, input_pipeline
@@ -45,7 +45,7 @@ BATCHES = (1, 3)
 REL_TOL = 1e-4            # max |artefact - project| <= REL_TOL * (max - min of the project's logits)
 FAST = {"xla_backend_optimization_level": 0}
 ENV = dict(os.environ, JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="",
-           XLA_FLAGS="--xla_force_host_platform_device_count=1 --xla_backend_optimization_level=0")
+           XLA_FLAGS=xla_flags(1))
 
 # case -> (config overrides of configs/demo.py:runlocal, export size or None: the eval canvas)
 CASES = {

@@ -14,6 +14,8 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import xla_flags
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "protoseg_jax"
 TRAINER_STACK = ("tensorflow", "tensorflow_datasets", "clu", "orbax")
@@ -223,7 +225,7 @@ def _run_without_trainer_stack(code: str, timeout: int = 600) -> subprocess.Comp
       sys.meta_path.insert(0, _Blocker())
       """)
   env = dict(os.environ, JAX_PLATFORMS="cpu",
-             XLA_FLAGS="--xla_force_host_platform_device_count=1")
+             XLA_FLAGS=xla_flags(1))
   return subprocess.run([sys.executable, "-c", prelude + textwrap.dedent(code)], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -305,7 +307,7 @@ def test_wheel_installs_a_package_that_evaluates_predicts_and_diagnoses_a_workdi
 
   # A run trained in the checkout (configs and dataset builders are there).
   workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
   done = subprocess.run([sys.executable, "main.py", "--config=configs/demo.py:runlocal",
                          f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}"],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)

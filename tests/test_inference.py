@@ -17,6 +17,8 @@ import pytest
 from protoseg_jax import inference as inf
 from protoseg_jax.ops import resize_bilinear
 
+from conftest import xla_flags
+
 IGNORE = 255
 
 
@@ -277,7 +279,7 @@ _SHARDED_SCRIPT = textwrap.dedent("""
 
 
 def test_predict_step_sharded_over_four_devices_equals_single_device():
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+  env = dict(os.environ, XLA_FLAGS=xla_flags(4), JAX_PLATFORMS="cpu")
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
   res = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, cwd=root,

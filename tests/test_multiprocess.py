@@ -24,6 +24,8 @@ import pytest
 
 from protoseg_jax.trainer import loop, run as runs
 
+from conftest import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_EVAL = 10  # validation scenes of the demo's "tiny" builder config
 
@@ -55,7 +57,7 @@ def _flags(data_dir, workdir):
 
 
 def _env(devices):
-  return dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+  return dict(os.environ, XLA_FLAGS=xla_flags(devices),
               JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
 
 

@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import make_tiny_config
+from conftest import make_tiny_config, xla_flags
 import data
 from protoseg_jax import predict as P
 from protoseg_jax.models.segmentor import build_model
@@ -219,7 +219,7 @@ def test_main_predict_on_a_trained_held_out_workdir(tmp_path, tiny_config):
   for i, img in enumerate(imgs):
     Image.fromarray(img).save(src / f"a{i}.png")
   out = tmp_path / "out"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
   done = subprocess.run(
       [sys.executable, "main.py", "--config=configs/demo.py:runlocal",
        f"--config.dataset.data_dir={tmp_path / 'tfds'}", f"--workdir={workdir}",

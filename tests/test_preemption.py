@@ -22,6 +22,8 @@ import pytest
 from protoseg_jax import train
 from protoseg_jax.trainer import faults, loop
 
+from conftest import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -70,7 +72,7 @@ def _final(workdir, step):
 @pytest.mark.slow
 def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
   data_dir = str(tmp_path / "tfds")
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1",
+  env = dict(os.environ, XLA_FLAGS=xla_flags(1),
              JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
 
   def cmd(workdir, checkpoint_every):

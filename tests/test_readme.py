@@ -58,7 +58,7 @@ def _section(title: str) -> str:
 
 
 def _tool(args, timeout=600):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
   return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
                         text=True, timeout=timeout)
 
@@ -68,7 +68,7 @@ def workdir(tmp_path_factory):
   """(a run's workdir as the tools read it: config.json, run.json and variables/ of the
   tiny demo model with random weights, nothing trained or compiled; a support folder of
   0/255 masks; a 50x70 photo)."""
-  from conftest import make_tiny_config
+  from conftest import make_tiny_config, xla_flags
   from protoseg_jax.trainer import checkpoints, run as runs
   tmp = tmp_path_factory.mktemp("readme")
   config = make_tiny_config(tmp / "tfds")           # the dataset is never read
