@@ -126,10 +126,14 @@ def test_two_processes_train_checkpoint_and_evaluate_every_image_once(tmp_path, 
                        **{"optim.name": "sgd", "optim.learning_rate": 0.05})
   (two_step, two), (one_step, one) = _restored(config, workdir), _restored(config, single_dir)
   assert two_step == one_step == 3
-  # Params and BN statistics to 1e-4 absolute: seen up to 1.8e-5 on kernels of
-  # scale 0.2-0.4 (float rounding of the cross-process vs in-process
-  # all-reduce, carried through 3 SGD steps; the losses above agree to 1e-7).
-  for name, atol in (("params", 1e-4), ("batch_stats", 1e-4), ("prototypes", 1e-6)):
+  # Params and BN statistics to 1e-3 absolute: the float rounding of the
+  # cross-process vs in-process all-reduce, carried through 3 SGD steps, where
+  # a pixel whose pre-activation or nearest prototype sits on a tie sends its
+  # gradient elsewhere. Seen: up to 1.8e-5 at XLA -O2, 2.1e-4 at the suite's
+  # -O0 (23 of the stem's 432 kernel entries above 1e-4; the losses above
+  # agreed to 1e-5). A plumbing bug (a row read twice, a gradient not summed
+  # over the processes) moves them by lr x gradient, ~1e-2.
+  for name, atol in (("params", 1e-3), ("batch_stats", 1e-3), ("prototypes", 1e-6)):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol),
                  two[name], one[name])
   # mIoU to 0.01 points: after 3 steps the class scores of many pixels are

@@ -18,6 +18,8 @@ import pytest
 
 from protoseg_jax.models.segmentor import build_model
 
+from conftest import xla_flags
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 
@@ -68,7 +70,7 @@ def workdir(tmp_path_factory):
   """(a run's workdir as the tools read it: config.json, run.json and variables/ of the
   tiny demo model with random weights, nothing trained or compiled; a support folder of
   0/255 masks; a 50x70 photo)."""
-  from conftest import make_tiny_config, xla_flags
+  from conftest import make_tiny_config
   from protoseg_jax.trainer import checkpoints, run as runs
   tmp = tmp_path_factory.mktemp("readme")
   config = make_tiny_config(tmp / "tfds")           # the dataset is never read
