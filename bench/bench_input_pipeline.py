@@ -20,8 +20,17 @@ per-core figure on a shared machine). Each batch is timed by
 `bench.harness.time_fn` (3 warm-up batches: tracing, file open, the first
 shuffle buffer fill; then --batches timed ones).
 
+--profile adds the cost of each step of the per-example work (read, decode
+image, decode label, then the transform's steps: `augment.transform_stages`)
+in CPU-ms per example: `input_pipeline.profile_train_steps` gives a dataset
+per step that runs the work up to that step; each is timed --repeats times
+over --batches x --batch_size examples and the medians are differenced; the
+last row is what the whole pipeline (shuffle, row streams, batching,
+prefetch) costs above the steps.
+
   python -m bench.bench_input_pipeline --threads=1
   python -m bench.bench_input_pipeline --recipe=cityscapes --threads=1
+  python -m bench.bench_input_pipeline --recipe=cityscapes --threads=1 --profile
 """
 
 from __future__ import annotations
@@ -113,6 +122,8 @@ def main(argv=None):
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--batches", type=int, default=30, help="timed batches (after warm-up)")
   parser.add_argument("--no_photometric", action="store_true")
+  parser.add_argument("--profile", action="store_true", help="also the cost of each step")
+  parser.add_argument("--repeats", type=int, default=3, help="timings per step with --profile")
   args = parser.parse_args(argv)
 
   tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -138,10 +149,24 @@ def main(argv=None):
         num_parallel_calls=args.threads, prefetch=2))
     if args.no_photometric:
       config.dataset.photometric = False
-    ds = ip.make_train_dataset(config, process_index=0, process_count=1)
     options = tf.data.Options()
     options.threading.private_threadpool_size = args.threads
     options.autotune.cpu_budget = args.threads
+    steps = []
+    if args.profile:
+      count = args.batches * args.batch_size
+      for name, step_ds in ip.profile_train_steps(config):
+        it = step_ds.with_options(options).as_numpy_iterator()
+        for _ in range(min(count, 3 * args.batch_size)):        # warm-up: tracing, file open
+          next(it)
+        cpu = []
+        for _ in range(args.repeats):
+          c0 = time.process_time()
+          for _ in range(count):
+            next(it)
+          cpu.append((time.process_time() - c0) / count)
+        steps.append((name, float(np.median(cpu))))
+    ds = ip.make_train_dataset(config, process_index=0, process_count=1)
     it = ds.with_options(options).as_numpy_iterator()
     last = {}
 
@@ -163,6 +188,17 @@ def main(argv=None):
   print(f"wall: {images / dt:.1f} images/s = {images / dt / args.threads:.1f} images/s per thread")
   print(f"CPU:  {images / cpu:.1f} images per CPU-second (= images/s per fully used core)")
   print(f"per batch: median {1e3 * t.median_s:.1f} ms, min {1e3 * t.min_s:.1f} ms wall")
+  if steps:
+    whole = 1e3 * cpu / images
+    print(f"\nCPU-ms per example, by step (median of {args.repeats}; whole pipeline {whole:.2f}):")
+    print(f"{'step':<44} {'cumulative':>10} {'step':>8} {'share':>6}")
+    before = 0.0
+    rows = [(name, 1e3 * c) for name, c in steps]
+    rows.append(("shuffle, row streams, batch, prefetch", whole))
+    for name, cumulative in rows:
+      print(f"{name:<44} {cumulative:>10.2f} {cumulative - before:>8.2f} "
+            f"{(cumulative - before) / whole:>6.1%}")
+      before = cumulative
 
 
 if __name__ == "__main__":

@@ -292,13 +292,36 @@ def preprocess_image(image: np.ndarray, opts: EvalOptions) -> np.ndarray:
   return eval_transform(image, opts)[0].numpy().astype(np.float32)
 
 
+def transform_stages(opts: TrainOptions) -> list[tuple[str, "Stage"]]:
+  """The named steps of `transform` in their order, as opts.augmentation says.
+
+  Each step maps an example dict {"image", "label", "seed", ...} to the next
+  one (its extra entries carry the random draws and the crop window between
+  steps). `transform` runs them all; `bench.bench_input_pipeline --profile`
+  times each by running longer and longer prefixes.
+  """
+  if opts.augmentation == "mmseg":
+    return mmseg_stages(opts)
+  if opts.augmentation == "openseg":
+    return openseg_stages(opts)
+  raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {opts.augmentation!r}")
+
+
+def run_stages(stages, image, label, seed) -> dict:
+  """The example dict after `stages` (a prefix of `transform_stages`, or all)."""
+  example = {"image": image, "label": label, "seed": seed}
+  for _, stage in stages:
+    example = stage(example)
+  return example
+
+
+def _image_and_label(example):
+  return example["image"], example["label"]
+
+
 def transform(image, label, seed, opts: TrainOptions):
   """`train_transform` or `openseg_transform`, as opts.augmentation says."""
-  if opts.augmentation == "mmseg":
-    return train_transform(image, label, seed, opts)
-  if opts.augmentation == "openseg":
-    return openseg_transform(image, label, seed, opts)
-  raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {opts.augmentation!r}")
+  return _image_and_label(run_stages(transform_stages(opts), image, label, seed))
 
 
 def train_transform(image, label, seed, opts: TrainOptions):
@@ -310,44 +333,76 @@ def train_transform(image, label, seed, opts: TrainOptions):
     image float32 [ch, cw, 3] normalised, label int32 [ch, cw]
     (opts.ignore_index = ignore/padding).
   """
-  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
-  # 1. Rescale: ratio ~ U(ratio_range), keep ratio within scale * ratio.
-  ratio = tf.random.stateless_uniform([], seeds[0], opts.ratio_range[0], opts.ratio_range[1])
-  if opts.ratio_range[0] == opts.ratio_range[1]:
-    ratio = tf.constant(opts.ratio_range[0], tf.float32)
-  in_hw = tf.shape(label)
-  new_hw = rescale_size(in_hw, opts.scale, ratio)
-  # 2. Random crop with cat_max_ratio. Only the crop window of the rescaled
-  # image and label is computed: label rows/cols by the nearest rule, the
-  # image by bilinear sampling at the positions a full resize would use.
-  rows = _nearest_index(in_hw[0], new_hw[0])
-  cols = _nearest_index(in_hw[1], new_hw[1])
-  win = tf.minimum(tf.constant(opts.crop_size, tf.int32), new_hw)
+  return _image_and_label(run_stages(mmseg_stages(opts), image, label, seed))
 
-  flat_label = tf.reshape(label, [-1])
 
-  def label_window(top, left):
-    index = rows[top:top + win[0], None] * in_hw[1] + cols[None, left:left + win[1]]
-    return tf.gather(flat_label, index)
+def _normalise_stage(opts):
+  def normalise(ex):
+    return dict(ex, image=normalize_input(ex["image"], opts.mean, opts.std, opts.input_order))
+  return normalise
 
-  top_left, label = random_crop(label_window, new_hw, opts.crop_size, seeds[1], opts.cat_max_ratio,
-                                opts.ignore_index, opts.num_classes)
-  image = resize_window_bilinear(image, new_hw, top_left, win)
-  # 3. Horizontal flip.
-  image, label = random_flip(image, label, seeds[2], opts.flip_prob)
-  # 4. Photometric distortion.
+
+def mmseg_stages(opts: TrainOptions):
+  """`train_transform`'s steps (see `transform_stages`)."""
+  crop = tf.constant(opts.crop_size, tf.int32)
+
+  def draw(ex):
+    # 1. Rescale: ratio ~ U(ratio_range), keep ratio within scale * ratio.
+    seeds = tf.random.experimental.stateless_split(ex["seed"], 4)
+    ratio = tf.random.stateless_uniform([], seeds[0], opts.ratio_range[0], opts.ratio_range[1])
+    if opts.ratio_range[0] == opts.ratio_range[1]:
+      ratio = tf.constant(opts.ratio_range[0], tf.float32)
+    new_hw = rescale_size(tf.shape(ex["label"]), opts.scale, ratio)
+    return dict(ex, seeds=seeds, new_hw=new_hw, win=tf.minimum(crop, new_hw))
+
+  def crop_label(ex):
+    # 2. Random crop with cat_max_ratio. Only the crop window of the rescaled
+    # label is computed: rows/cols by the nearest rule.
+    label, new_hw, win = ex["label"], ex["new_hw"], ex["win"]
+    in_hw = tf.shape(label)
+    rows = _nearest_index(in_hw[0], new_hw[0])
+    cols = _nearest_index(in_hw[1], new_hw[1])
+    flat_label = tf.reshape(label, [-1])
+
+    def label_window(top, left):
+      index = rows[top:top + win[0], None] * in_hw[1] + cols[None, left:left + win[1]]
+      return tf.gather(flat_label, index)
+
+    top_left, label = random_crop(label_window, new_hw, opts.crop_size, ex["seeds"][1],
+                                  opts.cat_max_ratio, opts.ignore_index, opts.num_classes)
+    return dict(ex, label=label, top_left=top_left)
+
+  def rescale_crop_image(ex):
+    # The image's crop window by bilinear sampling at the positions a full
+    # resize would use.
+    return dict(ex, image=resize_window_bilinear(ex["image"], ex["new_hw"], ex["top_left"],
+                                                 ex["win"]))
+
+  def flip(ex):
+    # 3. Horizontal flip.
+    image, label = random_flip(ex["image"], ex["label"], ex["seeds"][2], opts.flip_prob)
+    return dict(ex, image=image, label=label)
+
+  def photometric(ex):
+    # 4. Photometric distortion.
+    return dict(ex, image=photometric_distortion(ex["image"], ex["seeds"][3]))
+
+  def pad(ex):
+    # 6. Pad to the crop size (image 0, label the ignore index).
+    ch, cw = opts.crop_size
+    hw = tf.shape(ex["label"])
+    image = tf.pad(ex["image"], [[0, ch - hw[0]], [0, cw - hw[1]], [0, 0]], constant_values=0.)
+    label = tf.pad(tf.cast(ex["label"], tf.int32), [[0, ch - hw[0]], [0, cw - hw[1]]],
+                   constant_values=opts.ignore_index)
+    image.set_shape([ch, cw, 3])
+    label.set_shape([ch, cw])
+    return dict(ex, image=image, label=label)
+
+  stages = [("rescale: draw the size", draw), ("crop: label window (cat_max_ratio)", crop_label),
+            ("rescale+crop: image window (bilinear)", rescale_crop_image), ("flip", flip)]
   if opts.photometric:
-    image = photometric_distortion(image, seeds[3])
-  # 5. Normalise, 6. pad to the crop size.
-  ch, cw = opts.crop_size
-  image = normalize_input(image, opts.mean, opts.std, opts.input_order)
-  hw = tf.shape(label)
-  image = tf.pad(image, [[0, ch - hw[0]], [0, cw - hw[1]], [0, 0]], constant_values=0.)
-  label = tf.pad(tf.cast(label, tf.int32), [[0, ch - hw[0]], [0, cw - hw[1]]],
-                 constant_values=opts.ignore_index)
-  image.set_shape([ch, cw, 3])
-  label.set_shape([ch, cw])
-  return image, label
+    stages.append(("photometric distortion", photometric))
+  return stages + [("normalise", _normalise_stage(opts)), ("pad", pad)]
 
 
 # ---------------------------------------------------------------------------
@@ -467,38 +522,62 @@ def openseg_transform(image, label, seed, opts: TrainOptions):
   Returns:
     image float32 [ch, cw, 3] normalised, label int32 [ch, cw].
   """
-  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 8))
-  lo, hi = opts.ratio_range
-  scale = tf.random.stateless_uniform([], seeds[0], lo, hi) if lo != hi else tf.constant(lo)
-  alo, ahi = opts.aspect_range
-  aspect = tf.random.stateless_uniform([], seeds[1], alo, ahi) if alo != ahi else tf.constant(alo)
-  in_hw = tf.shape(label)
-  new_hw = openseg_resize_size(in_hw, scale, aspect)
-  # 2. Crop offset (in the rescaled image).
+  return _image_and_label(run_stages(openseg_stages(opts), image, label, seed))
+
+
+def openseg_stages(opts: TrainOptions):
+  """`openseg_transform`'s steps (see `transform_stages`)."""
   crop = tf.constant(opts.crop_size, tf.int32)
-  win = tf.minimum(crop, new_hw)
-  top = _randint(seeds[2], 0, new_hw[0] - win[0])
-  left = _randint(seeds[3], 0, new_hw[1] - win[1])
-  rows = _nearest_index(in_hw[0], new_hw[0])[top:top + win[0]]
-  cols = _nearest_index(in_hw[1], new_hw[1])[left:left + win[1]]
-  label = tf.gather(tf.gather(label, rows, axis=0), cols, axis=1)
-  image = resize_window_bicubic(image, new_hw, tf.stack([top, left]), win)
-  image = tf.clip_by_value(tf.round(image), 0., 255.)          # cv2's uint8 output
-  # 3. Flip, 4. brightness.
-  image, label = random_flip(image, label, seeds[4], opts.flip_prob)
-  shift = opts.brightness_shift
-  if shift:
-    delta = tf.cast(_randint(seeds[5], -shift, shift), tf.float32)
-    image = tf.clip_by_value(image + delta, 0., 255.)
-  # 5. Normalise, 6. pad at a random offset.
-  image = normalize_input(image, opts.mean, opts.std, opts.input_order)
-  pad = crop - win
-  up = _randint(seeds[6], 0, pad[0])
-  lft = _randint(seeds[7], 0, pad[1])
-  paddings = [[up, pad[0] - up], [lft, pad[1] - lft]]
-  image = tf.pad(image, paddings + [[0, 0]], constant_values=0.)
-  label = tf.pad(tf.cast(label, tf.int32), paddings, constant_values=opts.ignore_index)
-  ch, cw = opts.crop_size
-  image.set_shape([ch, cw, 3])
-  label.set_shape([ch, cw])
-  return image, label
+
+  def draw(ex):
+    # 1. Rescaled size, 2. crop offset (in the rescaled image).
+    seeds = tf.random.experimental.stateless_split(ex["seed"], 8)
+    lo, hi = opts.ratio_range
+    scale = tf.random.stateless_uniform([], seeds[0], lo, hi) if lo != hi else tf.constant(lo)
+    alo, ahi = opts.aspect_range
+    aspect = (tf.random.stateless_uniform([], seeds[1], alo, ahi) if alo != ahi
+              else tf.constant(alo))
+    new_hw = openseg_resize_size(tf.shape(ex["label"]), scale, aspect)
+    win = tf.minimum(crop, new_hw)
+    top = _randint(seeds[2], 0, new_hw[0] - win[0])
+    left = _randint(seeds[3], 0, new_hw[1] - win[1])
+    return dict(ex, seeds=seeds, new_hw=new_hw, win=win, top_left=tf.stack([top, left]))
+
+  def crop_label(ex):
+    label, new_hw, win, (top, left) = ex["label"], ex["new_hw"], ex["win"], tf.unstack(ex["top_left"])
+    in_hw = tf.shape(label)
+    rows = _nearest_index(in_hw[0], new_hw[0])[top:top + win[0]]
+    cols = _nearest_index(in_hw[1], new_hw[1])[left:left + win[1]]
+    return dict(ex, label=tf.gather(tf.gather(label, rows, axis=0), cols, axis=1))
+
+  def rescale_crop_image(ex):
+    image = resize_window_bicubic(ex["image"], ex["new_hw"], ex["top_left"], ex["win"])
+    return dict(ex, image=tf.clip_by_value(tf.round(image), 0., 255.))   # cv2's uint8 output
+
+  def flip(ex):
+    image, label = random_flip(ex["image"], ex["label"], ex["seeds"][4], opts.flip_prob)
+    return dict(ex, image=image, label=label)
+
+  def brightness(ex):
+    delta = tf.cast(_randint(ex["seeds"][5], -opts.brightness_shift, opts.brightness_shift),
+                    tf.float32)
+    return dict(ex, image=tf.clip_by_value(ex["image"] + delta, 0., 255.))
+
+  def pad(ex):
+    # 6. Pad at a random offset.
+    pad = crop - ex["win"]
+    up = _randint(ex["seeds"][6], 0, pad[0])
+    lft = _randint(ex["seeds"][7], 0, pad[1])
+    paddings = [[up, pad[0] - up], [lft, pad[1] - lft]]
+    image = tf.pad(ex["image"], paddings + [[0, 0]], constant_values=0.)
+    label = tf.pad(tf.cast(ex["label"], tf.int32), paddings, constant_values=opts.ignore_index)
+    ch, cw = opts.crop_size
+    image.set_shape([ch, cw, 3])
+    label.set_shape([ch, cw])
+    return dict(ex, image=image, label=label)
+
+  stages = [("rescale: draw the size and offset", draw), ("crop: label window", crop_label),
+            ("rescale+crop: image window (bicubic)", rescale_crop_image), ("flip", flip)]
+  if opts.brightness_shift:
+    stages.append(("brightness", brightness))
+  return stages + [("normalise", _normalise_stage(opts)), ("pad", pad)]

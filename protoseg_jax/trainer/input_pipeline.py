@@ -137,6 +137,16 @@ def _label_dtype(builder):
   return tf.uint16 if dtype == tf.uint16 else tf.uint8
 
 
+def _decode_image(image_bytes):
+  """Stored image bytes (PNG or JPEG) -> uint8 [H, W, 3]."""
+  return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
+
+
+def _decode_label(label_bytes, label_dtype=tf.uint8):
+  """Stored label PNG bytes -> uint8 (or uint16) [H, W]."""
+  return tf.io.decode_png(label_bytes, channels=1, dtype=label_dtype)[..., 0]
+
+
 def _decode(image_bytes, label_bytes, label_dtype=tf.uint8):
   """-> uint8 [H, W, 3], uint8 (or uint16) [H, W].
 
@@ -144,8 +154,8 @@ def _decode(image_bytes, label_bytes, label_dtype=tf.uint8):
   label differ in size raises InvalidArgumentError here; the pipelines drop
   such examples with `_skip_bad_records`.
   """
-  image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-  label = tf.io.decode_png(label_bytes, channels=1, dtype=label_dtype)[..., 0]
+  image = _decode_image(image_bytes)
+  label = _decode_label(label_bytes, label_dtype)
   same = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(label)))
   check = tf.debugging.Assert(same, ["bad record: image and label differ in size:",
                                      tf.shape(image)[:2], tf.shape(label)])
@@ -276,6 +286,54 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
   ds = ds.map(transform, num_parallel_calls=parallel, deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
   return ds.prefetch(int(_ds(config, "prefetch")))
+
+
+def profile_train_steps(config, seed: int = 0) -> list[tuple[str, tf.data.Dataset]]:
+  """The per-example work of `make_train_dataset`, step by step, to time.
+
+  For `bench.bench_input_pipeline --profile`: (name, dataset) pairs, the k-th
+  dataset running the train split's records (stored order, repeated) through
+  steps 1..k: read, decode the image, decode the label (with the size check
+  and the held-out map), then `augment.transform_stages`. Each yields one
+  float per example, a sum over a sample of every tensor the last step made,
+  so that nothing is pruned and no array is copied out. The difference of
+  two consecutive datasets' cost is the cost of a step; shuffling, the row
+  streams, batching and prefetching are what `make_train_dataset` costs above
+  the last one.
+  """
+  builder = check_prepared(config)
+  meta = builder_meta(builder)
+  opts = _train_options(config, meta.ignore_index, meta.num_classes)
+  label_dtype = _label_dtype(builder)
+  lut = _held_out_lut(config, builder)
+  records = _read_split(builder, _ds(config, "train_split")).repeat().enumerate()
+
+  def fingerprint(*tensors):
+    return tf.add_n([tf.reduce_sum(tf.cast(tf.reshape(t, [-1])[::1009], tf.float32))
+                     for t in tensors])
+
+  def decoded(i, image_bytes, label_bytes):
+    image, label = _decode(image_bytes, label_bytes, label_dtype)
+    if lut is not None:
+      label = tf.gather(lut, tf.cast(label, tf.int32))
+    return image, label, example_seed(seed, 0, i)
+
+  def prefix(k):
+    stages = augment.transform_stages(opts)[:k]
+
+    def fn(i, image_bytes, label_bytes):
+      ex = augment.run_stages(stages, *decoded(i, image_bytes, label_bytes))
+      return fingerprint(*(v for key, v in sorted(ex.items()) if key != "seed"))
+    return fn
+
+  steps = [
+      ("read", lambda i, image_bytes, label_bytes: fingerprint(
+          tf.strings.length(image_bytes), tf.strings.length(label_bytes))),
+      ("decode image", lambda i, image_bytes, label_bytes: fingerprint(_decode_image(image_bytes))),
+      ("decode label, size check", prefix(0)),
+  ]
+  steps += [(name, prefix(k + 1)) for k, (name, _) in enumerate(augment.transform_stages(opts))]
+  return [(name, records.map(lambda i, ex, fn=fn: fn(i, *ex))) for name, fn in steps]
 
 
 def make_eval_dataset(config, *, process_index: int, process_count: int,
