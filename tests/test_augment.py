@@ -420,3 +420,31 @@ def test_input_order_bgr_reverses_channels_then_normalises_with_mean_std_as_list
     bgr = augment.transform(tf.constant(image8), tf.constant(label), _seed(5),
                             _openseg_opts(augmentation=aug, input_order="bgr"))[0].numpy()
     np.testing.assert_array_equal(bgr, rgb[..., ::-1])
+
+
+def _bicubic_window_over_the_whole_source(image, out_hw, top_left, win_hw):
+  """resize_window_bicubic as it was before it read only the rows and columns its
+  taps reach tap by tap: the taps gathered from the whole image, converted
+  whole, summed over a tap axis."""
+  image = tf.cast(image, tf.float32)
+  ri, rw = augment.cubic_taps(tf.shape(image)[0], out_hw[0], top_left[0], win_hw[0])
+  ci, cw = augment.cubic_taps(tf.shape(image)[1], out_hw[1], top_left[1], win_hw[1])
+  rows = tf.reduce_sum(tf.gather(image, ri, axis=0) * rw[:, :, None, None], axis=1)
+  return tf.reduce_sum(tf.gather(rows, ci, axis=1) * cw[None, :, :, None], axis=2)
+
+
+def test_bicubic_window_reads_only_its_taps_and_gives_the_same_bits():
+  rng = np.random.default_rng(7)
+  image = rng.integers(0, 256, (37, 53, 3)).astype(np.uint8)
+  cases = [((74, 106), (0, 0), (20, 30)), ((74, 106), (54, 76), (20, 30)),    # x2, both corners
+           ((18, 26), (0, 0), (18, 26)), ((18, 26), (3, 5), (9, 11)),          # x0.5
+           ((40, 50), (11, 0), (29, 50)), ((37, 53), (0, 0), (37, 53)),        # ~1, whole width
+           ((150, 20), (70, 2), (16, 16)), ((5, 7), (4, 6), (1, 1))]           # aspect, one pixel
+  floats = rng.uniform(0, 255, (37, 53, 3)).astype(np.float32)
+  for source in (image, floats):
+    for out_hw, top_left, win in cases:
+      args = (tf.constant(source), tf.constant(out_hw), tf.constant(top_left), tf.constant(win))
+      got = augment.resize_window_bicubic(*args).numpy()
+      assert got.shape == (*win, 3)
+      np.testing.assert_array_equal(got, _bicubic_window_over_the_whole_source(*args).numpy(),
+                                    err_msg=str((source.dtype, out_hw, top_left, win)))

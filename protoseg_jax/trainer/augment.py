@@ -463,12 +463,29 @@ def resize_window_bicubic(image, out_hw, top_left, win_hw):
   Returns:
     float32 [win_h, win_w, C].
   """
-  image = tf.cast(image, tf.float32)
   in_hw = tf.shape(image)[:2]
   ri, rw = cubic_taps(in_hw[0], out_hw[0], top_left[0], win_hw[0])
   ci, cw = cubic_taps(in_hw[1], out_hw[1], top_left[1], win_hw[1])
-  rows = tf.reduce_sum(tf.gather(image, ri, axis=0) * rw[:, :, None, None], axis=1)  # [wh, W, C]
-  return tf.reduce_sum(tf.gather(rows, ci, axis=1) * cw[None, :, :, None], axis=2)  # [wh, ww, C]
+  # Only the source rows and columns the taps reach (they grow along the
+  # window), gathered in the image's dtype and converted tap by tap. Each
+  # pass sums its 4 taps in order, t0 + t1 + t2 + t3, which is what the sum
+  # over a tap axis gave (tested bit for bit); the second pass works on the
+  # transposed rows so that both gather whole rows.
+  r0, c0 = ri[0, 0], ci[0, 0]
+  source = image[r0:ri[-1, -1] + 1, c0:ci[-1, -1] + 1]
+  ri, ci = ri - r0, ci - c0
+
+  def pass_over_rows(x, index, weights, convert):
+    out = None
+    for k in range(4):
+      tap = tf.gather(x, index[:, k])
+      tap = (tf.cast(tap, tf.float32) if convert else tap) * weights[:, k, None, None]
+      out = tap if out is None else out + tap
+    return out
+
+  rows = pass_over_rows(source, ri, rw, True)                            # [wh, ws, C]
+  cols = pass_over_rows(tf.transpose(rows, [1, 0, 2]), ci, cw, False)    # [ww, wh, C]
+  return tf.transpose(cols, [1, 0, 2])
 
 
 def resize_bicubic(image, out_hw):
