@@ -232,3 +232,32 @@ def test_input_order_bgr_in_train_and_eval(demo_dir):
   with pytest.raises(ValueError, match="input_order"):
     ip.make_eval_dataset(make_config(demo_dir, input_order="BGR"), process_index=0,
                          process_count=1)
+
+
+@pytest.mark.parametrize("augmentation", ["mmseg", "openseg"])
+def test_profile_steps_are_the_pipelines_steps_and_the_last_does_the_whole_transform(
+    demo_dir, augmentation):
+  """bench_input_pipeline --profile times `profile_train_steps`: read, the two
+  decodes, then every step of `augment.transform_stages`; the last one's
+  checksum is that of `augment.transform` on the same decoded record."""
+  from protoseg_jax.trainer import augment
+  config = make_config(demo_dir, augmentation=augmentation)
+  steps = ip.profile_train_steps(config)
+  opts = ip._train_options(config, 255, 6)
+  names = [name for name, _ in augment.transform_stages(opts)]
+  assert [name for name, _ in steps] == ["read", "decode image", "decode label, size check", *names]
+  assert names[-2:] == ["normalise", "pad"] and len(set(names)) == len(names)
+  for _, ds in steps:
+    value = next(iter(ds)).numpy()
+    assert value.shape == () and np.isfinite(value)
+
+  builder = datasets.check_prepared(config)
+  image_bytes, label_bytes = next(iter(ip._read_split(builder, config.dataset.train_split)))
+  image, label = ip._decode(image_bytes, label_bytes)
+  ex = augment.run_stages(augment.transform_stages(opts), image, label, ip.example_seed(0, 0, 0))
+  want_image, want_label = augment.transform(image, label, ip.example_seed(0, 0, 0), opts)
+  np.testing.assert_array_equal(ex["image"], want_image)
+  np.testing.assert_array_equal(ex["label"], want_label)
+  sample = lambda t: float(np.sum(np.asarray(t, np.float32).reshape(-1)[::1009]))
+  want = sum(sample(v) for key, v in sorted(ex.items()) if key != "seed")
+  np.testing.assert_allclose(next(iter(steps[-1][1])).numpy(), want, rtol=1e-5)
