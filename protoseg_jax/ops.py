@@ -72,6 +72,10 @@ def resize_nearest(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
 
 
 def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = 1e-12) -> jnp.ndarray:
-  """`F.normalize(x, p=2, dim=axis)`: x / max(|x|, eps)."""
-  norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
-  return x / jnp.maximum(norm, eps)
+  """`F.normalize(x, p=2, dim=axis)`: x / max(|x|, eps).
+
+  |x| as sqrt(max(|x|^2, eps^2)), the same value, so that an all-zero vector
+  has PyTorch's gradient (that of x / eps) instead of NaN (sqrt's derivative
+  at 0 times 0)."""
+  norm = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=axis, keepdims=True), eps * eps))
+  return x / norm

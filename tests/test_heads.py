@@ -250,3 +250,21 @@ def test_update_prototype_false_keeps_prototypes_but_gives_targets():
                          np.asarray(v["prototypes"]["prototypes"]))
   np.testing.assert_array_equal(np.asarray(out_off.proto_targets), np.asarray(out_on.proto_targets))
   assert np.any(np.asarray(out_off.proto_targets) >= 0)
+
+
+def test_l2_normalize_is_f_normalize_with_its_gradient_at_an_all_zero_vector():
+  torch = pytest.importorskip("torch")
+  from protoseg_jax.ops import l2_normalize
+  x = np.random.default_rng(0).normal(size=(5, 7)).astype(np.float32)
+  x[2] = 0.0                                        # e.g. a padded or dead feature
+  x[3] *= 1e-20                                     # below eps: divided by eps, as F.normalize
+  np.testing.assert_allclose(l2_normalize(jnp.asarray(x)),
+                             torch.nn.functional.normalize(torch.from_numpy(x), dim=-1).numpy(),
+                             rtol=1e-6, atol=1e-7)
+  w = jnp.asarray(np.random.default_rng(1).normal(size=(5, 7)), jnp.float32)
+  grad = jax.grad(lambda v: jnp.sum(l2_normalize(v) * w))(jnp.asarray(x))
+  xt = torch.from_numpy(x).requires_grad_()
+  (torch.nn.functional.normalize(xt, dim=-1) * torch.from_numpy(np.asarray(w))).sum().backward()
+  assert np.all(np.isfinite(grad))
+  np.testing.assert_allclose(grad[2], w[2] / 1e-12, rtol=1e-6)   # x / eps there
+  np.testing.assert_allclose(grad, xt.grad.numpy(), rtol=1e-5, atol=1e-6)
