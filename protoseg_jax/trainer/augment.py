@@ -342,6 +342,17 @@ def _normalise_stage(opts):
   return normalise
 
 
+def _pad_example(ex, paddings, opts):
+  """Image padded with 0 and label (as int32) with the ignore index to opts.crop_size
+  by `paddings` ([[top, bottom], [left, right]])."""
+  ch, cw = opts.crop_size
+  image = tf.pad(ex["image"], paddings + [[0, 0]], constant_values=0.)
+  label = tf.pad(tf.cast(ex["label"], tf.int32), paddings, constant_values=opts.ignore_index)
+  image.set_shape([ch, cw, 3])
+  label.set_shape([ch, cw])
+  return dict(ex, image=image, label=label)
+
+
 def mmseg_stages(opts: TrainOptions):
   """`train_transform`'s steps (see `transform_stages`)."""
   crop = tf.constant(opts.crop_size, tf.int32)
@@ -391,12 +402,7 @@ def mmseg_stages(opts: TrainOptions):
     # 6. Pad to the crop size (image 0, label the ignore index).
     ch, cw = opts.crop_size
     hw = tf.shape(ex["label"])
-    image = tf.pad(ex["image"], [[0, ch - hw[0]], [0, cw - hw[1]], [0, 0]], constant_values=0.)
-    label = tf.pad(tf.cast(ex["label"], tf.int32), [[0, ch - hw[0]], [0, cw - hw[1]]],
-                   constant_values=opts.ignore_index)
-    image.set_shape([ch, cw, 3])
-    label.set_shape([ch, cw])
-    return dict(ex, image=image, label=label)
+    return _pad_example(ex, [[0, ch - hw[0]], [0, cw - hw[1]]], opts)
 
   stages = [("rescale: draw the size", draw), ("crop: label window (cat_max_ratio)", crop_label),
             ("rescale+crop: image window (bilinear)", rescale_crop_image), ("flip", flip)]
@@ -585,13 +591,7 @@ def openseg_stages(opts: TrainOptions):
     pad = crop - ex["win"]
     up = _randint(ex["seeds"][6], 0, pad[0])
     lft = _randint(ex["seeds"][7], 0, pad[1])
-    paddings = [[up, pad[0] - up], [lft, pad[1] - lft]]
-    image = tf.pad(ex["image"], paddings + [[0, 0]], constant_values=0.)
-    label = tf.pad(tf.cast(ex["label"], tf.int32), paddings, constant_values=opts.ignore_index)
-    ch, cw = opts.crop_size
-    image.set_shape([ch, cw, 3])
-    label.set_shape([ch, cw])
-    return dict(ex, image=image, label=label)
+    return _pad_example(ex, [[up, pad[0] - up], [lft, pad[1] - lft]], opts)
 
   stages = [("rescale: draw the size and offset", draw), ("crop: label window", crop_label),
             ("rescale+crop: image window (bicubic)", rescale_crop_image), ("flip", flip)]
