@@ -163,6 +163,20 @@ def _decode(image_bytes, label_bytes, label_dtype=tf.uint8):
     return tf.identity(image), tf.identity(label)
 
 
+def _train_decoder(config, builder):
+  """(image bytes, label bytes) -> `_decode`'s (image, label), with the label
+  through config.dataset.held_out_class's map (the model never sees that class)."""
+  label_dtype = _label_dtype(builder)
+  lut = _held_out_lut(config, builder)
+
+  def decode(image_bytes, label_bytes):
+    image, label = _decode(image_bytes, label_bytes, label_dtype)
+    if lut is not None:
+      label = tf.gather(lut, tf.cast(label, tf.int32))
+    return image, label
+  return decode
+
+
 def _skip_bad_records(ds: tf.data.Dataset) -> tf.data.Dataset:
   """`ds` without the elements whose computation failed (`_decode`'s errors).
 
@@ -235,7 +249,6 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
   builder = check_prepared(config)
   meta = builder_meta(builder)
   opts = _train_options(config, meta.ignore_index, meta.num_classes)
-  label_dtype = _label_dtype(builder)
   split = _ds(config, "train_split")
   n_total = split_size(builder, split)
   per_row = n_total // global_batch
@@ -264,13 +277,10 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
   ds = tf.data.Dataset.choose_from_datasets(
       [row_stream(r) for r in rows], tf.data.Dataset.range(local_batch).repeat())
 
-  lut = _held_out_lut(config, builder)
+  decode_example = _train_decoder(config, builder)
 
   def decode(e, i, image_bytes, label_bytes):
-    image, label = _decode(image_bytes, label_bytes, label_dtype)
-    if lut is not None:  # config.dataset.held_out_class: the model never sees its labels
-      label = tf.gather(lut, tf.cast(label, tf.int32))
-    return e, i, image, label
+    return (e, i, *decode_example(image_bytes, label_bytes))
 
   def transform(e, i, image, label):
     image, label = augment.transform(image, label, example_seed(seed, e, i), opts)
@@ -304,8 +314,7 @@ def profile_train_steps(config, seed: int = 0) -> list[tuple[str, tf.data.Datase
   builder = check_prepared(config)
   meta = builder_meta(builder)
   opts = _train_options(config, meta.ignore_index, meta.num_classes)
-  label_dtype = _label_dtype(builder)
-  lut = _held_out_lut(config, builder)
+  decode_example = _train_decoder(config, builder)
   records = _read_split(builder, _ds(config, "train_split")).repeat().enumerate()
 
   def fingerprint(*tensors):
@@ -313,10 +322,7 @@ def profile_train_steps(config, seed: int = 0) -> list[tuple[str, tf.data.Datase
                      for t in tensors])
 
   def decoded(i, image_bytes, label_bytes):
-    image, label = _decode(image_bytes, label_bytes, label_dtype)
-    if lut is not None:
-      label = tf.gather(lut, tf.cast(label, tf.int32))
-    return image, label, example_seed(seed, 0, i)
+    return (*decode_example(image_bytes, label_bytes), example_seed(seed, 0, i))
 
   def prefix(k):
     stages = augment.transform_stages(opts)[:k]
