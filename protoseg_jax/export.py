@@ -76,7 +76,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import protoseg_jax
-from protoseg_jax import inference, prototypes
+from protoseg_jax import inference, ops, prototypes
 from protoseg_jax.classes import ClassMap
 from protoseg_jax.models import get_backbone
 from protoseg_jax.trainer import cli
@@ -211,15 +211,9 @@ def for_symbolic_batch(model, variables, size: Sequence[int]):
 
 def normalize(images: jnp.ndarray, eval_options) -> jnp.ndarray:
   """float32 [..., 3] RGB 0..255 -> what the network sees: the eval
-  preprocessing's channel order and `augment.normalize` (its mean / std)."""
-  from protoseg_jax.trainer import augment
-  x = images.astype(jnp.float32)
-  if eval_options.input_order == "bgr":
-    x = x[..., ::-1]
-  elif eval_options.input_order != "rgb":
-    raise ValueError(f"input_order must be one of {augment.INPUT_ORDERS}, got "
-                     f"{eval_options.input_order!r}")
-  return augment.normalize(x, eval_options.mean, eval_options.std)
+  preprocessing's channel order and normalisation (`ops.normalize_image`)."""
+  return ops.normalize_image(images, eval_options.mean, eval_options.std,
+                             input_order=eval_options.input_order)
 
 
 def inference_function(config, model, classes: ClassMap) -> Callable:

@@ -79,3 +79,40 @@ def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = 1e-12) -> jnp.ndar
   at 0 times 0)."""
   norm = jnp.sqrt(jnp.maximum(jnp.sum(jnp.square(x), axis=axis, keepdims=True), eps * eps))
   return x / norm
+
+
+def normalize_image(image: jnp.ndarray, mean, std, *, input_order: str = "rgb",
+                    box: jnp.ndarray | None = None) -> jnp.ndarray:
+  """Un-normalised RGB images -> the network's input, on the device.
+
+  The host's `trainer.augment.normalize_input` (channel order, then
+  image * (1 / std) - mean * (1 / std) with float32 constants; XLA fuses
+  the two into one FMA, so values can differ from the host's by 1 ulp).
+  Used by the train step after the input pipeline's `raw_transform`
+  (config.dataset.normalize_on_device: the host ships uint8, a quarter of
+  the bytes, and skips a float pass over every pixel) and by the exported
+  inference function.
+
+  Args:
+    image: [..., 3] uint8 or float, RGB in 0..255 ([B, H, W, 3] with `box`).
+    mean, std: three floats each, in the network's channel order (as config.dataset).
+    input_order: "rgb" (as is) or "bgr" (channels reversed first).
+    box: optional int32 [B, 4] (top, left, height, width) of each crop: the
+      rest is padding and becomes 0 (the host pads after normalising).
+  Returns:
+    float32 [B, H, W, 3].
+  """
+  x = image.astype(jnp.float32)
+  if input_order == "bgr":
+    x = x[..., ::-1]
+  elif input_order != "rgb":
+    raise ValueError(f"input_order must be one of ('rgb', 'bgr'), got {input_order!r}")
+  scale = 1.0 / np.asarray(std, np.float32)
+  x = x * scale - np.asarray(mean, np.float32) * scale
+  if box is None:
+    return x
+  rows = jnp.arange(x.shape[1])[None, :, None]
+  cols = jnp.arange(x.shape[2])[None, None, :]
+  top, left, h, w = (box[:, i, None, None] for i in range(4))
+  inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
+  return jnp.where(inside[..., None], x, 0.)

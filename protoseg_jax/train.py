@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from protoseg_jax import inference, losses, optim, sharding
+from protoseg_jax import inference, losses, ops, optim, sharding
 from protoseg_jax.models.segmentor import Segmentor
 from protoseg_jax.ops import l2_normalize
 
@@ -211,9 +211,25 @@ def train_loss(params, prototypes, state: TrainState, batch: dict, *, model: Seg
   return total, (parts, updates)
 
 
+def normalized_batch(batch: dict, config) -> dict:
+  """The batch with a normalised 'image': as it is, unless it carries
+  'image_box' (the input pipeline's config.dataset.normalize_on_device
+  batches: un-normalised RGB crops, 0..255), which `ops.normalize_image`
+  turns into config.dataset's channel order and normalisation, 0 outside
+  the box."""
+  if "image_box" not in batch:
+    return batch
+  d = config.dataset
+  image = ops.normalize_image(batch["image"], tuple(d.mean), tuple(d.std),
+                              input_order=d.input_order, box=batch["image_box"])
+  return {**{k: v for k, v in batch.items() if k != "image_box"}, "image": image}
+
+
 def train_step(state: TrainState, batch: dict, *, model: Segmentor, tx, schedule, config,
                ignore_index: int = 255) -> tuple[TrainState, dict]:
-  """One optimisation step on a global batch {'image' [B,H,W,3], 'label' [B,H,W]}."""
+  """One optimisation step on a global batch {'image' [B,H,W,3], 'label' [B,H,W]}
+  (or an un-normalised one with 'image_box': `normalized_batch`)."""
+  batch = normalized_batch(batch, config)
   p = config.protoseg
   step_rng = jax.random.fold_in(state.rng, state.step)
   k_dropout, k_proto = jax.random.split(step_rng)

@@ -448,3 +448,93 @@ def test_bicubic_window_reads_only_its_taps_and_gives_the_same_bits():
       assert got.shape == (*win, 3)
       np.testing.assert_array_equal(got, _bicubic_window_over_the_whole_source(*args).numpy(),
                                     err_msg=str((source.dtype, out_hw, top_left, win)))
+
+
+def test_bicubic_window_flipped_is_the_window_reversed_bit_for_bit():
+  """The openseg flip is done by the resize (mirrored column taps): the same
+  bits as flipping the window afterwards."""
+  rng = np.random.default_rng(8)
+  image = rng.integers(0, 256, (37, 53, 3)).astype(np.uint8)
+  for out_hw, top_left, win in [((74, 106), (54, 76), (20, 30)), ((18, 26), (3, 5), (9, 11)),
+                                ((40, 50), (11, 0), (29, 50)), ((5, 7), (4, 6), (1, 1))]:
+    args = (tf.constant(image), tf.constant(out_hw), tf.constant(top_left), tf.constant(win))
+    plain = augment.resize_window_bicubic(*args).numpy()
+    np.testing.assert_array_equal(
+        augment.resize_window_bicubic(*args, flip=tf.constant(False)).numpy(), plain)
+    np.testing.assert_array_equal(
+        augment.resize_window_bicubic(*args, flip=tf.constant(True)).numpy(), plain[:, ::-1])
+
+
+def test_openseg_flip_in_the_crops_equals_flipping_the_crop():
+  """flip_prob 1 vs 0 on the same seeds (no padding, so the pad offset cannot
+  differ): the flipped example is the other one mirrored, image and label."""
+  _, label = _block_pair(40, 60, seed=3)
+  image = np.random.default_rng(3).integers(0, 256, (40, 60, 3)).astype(np.uint8)
+  for i in range(6):
+    kw = dict(crop_size=(24, 36), ratio_range=(0.8, 1.3), aspect_range=(0.9, 1.1),
+              mean=(120., 110., 100.), std=(50., 60., 70.))
+    kept = augment.openseg_transform(tf.constant(image), tf.constant(label), _seed(i),
+                                     _openseg_opts(flip_prob=0.0, **kw))
+    flipped = augment.openseg_transform(tf.constant(image), tf.constant(label), _seed(i),
+                                        _openseg_opts(flip_prob=1.0, **kw))
+    np.testing.assert_array_equal(flipped[0].numpy(), kept[0].numpy()[:, ::-1])
+    np.testing.assert_array_equal(flipped[1].numpy(), kept[1].numpy()[:, ::-1])
+
+
+@pytest.mark.parametrize("aug", ["mmseg", "openseg"])
+@pytest.mark.parametrize("order", ["rgb", "bgr"])
+def test_raw_transform_normalised_on_device_is_transform(aug, order):
+  """config.dataset.normalize_on_device: `raw_transform` on the host, then
+  `ops.normalize_image` (jitted) = `transform`: the same labels, 0 in the
+  padding, the image within 1 ulp (XLA fuses the multiply and subtract into
+  one FMA, rounded once; TF rounds twice)."""
+  import jax
+  from protoseg_jax import ops
+  _, label = _block_pair(40, 60, seed=4)
+  image = np.random.default_rng(4).integers(0, 256, (40, 60, 3)).astype(np.uint8)
+  mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
+  if aug == "mmseg":
+    opts = _opts(crop_size=(48, 48), scale=(60, 40), ratio_range=(0.5, 1.5), photometric=True,
+                 mean=mean, std=std, input_order=order)
+  else:
+    opts = _openseg_opts(crop_size=(48, 64), ratio_range=(0.5, 1.5), mean=mean, std=std,
+                         input_order=order)
+  normalize = jax.jit(lambda x, b: ops.normalize_image(x, mean, std, input_order=order, box=b))
+  padded = 0
+  for i in range(8):
+    want_image, want_label = augment.transform(tf.constant(image), tf.constant(label), _seed(i),
+                                               opts)
+    raw, box, raw_label = augment.raw_transform(tf.constant(image), tf.constant(label),
+                                                _seed(i), opts)
+    assert raw.dtype == (tf.uint8 if aug == "openseg" else tf.float32)
+    np.testing.assert_array_equal(raw_label.numpy(), want_label.numpy())
+    got = np.asarray(normalize(raw.numpy()[None], box.numpy()[None]))[0]
+    np.testing.assert_array_max_ulp(got, want_image.numpy(), maxulp=1)
+    pad = np.all(want_image.numpy() == 0, axis=-1)
+    np.testing.assert_array_equal(got[pad], 0.0)
+    padded += pad.sum()
+  assert padded > 0    # some crops were padded (the box is exercised)
+
+
+def test_openseg_one_clip_with_moved_bounds_is_clip_then_brightness_then_clip():
+  """openseg's cv2 uint8 resize output (clip to 0..255), + d, clip again, done as
+  one clip of round(resized) + d to [max(d, 0), min(255 + d, 255)]: the same
+  bits, here on 0/255 blocks whose bicubic overshoots both ends."""
+  board = np.indices((6, 9)).sum(0) % 2 * 255
+  image = np.kron(board, np.ones((4, 4))).astype(np.uint8)[..., None].repeat(3, -1)
+  label = np.zeros((24, 36), np.uint8)
+  seen = set()
+  for shift in (10, 255):
+    opts = _openseg_opts(crop_size=(30, 40), ratio_range=(1.2, 1.7), brightness_shift=shift)
+    stages = augment.transform_stages(opts)
+    names = [name for name, _ in stages]
+    k = names.index("clip to 0..255, brightness")
+    for i in range(12):
+      ex = augment.run_stages(stages[:k], tf.constant(image), tf.constant(label), _seed(i))
+      rounded = ex["image"].numpy()
+      assert rounded.min() < 0 and rounded.max() > 255      # the resize overshoots
+      d = float(augment._randint(ex["seeds"][5], -shift, shift).numpy())
+      seen.add(np.sign(d))
+      want = np.clip(np.clip(rounded, 0., 255.) + d, 0., 255.)
+      np.testing.assert_array_equal(stages[k][1](ex)["image"].numpy(), want)
+  assert seen >= {-1., 1.}

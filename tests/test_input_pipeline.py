@@ -37,14 +37,49 @@ def _batches(ds, n):
   return [next(it) for _ in range(n)]
 
 
-def test_train_batches_shapes_and_label_values(demo_dir):
-  config = make_config(demo_dir)
+@pytest.mark.parametrize("on_device", [True, False])
+def test_train_batches_shapes_and_label_values(demo_dir, on_device):
+  config = make_config(demo_dir, normalize_on_device=on_device)
   for batch in _batches(ip.make_train_dataset(config, process_index=0, process_count=1), 8):
     assert batch["image"].shape == (4, 64, 64, 3) and batch["image"].dtype == np.float32
     assert batch["label"].shape == (4, 64, 64) and batch["label"].dtype == np.int32
     values = set(np.unique(batch["label"]).tolist())
     assert values <= set(range(NUM_CLASSES)) | {255}, values
-    assert np.isfinite(batch["image"]).all() and abs(batch["image"].mean()) < 3
+    assert np.isfinite(batch["image"]).all()
+    if on_device:   # RGB 0..255, the crop's box inside the 64 x 64 canvas
+      assert batch["image_box"].shape == (4, 4) and batch["image_box"].dtype == np.int32
+      assert batch["image"].min() >= 0 and batch["image"].max() <= 255
+      top, left, h, w = batch["image_box"].T
+      assert (top >= 0).all() and (left >= 0).all() and (top + h <= 64).all() and (h > 0).all()
+      assert (left + w <= 64).all() and (w > 0).all()
+    else:
+      assert "image_box" not in batch and abs(batch["image"].mean()) < 3
+
+
+@pytest.mark.parametrize("augmentation", ["mmseg", "openseg"])
+def test_train_batches_normalised_on_device_are_the_host_normalised_batches(
+    demo_dir, augmentation):
+  """config.dataset.normalize_on_device: the step's `normalized_batch` of the
+  pipeline's un-normalised batches (uint8 for openseg) = the batches the host
+  normalises: labels identical, images within 1 ulp (the device's FMA)."""
+  from protoseg_jax import train
+  kw = dict(augmentation=augmentation, input_order="bgr")
+  if augmentation == "openseg":
+    kw.update(photometric=False, cat_max_ratio=1.0, ratio_range=(0.5, 1.0))
+  host_cfg = make_config(demo_dir, normalize_on_device=False, **kw)
+  dev_cfg = make_config(demo_dir, normalize_on_device=True, **kw)
+  host = _batches(ip.make_train_dataset(host_cfg, process_index=0, process_count=1), 3)
+  dev = _batches(ip.make_train_dataset(dev_cfg, process_index=0, process_count=1), 3)
+  finish = jax.jit(lambda b: train.normalized_batch(b, dev_cfg))
+  padded = 0
+  for h, d in zip(host, dev):
+    assert d["image"].dtype == (np.uint8 if augmentation == "openseg" else np.float32)
+    got = jax.device_get(finish(d))
+    assert sorted(got) == ["image", "label"]
+    np.testing.assert_array_equal(got["label"], h["label"])
+    np.testing.assert_array_max_ulp(got["image"], h["image"], maxulp=1)
+    padded += (d["image_box"][:, 2:] < 64).sum()
+  assert padded > 0    # some crops are smaller than the canvas
 
 
 def test_train_is_deterministic_and_resumable(demo_dir):
@@ -219,6 +254,8 @@ def test_input_order_bgr_in_train_and_eval(demo_dir):
   want = (raw[..., ::-1] - mean) / std                                   # BGR, mean[i]/std[i]
   np.testing.assert_allclose(bgr["image"][0, :valid[0], :valid[1]], want, atol=1e-3)
   np.testing.assert_array_equal(bgr["label"], rgb["label"])
+  # The host's normalisation (the device's: the test above).
+  rgb_cfg.dataset.normalize_on_device = bgr_cfg.dataset.normalize_on_device = False
   rgb_t = _batches(ip.make_train_dataset(rgb_cfg, process_index=0, process_count=1), 1)[0]
   bgr_t = _batches(ip.make_train_dataset(bgr_cfg, process_index=0, process_count=1), 1)[0]
   np.testing.assert_array_equal(bgr_t["label"], rgb_t["label"])
@@ -234,19 +271,22 @@ def test_input_order_bgr_in_train_and_eval(demo_dir):
                          process_count=1)
 
 
-@pytest.mark.parametrize("augmentation", ["mmseg", "openseg"])
+@pytest.mark.parametrize("augmentation,on_device", [("mmseg", True), ("openseg", True),
+                                                     ("openseg", False)])
 def test_profile_steps_are_the_pipelines_steps_and_the_last_does_the_whole_transform(
-    demo_dir, augmentation):
+    demo_dir, augmentation, on_device):
   """bench_input_pipeline --profile times `profile_train_steps`: read, the two
-  decodes, then every step of `augment.transform_stages`; the last one's
-  checksum is that of `augment.transform` on the same decoded record."""
+  decodes, then every step of `augment.transform_stages` (without the
+  normalisation when the device does it); the last one's checksum is that
+  of the whole transform on the same decoded record."""
   from protoseg_jax.trainer import augment
-  config = make_config(demo_dir, augmentation=augmentation)
+  config = make_config(demo_dir, augmentation=augmentation, normalize_on_device=on_device)
   steps = ip.profile_train_steps(config)
   opts = ip._train_options(config, 255, 6)
-  names = [name for name, _ in augment.transform_stages(opts)]
+  names = [name for name, _ in augment.transform_stages(opts, normalize=not on_device)]
   assert [name for name, _ in steps] == ["read", "decode image", "decode label, size check", *names]
-  assert names[-2:] == ["normalise", "pad"] and len(set(names)) == len(names)
+  assert names[-1] == "pad" and len(set(names)) == len(names)
+  assert ("normalise" in names) == (not on_device)
   for _, ds in steps:
     value = next(iter(ds)).numpy()
     assert value.shape == () and np.isfinite(value)
@@ -254,8 +294,12 @@ def test_profile_steps_are_the_pipelines_steps_and_the_last_does_the_whole_trans
   builder = datasets.check_prepared(config)
   image_bytes, label_bytes = next(iter(ip._read_split(builder, config.dataset.train_split)))
   image, label = ip._decode(image_bytes, label_bytes)
-  ex = augment.run_stages(augment.transform_stages(opts), image, label, ip.example_seed(0, 0, 0))
-  want_image, want_label = augment.transform(image, label, ip.example_seed(0, 0, 0), opts)
+  ex = augment.run_stages(augment.transform_stages(opts, normalize=not on_device), image, label,
+                          ip.example_seed(0, 0, 0))
+  if on_device:
+    want_image, _, want_label = augment.raw_transform(image, label, ip.example_seed(0, 0, 0), opts)
+  else:
+    want_image, want_label = augment.transform(image, label, ip.example_seed(0, 0, 0), opts)
   np.testing.assert_array_equal(ex["image"], want_image)
   np.testing.assert_array_equal(ex["label"], want_label)
   sample = lambda t: float(np.sum(np.asarray(t, np.float32).reshape(-1)[::1009]))

@@ -64,10 +64,12 @@ def crop_is_acceptable(label_crop, cat_max_ratio: float, ignore_index: int,
     holds less than `cat_max_ratio` of the non-ignored pixels.
   """
   size = max(256, int(num_classes))
+  # Values >= size (65535, the ignore of 16-bit labels) are not counted by
+  # the bincount; the ignore index's own count is then set to 0.
   x = tf.cast(tf.reshape(label_crop, [-1]), tf.int32)
-  keep = tf.logical_and(x != ignore_index, x < size)          # ignore (65535 in 16-bit labels)
-  counts = tf.raw_ops.DenseBincount(input=tf.where(keep, x, 0), size=size,
-                                   weights=tf.cast(keep, tf.int32))
+  counts = tf.raw_ops.DenseBincount(input=x, size=size, weights=tf.zeros([0], tf.int32))
+  if 0 <= ignore_index < size:
+    counts = tf.tensor_scatter_nd_update(counts, [[ignore_index]], [0])
   total = tf.reduce_sum(counts)
   present = tf.math.count_nonzero(counts)
   largest = tf.reduce_max(counts)
@@ -292,18 +294,21 @@ def preprocess_image(image: np.ndarray, opts: EvalOptions) -> np.ndarray:
   return eval_transform(image, opts)[0].numpy().astype(np.float32)
 
 
-def transform_stages(opts: TrainOptions) -> list[tuple[str, "Stage"]]:
+def transform_stages(opts: TrainOptions, normalize: bool = True) -> list[tuple[str, "Stage"]]:
   """The named steps of `transform` in their order, as opts.augmentation says.
 
   Each step maps an example dict {"image", "label", "seed", ...} to the next
   one (its extra entries carry the random draws and the crop window between
   steps). `transform` runs them all; `bench.bench_input_pipeline --profile`
   times each by running longer and longer prefixes.
+
+  normalize=False leaves out the channel order and normalisation: the last
+  step pads the un-normalised crop (`raw_transform`), for a device to finish.
   """
   if opts.augmentation == "mmseg":
-    return mmseg_stages(opts)
+    return mmseg_stages(opts, normalize)
   if opts.augmentation == "openseg":
-    return openseg_stages(opts)
+    return openseg_stages(opts, normalize)
   raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {opts.augmentation!r}")
 
 
@@ -324,6 +329,22 @@ def transform(image, label, seed, opts: TrainOptions):
   return _image_and_label(run_stages(transform_stages(opts), image, label, seed))
 
 
+def raw_transform(image, label, seed, opts: TrainOptions):
+  """`transform` without its channel order and normalisation, for a device to finish.
+
+  Returns:
+    image: the padded crop before normalisation, in RGB and 0..255: uint8
+      [ch, cw, 3] for "openseg" (its values are integers), float32 for
+      "mmseg" (bilinear and photometric values are not), 0 in the padding;
+    image_box: int32 [4] (top, left, height, width) of the crop inside it;
+    label: int32 [ch, cw], as `transform`'s.
+  `protoseg_jax.ops.normalize_image(image, mean, std, input_order, box)`
+  then gives `transform`'s image (tests/test_input_pipeline checks it).
+  """
+  ex = run_stages(transform_stages(opts, normalize=False), image, label, seed)
+  return ex["image"], ex["image_box"], ex["label"]
+
+
 def train_transform(image, label, seed, opts: TrainOptions):
   """One training example.
 
@@ -342,18 +363,25 @@ def _normalise_stage(opts):
   return normalise
 
 
+def _finish_stages(opts, normalize: bool, pad):
+  """The last steps: normalise (when `normalize`), then `pad`."""
+  return ([("normalise", _normalise_stage(opts))] if normalize else []) + [("pad", pad)]
+
+
 def _pad_example(ex, paddings, opts):
   """Image padded with 0 and label (as int32) with the ignore index to opts.crop_size
-  by `paddings` ([[top, bottom], [left, right]])."""
+  by `paddings` ([[top, bottom], [left, right]]); image_box: where the crop is."""
   ch, cw = opts.crop_size
-  image = tf.pad(ex["image"], paddings + [[0, 0]], constant_values=0.)
+  image = tf.pad(ex["image"], paddings + [[0, 0]], constant_values=0)
   label = tf.pad(tf.cast(ex["label"], tf.int32), paddings, constant_values=opts.ignore_index)
   image.set_shape([ch, cw, 3])
   label.set_shape([ch, cw])
-  return dict(ex, image=image, label=label)
+  box = tf.cast(tf.stack([paddings[0][0], paddings[1][0], tf.shape(ex["label"])[0],
+                          tf.shape(ex["label"])[1]]), tf.int32)
+  return dict(ex, image=image, label=label, image_box=box)
 
 
-def mmseg_stages(opts: TrainOptions):
+def mmseg_stages(opts: TrainOptions, normalize: bool = True):
   """`train_transform`'s steps (see `transform_stages`)."""
   crop = tf.constant(opts.crop_size, tf.int32)
 
@@ -373,11 +401,10 @@ def mmseg_stages(opts: TrainOptions):
     in_hw = tf.shape(label)
     rows = _nearest_index(in_hw[0], new_hw[0])
     cols = _nearest_index(in_hw[1], new_hw[1])
-    flat_label = tf.reshape(label, [-1])
 
     def label_window(top, left):
-      index = rows[top:top + win[0], None] * in_hw[1] + cols[None, left:left + win[1]]
-      return tf.gather(flat_label, index)
+      rows_here = tf.gather(label, rows[top:top + win[0]], axis=0)
+      return tf.gather(rows_here, cols[left:left + win[1]], axis=1)
 
     top_left, label = random_crop(label_window, new_hw, opts.crop_size, ex["seeds"][1],
                                   opts.cat_max_ratio, opts.ignore_index, opts.num_classes)
@@ -408,7 +435,7 @@ def mmseg_stages(opts: TrainOptions):
             ("rescale+crop: image window (bilinear)", rescale_crop_image), ("flip", flip)]
   if opts.photometric:
     stages.append(("photometric distortion", photometric))
-  return stages + [("normalise", _normalise_stage(opts)), ("pad", pad)]
+  return stages + _finish_stages(opts, normalize, pad)
 
 
 # ---------------------------------------------------------------------------
@@ -453,7 +480,12 @@ def cubic_taps(n_in, n_out, start, count):
   return tf.clip_by_value(idx, 0, n_in - 1), cubic_weights(frac)
 
 
-def resize_window_bicubic(image, out_hw, top_left, win_hw):
+def _mirrored(index, flip):
+  """index [n, ...] in reverse order along its first axis when `flip` (a bool tensor)."""
+  return tf.cond(flip, lambda: tf.reverse(index, [0]), lambda: index)
+
+
+def resize_window_bicubic(image, out_hw, top_left, win_hw, flip=None):
   """A window of the bicubic (a = -0.75) resize of `image` to `out_hw`, without the full resize.
 
   Separable: 4 source rows per output row, then 4 source columns per output
@@ -466,6 +498,8 @@ def resize_window_bicubic(image, out_hw, top_left, win_hw):
     out_hw: int32 [2] size of the virtual full resize.
     top_left: int32 [2] window offset in the resized image.
     win_hw: int32 [2] window size.
+    flip: optional bool tensor: the window mirrored left-right (its columns
+      in reverse order), computed as such.
   Returns:
     float32 [win_h, win_w, C].
   """
@@ -480,6 +514,8 @@ def resize_window_bicubic(image, out_hw, top_left, win_hw):
   r0, c0 = ri[0, 0], ci[0, 0]
   source = image[r0:ri[-1, -1] + 1, c0:ci[-1, -1] + 1]
   ri, ci = ri - r0, ci - c0
+  if flip is not None:
+    ci, cw = _mirrored(ci, flip), _mirrored(cw, flip)
 
   def pass_over_rows(x, index, weights, convert):
     out = None
@@ -548,12 +584,18 @@ def openseg_transform(image, label, seed, opts: TrainOptions):
   return _image_and_label(run_stages(openseg_stages(opts), image, label, seed))
 
 
-def openseg_stages(opts: TrainOptions):
-  """`openseg_transform`'s steps (see `transform_stages`)."""
+def openseg_stages(opts: TrainOptions, normalize: bool = True):
+  """`openseg_transform`'s steps (see `transform_stages`).
+
+  The flip is done by the crops: mirrored column indices give the mirrored
+  window directly (each output column is computed on its own, so the bits
+  are those of flipping afterwards; tests/test_augment checks it). Without
+  `normalize` the image leaves as uint8 (its values are integers 0..255).
+  """
   crop = tf.constant(opts.crop_size, tf.int32)
 
   def draw(ex):
-    # 1. Rescaled size, 2. crop offset (in the rescaled image).
+    # 1. Rescaled size, 2. crop offset (in the rescaled image), 3. the flip.
     seeds = tf.random.experimental.stateless_split(ex["seed"], 8)
     lo, hi = opts.ratio_range
     scale = tf.random.stateless_uniform([], seeds[0], lo, hi) if lo != hi else tf.constant(lo)
@@ -564,27 +606,35 @@ def openseg_stages(opts: TrainOptions):
     win = tf.minimum(crop, new_hw)
     top = _randint(seeds[2], 0, new_hw[0] - win[0])
     left = _randint(seeds[3], 0, new_hw[1] - win[1])
-    return dict(ex, seeds=seeds, new_hw=new_hw, win=win, top_left=tf.stack([top, left]))
+    flip = tf.random.stateless_uniform([], seeds[4]) < opts.flip_prob
+    return dict(ex, seeds=seeds, new_hw=new_hw, win=win, top_left=tf.stack([top, left]),
+                flip=flip)
 
   def crop_label(ex):
     label, new_hw, win, (top, left) = ex["label"], ex["new_hw"], ex["win"], tf.unstack(ex["top_left"])
     in_hw = tf.shape(label)
     rows = _nearest_index(in_hw[0], new_hw[0])[top:top + win[0]]
-    cols = _nearest_index(in_hw[1], new_hw[1])[left:left + win[1]]
+    cols = _mirrored(_nearest_index(in_hw[1], new_hw[1])[left:left + win[1]], ex["flip"])
     return dict(ex, label=tf.gather(tf.gather(label, rows, axis=0), cols, axis=1))
 
   def rescale_crop_image(ex):
-    image = resize_window_bicubic(ex["image"], ex["new_hw"], ex["top_left"], ex["win"])
-    return dict(ex, image=tf.clip_by_value(tf.round(image), 0., 255.))   # cv2's uint8 output
+    image = resize_window_bicubic(ex["image"], ex["new_hw"], ex["top_left"], ex["win"],
+                                  flip=ex["flip"])
+    return dict(ex, image=tf.round(image))   # cv2's uint8 output once clipped (next step)
 
-  def flip(ex):
-    image, label = random_flip(ex["image"], ex["label"], ex["seeds"][4], opts.flip_prob)
-    return dict(ex, image=image, label=label)
+  def clip_brightness(ex):
+    # cv2's uint8 output, clip(y, 0, 255), then 4. brightness + d, clipped
+    # again: for an integer d that is one clip of y + d to [max(d, 0),
+    # min(255 + d, 255)] (integers in float32: exact; tested).
+    d = 0.
+    if opts.brightness_shift:
+      d = tf.cast(_randint(ex["seeds"][5], -opts.brightness_shift, opts.brightness_shift),
+                  tf.float32)
+    image = tf.clip_by_value(ex["image"] + d, tf.maximum(d, 0.), tf.minimum(255. + d, 255.))
+    return dict(ex, image=image)
 
-  def brightness(ex):
-    delta = tf.cast(_randint(ex["seeds"][5], -opts.brightness_shift, opts.brightness_shift),
-                    tf.float32)
-    return dict(ex, image=tf.clip_by_value(ex["image"] + delta, 0., 255.))
+  def to_uint8(ex):
+    return dict(ex, image=tf.cast(ex["image"], tf.uint8))   # integers in 0..255: exact
 
   def pad(ex):
     # 6. Pad at a random offset.
@@ -593,8 +643,10 @@ def openseg_stages(opts: TrainOptions):
     lft = _randint(ex["seeds"][7], 0, pad[1])
     return _pad_example(ex, [[up, pad[0] - up], [lft, pad[1] - lft]], opts)
 
-  stages = [("rescale: draw the size and offset", draw), ("crop: label window", crop_label),
-            ("rescale+crop: image window (bicubic)", rescale_crop_image), ("flip", flip)]
-  if opts.brightness_shift:
-    stages.append(("brightness", brightness))
-  return stages + [("normalise", _normalise_stage(opts)), ("pad", pad)]
+  stages = [("rescale: draw the size, offset and flip", draw),
+            ("crop+flip: label window", crop_label),
+            ("rescale+crop+flip: image window (bicubic)", rescale_crop_image)]
+  stages.append(("clip to 0..255, brightness", clip_brightness))
+  if not normalize:
+    stages.append(("to uint8", to_uint8))
+  return stages + _finish_stages(opts, normalize, pad)

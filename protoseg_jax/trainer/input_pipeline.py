@@ -226,6 +226,11 @@ def _local_batch(config, key: str, process_count: int) -> int:
   return batch_size // process_count
 
 
+def normalizes_on_device(config) -> bool:
+  """config.dataset.normalize_on_device: the train batches leave normalisation to the step."""
+  return bool(_ds(config, "normalize_on_device"))
+
+
 def make_train_dataset(config, *, process_index: int, process_count: int,
                        start_step: int = 0) -> tf.data.Dataset:
   """Endless dataset of this process's local training batches.
@@ -241,7 +246,11 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
 
   Returns:
     tf.data.Dataset of {'image': float32 [b, ch, cw, 3], 'label': int32
-    [b, ch, cw]} with b = config.batch_size // process_count.
+    [b, ch, cw]} with b = config.batch_size // process_count. With
+    config.dataset.normalize_on_device (the default), 'image' is the
+    un-normalised crop (`augment.raw_transform`: uint8 for "openseg", float32
+    0..255 for "mmseg") and 'image_box' int32 [b, 4] says where it lies in the
+    padding; `train.train_step` normalises it (`ops.normalize_image`).
   """
   global_batch = int(config_value(config, "batch_size"))
   local_batch = _local_batch(config, "batch_size", process_count)
@@ -278,11 +287,15 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
       [row_stream(r) for r in rows], tf.data.Dataset.range(local_batch).repeat())
 
   decode_example = _train_decoder(config, builder)
+  on_device = normalizes_on_device(config)
 
   def decode(e, i, image_bytes, label_bytes):
     return (e, i, *decode_example(image_bytes, label_bytes))
 
   def transform(e, i, image, label):
+    if on_device:
+      image, box, label = augment.raw_transform(image, label, example_seed(seed, e, i), opts)
+      return {"image": image, "image_box": box, "label": label}
     image, label = augment.transform(image, label, example_seed(seed, e, i), opts)
     return {"image": image, "label": label}
 
@@ -304,7 +317,8 @@ def profile_train_steps(config, seed: int = 0) -> list[tuple[str, tf.data.Datase
   For `bench.bench_input_pipeline --profile`: (name, dataset) pairs, the k-th
   dataset running the train split's records (stored order, repeated) through
   steps 1..k: read, decode the image, decode the label (with the size check
-  and the held-out map), then `augment.transform_stages`. Each yields one
+  and the held-out map), then `augment.transform_stages` (without the
+  normalisation under config.dataset.normalize_on_device). Each yields one
   float per example, a sum over a sample of every tensor the last step made,
   so that nothing is pruned and no array is copied out. The difference of
   two consecutive datasets' cost is the cost of a step; shuffling, the row
@@ -324,8 +338,10 @@ def profile_train_steps(config, seed: int = 0) -> list[tuple[str, tf.data.Datase
   def decoded(i, image_bytes, label_bytes):
     return (*decode_example(image_bytes, label_bytes), example_seed(seed, 0, i))
 
+  all_stages = augment.transform_stages(opts, normalize=not normalizes_on_device(config))
+
   def prefix(k):
-    stages = augment.transform_stages(opts)[:k]
+    stages = all_stages[:k]
 
     def fn(i, image_bytes, label_bytes):
       ex = augment.run_stages(stages, *decoded(i, image_bytes, label_bytes))
@@ -338,7 +354,7 @@ def profile_train_steps(config, seed: int = 0) -> list[tuple[str, tf.data.Datase
       ("decode image", lambda i, image_bytes, label_bytes: fingerprint(_decode_image(image_bytes))),
       ("decode label, size check", prefix(0)),
   ]
-  steps += [(name, prefix(k + 1)) for k, (name, _) in enumerate(augment.transform_stages(opts))]
+  steps += [(name, prefix(k + 1)) for k, (name, _) in enumerate(all_stages)]
   return [(name, records.map(lambda i, ex, fn=fn: fn(i, *ex))) for name, fn in steps]
 
 
@@ -494,7 +510,9 @@ def create_train_iterator(config, sharding, *, start_step: int = 0
     start_step: the step to resume at.
   Returns:
     An iterator of {'image': float32 [B, ch, cw, 3] normalised, 'label':
-    int32 [B, ch, cw]}, B = config.batch_size (global); this process
+    int32 [B, ch, cw]} (with config.dataset.normalize_on_device: 'image' not
+    normalised and 'image_box', as `make_train_dataset`), B =
+    config.batch_size (global); this process
     supplies its rows. Configuration and data errors (dataset not prepared)
     are raised by this call, not at the first next().
   """
