@@ -62,9 +62,10 @@ def get_config():
   ds.mean = IMAGENET_MEAN               # RGB, 0..255: what the pretrained backbones expect
   ds.std = IMAGENET_STD
   ds.input_order = "rgb"                # rgb | bgr: "bgr" reverses channels, then mean[i]/std[i] (openseg input_mode BGR)
-  ds.normalize_on_device = True         # train batches leave channel order + normalisation to the
-                                        # train step: uint8 crops (openseg), no host float pass;
-                                        # the step's FMA differs from the host's by <= 1 ulp
+  ds.finish_on_device = True            # the train step does the last steps of the train transform
+                                        # (photometric distortion, channel order, normalisation):
+                                        # uint8 crops for openseg, less host work; equal to the
+                                        # host's within float rounding (docs/datasets.md)
   ds.shuffle_buffer = 1024
   ds.num_parallel_calls = -1            # tf.data map parallelism; -1: AUTOTUNE
   ds.prefetch = 2

@@ -89,7 +89,7 @@ def normalize_image(image: jnp.ndarray, mean, std, *, input_order: str = "rgb",
   image * (1 / std) - mean * (1 / std) with float32 constants; XLA fuses
   the two into one FMA, so values can differ from the host's by 1 ulp).
   Used by the train step after the input pipeline's `raw_transform`
-  (config.dataset.normalize_on_device: the host ships uint8, a quarter of
+  (config.dataset.finish_on_device: the host ships uint8, a quarter of
   the bytes, and skips a float pass over every pixel) and by the exported
   inference function.
 
@@ -116,3 +116,58 @@ def normalize_image(image: jnp.ndarray, mean, std, *, input_order: str = "rgb",
   top, left, h, w = (box[:, i, None, None] for i in range(4))
   inside = (rows >= top) & (rows < top + h) & (cols >= left) & (cols < left + w)
   return jnp.where(inside[..., None], x, 0.)
+
+
+def scale_saturation(image: jnp.ndarray, factor) -> jnp.ndarray:
+  """HSV saturation times `factor` (clipped to 1), hue and value kept, on RGB
+  [..., 3] >= 0: each channel c -> V - a (V - c), a = min(factor, V / (V - m))
+  (V, m the max and min channel), clipped to 0..255; as
+  `trainer.augment.scale_saturation`."""
+  v = jnp.max(image, axis=-1, keepdims=True)
+  m = jnp.min(image, axis=-1, keepdims=True)
+  a = jnp.minimum(factor, v / jnp.maximum(v - m, 1e-6))
+  return jnp.clip(v - a * (v - image), 0., 255.)
+
+
+def adjust_hue(image: jnp.ndarray, delta) -> jnp.ndarray:
+  """Hue rotated by `delta` turns, saturation and value kept (`tf.image.adjust_hue`),
+  on RGB [..., 3] in any scale (the map is homogeneous); `delta` broadcasts
+  against image[..., 0].
+
+  With V the max channel, C = V - min the chroma and the hue h in [0, 6)
+  sextants, rotated to h' = (h + 6 delta) mod 6, each channel n of (r, g, b)
+  is V - C * clip(min(k, 4 - k), 0, 1) with k = (h' + (5, 3, 1)[n]) mod 6.
+  """
+  r, g, b = image[..., 0], image[..., 1], image[..., 2]
+  v = jnp.max(image, axis=-1)
+  chroma = v - jnp.min(image, axis=-1)
+  safe = jnp.where(chroma > 0, chroma, 1.)
+  h = jnp.where(v == r, jnp.mod((g - b) / safe, 6.),
+                jnp.where(v == g, (b - r) / safe + 2., (r - g) / safe + 4.))
+  h = jnp.where(chroma > 0, jnp.mod(h + 6. * delta, 6.), 0.)
+  k = jnp.mod(h[..., None] + jnp.asarray([5., 3., 1.], image.dtype), 6.)
+  return v[..., None] - chroma[..., None] * jnp.clip(jnp.minimum(k, 4. - k), 0., 1.)
+
+
+def photometric_distortion(images: jnp.ndarray, draws: jnp.ndarray) -> jnp.ndarray:
+  """mmseg PhotoMetricDistortion of a batch on the device, with each image's
+  draws from the input pipeline (`trainer.augment.photometric_draws`, float32
+  [B, 9]): brightness + delta, contrast x alpha (before or after the HSV
+  steps), saturation x factor, hue + hue_shift / 180 turn, each step where
+  its flag is 1, clipped to 0..255 after each; as
+  `trainer.augment.photometric_distortion` (within float rounding: XLA's
+  FMAs and this module's hue formula; tested).
+
+  Args:
+    images: float32 [B, H, W, 3] RGB 0..255.
+    draws: float32 [B, 9].
+  """
+  d = draws[:, :, None, None, None]                       # [B, 9, 1, 1, 1]
+  flag = lambda i: d[:, i] > 0.5
+  x = images
+  x = jnp.where(flag(0), jnp.clip(x + d[:, 1], 0., 255.), x)
+  contrast = lambda y: jnp.clip(y * d[:, 3], 0., 255.)
+  x = jnp.where(flag(2) & flag(8), contrast(x), x)
+  x = jnp.where(flag(4), scale_saturation(x, d[:, 5]), x)
+  x = jnp.where(flag(6), adjust_hue(x, draws[:, 7, None, None] / 180.), x)
+  return jnp.where(flag(2) & ~flag(8), contrast(x), x)

@@ -211,25 +211,31 @@ def train_loss(params, prototypes, state: TrainState, batch: dict, *, model: Seg
   return total, (parts, updates)
 
 
-def normalized_batch(batch: dict, config) -> dict:
-  """The batch with a normalised 'image': as it is, unless it carries
-  'image_box' (the input pipeline's config.dataset.normalize_on_device
-  batches: un-normalised RGB crops, 0..255), which `ops.normalize_image`
-  turns into config.dataset's channel order and normalisation, 0 outside
-  the box."""
+def finish_batch(batch: dict, config) -> dict:
+  """The batch with the network's 'image': as it is, unless it carries
+  'image_box' (the input pipeline's config.dataset.finish_on_device
+  batches, `augment.raw_transform`'s: RGB crops in 0..255 before the last
+  steps), which gets the photometric distortion when its draws
+  ('photometric') are there (`ops.photometric_distortion`), then
+  config.dataset's channel order and normalisation, 0 outside the box
+  (`ops.normalize_image`)."""
   if "image_box" not in batch:
     return batch
   d = config.dataset
-  image = ops.normalize_image(batch["image"], tuple(d.mean), tuple(d.std),
-                              input_order=d.input_order, box=batch["image_box"])
-  return {**{k: v for k, v in batch.items() if k != "image_box"}, "image": image}
+  image = batch["image"].astype(jnp.float32)
+  if "photometric" in batch:
+    image = ops.photometric_distortion(image, batch["photometric"])
+  image = ops.normalize_image(image, tuple(d.mean), tuple(d.std), input_order=d.input_order,
+                              box=batch["image_box"])
+  rest = {k: v for k, v in batch.items() if k not in ("image_box", "photometric")}
+  return {**rest, "image": image}
 
 
 def train_step(state: TrainState, batch: dict, *, model: Segmentor, tx, schedule, config,
                ignore_index: int = 255) -> tuple[TrainState, dict]:
   """One optimisation step on a global batch {'image' [B,H,W,3], 'label' [B,H,W]}
-  (or an un-normalised one with 'image_box': `normalized_batch`)."""
-  batch = normalized_batch(batch, config)
+  (or one the input pipeline left for the device to finish: `finish_batch`)."""
+  batch = finish_batch(batch, config)
   p = config.protoseg
   step_rng = jax.random.fold_in(state.rng, state.step)
   k_dropout, k_proto = jax.random.split(step_rng)

@@ -481,39 +481,77 @@ def test_openseg_flip_in_the_crops_equals_flipping_the_crop():
     np.testing.assert_array_equal(flipped[1].numpy(), kept[1].numpy()[:, ::-1])
 
 
-@pytest.mark.parametrize("aug", ["mmseg", "openseg"])
+@pytest.mark.parametrize("aug", ["mmseg", "mmseg+photometric", "openseg"])
 @pytest.mark.parametrize("order", ["rgb", "bgr"])
-def test_raw_transform_normalised_on_device_is_transform(aug, order):
-  """config.dataset.normalize_on_device: `raw_transform` on the host, then
-  `ops.normalize_image` (jitted) = `transform`: the same labels, 0 in the
-  padding, the image within 1 ulp (XLA fuses the multiply and subtract into
-  one FMA, rounded once; TF rounds twice)."""
+def test_raw_transform_finished_on_device_is_transform(aug, order):
+  """config.dataset.finish_on_device: `raw_transform` on the host, then the
+  train step's `finish_batch` (jitted) = `transform`: the same labels, 0 in
+  the padding, the image within 1 ulp (XLA fuses the normalisation's
+  multiply and subtract into one FMA) or, with the photometric distortion
+  (its own formulas for saturation and hue on the device), within 2e-5
+  (1e-3 of a 0..255 level)."""
   import jax
-  from protoseg_jax import ops
+  import ml_collections
+  from protoseg_jax import train
   _, label = _block_pair(40, 60, seed=4)
   image = np.random.default_rng(4).integers(0, 256, (40, 60, 3)).astype(np.uint8)
   mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
-  if aug == "mmseg":
-    opts = _opts(crop_size=(48, 48), scale=(60, 40), ratio_range=(0.5, 1.5), photometric=True,
-                 mean=mean, std=std, input_order=order)
+  config = ml_collections.ConfigDict({"dataset": {"mean": mean, "std": std,
+                                                  "input_order": order}})
+  if aug.startswith("mmseg"):
+    opts = _opts(crop_size=(48, 48), scale=(60, 40), ratio_range=(0.5, 1.5),
+                 photometric=aug.endswith("photometric"), mean=mean, std=std, input_order=order)
   else:
     opts = _openseg_opts(crop_size=(48, 64), ratio_range=(0.5, 1.5), mean=mean, std=std,
                          input_order=order)
-  normalize = jax.jit(lambda x, b: ops.normalize_image(x, mean, std, input_order=order, box=b))
-  padded = 0
-  for i in range(8):
+  finish = jax.jit(lambda b: train.finish_batch(b, config))
+  padded, draws = 0, []
+  for i in range(24 if opts.photometric else 8):
     want_image, want_label = augment.transform(tf.constant(image), tf.constant(label), _seed(i),
                                                opts)
-    raw, box, raw_label = augment.raw_transform(tf.constant(image), tf.constant(label),
-                                                _seed(i), opts)
-    assert raw.dtype == (tf.uint8 if aug == "openseg" else tf.float32)
-    np.testing.assert_array_equal(raw_label.numpy(), want_label.numpy())
-    got = np.asarray(normalize(raw.numpy()[None], box.numpy()[None]))[0]
-    np.testing.assert_array_max_ulp(got, want_image.numpy(), maxulp=1)
+    raw = augment.raw_transform(tf.constant(image), tf.constant(label), _seed(i), opts)
+    assert sorted(raw) == sorted(["image", "image_box", "label"]
+                                 + (["photometric"] if opts.photometric else []))
+    assert raw["image"].dtype == (tf.uint8 if aug == "openseg" else tf.float32)
+    np.testing.assert_array_equal(raw["label"].numpy(), want_label.numpy())
+    got = finish({k: v.numpy()[None] for k, v in raw.items()})
+    assert sorted(got) == ["image", "label"]
+    got = np.asarray(got["image"])[0]
+    if opts.photometric:
+      np.testing.assert_allclose(got, want_image.numpy(), rtol=0, atol=2e-5)
+      draws.append(raw["photometric"].numpy())
+    else:
+      np.testing.assert_array_max_ulp(got, want_image.numpy(), maxulp=1)
     pad = np.all(want_image.numpy() == 0, axis=-1)
     np.testing.assert_array_equal(got[pad], 0.0)
     padded += pad.sum()
   assert padded > 0    # some crops were padded (the box is exercised)
+  if draws:            # every step of the distortion was on and off
+    flags = np.stack(draws)[:, [0, 2, 4, 6, 8]]
+    assert flags.min(0).max() == 0 and flags.max(0).min() == 1
+
+
+def test_photometric_draws_are_the_distortions_and_the_device_applies_them():
+  """`photometric_draws` are the draws `photometric_distortion` applies: with
+  every flag forced the device's `ops.photometric_distortion` of the same
+  draws matches the host's steps one by one (tf.image.adjust_hue for the hue)."""
+  import jax
+  from protoseg_jax import ops
+  image = np.random.default_rng(5).uniform(0, 255, (2, 16, 20, 3)).astype(np.float32)
+  draws = np.array([[1, 20., 1, 1.3, 1, 0.6, 1, -12., 1], [1, -25., 1, 0.7, 1, 1.4, 1, 17., 0]],
+                   np.float32)
+  got = np.asarray(jax.jit(ops.photometric_distortion)(image, draws))
+  for b in range(2):
+    x = tf.clip_by_value(tf.constant(image[b]) + draws[b, 1], 0., 255.)
+    contrast = lambda y: tf.clip_by_value(y * draws[b, 3], 0., 255.)
+    x = contrast(x) if draws[b, 8] else x
+    x = tf.image.adjust_hue(augment.scale_saturation(x, draws[b, 5]), draws[b, 7] / 180.)
+    x = x if draws[b, 8] else contrast(x)
+    np.testing.assert_allclose(got[b], x.numpy(), rtol=0, atol=1e-3)
+  for s in range(20):
+    d = augment.photometric_draws(tf.constant([s, 2], tf.int64)).numpy()
+    assert set(d[[0, 2, 4, 6, 8]]) <= {0., 1.} and -32 <= d[1] <= 32 and d[7] == int(d[7])
+    assert 0.5 <= d[3] <= 1.5 and 0.5 <= d[5] <= 1.5 and -18 <= d[7] < 18
 
 
 def test_openseg_one_clip_with_moved_bounds_is_clip_then_brightness_then_clip():

@@ -168,6 +168,25 @@ def scale_saturation(image, factor):
   return tf.clip_by_value(v - a * (v - image), 0., 255.)
 
 
+PHOTOMETRIC_DRAWS = ("brightness", "delta", "contrast", "alpha", "saturation", "factor", "hue",
+                     "hue_shift", "contrast_first")
+
+
+def photometric_draws(seed):
+  """The random draws of `photometric_distortion`: float32 [9], in the order
+  of PHOTOMETRIC_DRAWS: brightness?, delta ~ U(-32, 32), contrast?, alpha ~
+  U(0.5, 1.5), saturation?, factor ~ U(0.5, 1.5), hue?, hue_shift = randint
+  [-18, 18) (OpenCV units, 180 per turn), contrast first?; the flags are 0/1,
+  each 1 with probability 0.5."""
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 9))
+  coin = lambda s: tf.cast(tf.random.stateless_uniform([], s) < 0.5, tf.float32)
+  uni = lambda s, lo, hi: tf.random.stateless_uniform([], s, lo, hi)
+  hue = tf.cast(tf.random.stateless_uniform([], seeds[7], -18, 18, dtype=tf.int32), tf.float32)
+  return tf.stack([coin(seeds[0]), uni(seeds[1], -32., 32.), coin(seeds[2]),
+                   uni(seeds[3], 0.5, 1.5), coin(seeds[4]), uni(seeds[5], 0.5, 1.5),
+                   coin(seeds[6]), hue, coin(seeds[8])])
+
+
 def photometric_distortion(image, seed):
   """mmseg PhotoMetricDistortion on float32 [H, W, 3] RGB in 0..255.
 
@@ -176,16 +195,12 @@ def photometric_distortion(image, seed):
   probability 0.5; contrast before or after the HSV steps with probability
   0.5. Values are clipped to 0..255 after each step (mmseg also truncates to
   uint8 between steps, which is not reproduced). Skipped steps cost nothing.
+  The draws are `photometric_draws(seed)`; `ops.photometric_distortion`
+  applies the same draws to a batch on the device.
   """
-  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 9))
-  coin = lambda s: tf.random.stateless_uniform([], s) < 0.5
-  uni = lambda s, lo, hi: tf.random.stateless_uniform([], s, lo, hi)
-  do_bright, do_contrast, do_sat, do_hue = (coin(seeds[i]) for i in (0, 2, 4, 6))
-  delta = uni(seeds[1], -32., 32.)
-  alpha = uni(seeds[3], 0.5, 1.5)
-  sat = uni(seeds[5], 0.5, 1.5)
-  hue = tf.cast(tf.random.stateless_uniform([], seeds[7], -18, 18, dtype=tf.int32), tf.float32)
-  contrast_first = coin(seeds[8])
+  draws = photometric_draws(seed)
+  flag = lambda i: draws[i] > 0.5
+  delta, alpha, factor, hue = draws[1], draws[3], draws[5], draws[7]
 
   def maybe(pred, fn, img):
     return tf.cond(pred, lambda: fn(img), lambda: img)
@@ -193,12 +208,13 @@ def photometric_distortion(image, seed):
   def contrast(img):
     return tf.clip_by_value(img * alpha, 0., 255.)
 
-  image = maybe(do_bright, lambda img: tf.clip_by_value(img + delta, 0., 255.), image)
-  image = maybe(tf.logical_and(contrast_first, do_contrast), contrast, image)
-  image = maybe(do_sat, lambda img: scale_saturation(img, sat), image)
+  contrast_first = flag(8)
+  image = maybe(flag(0), lambda img: tf.clip_by_value(img + delta, 0., 255.), image)
+  image = maybe(tf.logical_and(contrast_first, flag(2)), contrast, image)
+  image = maybe(flag(4), lambda img: scale_saturation(img, factor), image)
   # AdjustHue is homogeneous in the RGB scale: no need to map to [0, 1].
-  image = maybe(do_hue, lambda img: tf.image.adjust_hue(img, hue / 180.), image)
-  image = maybe(tf.logical_and(tf.logical_not(contrast_first), do_contrast), contrast, image)
+  image = maybe(flag(6), lambda img: tf.image.adjust_hue(img, hue / 180.), image)
+  image = maybe(tf.logical_and(tf.logical_not(contrast_first), flag(2)), contrast, image)
   return image
 
 
@@ -294,7 +310,7 @@ def preprocess_image(image: np.ndarray, opts: EvalOptions) -> np.ndarray:
   return eval_transform(image, opts)[0].numpy().astype(np.float32)
 
 
-def transform_stages(opts: TrainOptions, normalize: bool = True) -> list[tuple[str, "Stage"]]:
+def transform_stages(opts: TrainOptions, finish: bool = True) -> list[tuple[str, "Stage"]]:
   """The named steps of `transform` in their order, as opts.augmentation says.
 
   Each step maps an example dict {"image", "label", "seed", ...} to the next
@@ -302,13 +318,14 @@ def transform_stages(opts: TrainOptions, normalize: bool = True) -> list[tuple[s
   steps). `transform` runs them all; `bench.bench_input_pipeline --profile`
   times each by running longer and longer prefixes.
 
-  normalize=False leaves out the channel order and normalisation: the last
-  step pads the un-normalised crop (`raw_transform`), for a device to finish.
+  finish=False leaves the last steps to the device (`raw_transform`): the
+  photometric distortion (only its draws are made), channel order and
+  normalisation; the last step pads the crop as it is then.
   """
   if opts.augmentation == "mmseg":
-    return mmseg_stages(opts, normalize)
+    return mmseg_stages(opts, finish)
   if opts.augmentation == "openseg":
-    return openseg_stages(opts, normalize)
+    return openseg_stages(opts, finish)
   raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {opts.augmentation!r}")
 
 
@@ -329,20 +346,26 @@ def transform(image, label, seed, opts: TrainOptions):
   return _image_and_label(run_stages(transform_stages(opts), image, label, seed))
 
 
-def raw_transform(image, label, seed, opts: TrainOptions):
-  """`transform` without its channel order and normalisation, for a device to finish.
+def raw_transform(image, label, seed, opts: TrainOptions) -> dict:
+  """`transform` without its last steps, for the device to finish
+  (config.dataset.finish_on_device; `protoseg_jax.train.finish_batch`).
 
-  Returns:
-    image: the padded crop before normalisation, in RGB and 0..255: uint8
-      [ch, cw, 3] for "openseg" (its values are integers), float32 for
-      "mmseg" (bilinear and photometric values are not), 0 in the padding;
+  Returns a dict:
+    image: the padded crop before the photometric distortion and the
+      normalisation, RGB 0..255: uint8 [ch, cw, 3] for "openseg" (its values
+      are integers), float32 for "mmseg" (bilinear values are not), 0 in
+      the padding;
     image_box: int32 [4] (top, left, height, width) of the crop inside it;
-    label: int32 [ch, cw], as `transform`'s.
-  `protoseg_jax.ops.normalize_image(image, mean, std, input_order, box)`
-  then gives `transform`'s image (tests/test_input_pipeline checks it).
+    label: int32 [ch, cw], as `transform`'s;
+    photometric: float32 [9], `photometric_draws` (only with mmseg's
+      opts.photometric).
+  `ops.photometric_distortion` (with the draws) and `ops.normalize_image`
+  (with the box) then give `transform`'s image within float rounding
+  (tests/test_augment, tests/test_input_pipeline).
   """
-  ex = run_stages(transform_stages(opts, normalize=False), image, label, seed)
-  return ex["image"], ex["image_box"], ex["label"]
+  ex = run_stages(transform_stages(opts, finish=False), image, label, seed)
+  keys = ("image", "image_box", "label", "photometric")
+  return {key: ex[key] for key in keys if key in ex}
 
 
 def train_transform(image, label, seed, opts: TrainOptions):
@@ -363,9 +386,9 @@ def _normalise_stage(opts):
   return normalise
 
 
-def _finish_stages(opts, normalize: bool, pad):
-  """The last steps: normalise (when `normalize`), then `pad`."""
-  return ([("normalise", _normalise_stage(opts))] if normalize else []) + [("pad", pad)]
+def _finish_stages(opts, finish: bool, pad):
+  """The last steps: normalise (when `finish`), then `pad`."""
+  return ([("normalise", _normalise_stage(opts))] if finish else []) + [("pad", pad)]
 
 
 def _pad_example(ex, paddings, opts):
@@ -381,7 +404,7 @@ def _pad_example(ex, paddings, opts):
   return dict(ex, image=image, label=label, image_box=box)
 
 
-def mmseg_stages(opts: TrainOptions, normalize: bool = True):
+def mmseg_stages(opts: TrainOptions, finish: bool = True):
   """`train_transform`'s steps (see `transform_stages`)."""
   crop = tf.constant(opts.crop_size, tf.int32)
 
@@ -425,6 +448,10 @@ def mmseg_stages(opts: TrainOptions, normalize: bool = True):
     # 4. Photometric distortion.
     return dict(ex, image=photometric_distortion(ex["image"], ex["seeds"][3]))
 
+  def photometric_draws_only(ex):
+    # 4. Its draws, for the device (`ops.photometric_distortion`).
+    return dict(ex, photometric=photometric_draws(ex["seeds"][3]))
+
   def pad(ex):
     # 6. Pad to the crop size (image 0, label the ignore index).
     ch, cw = opts.crop_size
@@ -434,8 +461,9 @@ def mmseg_stages(opts: TrainOptions, normalize: bool = True):
   stages = [("rescale: draw the size", draw), ("crop: label window (cat_max_ratio)", crop_label),
             ("rescale+crop: image window (bilinear)", rescale_crop_image), ("flip", flip)]
   if opts.photometric:
-    stages.append(("photometric distortion", photometric))
-  return stages + _finish_stages(opts, normalize, pad)
+    stages.append(("photometric distortion", photometric) if finish else
+                  ("photometric distortion: draws only", photometric_draws_only))
+  return stages + _finish_stages(opts, finish, pad)
 
 
 # ---------------------------------------------------------------------------
@@ -584,13 +612,13 @@ def openseg_transform(image, label, seed, opts: TrainOptions):
   return _image_and_label(run_stages(openseg_stages(opts), image, label, seed))
 
 
-def openseg_stages(opts: TrainOptions, normalize: bool = True):
+def openseg_stages(opts: TrainOptions, finish: bool = True):
   """`openseg_transform`'s steps (see `transform_stages`).
 
   The flip is done by the crops: mirrored column indices give the mirrored
   window directly (each output column is computed on its own, so the bits
   are those of flipping afterwards; tests/test_augment checks it). Without
-  `normalize` the image leaves as uint8 (its values are integers 0..255).
+  `finish` the image leaves as uint8 (its values are integers 0..255).
   """
   crop = tf.constant(opts.crop_size, tf.int32)
 
@@ -647,6 +675,6 @@ def openseg_stages(opts: TrainOptions, normalize: bool = True):
             ("crop+flip: label window", crop_label),
             ("rescale+crop+flip: image window (bicubic)", rescale_crop_image)]
   stages.append(("clip to 0..255, brightness", clip_brightness))
-  if not normalize:
+  if not finish:
     stages.append(("to uint8", to_uint8))
-  return stages + _finish_stages(opts, normalize, pad)
+  return stages + _finish_stages(opts, finish, pad)

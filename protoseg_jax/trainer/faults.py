@@ -81,7 +81,7 @@ def nan_images(batch: dict) -> dict:
   The fault enters like bad data: the loss, every gradient, the BatchNorm
   statistics and the prototype update of that step are non-finite. Done
   here, not in the jitted step, so the switch leaves the compiled step as
-  it is (empty or not). A uint8 batch (config.dataset.normalize_on_device
+  it is (empty or not). A uint8 batch (config.dataset.finish_on_device
   with the "openseg" recipe) becomes float32, a second program for those
   steps.
   """

@@ -226,9 +226,10 @@ def _local_batch(config, key: str, process_count: int) -> int:
   return batch_size // process_count
 
 
-def normalizes_on_device(config) -> bool:
-  """config.dataset.normalize_on_device: the train batches leave normalisation to the step."""
-  return bool(_ds(config, "normalize_on_device"))
+def finishes_on_device(config) -> bool:
+  """config.dataset.finish_on_device: the train batches leave the photometric
+  distortion, channel order and normalisation to the train step."""
+  return bool(_ds(config, "finish_on_device"))
 
 
 def make_train_dataset(config, *, process_index: int, process_count: int,
@@ -247,10 +248,12 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
   Returns:
     tf.data.Dataset of {'image': float32 [b, ch, cw, 3], 'label': int32
     [b, ch, cw]} with b = config.batch_size // process_count. With
-    config.dataset.normalize_on_device (the default), 'image' is the
-    un-normalised crop (`augment.raw_transform`: uint8 for "openseg", float32
-    0..255 for "mmseg") and 'image_box' int32 [b, 4] says where it lies in the
-    padding; `train.train_step` normalises it (`ops.normalize_image`).
+    config.dataset.finish_on_device (the default) the examples are
+    `augment.raw_transform`'s: 'image' before the photometric distortion and
+    the normalisation (uint8 for "openseg", float32 0..255 for "mmseg"),
+    'image_box' int32 [b, 4] (where the crop lies in the padding) and, with
+    the photometric distortion, its draws 'photometric' float32 [b, 9];
+    `train.train_step` finishes them (`train.finish_batch`).
   """
   global_batch = int(config_value(config, "batch_size"))
   local_batch = _local_batch(config, "batch_size", process_count)
@@ -287,15 +290,14 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
       [row_stream(r) for r in rows], tf.data.Dataset.range(local_batch).repeat())
 
   decode_example = _train_decoder(config, builder)
-  on_device = normalizes_on_device(config)
+  on_device = finishes_on_device(config)
 
   def decode(e, i, image_bytes, label_bytes):
     return (e, i, *decode_example(image_bytes, label_bytes))
 
   def transform(e, i, image, label):
     if on_device:
-      image, box, label = augment.raw_transform(image, label, example_seed(seed, e, i), opts)
-      return {"image": image, "image_box": box, "label": label}
+      return augment.raw_transform(image, label, example_seed(seed, e, i), opts)
     image, label = augment.transform(image, label, example_seed(seed, e, i), opts)
     return {"image": image, "label": label}
 
@@ -318,7 +320,7 @@ def profile_train_steps(config, seed: int = 0) -> list[tuple[str, tf.data.Datase
   dataset running the train split's records (stored order, repeated) through
   steps 1..k: read, decode the image, decode the label (with the size check
   and the held-out map), then `augment.transform_stages` (without the
-  normalisation under config.dataset.normalize_on_device). Each yields one
+  device's steps under config.dataset.finish_on_device). Each yields one
   float per example, a sum over a sample of every tensor the last step made,
   so that nothing is pruned and no array is copied out. The difference of
   two consecutive datasets' cost is the cost of a step; shuffling, the row
@@ -338,7 +340,7 @@ def profile_train_steps(config, seed: int = 0) -> list[tuple[str, tf.data.Datase
   def decoded(i, image_bytes, label_bytes):
     return (*decode_example(image_bytes, label_bytes), example_seed(seed, 0, i))
 
-  all_stages = augment.transform_stages(opts, normalize=not normalizes_on_device(config))
+  all_stages = augment.transform_stages(opts, finish=not finishes_on_device(config))
 
   def prefix(k):
     stages = all_stages[:k]
@@ -510,8 +512,8 @@ def create_train_iterator(config, sharding, *, start_step: int = 0
     start_step: the step to resume at.
   Returns:
     An iterator of {'image': float32 [B, ch, cw, 3] normalised, 'label':
-    int32 [B, ch, cw]} (with config.dataset.normalize_on_device: 'image' not
-    normalised and 'image_box', as `make_train_dataset`), B =
+    int32 [B, ch, cw]} (with config.dataset.finish_on_device: 'image' not
+    finished, 'image_box' and 'photometric', as `make_train_dataset`), B =
     config.batch_size (global); this process
     supplies its rows. Configuration and data errors (dataset not prepared)
     are raised by this call, not at the first next().

@@ -79,7 +79,7 @@ ADDED_KEYS = {
     "protoseg.use_feat_norm": True,       # issue 20: the official head's feat_norm
     "loss.label_rows": 0,                 # issue 19: automatic
     "eval.class_chunk": 0,                # issue 19: automatic
-    "dataset.normalize_on_device": False, # issue 22: the host normalised
+    "dataset.finish_on_device": False,    # issue 22: the host finished the crops
 }
 
 
