@@ -58,7 +58,8 @@ def test_fsdp_train_step_equals_replicated(tmp_path, tiny_config):
     config.sharding.fsdp_min_size = 1
     state, tx, schedule = train.create_train_state(config, model, mesh, (1, 64, 64, 3))
     if not results:
-      batch["label"] = _decisive_labels(model, jax.device_get(state.variables()), batch["image"])
+      batch["label"] = _decisive_labels(model, jax.device_get(state.variables()),
+                                        train.finish_batch(batch, config)["image"])
     specs = [s.spec for s in jax.tree.leaves(train.state_sharding(state.params))]
     opt_specs = [s.spec for s in jax.tree.leaves(train.state_sharding(state.opt_state))]
     if rules[0][1] == "fsdp":

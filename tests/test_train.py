@@ -191,7 +191,8 @@ def test_sharded_train_step_equals_single_device(data_dir, tiny_config):
       config, sharding.batch_sharding(mesh1))))
   state0, tx, schedule = train.create_train_state(config, model, mesh1, (1, 64, 64, 3))
   state0 = jax.device_get(state0)
-  batch["label"] = _decisive_labels(model, state0.variables(), batch["image"])
+  batch["label"] = _decisive_labels(model, state0.variables(),
+                                    train.finish_batch(batch, config)["image"])
   assert 0.3 < np.mean(batch["label"] != 255)
   results = []
   for mesh in (mesh1, mesh8):
@@ -257,6 +258,7 @@ def test_prototype_warmup_modes_and_frozen_prototypes(data_dir, tiny_config):
   # step of the normalised prototypes on the CE gradient; no PPC/PPD.
   config = tiny_config(data_dir, **base, **{"protoseg.pretrain_prototype": True})
   model, batch, state0, [(s1, m1), (s2, m2)] = _one_device_steps(config, 2)
+  batch = train.finish_batch(batch, config)      # what the step's model sees
   # (loss_ppc/ppd are logged during warm-up too, with weight 0 in the total)
   np.testing.assert_allclose(m1["train/loss"], m1["train/loss_ce"], rtol=1e-6)
   assert m2["train/loss"] > m2["train/loss_ce"] and m2["train/loss_ppc"] > 0
