@@ -81,6 +81,14 @@ def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = 1e-12) -> jnp.ndar
   return x / norm
 
 
+def normalization_constants(mean, std) -> tuple[np.ndarray, np.ndarray]:
+  """(scale, offset), float32 [3]: a normalised pixel is x * scale - offset with
+  scale = 1 / std and offset = mean * scale, on the host (`trainer.augment.normalize`)
+  and on the device (`normalize_image`) alike."""
+  scale = 1.0 / np.asarray(std, np.float32)
+  return scale, np.asarray(mean, np.float32) * scale
+
+
 def normalize_image(image: jnp.ndarray, mean, std, *, input_order: str = "rgb",
                     box: jnp.ndarray | None = None) -> jnp.ndarray:
   """Un-normalised RGB images -> the network's input, on the device.
@@ -107,8 +115,8 @@ def normalize_image(image: jnp.ndarray, mean, std, *, input_order: str = "rgb",
     x = x[..., ::-1]
   elif input_order != "rgb":
     raise ValueError(f"input_order must be one of ('rgb', 'bgr'), got {input_order!r}")
-  scale = 1.0 / np.asarray(std, np.float32)
-  x = x * scale - np.asarray(mean, np.float32) * scale
+  scale, offset = normalization_constants(mean, std)
+  x = x * scale - offset
   if box is None:
     return x
   rows = jnp.arange(x.shape[1])[None, :, None]
@@ -149,6 +157,13 @@ def adjust_hue(image: jnp.ndarray, delta) -> jnp.ndarray:
   return v[..., None] - chroma[..., None] * jnp.clip(jnp.minimum(k, 4. - k), 0., 1.)
 
 
+# The layout of an example's photometric draws (float32 [9]), shared by the
+# host (`trainer.augment.photometric_draws` / `photometric_distortion`) and
+# the device (`photometric_distortion` below); the flags are 0 or 1.
+PHOTOMETRIC_DRAWS = ("brightness", "delta", "contrast", "alpha", "saturation", "factor", "hue",
+                     "hue_shift", "contrast_first")
+
+
 def photometric_distortion(images: jnp.ndarray, draws: jnp.ndarray) -> jnp.ndarray:
   """mmseg PhotoMetricDistortion of a batch on the device, with each image's
   draws from the input pipeline (`trainer.augment.photometric_draws`, float32
@@ -160,14 +175,14 @@ def photometric_distortion(images: jnp.ndarray, draws: jnp.ndarray) -> jnp.ndarr
 
   Args:
     images: float32 [B, H, W, 3] RGB 0..255.
-    draws: float32 [B, 9].
+    draws: float32 [B, 9], laid out as PHOTOMETRIC_DRAWS.
   """
-  d = draws[:, :, None, None, None]                       # [B, 9, 1, 1, 1]
-  flag = lambda i: d[:, i] > 0.5
-  x = images
-  x = jnp.where(flag(0), jnp.clip(x + d[:, 1], 0., 255.), x)
-  contrast = lambda y: jnp.clip(y * d[:, 3], 0., 255.)
-  x = jnp.where(flag(2) & flag(8), contrast(x), x)
-  x = jnp.where(flag(4), scale_saturation(x, d[:, 5]), x)
-  x = jnp.where(flag(6), adjust_hue(x, draws[:, 7, None, None] / 180.), x)
-  return jnp.where(flag(2) & ~flag(8), contrast(x), x)
+  d = {name: draws[:, i, None, None] for i, name in enumerate(PHOTOMETRIC_DRAWS)}   # [B, 1, 1]
+  on = {name: d[name][..., None] > 0.5 for name in ("brightness", "contrast", "saturation", "hue")}
+  first = d["contrast_first"][..., None] > 0.5
+  contrast = lambda y: jnp.clip(y * d["alpha"][..., None], 0., 255.)
+  x = jnp.where(on["brightness"], jnp.clip(images + d["delta"][..., None], 0., 255.), images)
+  x = jnp.where(on["contrast"] & first, contrast(x), x)
+  x = jnp.where(on["saturation"], scale_saturation(x, d["factor"][..., None]), x)
+  x = jnp.where(on["hue"], adjust_hue(x, d["hue_shift"] / 180.), x)
+  return jnp.where(on["contrast"] & ~first, contrast(x), x)

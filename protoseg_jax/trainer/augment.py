@@ -21,6 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from protoseg_jax.ops import CUBIC_A  # OpenCV INTER_CUBIC (tf.image.resize 'bicubic' uses -0.5)
+from protoseg_jax.ops import PHOTOMETRIC_DRAWS, normalization_constants
 from protoseg_jax.validate import AUGMENTATIONS, INPUT_ORDERS
 
 
@@ -168,23 +169,22 @@ def scale_saturation(image, factor):
   return tf.clip_by_value(v - a * (v - image), 0., 255.)
 
 
-PHOTOMETRIC_DRAWS = ("brightness", "delta", "contrast", "alpha", "saturation", "factor", "hue",
-                     "hue_shift", "contrast_first")
-
-
 def photometric_draws(seed):
-  """The random draws of `photometric_distortion`: float32 [9], in the order
-  of PHOTOMETRIC_DRAWS: brightness?, delta ~ U(-32, 32), contrast?, alpha ~
-  U(0.5, 1.5), saturation?, factor ~ U(0.5, 1.5), hue?, hue_shift = randint
-  [-18, 18) (OpenCV units, 180 per turn), contrast first?; the flags are 0/1,
-  each 1 with probability 0.5."""
-  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 9))
+  """The random draws of `photometric_distortion`: float32 [9] laid out as
+  `ops.PHOTOMETRIC_DRAWS`: brightness?, delta ~ U(-32, 32), contrast?,
+  alpha ~ U(0.5, 1.5), saturation?, factor ~ U(0.5, 1.5), hue?, hue_shift =
+  randint [-18, 18) (OpenCV units, 180 per turn), contrast first?; the flags
+  are 0/1, each 1 with probability 0.5. Draw k uses the k-th of 9 seeds
+  split from `seed`."""
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, len(PHOTOMETRIC_DRAWS)))
   coin = lambda s: tf.cast(tf.random.stateless_uniform([], s) < 0.5, tf.float32)
-  uni = lambda s, lo, hi: tf.random.stateless_uniform([], s, lo, hi)
-  hue = tf.cast(tf.random.stateless_uniform([], seeds[7], -18, 18, dtype=tf.int32), tf.float32)
-  return tf.stack([coin(seeds[0]), uni(seeds[1], -32., 32.), coin(seeds[2]),
-                   uni(seeds[3], 0.5, 1.5), coin(seeds[4]), uni(seeds[5], 0.5, 1.5),
-                   coin(seeds[6]), hue, coin(seeds[8])])
+  uni = lambda lo, hi: lambda s: tf.random.stateless_uniform([], s, lo, hi)
+  randint = lambda s: tf.cast(tf.random.stateless_uniform([], s, -18, 18, dtype=tf.int32),
+                              tf.float32)
+  draw = {"brightness": coin, "delta": uni(-32., 32.), "contrast": coin, "alpha": uni(0.5, 1.5),
+          "saturation": coin, "factor": uni(0.5, 1.5), "hue": coin, "hue_shift": randint,
+          "contrast_first": coin}
+  return tf.stack([draw[name](s) for name, s in zip(PHOTOMETRIC_DRAWS, seeds)])
 
 
 def photometric_distortion(image, seed):
@@ -198,23 +198,22 @@ def photometric_distortion(image, seed):
   The draws are `photometric_draws(seed)`; `ops.photometric_distortion`
   applies the same draws to a batch on the device.
   """
-  draws = photometric_draws(seed)
-  flag = lambda i: draws[i] > 0.5
-  delta, alpha, factor, hue = draws[1], draws[3], draws[5], draws[7]
+  d = dict(zip(PHOTOMETRIC_DRAWS, tf.unstack(photometric_draws(seed))))
+  on = lambda name: d[name] > 0.5
 
   def maybe(pred, fn, img):
     return tf.cond(pred, lambda: fn(img), lambda: img)
 
   def contrast(img):
-    return tf.clip_by_value(img * alpha, 0., 255.)
+    return tf.clip_by_value(img * d["alpha"], 0., 255.)
 
-  contrast_first = flag(8)
-  image = maybe(flag(0), lambda img: tf.clip_by_value(img + delta, 0., 255.), image)
-  image = maybe(tf.logical_and(contrast_first, flag(2)), contrast, image)
-  image = maybe(flag(4), lambda img: scale_saturation(img, factor), image)
+  first = on("contrast_first")
+  image = maybe(on("brightness"), lambda img: tf.clip_by_value(img + d["delta"], 0., 255.), image)
+  image = maybe(tf.logical_and(first, on("contrast")), contrast, image)
+  image = maybe(on("saturation"), lambda img: scale_saturation(img, d["factor"]), image)
   # AdjustHue is homogeneous in the RGB scale: no need to map to [0, 1].
-  image = maybe(flag(6), lambda img: tf.image.adjust_hue(img, hue / 180.), image)
-  image = maybe(tf.logical_and(tf.logical_not(contrast_first), flag(2)), contrast, image)
+  image = maybe(on("hue"), lambda img: tf.image.adjust_hue(img, d["hue_shift"] / 180.), image)
+  image = maybe(tf.logical_and(tf.logical_not(first), on("contrast")), contrast, image)
   return image
 
 
@@ -226,9 +225,10 @@ def random_flip(image, label, seed, prob: float):
 
 
 def normalize(image, mean, std):
-  """(image - mean) / std per channel (float32 [..., 3]; mean/std in the image's units)."""
-  scale = 1.0 / np.asarray(std, np.float32)
-  return image * scale - np.asarray(mean, np.float32) * scale
+  """(image - mean) / std per channel (float32 [..., 3]; mean/std in the image's
+  units), as image * scale - offset (`ops.normalization_constants`)."""
+  scale, offset = normalization_constants(mean, std)
+  return image * scale - offset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -673,8 +673,8 @@ def openseg_stages(opts: TrainOptions, finish: bool = True):
 
   stages = [("rescale: draw the size, offset and flip", draw),
             ("crop+flip: label window", crop_label),
-            ("rescale+crop+flip: image window (bicubic)", rescale_crop_image)]
-  stages.append(("clip to 0..255, brightness", clip_brightness))
+            ("rescale+crop+flip: image window (bicubic)", rescale_crop_image),
+            ("clip to 0..255, brightness", clip_brightness)]
   if not finish:
     stages.append(("to uint8", to_uint8))
   return stages + _finish_stages(opts, finish, pad)
