@@ -218,7 +218,8 @@ def finish_batch(batch: dict, config) -> dict:
   steps), which gets the photometric distortion when its draws
   ('photometric') are there (`ops.photometric_distortion`), then
   config.dataset's channel order and normalisation, 0 outside the box
-  (`ops.normalize_image`)."""
+  (`ops.normalize_image`), and the 'label' as int32 (the pipeline sends
+  the stored uint8 / uint16)."""
   if "image_box" not in batch:
     return batch
   d = config.dataset
@@ -228,7 +229,7 @@ def finish_batch(batch: dict, config) -> dict:
   image = ops.normalize_image(image, tuple(d.mean), tuple(d.std), input_order=d.input_order,
                               box=batch["image_box"])
   rest = {k: v for k, v in batch.items() if k not in ("image_box", "photometric")}
-  return {**rest, "image": image}
+  return {**rest, "image": image, "label": batch["label"].astype(jnp.int32)}
 
 
 def train_step(state: TrainState, batch: dict, *, model: Segmentor, tx, schedule, config,

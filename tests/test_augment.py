@@ -512,7 +512,7 @@ def test_raw_transform_finished_on_device_is_transform(aug, order):
     raw = augment.raw_transform(tf.constant(image), tf.constant(label), _seed(i), opts)
     assert sorted(raw) == sorted(["image", "image_box", "label"]
                                  + (["photometric"] if opts.photometric else []))
-    assert raw["image"].dtype == (tf.uint8 if aug == "openseg" else tf.float32)
+    assert raw["image"].dtype == tf.uint8 and raw["label"].dtype == tf.uint8
     np.testing.assert_array_equal(raw["label"].numpy(), want_label.numpy())
     got = finish({k: v.numpy()[None] for k, v in raw.items()})
     assert sorted(got) == ["image", "label"]
@@ -576,3 +576,90 @@ def test_openseg_one_clip_with_moved_bounds_is_clip_then_brightness_then_clip():
       want = np.clip(np.clip(rounded, 0., 255.) + d, 0., 255.)
       np.testing.assert_array_equal(stages[k][1](ex)["image"].numpy(), want)
   assert seen >= {-1., 1.}
+
+
+def test_bilinear_window_is_the_whole_resize_cropped_bits_or_within_1e3_of_it():
+  """`resize_window_bilinear` resizes the whole image when the resize is at
+  most WHOLE_RESIZE_MAX_AREA times the window (then tf.image.resize's bits),
+  else only the window (ScaleAndTranslate: within 1e-3 of a 0..255 value,
+  2e-4 seen);
+  cases on both sides of the threshold and at it."""
+  rng = np.random.default_rng(3)
+  image = rng.integers(0, 256, (30, 44, 3)).astype(np.uint8)
+  whole, window = 0, 0
+  for out_hw, top_left, win in [((30, 44), (0, 0), (30, 44)), ((45, 66), (7, 9), (30, 40)),
+                                ((60, 88), (0, 0), (30, 44)), ((60, 88), (13, 21), (30, 44)),
+                                ((61, 88), (3, 1), (30, 44)), ((120, 176), (50, 60), (30, 40)),
+                                ((15, 22), (0, 0), (15, 22))]:
+    full = tf.image.resize(image, out_hw, method="bilinear", antialias=False).numpy()
+    want = full[top_left[0]:top_left[0] + win[0], top_left[1]:top_left[1] + win[1]]
+    got = augment.resize_window_bilinear(tf.constant(image), tf.constant(out_hw),
+                                         tf.constant(top_left), tf.constant(win)).numpy()
+    assert got.shape == want.shape
+    if out_hw[0] * out_hw[1] <= augment.WHOLE_RESIZE_MAX_AREA * win[0] * win[1]:
+      np.testing.assert_array_equal(got, want, err_msg=str(out_hw))
+      whole += 1
+    else:
+      np.testing.assert_allclose(got, want, rtol=0, atol=1e-3, err_msg=str(out_hw))
+      window += 1
+  assert whole >= 3 and window >= 2
+
+
+def test_mmseg_image_is_the_rounded_bilinear_resize_and_leaves_as_uint8():
+  """mmseg's rescaled image is rounded to integers (cv2's uint8 resize):
+  the host transform's image before normalisation (mean 0, std 1, no
+  photometric distortion, no flip) is round(tf.image.resize) in the crop,
+  and `raw_transform` ships those integers as uint8."""
+  rng = np.random.default_rng(6)
+  image = rng.integers(0, 256, (40, 60, 3)).astype(np.uint8)
+  label = rng.integers(0, 20, (40, 60)).astype(np.uint8)
+  for i, ratio in enumerate((0.6, 1.0, 1.7, 2.5)):
+    opts = _opts(crop_size=(32, 48), scale=(60, 40), ratio_range=(ratio, ratio), flip_prob=0.0,
+                 cat_max_ratio=1.0)
+    img, _ = augment.train_transform(tf.constant(image), tf.constant(label), _seed(i), opts)
+    raw = augment.raw_transform(tf.constant(image), tf.constant(label), _seed(i), opts)
+    top, left, h, w = raw["image_box"].numpy().tolist()
+    assert (top, left) == (0, 0)
+    new_hw = augment.rescale_size(tf.constant([40, 60]), (60, 40), ratio).numpy()
+    full = tf.image.resize(image, new_hw, method="bilinear", antialias=False).numpy()
+    crop = img.numpy()[:h, :w]
+    assert np.array_equal(crop, np.round(crop))       # integers
+    # the crop is a window of the rounded resize (the offset is the seed's)
+    found = [(t, l) for t in range(new_hw[0] - h + 1) for l in range(new_hw[1] - w + 1)
+             if np.abs(np.round(full[t:t + h, l:l + w]) - crop).max() <= 1]
+    assert found, ratio
+    t, l = found[0]
+    # equal, but where the window's ScaleAndTranslate (a resize of over 4x
+    # the window's area: ratios 1.7, 2.5) rounds a value within 1e-3 of a
+    # half the other way
+    values = full[t:t + h, l:l + w]
+    off = np.round(values) != crop
+    assert np.all(np.abs(np.abs(values[off] - np.floor(values[off])) - 0.5) < 1e-3)
+    whole = new_hw[0] * new_hw[1] <= augment.WHOLE_RESIZE_MAX_AREA * h * w
+    assert not (whole and off.any())
+    assert raw["image"].dtype == tf.uint8
+    np.testing.assert_array_equal(raw["image"].numpy()[:h, :w], crop.astype(np.uint8))
+
+
+def test_label_window_is_numpy_fancy_indexing_and_labels_ship_in_their_dtype():
+  """`label_window` = label[rows][:, cols] (mirrored and repeated indices too);
+  unfinished examples keep the stored label dtype when the ignore index fits
+  (uint8 255, uint16 65535), else int32; finished ones are int32."""
+  rng = np.random.default_rng(9)
+  for dtype in (np.uint8, np.uint16):
+    label = rng.integers(0, 200, (13, 17)).astype(dtype)
+    rows = np.array([0, 0, 3, 12, 7], np.int32)
+    cols = np.array([16, 15, 15, 2, 0, 9], np.int32)
+    got = augment.label_window(tf.constant(label), tf.constant(rows), tf.constant(cols)).numpy()
+    assert got.dtype == dtype
+    np.testing.assert_array_equal(got, label[rows][:, cols])
+  pick = lambda dtype, ignore, finish: augment._padded_label_dtype(
+      dtype, _opts(ignore_index=ignore), finish)
+  assert pick(tf.uint8, 255, False) == tf.uint8 and pick(tf.uint16, 65535, False) == tf.uint16
+  assert pick(tf.uint8, 300, False) == tf.int32 and pick(tf.uint8, 255, True) == tf.int32
+  image = np.zeros((20, 30, 3), np.uint8)
+  label = rng.integers(0, 9, (20, 30)).astype(np.uint16)
+  raw = augment.raw_transform(tf.constant(image), tf.constant(label), _seed(1),
+                              _opts(crop_size=(32, 40), scale=(30, 20), ignore_index=65535))
+  assert raw["label"].dtype == tf.uint16
+  assert (raw["label"].numpy()[20:] == 65535).all() and (raw["label"].numpy()[:, 30:] == 65535).all()

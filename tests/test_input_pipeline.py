@@ -40,9 +40,11 @@ def _batches(ds, n):
 @pytest.mark.parametrize("on_device", [True, False])
 def test_train_batches_shapes_and_label_values(demo_dir, on_device):
   config = make_config(demo_dir, finish_on_device=on_device)
+  # finished on the device: uint8 RGB crops and the stored uint8 labels
+  dtypes = (np.uint8, np.uint8) if on_device else (np.float32, np.int32)
   for batch in _batches(ip.make_train_dataset(config, process_index=0, process_count=1), 8):
-    assert batch["image"].shape == (4, 64, 64, 3) and batch["image"].dtype == np.float32
-    assert batch["label"].shape == (4, 64, 64) and batch["label"].dtype == np.int32
+    assert batch["image"].shape == (4, 64, 64, 3) and batch["image"].dtype == dtypes[0]
+    assert batch["label"].shape == (4, 64, 64) and batch["label"].dtype == dtypes[1]
     values = set(np.unique(batch["label"]).tolist())
     assert values <= set(range(NUM_CLASSES)) | {255}, values
     assert np.isfinite(batch["image"]).all()
@@ -74,9 +76,9 @@ def test_train_batches_normalised_on_device_are_the_host_normalised_batches(
   finish = jax.jit(lambda b: train.finish_batch(b, dev_cfg))
   padded = 0
   for h, d in zip(host, dev):
-    assert d["image"].dtype == (np.uint8 if augmentation == "openseg" else np.float32)
+    assert d["image"].dtype == np.uint8 and d["label"].dtype == np.uint8
     got = jax.device_get(finish(d))
-    assert sorted(got) == ["image", "label"]
+    assert sorted(got) == ["image", "label"] and got["label"].dtype == np.int32
     np.testing.assert_array_equal(got["label"], h["label"])
     if augmentation == "mmseg":
       assert d["photometric"].shape == (4, 9)
@@ -201,7 +203,7 @@ def test_iterators_yield_global_jax_arrays(demo_dir):
   sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
   batch = next(ip.create_train_iterator(config, sharding, start_step=2))
   assert isinstance(batch["image"], jax.Array) and batch["image"].shape == (4, 64, 64, 3)
-  assert batch["label"].dtype == np.int32
+  assert batch["label"].dtype == np.uint8    # the stored labels; the step casts (finish_batch)
   ref = _batches(ip.make_train_dataset(config, process_index=0, process_count=1), 3)[2]
   np.testing.assert_array_equal(np.asarray(batch["label"]), ref["label"])
   batches = list(ip.create_eval_iterator(config, sharding))

@@ -1,7 +1,7 @@
 """Training augmentation on one example (tf, per example): mmsegmentation's recipe.
 
 In mmseg's order: keep-ratio rescale with a ratio drawn in `ratio_range` of
-`scale` -> random crop of `crop_size` (retried up to 10 times so that no class
+`scale` (bilinear, rounded to uint8 like cv2's resize of a uint8 image) -> random crop of `crop_size` (retried up to 10 times so that no class
 fills more than `cat_max_ratio` of the labelled crop pixels) -> horizontal
 flip -> PhotoMetricDistortion -> normalise -> pad to `crop_size` (0 image,
 the dataset's ignore index label). Labels are always resized with nearest
@@ -49,6 +49,14 @@ def _nearest_index(n_in, n_out):
   scale = tf.cast(n_in, tf.float64) / tf.cast(n_out, tf.float64)
   idx = tf.cast(tf.floor(tf.cast(tf.range(n_out), tf.float64) * scale), tf.int32)
   return tf.minimum(idx, n_in - 1)
+
+
+def label_window(label, rows, cols):
+  """label[rows][:, cols] (a nearest-neighbour window; rows, cols int32 index
+  vectors): the rows gathered, then the columns as rows of the transpose
+  (2-3x faster than gathering single bytes along axis 1; the same values)."""
+  picked = tf.transpose(tf.gather(label, rows, axis=0))
+  return tf.transpose(tf.gather(picked, cols, axis=0))
 
 
 def crop_is_acceptable(label_crop, cat_max_ratio: float, ignore_index: int,
@@ -128,13 +136,22 @@ def random_crop(window_fn, hw, crop_hw, seed, cat_max_ratio: float, ignore_index
   return tf.stack([tops[k], lefts[k]]), window
 
 
-def resize_window_bilinear(image, out_hw, top_left, win_hw):
-  """A window of tf.image.resize(image, out_hw, 'bilinear') without the full resize.
+# `resize_window_bilinear` resizes the whole image (ResizeBilinear, ~5 ns a
+# pixel on one core) when the virtual resize is at most this many times the
+# window's area, else only the window (ScaleAndTranslate, 35-45 ns a window
+# pixel): bench/bench_input_pipeline.py, docs/benchmarks.md.
+WHOLE_RESIZE_MAX_AREA = 4
 
-  The bilinear ('triangle', no antialiasing) ScaleAndTranslate kernel that
+
+def resize_window_bilinear(image, out_hw, top_left, win_hw):
+  """A window of tf.image.resize(image, out_hw, 'bilinear') (no antialiasing).
+
+  When out_hw's area is at most WHOLE_RESIZE_MAX_AREA times the window's,
+  that resize is computed and cropped (its bits). Otherwise only the window:
+  the bilinear ('triangle', no antialiasing) ScaleAndTranslate kernel that
   tf.image.resize uses, translated so that only output pixels
-  top_left + [0, win_hw) are computed: the same values as resizing the whole
-  image and cropping.
+  top_left + [0, win_hw) are computed (the same sample positions and
+  weights; within 1e-3 of a 0..255 value of the whole resize's).
 
   Args:
     image: [H, W, C] uint8 or float.
@@ -144,11 +161,21 @@ def resize_window_bilinear(image, out_hw, top_left, win_hw):
   Returns:
     float32 [win_h, win_w, C].
   """
-  scale = tf.cast(out_hw, tf.float32) / tf.cast(tf.shape(image)[:2], tf.float32)
-  out = tf.raw_ops.ScaleAndTranslate(
-      images=image[None], size=tf.cast(win_hw, tf.int32), scale=scale,
-      translation=-tf.cast(top_left, tf.float32), kernel_type="triangle", antialias=False)
-  return out[0]
+  out_hw, top_left, win_hw = (tf.cast(x, tf.int32) for x in (out_hw, top_left, win_hw))
+
+  def whole():
+    full = tf.image.resize(image, out_hw, method="bilinear", antialias=False)
+    return full[top_left[0]:top_left[0] + win_hw[0], top_left[1]:top_left[1] + win_hw[1]]
+
+  def window():
+    scale = tf.cast(out_hw, tf.float32) / tf.cast(tf.shape(image)[:2], tf.float32)
+    out = tf.raw_ops.ScaleAndTranslate(
+        images=image[None], size=win_hw, scale=scale,
+        translation=-tf.cast(top_left, tf.float32), kernel_type="triangle", antialias=False)
+    return out[0]
+
+  area = lambda hw: tf.cast(hw[0], tf.int64) * tf.cast(hw[1], tf.int64)
+  return tf.cond(area(out_hw) <= WHOLE_RESIZE_MAX_AREA * area(win_hw), whole, window)
 
 
 def scale_saturation(image, factor):
@@ -352,11 +379,12 @@ def raw_transform(image, label, seed, opts: TrainOptions) -> dict:
 
   Returns a dict:
     image: the padded crop before the photometric distortion and the
-      normalisation, RGB 0..255: uint8 [ch, cw, 3] for "openseg" (its values
-      are integers), float32 for "mmseg" (bilinear values are not), 0 in
-      the padding;
+      normalisation, uint8 [ch, cw, 3] RGB (both recipes' resized values are
+      rounded to integers), 0 in the padding;
     image_box: int32 [4] (top, left, height, width) of the crop inside it;
-    label: int32 [ch, cw], as `transform`'s;
+    label: [ch, cw], `transform`'s values in the stored label dtype (uint8,
+      or uint16 for 16-bit labels) when the ignore index fits in it, else
+      int32;
     photometric: float32 [9], `photometric_draws` (only with mmseg's
       opts.photometric).
   `ops.photometric_distortion` (with the draws) and `ops.normalize_image`
@@ -382,7 +410,8 @@ def train_transform(image, label, seed, opts: TrainOptions):
 
 def _normalise_stage(opts):
   def normalise(ex):
-    return dict(ex, image=normalize_input(ex["image"], opts.mean, opts.std, opts.input_order))
+    image = tf.cast(ex["image"], tf.float32)
+    return dict(ex, image=normalize_input(image, opts.mean, opts.std, opts.input_order))
   return normalise
 
 
@@ -391,12 +420,23 @@ def _finish_stages(opts, finish: bool, pad):
   return ([("normalise", _normalise_stage(opts))] if finish else []) + [("pad", pad)]
 
 
-def _pad_example(ex, paddings, opts):
-  """Image padded with 0 and label (as int32) with the ignore index to opts.crop_size
-  by `paddings` ([[top, bottom], [left, right]]); image_box: where the crop is."""
+def _padded_label_dtype(label_dtype, opts, finish: bool):
+  """int32 for a finished example; else the label's own dtype (uint8 / uint16:
+  a quarter or half of the bytes to batch and send; the device casts it,
+  `protoseg_jax.train.finish_batch`) when the ignore index fits in it."""
+  if finish or not 0 <= opts.ignore_index <= label_dtype.max:
+    return tf.int32
+  return label_dtype
+
+
+def _pad_example(ex, paddings, opts, finish: bool = True):
+  """Image padded with 0 and label with the ignore index to opts.crop_size by
+  `paddings` ([[top, bottom], [left, right]]), the label as int32 (or, not
+  `finish`ed, `_padded_label_dtype`); image_box: where the crop is."""
   ch, cw = opts.crop_size
   image = tf.pad(ex["image"], paddings + [[0, 0]], constant_values=0)
-  label = tf.pad(tf.cast(ex["label"], tf.int32), paddings, constant_values=opts.ignore_index)
+  label_dtype = _padded_label_dtype(ex["label"].dtype, opts, finish)
+  label = tf.pad(tf.cast(ex["label"], label_dtype), paddings, constant_values=opts.ignore_index)
   image.set_shape([ch, cw, 3])
   label.set_shape([ch, cw])
   box = tf.cast(tf.stack([paddings[0][0], paddings[1][0], tf.shape(ex["label"])[0],
@@ -425,19 +465,19 @@ def mmseg_stages(opts: TrainOptions, finish: bool = True):
     rows = _nearest_index(in_hw[0], new_hw[0])
     cols = _nearest_index(in_hw[1], new_hw[1])
 
-    def label_window(top, left):
-      rows_here = tf.gather(label, rows[top:top + win[0]], axis=0)
-      return tf.gather(rows_here, cols[left:left + win[1]], axis=1)
+    def window_at(top, left):
+      return label_window(label, rows[top:top + win[0]], cols[left:left + win[1]])
 
-    top_left, label = random_crop(label_window, new_hw, opts.crop_size, ex["seeds"][1],
+    top_left, label = random_crop(window_at, new_hw, opts.crop_size, ex["seeds"][1],
                                   opts.cat_max_ratio, opts.ignore_index, opts.num_classes)
     return dict(ex, label=label, top_left=top_left)
 
   def rescale_crop_image(ex):
     # The image's crop window by bilinear sampling at the positions a full
-    # resize would use.
-    return dict(ex, image=resize_window_bilinear(ex["image"], ex["new_hw"], ex["top_left"],
-                                                 ex["win"]))
+    # resize would use, rounded to uint8 as mmseg's cv2 resize of a uint8
+    # image is (the bilinear values lie in 0..255).
+    window = resize_window_bilinear(ex["image"], ex["new_hw"], ex["top_left"], ex["win"])
+    return dict(ex, image=tf.cast(tf.round(window), tf.uint8))
 
   def flip(ex):
     # 3. Horizontal flip.
@@ -445,8 +485,9 @@ def mmseg_stages(opts: TrainOptions, finish: bool = True):
     return dict(ex, image=image, label=label)
 
   def photometric(ex):
-    # 4. Photometric distortion.
-    return dict(ex, image=photometric_distortion(ex["image"], ex["seeds"][3]))
+    # 4. Photometric distortion (in float32).
+    image = tf.cast(ex["image"], tf.float32)
+    return dict(ex, image=photometric_distortion(image, ex["seeds"][3]))
 
   def photometric_draws_only(ex):
     # 4. Its draws, for the device (`ops.photometric_distortion`).
@@ -456,7 +497,7 @@ def mmseg_stages(opts: TrainOptions, finish: bool = True):
     # 6. Pad to the crop size (image 0, label the ignore index).
     ch, cw = opts.crop_size
     hw = tf.shape(ex["label"])
-    return _pad_example(ex, [[0, ch - hw[0]], [0, cw - hw[1]]], opts)
+    return _pad_example(ex, [[0, ch - hw[0]], [0, cw - hw[1]]], opts, finish)
 
   stages = [("rescale: draw the size", draw), ("crop: label window (cat_max_ratio)", crop_label),
             ("rescale+crop: image window (bilinear)", rescale_crop_image), ("flip", flip)]
@@ -643,7 +684,7 @@ def openseg_stages(opts: TrainOptions, finish: bool = True):
     in_hw = tf.shape(label)
     rows = _nearest_index(in_hw[0], new_hw[0])[top:top + win[0]]
     cols = _mirrored(_nearest_index(in_hw[1], new_hw[1])[left:left + win[1]], ex["flip"])
-    return dict(ex, label=tf.gather(tf.gather(label, rows, axis=0), cols, axis=1))
+    return dict(ex, label=label_window(label, rows, cols))
 
   def rescale_crop_image(ex):
     image = resize_window_bicubic(ex["image"], ex["new_hw"], ex["top_left"], ex["win"],
@@ -669,7 +710,7 @@ def openseg_stages(opts: TrainOptions, finish: bool = True):
     pad = crop - ex["win"]
     up = _randint(ex["seeds"][6], 0, pad[0])
     lft = _randint(ex["seeds"][7], 0, pad[1])
-    return _pad_example(ex, [[up, pad[0] - up], [lft, pad[1] - lft]], opts)
+    return _pad_example(ex, [[up, pad[0] - up], [lft, pad[1] - lft]], opts, finish)
 
   stages = [("rescale: draw the size, offset and flip", draw),
             ("crop+flip: label window", crop_label),

@@ -249,8 +249,9 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
     tf.data.Dataset of {'image': float32 [b, ch, cw, 3], 'label': int32
     [b, ch, cw]} with b = config.batch_size // process_count. With
     config.dataset.finish_on_device (the default) the examples are
-    `augment.raw_transform`'s: 'image' before the photometric distortion and
-    the normalisation (uint8 for "openseg", float32 0..255 for "mmseg"),
+    `augment.raw_transform`'s: 'image' uint8 RGB before the photometric
+    distortion and the normalisation, 'label' in the stored dtype (uint8, or
+    uint16 for 16-bit labels),
     'image_box' int32 [b, 4] (where the crop lies in the padding) and, with
     the photometric distortion, its draws 'photometric' float32 [b, 9];
     `train.train_step` finishes them (`train.finish_batch`).
@@ -512,8 +513,9 @@ def create_train_iterator(config, sharding, *, start_step: int = 0
     start_step: the step to resume at.
   Returns:
     An iterator of {'image': float32 [B, ch, cw, 3] normalised, 'label':
-    int32 [B, ch, cw]} (with config.dataset.finish_on_device: 'image' not
-    finished, 'image_box' and 'photometric', as `make_train_dataset`), B =
+    int32 [B, ch, cw]} (with config.dataset.finish_on_device: 'image' uint8
+    not finished, 'label' in the stored dtype, 'image_box' and
+    'photometric', as `make_train_dataset`), B =
     config.batch_size (global); this process
     supplies its rows. Configuration and data errors (dataset not prepared)
     are raised by this call, not at the first next().
