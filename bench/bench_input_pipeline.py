@@ -177,7 +177,10 @@ def main(argv=None):
     t = harness.time_fn(next_batch, warmup=3, runs=args.batches)
     dt, cpu, batch = t.total_s, t.cpu_total_s, last["batch"]
   images = args.batches * args.batch_size
-  assert batch["image"].shape == (args.batch_size, *config.dataset.crop_size, 3), batch["image"].shape
+  # the crops, or with openseg's resize on the device the source canvases
+  assert batch["label"].shape == (args.batch_size, *config.dataset.crop_size), batch["label"].shape
+  assert batch["image"].shape[0] == args.batch_size and ("resize" in batch or
+      batch["image"].shape[1:] == (*config.dataset.crop_size, 3)), batch["image"].shape
   print(f"host: {platform.node()} {platform.machine()} {platform.processor() or ''}".rstrip()
         + f", {os.cpu_count()} CPUs visible, load average {os.getloadavg()[0]:.2f}")
   print(f"recipe {args.recipe} (configs/{run_config}.py: augmentation "

@@ -66,6 +66,8 @@ def get_config():
                                         # (photometric distortion, channel order, normalisation):
                                         # uint8 crops for openseg, less host work; equal to the
                                         # host's within float rounding (docs/datasets.md)
+  ds.resize_on_device = True            # openseg, with finish_on_device: its bicubic rescale, crop,
+                                        # flip and brightness too (the host ships the source rows)
   ds.shuffle_buffer = 1024
   ds.num_parallel_calls = -1            # tf.data map parallelism; -1: AUTOTUNE
   ds.prefetch = 2

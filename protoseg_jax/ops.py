@@ -9,6 +9,7 @@ on TPU/GPU: two small matmuls).
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -186,3 +187,93 @@ def photometric_distortion(images: jnp.ndarray, draws: jnp.ndarray) -> jnp.ndarr
   x = jnp.where(on["saturation"], scale_saturation(x, d["factor"][..., None]), x)
   x = jnp.where(on["hue"], adjust_hue(x, d["hue_shift"] / 180.), x)
   return jnp.where(on["contrast"] & ~first, contrast(x), x)
+
+
+# The per-example integers of `openseg_resize_crop` (int32 [B, len]), as the
+# input pipeline's `trainer.augment.raw_transform` ships them with
+# config.dataset.resize_on_device.
+RESIZE_PARAMS = ("in_h", "in_w", "out_h", "out_w", "top", "left", "source_top", "source_left",
+                 "flip", "brightness")
+
+
+def cubic_weights(t: jnp.ndarray, a: float = CUBIC_A) -> jnp.ndarray:
+  """Keys cubic convolution weights [..., 4] of the taps at -1, 0, 1, 2 of a
+  fraction t in [0, 1) (as `trainer.augment.cubic_weights`)."""
+  def near(x):
+    return ((a + 2.) * x - (a + 3.)) * x * x + 1.
+
+  def far(x):
+    return ((a * x - 5. * a) * x + 8. * a) * x - 4. * a
+
+  return jnp.stack([far(t + 1.), near(t), near(1. - t), far(2. - t)], axis=-1)
+
+
+def cubic_taps(n_in, n_out, dst) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """Source taps of output pixels `dst` (int32 [...]) of a cubic resize
+  n_in -> n_out with half-pixel centres: src = (dst + 0.5) n_in / n_out - 0.5
+  computed exactly in integers (the fraction rounded once to float32, as the
+  host's float64 `trainer.augment.cubic_taps`), taps floor(src) - 1 ..
+  floor(src) + 2 clamped to [0, n_in - 1].
+
+  Returns:
+    int32 [..., 4] indices, float32 [..., 4] weights.
+  """
+  num = (2 * dst + 1) * n_in - n_out
+  den = 2 * n_out
+  lo = jnp.floor_divide(num, den)
+  frac = (num - lo * den).astype(jnp.float32) / den.astype(jnp.float32)
+  idx = jnp.clip(lo[..., None] + jnp.arange(-1, 3), 0, n_in[..., None] - 1)
+  return idx, cubic_weights(frac)
+
+
+def openseg_resize_crop(source: jnp.ndarray, params: jnp.ndarray, box: jnp.ndarray,
+                        crop_hw: tuple[int, int]) -> jnp.ndarray:
+  """openseg's rescale (bicubic, OpenCV INTER_CUBIC, a = -0.75), crop, flip and
+  brightness of a batch on the device, from the source rows and columns the
+  host shipped (config.dataset.resize_on_device).
+
+  Each example's window of the virtual resize in_hw -> out_hw at (top,
+  left), of box's (height, width), mirrored when `flip`, lands at box's
+  (top, left) of a crop_hw canvas; values are rounded to integers, clipped
+  to 0..255, shifted by `brightness` and clipped again (as
+  `trainer.augment.openseg_transform`: the same taps and weights; sums
+  differ by float rounding, so a value within ~1e-4 of a half may round the
+  other way; tested). Outside the box the values are meaningless
+  (`normalize_image` zeroes them).
+
+  Args:
+    source: uint8 [B, SH, SW, 3]: rows source_top.. and columns source_left..
+      of each RGB image (the rows and columns the window's taps reach),
+      padded.
+    params: int32 [B, len(RESIZE_PARAMS)].
+    box: int32 [B, 4] (top, left, height, width) of the window in the canvas.
+    crop_hw: the canvas (config.dataset.crop_size).
+  Returns:
+    float32 [B, ch, cw, 3] in 0..255.
+  """
+  p = {name: params[:, i] for i, name in enumerate(RESIZE_PARAMS)}
+  ch, cw = crop_hw
+  # Window row / column of each canvas pixel (clamped outside the box).
+  win_r = jnp.clip(jnp.arange(ch)[None] - box[:, 0, None], 0, box[:, 2, None] - 1)   # [B, ch]
+  win_c = jnp.clip(jnp.arange(cw)[None] - box[:, 1, None], 0, box[:, 3, None] - 1)   # [B, cw]
+  win_c = jnp.where(p["flip"][:, None] > 0, box[:, 3, None] - 1 - win_c, win_c)
+  ri, rw = cubic_taps(p["in_h"][:, None], p["out_h"][:, None], p["top"][:, None] + win_r)
+  ci, cwt = cubic_taps(p["in_w"][:, None], p["out_w"][:, None], p["left"][:, None] + win_c)
+  ri = ri - p["source_top"][:, None, None]
+  ci = ci - p["source_left"][:, None, None]
+
+  def one(src, ri, rw, ci, cwt):
+    x = src.astype(jnp.float32)
+    rows = None
+    for k in range(4):       # t0 + t1 + t2 + t3, as the host
+      tap = x[ri[:, k]] * rw[:, k, None, None]
+      rows = tap if rows is None else rows + tap
+    out = None
+    for k in range(4):
+      tap = rows[:, ci[:, k]] * cwt[None, :, k, None]
+      out = tap if out is None else out + tap
+    return out
+
+  y = jax.vmap(one)(source, ri, rw, ci, cwt)
+  d = p["brightness"].astype(jnp.float32)[:, None, None, None]
+  return jnp.clip(jnp.round(y) + d, jnp.maximum(d, 0.), jnp.minimum(255. + d, 255.))

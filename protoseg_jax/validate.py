@@ -351,6 +351,7 @@ def _check_dataset(ck: _Checker, datasets: Optional[Mapping[str, DatasetFacts]])
   ck.numbers("dataset.std", 3, positive=True)
   ck.choice("dataset.input_order", INPUT_ORDERS)
   ck.boolean("dataset.finish_on_device")
+  ck.boolean("dataset.resize_on_device")
   ck.integer("dataset.shuffle_buffer", 1)
   parallel = ck.get("dataset.num_parallel_calls")
   if _valid(parallel) and not (parallel is None or (_is_int(parallel) and

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -663,3 +665,80 @@ def test_label_window_is_numpy_fancy_indexing_and_labels_ship_in_their_dtype():
                               _opts(crop_size=(32, 40), scale=(30, 20), ignore_index=65535))
   assert raw["label"].dtype == tf.uint16
   assert (raw["label"].numpy()[20:] == 65535).all() and (raw["label"].numpy()[:, 30:] == 65535).all()
+
+
+@pytest.mark.parametrize("order,hw", [("rgb", (37, 53)), ("bgr", (37, 53)), ("rgb", (120, 160))])
+def test_openseg_resize_on_the_device_is_the_hosts(order, hw):
+  """config.dataset.resize_on_device: the host ships the source rows and
+  columns of the window's bicubic taps (`source_canvas`) and the resize's
+  integers; the step's `finish_batch` (`ops.openseg_resize_crop`, then the
+  normalisation) gives the host transform's example: the same labels, 0 in
+  the padding, the same integers but where a value within float rounding of
+  a half rounds the other way (at most 1 level, on under 0.1% of the
+  values), over scales 0.5-2 (down and up), aspect jitter, flips, brightness
+  and random padding; the image whole in the canvas (37 x 53) or only the
+  rows and columns the taps reach (120 x 160, larger than the canvas)."""
+  import jax
+  import ml_collections
+  from protoseg_jax import ops, train
+  rng = np.random.default_rng(11)
+  image = rng.integers(0, 256, (*hw, 3)).astype(np.uint8)
+  image[5:20, 10:30] = 255       # flat blocks whose bicubic overshoots 0..255
+  image[22:30, 30:50] = 0
+  label = rng.integers(0, 30, hw).astype(np.uint8)
+  std = (1., 1., 1.) if order == "rgb" else (58.395, 57.12, 57.375)
+  mean = (0., 0., 0.) if order == "rgb" else (123.675, 116.28, 103.53)
+  opts = _openseg_opts(crop_size=(40, 48), ratio_range=(0.5, 2.0), aspect_range=(0.9, 1.1),
+                       mean=mean, std=std, input_order=order, resize_on_device=True)
+  config = ml_collections.ConfigDict({"dataset": {"mean": mean, "std": std, "input_order": order}})
+  finish = jax.jit(lambda b: train.finish_batch(b, config))
+  off, total, flips, scales, region = 0, 0, set(), [], 0
+  for i in range(24):
+    want_image, want_label = augment.transform(tf.constant(image), tf.constant(label), _seed(i),
+                                               opts)
+    raw = augment.raw_transform(tf.constant(image), tf.constant(label), _seed(i), opts)
+    assert sorted(raw) == ["image", "image_box", "label", "resize"]
+    assert raw["image"].dtype == tf.uint8
+    assert tuple(raw["image"].shape) == (*augment.source_canvas(opts), 3)
+    np.testing.assert_array_equal(raw["label"].numpy(), want_label.numpy())
+    p = dict(zip(ops.RESIZE_PARAMS, raw["resize"].numpy().tolist()))
+    if hw == (37, 53):        # the whole image fits the canvas
+      assert p["source_top"] == p["source_left"] == 0
+    region += p["source_top"] + p["source_left"] > 0
+    flips.add(p["flip"])
+    scales.append(p["out_h"] / p["in_h"])
+    got = finish({k: v.numpy()[None] for k, v in raw.items()})
+    assert sorted(got) == ["image", "label"]
+    got, want = np.asarray(got["image"])[0], want_image.numpy()
+    pad = np.all(want == 0, axis=-1)
+    np.testing.assert_array_equal(got[pad], 0.0)
+    levels = np.abs(got - want) * np.asarray(std)[::-1 if order == "bgr" else 1]
+    assert levels.max() <= 1 + 1e-3, (i, levels.max())
+    off += int((levels > 1e-3).sum())
+    total += levels.size
+  assert off <= 1e-3 * total, off
+  assert flips == {0, 1} and min(scales) < 0.7 and max(scales) > 1.5
+  assert (region > 0) == (hw == (120, 160))
+
+
+def test_openseg_source_canvas_holds_every_window():
+  """The source canvas bounds the rows and columns any crop window's taps
+  reach, for image sizes around and far above the crop / scale; a window
+  that would not fit is an error naming config.dataset.resize_on_device."""
+  opts = _openseg_opts(crop_size=(16, 24), ratio_range=(0.5, 2.0), aspect_range=(0.9, 1.1),
+                       resize_on_device=True)
+  sh, sw = augment.source_canvas(opts)
+  for h, w in [(8, 8), (30, 50), (34, 52), (36, 54), (40, 60), (200, 300)]:
+    image = np.zeros((h, w, 3), np.uint8)
+    for i in range(30):
+      raw = augment.raw_transform(tf.constant(image), tf.constant(np.zeros((h, w), np.uint8)),
+                                  _seed(i), opts)
+      assert tuple(raw["image"].shape) == (sh, sw, 3)
+  # Windows drawn at scale 0.5 against the canvas of a recipe whose scales
+  # start at 1: too few rows and columns.
+  half = dataclasses.replace(opts, ratio_range=(0.5, 0.5))
+  small = dataclasses.replace(opts, ratio_range=(1.0, 2.0))
+  stages = augment.openseg_stages(half, finish=False)[:2] + augment.openseg_stages(small, False)[2:3]
+  with pytest.raises(tf.errors.InvalidArgumentError, match="resize_on_device"):
+    augment.run_stages(stages, tf.constant(np.zeros((200, 300, 3), np.uint8)),
+                       tf.constant(np.zeros((200, 300), np.uint8)), _seed(0))

@@ -162,13 +162,14 @@ def test_config_json_from_an_earlier_version_reads_with_the_added_keys(tmp_path)
   tree = json.loads(runs.config_to_json(config))
   del tree["protoseg"]["class_chunk"], tree["protoseg"]["use_feat_norm"]
   del tree["loss"]["label_rows"], tree["eval"]["class_chunk"]
-  del tree["dataset"]["finish_on_device"]
+  del tree["dataset"]["finish_on_device"], tree["dataset"]["resize_on_device"]
   tree["protoseg"]["ppc_temperature"] = 0.1                  # present: kept
   (tmp_path / runs.CONFIG_FILE).write_text(json.dumps(tree))
   back = runs.read_config(str(tmp_path))
   assert back.protoseg.class_chunk == 0 and back.protoseg.use_feat_norm is True
   assert back.loss.label_rows == 0 and back.eval.class_chunk == 0
   assert back.dataset.finish_on_device is False           # the host normalised
+  assert back.dataset.resize_on_device is False           # and did openseg's bicubic
   assert back.protoseg.ppc_temperature == 0.1
   validate_config(back)
   for key in runs.ADDED_KEYS:                                 # each is a key of today's configs

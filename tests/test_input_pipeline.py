@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 
 import data
+from protoseg_jax.trainer import augment
 from protoseg_jax.trainer import datasets
 from protoseg_jax.trainer import input_pipeline as ip
 from test_datasets import demo_config, demo_dir  # pylint: disable=unused-import (a fixture)
@@ -58,17 +59,21 @@ def test_train_batches_shapes_and_label_values(demo_dir, on_device):
       assert "image_box" not in batch and abs(batch["image"].mean()) < 3
 
 
-@pytest.mark.parametrize("augmentation", ["mmseg", "openseg"])
+@pytest.mark.parametrize("augmentation", ["mmseg", "openseg", "openseg+resize"])
 def test_train_batches_normalised_on_device_are_the_host_normalised_batches(
     demo_dir, augmentation):
   """config.dataset.finish_on_device: the step's `finish_batch` of the
-  pipeline's unfinished batches (uint8 for openseg) = the batches the host
-  finishes: labels identical, images within 1 ulp (the device's FMA) or,
-  with mmseg's photometric distortion on the device, 2e-5."""
+  pipeline's unfinished uint8 batches = the batches the host finishes:
+  labels identical, images within 1 ulp (the device's FMA) or, with mmseg's
+  photometric distortion on the device, 2e-5; with openseg's resize on the
+  device (config.dataset.resize_on_device) the same but where a value
+  within float rounding of a half rounded the other way (1 level, under
+  0.1% of the values)."""
   from protoseg_jax import train
-  kw = dict(augmentation=augmentation, input_order="bgr")
-  if augmentation == "openseg":
-    kw.update(photometric=False, cat_max_ratio=1.0, ratio_range=(0.5, 1.0))
+  kw = dict(augmentation=augmentation.split("+")[0], input_order="bgr")
+  if augmentation.startswith("openseg"):
+    kw.update(photometric=False, cat_max_ratio=1.0, ratio_range=(0.5, 1.0),
+              resize_on_device=augmentation.endswith("resize"))
   host_cfg = make_config(demo_dir, finish_on_device=False, **kw)
   dev_cfg = make_config(demo_dir, finish_on_device=True, **kw)
   host = _batches(ip.make_train_dataset(host_cfg, process_index=0, process_count=1), 3)
@@ -83,8 +88,12 @@ def test_train_batches_normalised_on_device_are_the_host_normalised_batches(
     if augmentation == "mmseg":
       assert d["photometric"].shape == (4, 9)
       np.testing.assert_allclose(got["image"], h["image"], rtol=0, atol=2e-5)
-    else:
+    elif augmentation == "openseg":
       np.testing.assert_array_max_ulp(got["image"], h["image"], maxulp=1)
+    else:
+      assert d["resize"].shape == (4, 10) and d["image"].shape[1:3] != (64, 64)
+      levels = np.abs(got["image"] - h["image"]) * np.asarray(dev_cfg.dataset.std)   # 0..255
+      assert levels.max() <= 1.01 and (levels > 1e-3).mean() < 1e-3
     padded += (d["image_box"][:, 2:] < 64).sum()
   assert padded > 0    # some crops are smaller than the canvas
 
@@ -229,8 +238,11 @@ def test_a_missing_config_key_is_named(demo_dir):
 
 def test_openseg_augmentation_batches(demo_dir):
   config = make_config(demo_dir, augmentation="openseg", photometric=False, cat_max_ratio=1.0)
+  # finished on the device with its resize (the defaults): the source canvases
+  canvas = augment.source_canvas(ip._train_options(config, 255))
   for batch in _batches(ip.make_train_dataset(config, process_index=0, process_count=1), 4):
-    assert batch["image"].shape == (4, 64, 64, 3) and batch["label"].shape == (4, 64, 64)
+    assert batch["image"].shape == (4, *canvas, 3) and batch["label"].shape == (4, 64, 64)
+    assert batch["image"].dtype == np.uint8 and batch["resize"].shape == (4, 10)
     values = set(np.unique(batch["label"]).tolist())
     assert values <= set(range(NUM_CLASSES)) | {255}, values
     assert np.isfinite(batch["image"]).all()

@@ -275,6 +275,7 @@ class TrainOptions:
   aspect_range: tuple[float, float] = (0.9, 1.1)   # openseg only
   brightness_shift: int = 10                       # openseg only
   num_classes: int = 256                           # the crop retries count ids below max(256, this)
+  resize_on_device: bool = False                   # openseg, unfinished: the bicubic on the device
 
 
 
@@ -386,13 +387,18 @@ def raw_transform(image, label, seed, opts: TrainOptions) -> dict:
       or uint16 for 16-bit labels) when the ignore index fits in it, else
       int32;
     photometric: float32 [9], `photometric_draws` (only with mmseg's
-      opts.photometric).
+      opts.photometric);
+    resize: int32 [len(ops.RESIZE_PARAMS)] (openseg with
+      opts.resize_on_device): the rescale, crop, flip and brightness for
+      `ops.openseg_resize_crop`; 'image' is then the source rows and columns
+      that window's bicubic taps reach, uint8 [*source_canvas(opts), 3]
+      padded with 0, and the device does the bicubic resize.
   `ops.photometric_distortion` (with the draws) and `ops.normalize_image`
   (with the box) then give `transform`'s image within float rounding
   (tests/test_augment, tests/test_input_pipeline).
   """
   ex = run_stages(transform_stages(opts, finish=False), image, label, seed)
-  keys = ("image", "image_box", "label", "photometric")
+  keys = ("image", "image_box", "label", "photometric", "resize")
   return {key: ex[key] for key in keys if key in ex}
 
 
@@ -429,15 +435,18 @@ def _padded_label_dtype(label_dtype, opts, finish: bool):
   return label_dtype
 
 
-def _pad_example(ex, paddings, opts, finish: bool = True):
-  """Image padded with 0 and label with the ignore index to opts.crop_size by
-  `paddings` ([[top, bottom], [left, right]]), the label as int32 (or, not
-  `finish`ed, `_padded_label_dtype`); image_box: where the crop is."""
+def _pad_example(ex, paddings, opts, finish: bool = True, pad_image: bool = True):
+  """Image padded with 0 (unless not `pad_image`) and label with the ignore
+  index to opts.crop_size by `paddings` ([[top, bottom], [left, right]]), the
+  label as int32 (or, not `finish`ed, `_padded_label_dtype`); image_box:
+  where the crop is."""
   ch, cw = opts.crop_size
-  image = tf.pad(ex["image"], paddings + [[0, 0]], constant_values=0)
+  image = ex["image"]
+  if pad_image:
+    image = tf.pad(image, paddings + [[0, 0]], constant_values=0)
+    image.set_shape([ch, cw, 3])
   label_dtype = _padded_label_dtype(ex["label"].dtype, opts, finish)
   label = tf.pad(tf.cast(ex["label"], label_dtype), paddings, constant_values=opts.ignore_index)
-  image.set_shape([ch, cw, 3])
   label.set_shape([ch, cw])
   box = tf.cast(tf.stack([paddings[0][0], paddings[1][0], tf.shape(ex["label"])[0],
                           tf.shape(ex["label"])[1]]), tf.int32)
@@ -653,6 +662,24 @@ def openseg_transform(image, label, seed, opts: TrainOptions):
   return _image_and_label(run_stages(openseg_stages(opts), image, label, seed))
 
 
+# Rows and columns of slack in `source_canvas` (the floor in the resized size
+# and the 4 taps need fewer than 8).
+SOURCE_CANVAS_MARGIN = 8
+
+
+def source_canvas(opts: TrainOptions) -> tuple[int, int]:
+  """(rows, columns) of the source canvas of openseg's resize on the device:
+  the most source rows / columns a crop window's bicubic taps can reach,
+  crop / (smallest scale / sqrt(aspect) of that axis) + SOURCE_CANVAS_MARGIN
+  (Cityscapes' recipe: 1082 x 2167 for a 512 x 1024 crop at scale 0.5,
+  aspect 0.9-1.1)."""
+  ch, cw = opts.crop_size
+  s, (alo, ahi) = min(opts.ratio_range), opts.aspect_range
+  rows = int(np.ceil(ch * np.sqrt(ahi) / s)) + SOURCE_CANVAS_MARGIN
+  cols = int(np.ceil(cw / (s * np.sqrt(alo)))) + SOURCE_CANVAS_MARGIN
+  return rows, cols
+
+
 def openseg_stages(opts: TrainOptions, finish: bool = True):
   """`openseg_transform`'s steps (see `transform_stages`).
 
@@ -712,10 +739,50 @@ def openseg_stages(opts: TrainOptions, finish: bool = True):
     lft = _randint(ex["seeds"][7], 0, pad[1])
     return _pad_example(ex, [[up, pad[0] - up], [lft, pad[1] - lft]], opts, finish)
 
+  def source_window(ex):
+    # The bicubic left to the device (`ops.openseg_resize_crop`): the source
+    # rows and columns the window's taps reach (all of them when the image
+    # fits), on a fixed canvas, and the integers that say what to resize.
+    image, new_hw, win, (top, left) = ex["image"], ex["new_hw"], ex["win"], tf.unstack(ex["top_left"])
+    in_hw = tf.shape(image)[:2]
+    ri, _ = cubic_taps(in_hw[0], new_hw[0], top, win[0])
+    ci, _ = cubic_taps(in_hw[1], new_hw[1], left, win[1])
+    canvas = source_canvas(opts)
+    # An image that fits the canvas goes whole (its slice is then no copy).
+    whole = tf.reduce_all(in_hw <= tf.constant(canvas, tf.int32))
+    r0 = tf.where(whole, 0, ri[0, 0])
+    c0 = tf.where(whole, 0, ci[0, 0])
+    size = tf.where(whole, in_hw, tf.stack([ri[-1, -1] + 1 - r0, ci[-1, -1] + 1 - c0]))
+    fits = tf.debugging.assert_less_equal(
+        size, tf.constant(canvas, tf.int32),
+        message=f"openseg resize on the device: a crop window's source rows/columns exceed the "
+                f"canvas {canvas} (config.dataset.resize_on_device; set it False)")
+    with tf.control_dependencies([fits]):
+      region = image[r0:r0 + size[0], c0:c0 + size[1]]
+    source = tf.pad(region, [[0, canvas[0] - size[0]], [0, canvas[1] - size[1]], [0, 0]])
+    source.set_shape([*canvas, 3])
+    d = tf.constant(0, tf.int32)
+    if opts.brightness_shift:
+      d = _randint(ex["seeds"][5], -opts.brightness_shift, opts.brightness_shift)
+    params = tf.stack([in_hw[0], in_hw[1], new_hw[0], new_hw[1], top, left, r0, c0,
+                       tf.cast(ex["flip"], tf.int32), d])
+    return dict(ex, image=source, resize=params)
+
+  def pad_label(ex):
+    # 6. The label padded at a random offset; the canvas offset in the box.
+    pad = crop - ex["win"]
+    up = _randint(ex["seeds"][6], 0, pad[0])
+    lft = _randint(ex["seeds"][7], 0, pad[1])
+    return _pad_example(ex, [[up, pad[0] - up], [lft, pad[1] - lft]], opts, finish,
+                        pad_image=False)
+
   stages = [("rescale: draw the size, offset and flip", draw),
-            ("crop+flip: label window", crop_label),
-            ("rescale+crop+flip: image window (bicubic)", rescale_crop_image),
-            ("clip to 0..255, brightness", clip_brightness)]
+            ("crop+flip: label window", crop_label)]
+  if not finish and opts.resize_on_device:
+    return stages + [("image: source rows/columns for the device's bicubic", source_window),
+                     ("pad", pad_label)]
+  stages += [("rescale+crop+flip: image window (bicubic)", rescale_crop_image),
+             ("clip to 0..255, brightness", clip_brightness)]
   if not finish:
     stages.append(("to uint8", to_uint8))
   return stages + _finish_stages(opts, finish, pad)

@@ -105,6 +105,7 @@ def _train_options(config, ignore_index: int, num_classes: int = 256) -> augment
       aspect_range=tuple(float(a) for a in _ds(config, "aspect_range")),
       brightness_shift=int(_ds(config, "brightness_shift")),
       num_classes=int(num_classes),
+      resize_on_device=bool(_ds(config, "resize_on_device")),
   )
 
 

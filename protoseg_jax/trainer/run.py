@@ -80,6 +80,7 @@ ADDED_KEYS = {
     "loss.label_rows": 0,                 # issue 19: automatic
     "eval.class_chunk": 0,                # issue 19: automatic
     "dataset.finish_on_device": False,    # issue 22: the host finished the crops
+    "dataset.resize_on_device": False,    # issue 22: the host did openseg's bicubic
 }
 
 
