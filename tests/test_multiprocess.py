@@ -120,27 +120,35 @@ def test_two_processes_train_checkpoint_and_evaluate_every_image_once(tmp_path, 
   # on the process count). The 2-process checkpoint restores in this process.
   ref = _records(single_dir)
   for key in ("train/loss", "train/loss_ce", "train/loss_ppc", "train/loss_ppd"):
-    np.testing.assert_allclose([r[key] for r in records if key in r],
-                               [r[key] for r in ref if key in r], rtol=1e-5, err_msg=key)
+    got, want = ([r[key] for r in rs if key in r] for rs in (records, ref))
+    # Steps 1 and 2 to 1e-5 (seen: equal to 7 digits). Step 3 to 1e-3: by
+    # then the parameters differ as below (seen at 84f4998, -O0: step 3's
+    # loss 1.5284908 vs 1.5282742). A plumbing bug (a row read twice, a
+    # gradient not averaged over the processes) changes step 2's loss by
+    # ~1e-2 (one SGD step moved it from 2.415 to 2.285).
+    np.testing.assert_allclose(got[:2], want[:2], rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(got[2:], want[2:], rtol=1e-3, err_msg=key)
   config = tiny_config(data_dir, eval_batch_size=3,
                        **{"optim.name": "sgd", "optim.learning_rate": 0.05})
   (two_step, two), (one_step, one) = _restored(config, workdir), _restored(config, single_dir)
   assert two_step == one_step == 3
-  # Params and BN statistics to 1e-3 absolute: the float rounding of the
-  # cross-process vs in-process all-reduce, carried through 3 SGD steps, where
-  # a pixel whose pre-activation or nearest prototype sits on a tie sends its
-  # gradient elsewhere. Seen: up to 1.8e-5 at XLA -O2, 2.1e-4 at the suite's
-  # -O0 (23 of the stem's 432 kernel entries above 1e-4; the losses above
-  # agreed to 1e-5). A plumbing bug (a row read twice, a gradient not summed
-  # over the processes) moves them by lr x gradient, ~1e-2.
-  for name, atol in (("params", 1e-3), ("batch_stats", 1e-3), ("prototypes", 1e-6)):
+  # Params and BN statistics to 5e-3 absolute, prototypes to 5e-5: the float
+  # rounding of the cross-process vs in-process all-reduce, carried through
+  # 3 SGD steps, where a pixel whose pre-activation or nearest prototype sits
+  # on a tie sends its gradient elsewhere. Seen: up to 1.8e-5 at XLA -O2,
+  # 2.1e-4 at the suite's -O0 (stop 26's data); at 84f4998 (mmseg's crops
+  # rounded to integers) 1.05e-3 (the stem's kernel), BN variances 3.0e-3,
+  # prototypes 7.5e-6, with steps 1-2's losses equal to 7 digits; two
+  # single-process runs are bit-identical. The plumbing itself is held by
+  # the losses of steps 1-2 above and the evaluation below.
+  for name, atol in (("params", 5e-3), ("batch_stats", 5e-3), ("prototypes", 5e-5)):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=atol),
                  two[name], one[name])
-  # mIoU to 0.01 points: after 3 steps the class scores of many pixels are
-  # near ties, and float-rounding differences of the collectives (~1e-7 in
-  # the params) flip a handful of them (seen: 1.1826 vs 1.1812).
+  # mIoU to 0.05 points: after 3 steps the class scores of many pixels are
+  # near ties, and the parameter differences above flip a handful of them
+  # (seen: 1.1826 vs 1.1812 on stop 26's data; 13.069 vs 13.087 at 84f4998).
   ref_val = [r for r in ref if "val/mIoU" in r]
-  np.testing.assert_allclose(val[0]["val/mIoU"], ref_val[0]["val/mIoU"], atol=0.01)
+  np.testing.assert_allclose(val[0]["val/mIoU"], ref_val[0]["val/mIoU"], atol=0.05)
 
   # The same checkpoint evaluated by this single process (8 devices, a batch
   # of 3 padded to 8 rows) gives the same metrics: no image lost or doubled.

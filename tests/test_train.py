@@ -366,8 +366,9 @@ def _all_finite(state):
 
 @pytest.mark.slow
 def test_nan_steps_are_skipped_counted_and_a_streak_stops_the_run(data_dir, tmp_path, tiny_config):
-  # test_resume_continues_exactly's run (its compiled step, through the
-  # persistent cache) on all-NaN images at steps 1, 3, 4 (config.debug.nan_steps:
+  # test_resume_continues_exactly's run, its images float32 (the loop's
+  # `faults.float_images` with config.debug.nan_steps: one compiled step for
+  # finite and NaN steps), all-NaN at steps 1, 3, 4 (config.debug.nan_steps:
   # loss, gradients, BatchNorm statistics and prototype update non-finite).
   # NaN at step 1 (alone: skipped, the run goes on) and at steps 3 and 4 (2 in
   # a row = the limit: the run stops at step 4, the last, without saving it).
@@ -398,8 +399,8 @@ def test_nan_steps_are_skipped_counted_and_a_streak_stops_the_run(data_dir, tmp_
 
 
 def test_skipped_step_keeps_warmup_and_momentum_prototype_updates(data_dir, tiny_config):
-  # test_prototype_warmup_modes_and_frozen_prototypes' first config (its
-  # compiled step, through the persistent cache): state.step 0 is warm-up
+  # test_prototype_warmup_modes_and_frozen_prototypes' first config, on
+  # float32 images (one compiled step of its own): state.step 0 is warm-up
   # (prototypes trained by gradient with their own optimizer state), from
   # state.step 1 on the momentum update in the forward.
   config = tiny_config(data_dir, **{
@@ -407,6 +408,9 @@ def test_skipped_step_keeps_warmup_and_momentum_prototype_updates(data_dir, tiny
       "protoseg.assignment": "argmax", "protoseg.warmup_iters": 1,
       "protoseg.pretrain_prototype": True})
   _, batch, state0, run = _one_device_setup(config)
+  # float32 images for the finite step too: one program for the three steps
+  # (the NaN batch cannot be uint8), as the loop does (`faults.float_images`)
+  batch = jax.device_get(faults.float_images(batch))
   bad = jax.device_get(faults.nan_images(batch))
   assert np.all(np.isnan(bad["image"])) and np.array_equal(bad["label"], batch["label"])
 

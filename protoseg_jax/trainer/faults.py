@@ -81,11 +81,18 @@ def nan_images(batch: dict) -> dict:
   The fault enters like bad data: the loss, every gradient, the BatchNorm
   statistics and the prototype update of that step are non-finite. Done
   here, not in the jitted step, so the switch leaves the compiled step as
-  it is (empty or not). A uint8 batch (config.dataset.finish_on_device
-  with the "openseg" recipe) becomes float32, a second program for those
-  steps.
+  it is (empty or not). A uint8 batch (config.dataset.finish_on_device)
+  becomes float32: the loop gives every step of such a run float32 images
+  (`float_images`), so that one program serves both.
   """
   return {**batch, "image": batch["image"] * jnp.nan}
+
+
+def float_images(batch: dict) -> dict:
+  """The batch with its images as float32 (the same values): every step of a
+  run with config.debug.nan_steps, so that its NaN steps (`nan_images`)
+  use the same compiled step as the others."""
+  return {**batch, "image": batch["image"].astype(jnp.float32)}
 
 
 class StopSignals:

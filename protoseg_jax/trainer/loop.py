@@ -305,6 +305,8 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals) -> train
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       with waits:
         batch = next(batches)
+      if nan_steps:      # one program for the NaN steps and the others
+        batch = faults.float_images(batch)
       if step in nan_steps:
         batch = faults.nan_images(batch)
       state, metrics = step_fn(state, batch)
