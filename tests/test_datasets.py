@@ -653,3 +653,17 @@ def test_config_value_names_the_missing_key():
     datasets.config_value(config, "dataset.builder_config")
   with pytest.raises(KeyError, match=r"config\.eval_batch_size is missing"):
     datasets.config_value(config, "eval_batch_size")
+
+
+def test_an_empty_data_dir_is_tfds_default_not_the_current_directory(tmp_path, monkeypatch):
+  """--config.dataset.data_dir= (empty) means TFDS's default directory, as
+  unset does: the builder and the prepared path agree, nothing relative to
+  the current directory (a run prepared the demo into the checkout once)."""
+  monkeypatch.chdir(tmp_path)
+  config = demo_config("unused")
+  config.dataset.data_dir = None
+  want = datasets._builder(config, "demo").data_dir
+  config.dataset.data_dir = ""
+  got = datasets._builder(config, "demo").data_dir
+  assert got == want and os.path.isabs(got)
+  assert datasets.prepared(config).path("") == datasets.prepared(config).path(None)

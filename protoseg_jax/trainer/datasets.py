@@ -122,9 +122,16 @@ def dataset_meta(config, run=None) -> DatasetMeta:
                                 f"run.json nor the dataset builders; {CHECKOUT_NOTE}")
 
 
+def _data_dir(config) -> Optional[str]:
+  """config.dataset.data_dir, None (TFDS's default directory) when unset or
+  empty: an empty string would otherwise prepare the demo in the current
+  directory."""
+  return config_value(config, "dataset.data_dir") or None
+
+
 def _builder(config, name: str):
   data = builders()
-  return data.get_builder(name, data_dir=config_value(config, "dataset.data_dir"),
+  return data.get_builder(name, data_dir=_data_dir(config),
                           config=config_value(config, "dataset.builder_config"))
 
 
@@ -152,7 +159,7 @@ def check_prepared(config, run=None):
       files to download, where to put them and the command that prepares them.
   """
   name = config_value(config, "dataset.name")
-  data_dir = config_value(config, "dataset.data_dir")
+  data_dir = _data_dir(config)
   if builders() is None:
     if run is None or run.prepared is None or run.dataset != name:
       raise DatasetNotPreparedError(f"dataset {name!r}: {CHECKOUT_NOTE}")
