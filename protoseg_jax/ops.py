@@ -196,16 +196,23 @@ RESIZE_PARAMS = ("in_h", "in_w", "out_h", "out_w", "top", "left", "source_top", 
                  "flip", "brightness")
 
 
-def cubic_weights(t: jnp.ndarray, a: float = CUBIC_A) -> jnp.ndarray:
-  """Keys cubic convolution weights [..., 4] of the taps at -1, 0, 1, 2 of a
-  fraction t in [0, 1) (as `trainer.augment.cubic_weights`)."""
-  def near(x):
+def cubic_weight_terms(t, a: float = CUBIC_A) -> list:
+  """Keys cubic convolution weights of the taps at -1, 0, 1, 2 of a fraction
+  t in [0, 1), as 4 arrays like t: arithmetic only, so that the host (TF
+  tensors, `trainer.augment.cubic_weights`) and the device (`cubic_weights`)
+  evaluate the same expressions."""
+  def near(x):  # |x| <= 1
     return ((a + 2.) * x - (a + 3.)) * x * x + 1.
 
-  def far(x):
+  def far(x):   # 1 < |x| < 2
     return ((a * x - 5. * a) * x + 8. * a) * x - 4. * a
 
-  return jnp.stack([far(t + 1.), near(t), near(1. - t), far(2. - t)], axis=-1)
+  return [far(t + 1.), near(t), near(1. - t), far(2. - t)]
+
+
+def cubic_weights(t: jnp.ndarray, a: float = CUBIC_A) -> jnp.ndarray:
+  """`cubic_weight_terms` stacked: float32 [..., 4]."""
+  return jnp.stack(cubic_weight_terms(t, a), axis=-1)
 
 
 def cubic_taps(n_in, n_out, dst) -> tuple[jnp.ndarray, jnp.ndarray]:
@@ -263,10 +270,9 @@ def openseg_resize_crop(source: jnp.ndarray, params: jnp.ndarray, box: jnp.ndarr
   ci = ci - p["source_left"][:, None, None]
 
   def one(src, ri, rw, ci, cwt):
-    x = src.astype(jnp.float32)
     rows = None
-    for k in range(4):       # t0 + t1 + t2 + t3, as the host
-      tap = x[ri[:, k]] * rw[:, k, None, None]
+    for k in range(4):       # t0 + t1 + t2 + t3, as the host; only the taps' rows converted
+      tap = src[ri[:, k]].astype(jnp.float32) * rw[:, k, None, None]
       rows = tap if rows is None else rows + tap
     out = None
     for k in range(4):

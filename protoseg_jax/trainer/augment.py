@@ -21,7 +21,7 @@ import numpy as np
 import tensorflow as tf
 
 from protoseg_jax.ops import CUBIC_A  # OpenCV INTER_CUBIC (tf.image.resize 'bicubic' uses -0.5)
-from protoseg_jax.ops import PHOTOMETRIC_DRAWS, normalization_constants
+from protoseg_jax.ops import PHOTOMETRIC_DRAWS, cubic_weight_terms, normalization_constants
 from protoseg_jax.validate import AUGMENTATIONS, INPUT_ORDERS
 
 
@@ -348,7 +348,9 @@ def transform_stages(opts: TrainOptions, finish: bool = True) -> list[tuple[str,
 
   finish=False leaves the last steps to the device (`raw_transform`): the
   photometric distortion (only its draws are made), channel order and
-  normalisation; the last step pads the crop as it is then.
+  normalisation, and with openseg's opts.resize_on_device the bicubic
+  rescale, crop, flip and brightness too (the host ships the source rows
+  and columns); the last step pads the crop (or only the label) as it is then.
   """
   if opts.augmentation == "mmseg":
     return mmseg_stages(opts, finish)
@@ -527,15 +529,9 @@ def cubic_weights(t, a: float = CUBIC_A):
   Args:
     t: float [...] in [0, 1): the sample's distance past its floor tap.
   Returns:
-    float [..., 4].
+    float [..., 4] (`ops.cubic_weight_terms`, the device's expressions).
   """
-  def near(x):  # |x| <= 1
-    return ((a + 2.) * x - (a + 3.)) * x * x + 1.
-
-  def far(x):   # 1 < |x| < 2
-    return ((a * x - 5. * a) * x + 8. * a) * x - 4. * a
-
-  return tf.stack([far(t + 1.), near(t), near(1. - t), far(2. - t)], axis=-1)
+  return tf.stack(cubic_weight_terms(t, a), axis=-1)
 
 
 def cubic_taps(n_in, n_out, start, count):
@@ -718,14 +714,17 @@ def openseg_stages(opts: TrainOptions, finish: bool = True):
                                   flip=ex["flip"])
     return dict(ex, image=tf.round(image))   # cv2's uint8 output once clipped (next step)
 
+  def brightness(ex):
+    # 4. The brightness shift d, an integer in [-shift, shift] (int32).
+    if not opts.brightness_shift:
+      return tf.constant(0, tf.int32)
+    return _randint(ex["seeds"][5], -opts.brightness_shift, opts.brightness_shift)
+
   def clip_brightness(ex):
     # cv2's uint8 output, clip(y, 0, 255), then 4. brightness + d, clipped
     # again: for an integer d that is one clip of y + d to [max(d, 0),
     # min(255 + d, 255)] (integers in float32: exact; tested).
-    d = 0.
-    if opts.brightness_shift:
-      d = tf.cast(_randint(ex["seeds"][5], -opts.brightness_shift, opts.brightness_shift),
-                  tf.float32)
+    d = tf.cast(brightness(ex), tf.float32)
     image = tf.clip_by_value(ex["image"] + d, tf.maximum(d, 0.), tf.minimum(255. + d, 255.))
     return dict(ex, image=image)
 
@@ -733,11 +732,13 @@ def openseg_stages(opts: TrainOptions, finish: bool = True):
     return dict(ex, image=tf.cast(ex["image"], tf.uint8))   # integers in 0..255: exact
 
   def pad(ex):
-    # 6. Pad at a random offset.
+    # 6. Pad at a random offset (with the resize on the device only the
+    # label: the box tells the device where the window goes).
     pad = crop - ex["win"]
     up = _randint(ex["seeds"][6], 0, pad[0])
     lft = _randint(ex["seeds"][7], 0, pad[1])
-    return _pad_example(ex, [[up, pad[0] - up], [lft, pad[1] - lft]], opts, finish)
+    return _pad_example(ex, [[up, pad[0] - up], [lft, pad[1] - lft]], opts, finish,
+                        pad_image="resize" not in ex)
 
   def source_window(ex):
     # The bicubic left to the device (`ops.openseg_resize_crop`): the source
@@ -761,26 +762,15 @@ def openseg_stages(opts: TrainOptions, finish: bool = True):
       region = image[r0:r0 + size[0], c0:c0 + size[1]]
     source = tf.pad(region, [[0, canvas[0] - size[0]], [0, canvas[1] - size[1]], [0, 0]])
     source.set_shape([*canvas, 3])
-    d = tf.constant(0, tf.int32)
-    if opts.brightness_shift:
-      d = _randint(ex["seeds"][5], -opts.brightness_shift, opts.brightness_shift)
     params = tf.stack([in_hw[0], in_hw[1], new_hw[0], new_hw[1], top, left, r0, c0,
-                       tf.cast(ex["flip"], tf.int32), d])
+                       tf.cast(ex["flip"], tf.int32), brightness(ex)])
     return dict(ex, image=source, resize=params)
-
-  def pad_label(ex):
-    # 6. The label padded at a random offset; the canvas offset in the box.
-    pad = crop - ex["win"]
-    up = _randint(ex["seeds"][6], 0, pad[0])
-    lft = _randint(ex["seeds"][7], 0, pad[1])
-    return _pad_example(ex, [[up, pad[0] - up], [lft, pad[1] - lft]], opts, finish,
-                        pad_image=False)
 
   stages = [("rescale: draw the size, offset and flip", draw),
             ("crop+flip: label window", crop_label)]
   if not finish and opts.resize_on_device:
     return stages + [("image: source rows/columns for the device's bicubic", source_window),
-                     ("pad", pad_label)]
+                     ("pad", pad)]
   stages += [("rescale+crop+flip: image window (bicubic)", rescale_crop_image),
              ("clip to 0..255, brightness", clip_brightness)]
   if not finish:
