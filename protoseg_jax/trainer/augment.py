@@ -136,10 +136,10 @@ def random_crop(window_fn, hw, crop_hw, seed, cat_max_ratio: float, ignore_index
   return tf.stack([tops[k], lefts[k]]), window
 
 
-# `resize_window_bilinear` resizes the whole image (ResizeBilinear, ~5 ns a
-# pixel on one core) when the virtual resize is at most this many times the
+# `resize_window_bilinear` resizes the whole image (ResizeBilinear, ~5-11 ns
+# a pixel on one core) when the virtual resize is at most this many times the
 # window's area, else only the window (ScaleAndTranslate, 35-45 ns a window
-# pixel): bench/bench_input_pipeline.py, docs/benchmarks.md.
+# pixel); measured with a one-off script, docs/benchmarks.md ("uint8 batches").
 WHOLE_RESIZE_MAX_AREA = 4
 
 
