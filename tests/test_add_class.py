@@ -7,10 +7,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from protoseg_jax import heads, sharding, train
+from protoseg_jax import heads, train
 from protoseg_jax.heads import ProtoSegHead, add_class, cluster_support
 from protoseg_jax.models.segmentor import build_model
 from protoseg_jax.ops import l2_normalize
+
+from conftest import random_variables
 
 C, M, D, DIN = 4, 3, 8, 12
 
@@ -136,9 +138,7 @@ def test_add_class_to_tiny_segmentor(tmp_path, tiny_config, aux_head):
   config = tiny_config(tmp_path, **{"model.aux_head": aux_head})
   m = config.protoseg.num_prototypes
   model = build_model(config, C)
-  mesh = sharding.create_mesh(jax.devices()[:1])
-  state, _, _ = train.create_train_state(config, model, mesh, (1, 64, 64, 3))
-  v = jax.tree.map(np.asarray, state.variables())
+  v = random_variables(train.abstract_variables(config, model))
   images = jax.random.normal(jax.random.key(0), (2, 64, 64, 3))
   labels = np.zeros((2, 64, 64), np.int32)
   labels[0, 16:48, 8:40] = C            # the new class: a square of image 0
@@ -180,9 +180,7 @@ def test_add_class_from_support_dir(tmp_path, tiny_config):
   from protoseg_jax.trainer.cli import ArgumentError
   config = tiny_config(tmp_path)
   model = build_model(config, C)
-  mesh = sharding.create_mesh(jax.devices()[:1])
-  state, _, _ = train.create_train_state(config, model, mesh, (1, 64, 64, 3))
-  v = jax.tree.map(np.asarray, state.variables())
+  v = random_variables(train.abstract_variables(config, model))
   sup = tmp_path / "support"
   sup.mkdir()
   rs = np.random.RandomState(0)

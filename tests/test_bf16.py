@@ -22,6 +22,10 @@ import pytest
 from protoseg_jax import sharding, train
 from protoseg_jax.models.segmentor import build_model
 
+# Its module fixture (two compiles of the tiny HRNet's train step, ~45 s on 2
+# cores) is built once: every test here runs on one worker; slow (docs/testing.md).
+pytestmark = [pytest.mark.xdist_group("bf16"), pytest.mark.slow]
+
 NUM_CLASSES = 3
 SIZE = 64
 # bf16 against f32 after one step. Measured: losses 0.2-0.9%; update 0.52

@@ -160,16 +160,16 @@ def test_blockwise_cross_entropy_equals_segmentation_loss(align_corners, weighte
 
 
 # ---------------------------------------------------------------------------
-# The whole train step (tiny segmentor): chunked == all at once.
+# The whole train step (the tests' plumbing segmentor): chunked == all at once.
 
 
 @pytest.mark.parametrize("head", ["proto", "linear"])
 def test_train_step_with_chunks_equals_all_at_once(tiny_config, tmp_path, head):
   results = []
   for chunk, rows in ((0, 0), (4, 5)):                # 4 of 6 classes, 5 of 64 label rows
-    config = tiny_config(str(tmp_path), **{"protoseg.class_chunk": chunk,
-                                           "loss.label_rows": rows, "model.head": head,
-                                           "dataset.held_out_class": 3})
+    config = tiny_config(str(tmp_path), plumbing=True, **{
+        "protoseg.class_chunk": chunk, "loss.label_rows": rows, "model.head": head,
+        "dataset.held_out_class": 3})
     model = build_model(config, 5)                    # held out: 5 of the 6 classes
     mesh = sharding.create_mesh(jax.devices()[:1])
     state, tx, schedule = train.create_train_state(config, model, mesh, (1, 64, 64, 3))

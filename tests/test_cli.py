@@ -3,14 +3,11 @@ config problem, a misspelled key and a wrong type included, reported at once
 as one line each, exit status 2, no traceback, before anything is compiled."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
-from conftest import xla_flags
+import tool_runner
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOLS = {
     "main.py": ["main.py"],
     "python -m protoseg_jax.diagnostics": ["-m", "protoseg_jax.diagnostics"],
@@ -21,11 +18,9 @@ TOOLS = {
 }
 
 
-def _run(args, cwd, timeout=300):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1",
-             XLA_FLAGS=xla_flags(1))
-  return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+def _run(args):
+  """The tool as a user runs it, in the checkout's root; JAX logs every compilation."""
+  return tool_runner.run(args, timeout=300, log_compiles=True)
 
 
 @pytest.mark.parametrize("tool", sorted(TOOLS))
@@ -36,7 +31,7 @@ def test_every_config_problem_at_once_in_one_line_each(tool, tmp_path):
           "--config.batch_size=abc",                    # the wrong type
           "--config.optim.warmup_steps=99",             # longer than the 2-step run
           "--config.protoseg.gamma=1.5"]                # out of range
-  done = _run(args, ROOT)
+  done = _run(args)
   assert done.returncode == 2, done.stderr[-3000:]
   assert "Traceback" not in done.stderr, done.stderr[-3000:]
   lines = [line for line in done.stderr.splitlines() if "error:" in line]
@@ -53,7 +48,7 @@ def test_every_config_problem_at_once_in_one_line_each(tool, tmp_path):
 
 @pytest.mark.parametrize("tool", sorted(TOOLS))
 def test_a_missing_config_file_is_one_line(tool, tmp_path):
-  done = _run([*TOOLS[tool], "--config=configs/nope.py", f"--workdir={tmp_path}"], ROOT)
+  done = _run([*TOOLS[tool], "--config=configs/nope.py", f"--workdir={tmp_path}"])
   assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
   (line,) = [line for line in done.stderr.splitlines() if "error:" in line]
   assert line.startswith(f"{tool}: config error: --config=configs/nope.py: cannot load")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import subprocess
-import sys
 import textwrap
 import types
 
@@ -35,11 +33,13 @@ from protoseg_jax.models.segmentor import Segmentor, build_model
 from test_hrnet import numpy_variables, openseg_module_forward
 from torch_helpers import max_rel_err as rel_err, nhwc, randomize_bn
 
-from conftest import xla_flags
+import tool_runner
+
+# Its module fixtures are built once: every test here runs on one worker.
+pytestmark = pytest.mark.xdist_group("convert")
 
 ARCH = "hrnet_w18_small"   # 16-32-64-128 branches: D = 240 instead of W48's 720
 C, M = 5, 3
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOL = 1e-4                 # max|ours - ref| / max|ref|, float32
 
 
@@ -434,7 +434,8 @@ def test_init_from_wrong_arch_and_full_model_dir(converted, tmp_path, tiny_confi
 
 
 def _convert_subprocess(args, tmp_path, block=()):
-  """`python -m protoseg_jax.convert ARGS` in a fresh interpreter where importing `block` fails."""
+  """`python -m protoseg_jax.convert ARGS` (tests/tool_runner.py: a forked child of an
+  interpreter that never imported torch) where importing `block` fails."""
   code = textwrap.dedent(f"""
       import runpy, sys
       class _Blocker:
@@ -445,9 +446,7 @@ def _convert_subprocess(args, tmp_path, block=()):
       sys.argv = ["python -m protoseg_jax.convert", *{list(args)!r}]
       runpy.run_module("protoseg_jax.convert", run_name="__main__", alter_sys=True)
       """)
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
-  return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=600)
+  return tool_runner.run(["-c", code])
 
 
 def test_cli_converts_a_pth_without_torch(tmp_path):

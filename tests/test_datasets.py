@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import io
 import os
-import subprocess
-import sys
 import zipfile
 
 import ml_collections
@@ -27,6 +25,11 @@ from data import prepare as prepare_lib
 from data.common import DatasetMeta
 from protoseg_jax.trainer import datasets
 from protoseg_jax.trainer import input_pipeline as ip
+
+from conftest import demo_prepare_output, prepare_demo
+
+# Its module fixtures are built once: every test here runs on one worker.
+pytestmark = pytest.mark.xdist_group("datasets")
 
 
 def _jpeg(h, w, seed, mode="RGB"):
@@ -538,41 +541,17 @@ def demo_config(data_dir, **dataset_overrides):
   return config
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _prepare_command(data_dir) -> subprocess.CompletedProcess:
-  """`python -m data.prepare demo --config=tiny --data_dir=DIR` as a user runs it, its
-  output into pipes (not a terminal)."""
-  return subprocess.run([sys.executable, "-m", "data.prepare", "demo", "--config=tiny",
-                         f"--data_dir={data_dir}"], cwd=ROOT, capture_output=True, text=True,
-                        timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
-
-
-_PREPARE_OUTPUT = {}  # data_dir -> the output of the command that prepared it
-
-
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-  """A data_dir with the tiny demo (24 train / 10 validation) prepared by `python -m
-  data.prepare` (shared with test_input_pipeline.py and test_held_out.py)."""
-  d = tmp_path_factory.mktemp("tfds")
-  done = _prepare_command(d)
-  assert done.returncode == 0, done.stderr[-3000:]
-  _PREPARE_OUTPUT[str(d)] = done
-  datasets.check_prepared(demo_config(d))
-  return d
-
-
 def test_prepare_command_without_a_terminal_and_again(demo_dir):
-  """Piped output has no progress-bar escape codes; a second run says it reused the data."""
-  d, first = demo_dir, _PREPARE_OUTPUT[str(demo_dir)]
-  assert "\x1b[" not in first.stdout + first.stderr
-  assert first.stdout.strip().splitlines()[-1].startswith("Prepared protoseg_demo in ")
-  again = _prepare_command(d)
+  """Piped output has no progress-bar escape codes; a second run says it reused the data.
+  (The session's demo data was prepared by the same command: conftest.demo_dir.)"""
+  first = demo_prepare_output(demo_dir)
+  assert "\x1b[" not in first["stdout"] + first["stderr"]
+  assert first["stdout"].strip().splitlines()[-1].startswith("Prepared protoseg_demo in ")
+  datasets.check_prepared(demo_config(demo_dir))
+  again = prepare_demo(demo_dir)
   assert again.returncode == 0, again.stderr[-3000:]
   (line,) = again.stdout.strip().splitlines()
-  assert line.startswith(f"Reused protoseg_demo: already prepared in {d}"), line
+  assert line.startswith(f"Reused protoseg_demo: already prepared in {demo_dir}"), line
   assert "\x1b[" not in again.stdout + again.stderr
 
 

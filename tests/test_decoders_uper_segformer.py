@@ -16,6 +16,9 @@ from protoseg_jax.convert import uper as uper_convert
 from protoseg_jax.models import mit, segformer, uper
 from torch_helpers import max_rel_err
 
+# Its module fixtures are built once: every test here runs on one worker.
+pytestmark = pytest.mark.xdist_group("decoders")
+
 
 def nhwc(t):
   return jnp.asarray(t.permute(0, 2, 3, 1).numpy())

@@ -18,7 +18,7 @@ nothing written, nothing compiled.
 Cost: the models are tiny and random (no training); the artefacts are
 loaded in one subprocess that compiles at XLA's optimisation level 0 and
 runs while this process exports the next model; the command-line cases run
-in forked children of one interpreter (one import of the stack for all).
+as tests/tool_runner.py runs the tools (one import of the stack for all).
 """
 
 import json
@@ -34,11 +34,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import make_tiny_config, xla_flags
+import tool_runner
+from conftest import make_tiny_config, random_variables, save_train_state, xla_flags
 from protoseg_jax import export, inference, optim, train
 from protoseg_jax.models.segmentor import build_model
 from protoseg_jax.trainer import augment, checkpoints, input_pipeline
 from protoseg_jax.trainer import run as runs
+
+# Its module fixtures are built once: every test here runs on one worker.
+pytestmark = pytest.mark.xdist_group("export")
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 BATCHES = (1, 3)
@@ -73,19 +77,6 @@ CASES = {
         "model.decoder_kwargs.channels": 8, "model.head": "linear", "model.align_corners": False,
         "dataset.held_out_class": 2}, (64, 32)),           # outputs: dataset ids 0, 1, 3, 4, 5
 }
-
-
-def random_variables(config, model, seed=0):
-  """Variables of the model's shapes (nothing compiled): He-scaled kernels,
-  vectors (biases, norm scales, BatchNorm statistics) in [0.5, 1.5]."""
-  rng = np.random.default_rng(seed)
-
-  def fill(a):
-    if a.ndim <= 1:
-      return rng.uniform(0.5, 1.5, a.shape).astype(a.dtype)
-    fan_in = int(np.prod(a.shape[:-1]))
-    return rng.normal(0.0, np.sqrt(2.0 / fan_in), a.shape).astype(a.dtype)
-  return jax.tree.map(fill, train.abstract_variables(config, model))
 
 
 def random_images(size, n=max(BATCHES), seed=1):
@@ -234,7 +225,7 @@ def cases(tmp_path_factory, loader):
     config = make_tiny_config(str(tmp / "tfds"), **overrides)
     classes = runs.classes_of_config(config)
     model = build_model(config, classes.num_outputs, classes.ignore_index)
-    variables = random_variables(config, model)
+    variables = random_variables(train.abstract_variables(config, model))
     result = export.export_model(config, model, variables, classes, str(tmp / case), size=size,
                                  source="random variables", step=None)
     assert result.written == export.FORMATS and not result.failed, result
@@ -345,7 +336,7 @@ def test_a_bf16_model_exports_with_a_float32_interface_and_onnx_names_what_it_la
   config = make_tiny_config(str(tmp_path / "tfds"), **{"model.dtype": "bfloat16"})
   classes = runs.classes_of_config(config)
   model = build_model(config, classes.num_outputs)
-  variables = random_variables(config, model)
+  variables = random_variables(train.abstract_variables(config, model))
   out = tmp_path / "bf16"
   result = export.export_model(config, model, variables, classes, str(out), size=(32, 32),
                                formats=("jax", "onnx"))
@@ -384,7 +375,7 @@ def test_a_class_chunked_head_exports_to_jax_and_onnx_names_what_it_cannot(tmp_p
   config = make_tiny_config(str(tmp_path / "tfds"), **overrides)   # 6 classes in chunks of 4
   classes = runs.classes_of_config(config)
   model = build_model(config, classes.num_outputs)
-  variables = random_variables(config, model)
+  variables = random_variables(train.abstract_variables(config, model))
   size = CASES["resnet_fcn_linear"][1]
   result = export.export_model(config, model, variables, classes, str(tmp_path / "out"),
                                size=size, formats=("jax", "onnx"))
@@ -440,45 +431,14 @@ def test_sizes_formats_and_folders_are_checked():
 # The command line.
 
 
-DRIVER = textwrap.dedent(r'''
-    import json, os, sys
-    import protoseg_jax.main as entry        # the stack imported once, then one child per case
-    results = []
-    for argv in json.loads(sys.argv[1]):
-      r, w = os.pipe()
-      pid = os.fork()
-      if pid == 0:
-        os.close(r)
-        os.dup2(w, 2)
-        sys.argv = ["main.py", *argv]
-        code = 0
-        try:
-          entry.run("main.py")
-        except SystemExit as e:
-          code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except BaseException:
-          import traceback
-          traceback.print_exc()
-          code = 99
-        sys.stderr.flush()
-        os._exit(code)
-      os.close(w)
-      with os.fdopen(r) as f:
-        err = f.read()
-      _, status = os.waitpid(pid, 0)
-      results.append([os.waitstatus_to_exitcode(status), err])
-    print(json.dumps(results))
-    ''')
-
-
-def run_commands(arg_lists, cwd=ROOT, timeout=600):
-  """[(exit status, stderr)] of `main.py ARGS` for each ARGS (forked children
-  of one interpreter that imported the stack once)."""
-  env = dict(ENV, JAX_LOG_COMPILES="1")
-  done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(arg_lists)], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=timeout)
-  assert done.returncode == 0, done.stderr[-4000:]
-  return json.loads(done.stdout.strip().splitlines()[-1])
+def run_commands(arg_lists, timeout=600):
+  """[(exit status, stderr)] of `main.py ARGS` for each ARGS, run as a user runs
+  them (tests/tool_runner.py), JAX logging every compilation."""
+  out = []
+  for args in arg_lists:
+    done = tool_runner.run(["main.py", *args], timeout=timeout, log_compiles=True)
+    out.append((done.returncode, done.stderr))
+  return out
 
 
 def program(export_dir) -> str:
@@ -493,19 +453,10 @@ def _error_lines(stderr):
   return [line for line in stderr.splitlines() if "error:" in line]
 
 
-def _checkpointed_workdir(workdir, config, model, variables, step=2):
+def _checkpointed_workdir(workdir, config, variables, step=2):
   """A workdir as the trainer leaves it (config.json, run.json, a train-state
   checkpoint), holding `variables`."""
-  tx, _ = optim.create_optimizer(config, variables["params"])
-  state = train.TrainState(step=jnp.asarray(step, jnp.int32), params=variables["params"],
-                           batch_stats=variables.get("batch_stats", {}),
-                           prototypes=variables.get("prototypes", {}),
-                           opt_state=jax.jit(tx.init)(variables["params"]),
-                           rng=jax.random.PRNGKey(0))
-  mngr = checkpoints.checkpoint_manager(str(workdir), config)
-  checkpoints.save_state(mngr, step, state)
-  mngr.wait_until_finished()
-  mngr.close()
+  save_train_state(workdir, config, variables, step)
   runs.describe(str(workdir), config, runs.facts_of_config(config))
 
 
@@ -514,7 +465,7 @@ def test_the_command_exports_a_run_and_converted_weights_and_refuses_bad_input(c
   c = cases["demo_hrnet_proto"]
   config = c["config"]
   work = tmp_path / "work"
-  _checkpointed_workdir(work, config, c["model"], c["variables"])
+  _checkpointed_workdir(work, config, c["variables"])
   checkpoints.save_variables(c["variables"], str(tmp_path / "converted"))
   busy = tmp_path / "busy"
   busy.mkdir()

@@ -42,8 +42,9 @@ def test_rules_first_full_match_wins_and_optimizer_state_follows():
     sharding.param_shardings(params, mesh, ((".*", "shard"),))
 
 
-def test_fsdp_train_step_equals_replicated(tmp_path, tiny_config):
-  config = tiny_config(str(tmp_path / "tfds"), **{
+@pytest.mark.slow       # two inits and two compiles of the 8-device train step
+def test_fsdp_train_step_equals_replicated(demo_dir, tiny_config):
+  config = tiny_config(demo_dir, plumbing=True, **{
       "optim.name": "sgd", "optim.learning_rate": 0.05, "optim.warmup_steps": 0,
       "protoseg.assignment": "argmax"})
   config.model.decoder_kwargs.dropout = 0.0

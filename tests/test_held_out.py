@@ -11,7 +11,7 @@ import pytest
 from protoseg_jax import held_out, inference
 from protoseg_jax.trainer import input_pipeline as ip
 from protoseg_jax.metrics import metrics_from_confusion
-from test_datasets import demo_config, demo_dir  # pylint: disable=unused-import (a fixture)
+from test_datasets import demo_config
 from test_inference import IGNORE, make_batch
 from test_metrics import bruteforce_confusion
 

@@ -16,7 +16,11 @@ from timm.models.hrnet import HighResolutionModule
 from protoseg_jax import convert, models
 from protoseg_jax.convert import hrnet as hrnet_convert
 from protoseg_jax.models import hrnet
+from conftest import random_variables
 from torch_helpers import nchw, nhwc, randomize_bn, rel_errors
+
+# Its module fixtures are built once: every test here runs on one worker.
+pytestmark = pytest.mark.xdist_group("hrnet")
 
 TOL = 1e-4  # max|a - b| / max|b| per feature, float32
 
@@ -51,24 +55,10 @@ def openseg_module_forward(self, x):
 
 
 def numpy_variables(model, *args, seed: int = 0, **kw) -> dict:
-  """Random variables with `model.init`'s tree, drawn with numpy.
-
-  (jax.random's threefry takes ~1-15 s to compile per distinct shape on this CPU,
-  so `model.init` of a whole backbone costs minutes; eval_shape + numpy does not.)
-  """
-  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kw))
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name, shape = path[-1].key, leaf.shape
-    if name == "kernel":  # HWIO, kaiming fan_out
-      std = np.sqrt(2.0 / (shape[0] * shape[1] * shape[-1]))
-      return jnp.asarray(rng.normal(0, std, shape), jnp.float32)
-    if name in ("scale", "var"):
-      return jnp.asarray(rng.uniform(0.5, 1.5, shape), jnp.float32)
-    return jnp.asarray(rng.normal(0, 0.1, shape), jnp.float32)  # bias, mean
-
-  return jax.tree_util.tree_map_with_path(fill, abstract)
+  """Random variables with `model.init`'s tree (`conftest.random_variables`: drawn
+  with NumPy; `model.init` of a whole backbone compiles for a minute)."""
+  return random_variables(jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kw)),
+                          seed=seed)
 
 
 def run_ours(arch, variables, x: torch.Tensor, **kw):

@@ -14,6 +14,7 @@ import textwrap
 import numpy as np
 import pytest
 
+import tool_runner
 from conftest import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -235,6 +236,7 @@ def test_the_blocker_blocks():
   assert done.returncode != 0 and "tensorflow is blocked" in done.stderr
 
 
+@pytest.mark.slow       # a train step in a subprocess of its own (no TensorFlow there)
 def test_library_imports_and_trains_without_tensorflow_tfds_clu_orbax():
   done = _run_without_trainer_stack("""
       import importlib, pkgutil
@@ -251,8 +253,9 @@ def test_library_imports_and_trains_without_tensorflow_tfds_clu_orbax():
         importlib.import_module(name)
       from protoseg_jax import sharding, train
       from protoseg_jax.models.segmentor import build_model
-      from configs import demo
-      config = demo.get_config()
+      sys.path.insert(0, "tests")
+      import tiny_runs            # the demo's config with the tests' plumbing model
+      config = tiny_runs.get_config("plumbing")
       config.protoseg.num_prototypes = 2
       config.protoseg.embed_dim = 16
       from protoseg_jax.validate import validate_config
@@ -276,7 +279,9 @@ def test_library_imports_and_trains_without_tensorflow_tfds_clu_orbax():
 
 
 @pytest.mark.slow
-def test_wheel_installs_a_package_that_evaluates_predicts_and_diagnoses_a_workdir(tmp_path):
+@pytest.mark.xdist_group("trained_run")
+def test_wheel_installs_a_package_that_evaluates_predicts_and_diagnoses_a_workdir(
+    tmp_path, trained_run, request):
   """`pip install .` gives a package that works outside the checkout: the
   library imports, and an existing workdir is evaluated, predicted on and
   diagnosed with only `--workdir` (its config.json and run.json say the rest;
@@ -305,23 +310,25 @@ def test_wheel_installs_a_package_that_evaluates_predicts_and_diagnoses_a_workdi
   assert not (target / "tests").exists() and not (target / "configs").exists()
   assert not (target / "data").exists()
 
-  # A run trained in the checkout (configs and dataset builders are there).
-  workdir, data_dir = tmp_path / "run", tmp_path / "tfds"
+  # A run trained in the checkout (configs and dataset builders are there): the
+  # session's tiny run (conftest.trained_run), its dataset prepared where its
+  # config says.
+  workdir = pathlib.Path(trained_run.copy_to(tmp_path / "run"))
   env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
-  done = subprocess.run([sys.executable, "main.py", "--config=configs/demo.py:runlocal",
-                         f"--workdir={workdir}", f"--config.dataset.data_dir={data_dir}"],
-                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-  assert done.returncode == 0, done.stderr[-3000:]
+  with open(workdir / "metrics.jsonl") as f:
+    trained_vals = [json.loads(line) for line in f if "val/mIoU" in line]
 
   elsewhere = tmp_path / "elsewhere"
   elsewhere.mkdir()
   Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), np.uint8)).save(
       elsewhere / "photo.png")
-  installed = dict(env, PYTHONPATH=str(target))
+  # The commands as tests/tool_runner.py runs them, from a driver that imports
+  # the installed package (PYTHONPATH) in another directory: one import for all.
+  driver = tool_runner.Driver(env=dict(env, PYTHONPATH=str(target)), cwd=elsewhere)
+  request.addfinalizer(driver.close)
 
   def run(*args):
-    return subprocess.run([sys.executable, *args], cwd=elsewhere, env=installed,
-                          capture_output=True, text=True, timeout=900)
+    return driver.run(args, cwd=elsewhere, timeout=900)
 
   done = run("-c", "import protoseg_jax, protoseg_jax.heads, protoseg_jax.convert, sys; "
                    "print(protoseg_jax.__file__); "
@@ -333,7 +340,9 @@ def test_wheel_installs_a_package_that_evaluates_predicts_and_diagnoses_a_workdi
   assert done.returncode == 0, done.stderr[-3000:]
   with open(workdir / "metrics.jsonl") as f:
     vals = [json.loads(line) for line in f if "val/mIoU" in line]
-  assert len(vals) == 2 and vals[1]["val/mIoU"] == pytest.approx(vals[0]["val/mIoU"], abs=1e-6)
+  # One record more: the last checkpoint's evaluation, as the run's own at that step.
+  assert vals[:-1] == trained_vals and vals[-1]["step"] == trained_vals[-1]["step"]
+  assert vals[-1]["val/mIoU"] == pytest.approx(trained_vals[-1]["val/mIoU"], abs=1e-6)
   done = run("-m", "protoseg_jax", f"--workdir={workdir}", "--mode=predict",
              "--input=photo.png", "--output=pred")
   assert done.returncode == 0, done.stderr[-3000:]

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -17,6 +14,7 @@ import pytest
 from protoseg_jax import inference as inf
 from protoseg_jax.ops import resize_bilinear
 
+import tool_runner
 from conftest import xla_flags
 
 IGNORE = 255
@@ -279,11 +277,9 @@ _SHARDED_SCRIPT = textwrap.dedent("""
 
 
 def test_predict_step_sharded_over_four_devices_equals_single_device():
-  env = dict(os.environ, XLA_FLAGS=xla_flags(4), JAX_PLATFORMS="cpu")
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
-  res = subprocess.run([sys.executable, "-c", _SHARDED_SCRIPT], env=env, cwd=root,
-                       capture_output=True, text=True, timeout=240)
+  # A process with 4 CPU devices (tests/tool_runner.py: a child of the worker's
+  # driver, its XLA_FLAGS set before its JAX backend starts).
+  res = tool_runner.run(["-c", _SHARDED_SCRIPT], timeout=240, env={"XLA_FLAGS": xla_flags(4)})
   assert res.returncode == 0 and "SHARDED_OK" in res.stdout, res.stdout + res.stderr
 
 

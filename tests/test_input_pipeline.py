@@ -15,7 +15,7 @@ import data
 from protoseg_jax.trainer import augment
 from protoseg_jax.trainer import datasets
 from protoseg_jax.trainer import input_pipeline as ip
-from test_datasets import demo_config, demo_dir  # pylint: disable=unused-import (a fixture)
+from test_datasets import demo_config
 
 NUM_CLASSES = data.dataset_meta("demo").num_classes
 

@@ -15,6 +15,9 @@ from protoseg_jax.convert import mit as mit_convert
 from protoseg_jax.models import get_backbone, mit
 from torch_helpers import max_rel_err
 
+# Its module fixtures are built once: every test here runs on one worker.
+pytestmark = pytest.mark.xdist_group("mit")
+
 ARCH = "mit_b0"
 
 

@@ -2,7 +2,6 @@
 kind in, label maps / colour maps / overlays out, equal to the eval path."""
 
 import os
-import subprocess
 import sys
 
 import jax
@@ -11,29 +10,28 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from conftest import make_tiny_config, xla_flags
+import tool_runner
+from conftest import make_tiny_config, random_variables
 import data
 from protoseg_jax import predict as P
 from protoseg_jax.models.segmentor import build_model
-from protoseg_jax.trainer import loop
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Its module fixture is built once: every test here runs on one worker, the
+# worker of the session's trained run, which test_main_predict_... uses.
+pytestmark = pytest.mark.xdist_group("trained_run")
 
 
 def _fresh_variables(config):
-  from protoseg_jax import sharding, train
-  from protoseg_jax.models.segmentor import build_model
+  """(model, random variables of its shapes, DatasetMeta): nothing trained or compiled."""
+  from protoseg_jax import train
   meta = data.dataset_meta(config.dataset.name)
   model = build_model(config, meta.num_classes, meta.ignore_index)
-  crop = tuple(config.dataset.crop_size)
-  state, _, _ = train.create_train_state(config, model, sharding.create_mesh(),
-                                         (1, crop[0], crop[1], 3))
-  return model, state.variables(), meta
+  return model, random_variables(train.abstract_variables(config, model)), meta
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-  config = make_tiny_config(str(tmp_path_factory.mktemp("tfds")))
+def setup(demo_dir):
+  config = make_tiny_config(demo_dir)
   model, variables, meta = _fresh_variables(config)
   predictor = P.Predictor.from_variables(config, variables, meta.num_classes)
   return config, model, variables, meta, predictor
@@ -205,32 +203,29 @@ def test_cityscapes_format_writes_label_ids(tmp_path):
 
 
 @pytest.mark.slow
-def test_main_predict_on_a_trained_held_out_workdir(tmp_path, tiny_config):
-  """A run trained without class 3 (config.dataset.held_out_class) predicts
-  DATASET ids through main.py --mode=predict (given only the workdir and the
-  config file without the held-out override) and Predictor.from_workdir
-  (given only the workdir): its 5 outputs are the classes 0, 1, 2, 4, 5."""
-  config = tiny_config(str(tmp_path / "tfds"), **{"dataset.held_out_class": 3})
-  workdir = tmp_path / "work"
-  state = loop.train_and_evaluate(config, str(workdir))
+def test_main_predict_on_a_trained_held_out_workdir(tmp_path, trained_run, demo_dir):
+  """The session's run trained without class 3 (conftest.trained_run:
+  config.dataset.held_out_class) predicts DATASET ids through main.py
+  --mode=predict (given only the workdir and the config file without the
+  held-out override) and Predictor.from_workdir (given only the workdir):
+  its 5 outputs are the classes 0, 1, 2, 4, 5."""
+  workdir = trained_run.copy_to(tmp_path / "work")
   src = tmp_path / "in" / "sub"
   src.mkdir(parents=True)
   imgs = [_rng_image(37, 61, 1), _rng_image(96, 96, 2)]
   for i, img in enumerate(imgs):
     Image.fromarray(img).save(src / f"a{i}.png")
   out = tmp_path / "out"
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
-  done = subprocess.run(
-      [sys.executable, "main.py", "--config=configs/demo.py:runlocal",
-       f"--config.dataset.data_dir={tmp_path / 'tfds'}", f"--workdir={workdir}",
-       "--mode=predict", f"--input={tmp_path / 'in'}", f"--output={out}"],
-      cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+  done = tool_runner.run(
+      ["main.py", "--config=tests/tiny_runs.py:plumbing", f"--config.dataset.data_dir={demo_dir}",
+       f"--workdir={workdir}", "--mode=predict", f"--input={tmp_path / 'in'}",
+       f"--output={out}"])
   assert done.returncode == 0, done.stderr[-4000:]
   assert "images/s" in done.stderr
   predictor = P.Predictor.from_workdir(workdir=str(workdir))   # no config: config.json, run.json
   assert predictor.classes.class_ids == (0, 1, 2, 4, 5)
   jax.tree.map(np.testing.assert_array_equal, jax.device_get(predictor.variables),
-               jax.device_get(state.variables()))
+               trained_run.variables)
   for i, img in enumerate(imgs):
     ids = np.asarray(Image.open(out / "sub" / f"a{i}.png"))
     labels, scores = predictor.predict(img, return_scores=True)

@@ -10,8 +10,6 @@ interrupted.
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import jax
@@ -22,9 +20,7 @@ import pytest
 from protoseg_jax import train
 from protoseg_jax.trainer import faults, loop
 
-from conftest import xla_flags
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import tool_runner
 
 
 def _steps(ckpt_dir):
@@ -57,11 +53,9 @@ def _wait_for(proc, condition, what):
   assert proc.poll() is None, f"the training process ended before {what}"
 
 
-def _output(log):
-  log.seek(0)
-  text = log.read()
-  log.close()
-  return text
+def _output(proc):
+  """What a finished command printed (stdout, then stderr)."""
+  return "".join(proc.output())
 
 
 def _final(workdir, step):
@@ -70,32 +64,26 @@ def _final(workdir, step):
 
 
 @pytest.mark.slow
-def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
-  data_dir = str(tmp_path / "tfds")
-  env = dict(os.environ, XLA_FLAGS=xla_flags(1),
-             JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
+def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path, demo_dir):
+  # The tests' plumbing model (tests/tiny_runs.py) on the session's demo data;
+  # main.py as a user runs it (tests/tool_runner.py: its own process, signalled
+  # by its pid; one device).
 
   def cmd(workdir, checkpoint_every):
-    return [sys.executable, "main.py", "--config=configs/demo.py:runlocal", f"--workdir={workdir}",
-            f"--config.dataset.data_dir={data_dir}", f"--config.num_train_steps={N}",
+    return ["main.py", "--config=tests/tiny_runs.py:plumbing", f"--workdir={workdir}",
+            f"--config.dataset.data_dir={demo_dir}", f"--config.num_train_steps={N}",
             f"--config.eval_every_steps={N}", f"--config.checkpoint_every_steps={checkpoint_every}",
             "--config.keep_checkpoints=3"]
 
-  def start(workdir, checkpoint_every, name):
-    log = open(tmp_path / f"{name}.log", "w+")
-    return subprocess.Popen(cmd(workdir, checkpoint_every), cwd=ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT), log
-
-  # The run never interrupted (also prepares the data and compiles for the others).
+  # The run never interrupted (also compiles for the others).
   straight = str(tmp_path / "straight")
-  done = subprocess.run(cmd(straight, 1000), cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=900)
+  done = tool_runner.run(cmd(straight, 1000), timeout=900)
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
   # 1. SIGKILL while it saves every step: no handler runs.
   workdir = str(tmp_path / "run")
   ckpt_dir = os.path.join(workdir, "checkpoints")
-  proc, log = start(workdir, 1, "killed")
+  proc = tool_runner.start(cmd(workdir, 1))
   try:
     _wait_for(proc, lambda: len(_steps(ckpt_dir)) >= 2, "it was killed")
     time.sleep(0.2)   # into the next step: often lands while a save is in flight
@@ -103,14 +91,14 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
   finally:
     proc.kill()
     proc.wait()
-    text = _output(log)
+    text = _output(proc)
   killed_at = max(_steps(ckpt_dir), default=None)
   assert killed_at is not None and killed_at >= 2, text[-3000:]
 
   # 2. The next run resumes from the last complete checkpoint; SIGTERM once
   # it trained a step. Only the signal saves (checkpoint_every_steps > N).
   before = len(_records(workdir))
-  proc, log = start(workdir, 1000, "preempted")
+  proc = tool_runner.start(cmd(workdir, 1000))
   try:
     _wait_for(proc, lambda: _train_records(workdir, before), "SIGTERM")
     proc.send_signal(signal.SIGTERM)
@@ -118,7 +106,8 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
   finally:
     if proc.poll() is None:
       proc.kill()
-    text = _output(log)
+      proc.wait()
+    text = _output(proc)
   assert code == 0, text[-4000:]
   assert f"Resumed from step {killed_at}" in text, text[-3000:]
   stopped_at = max(_train_records(workdir, before))
@@ -129,8 +118,7 @@ def test_killed_and_preempted_runs_resume_to_the_uninterrupted_result(tmp_path):
   assert not [r for r in _records(workdir)[before:] if "val/mIoU" in r]   # no evaluation
 
   # 3. The restart trains the rest: the uninterrupted run's result.
-  done = subprocess.run(cmd(workdir, 1000), cwd=ROOT, env=env, capture_output=True, text=True,
-                        timeout=900)
+  done = tool_runner.run(cmd(workdir, 1000), timeout=900)
   assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
   assert f"Resumed from step {stopped_at}" in done.stderr
   assert _steps(ckpt_dir)[-1] == N

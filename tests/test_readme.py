@@ -1,13 +1,11 @@
 """The README's commands and examples as written: "Use the head in your own Flax
 model" (with a stand-in backbone and data for the names it leaves to the reader),
-and "Add a class without retraining" on one tiny workdir (the tools in
-subprocesses, as a user runs them)."""
+and "Add a class without retraining" on one tiny workdir (the tools run as a
+user runs them: tests/tool_runner.py)."""
 
 import json
 import os
 import re
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -18,7 +16,8 @@ import pytest
 
 from protoseg_jax.models.segmentor import build_model
 
-from conftest import xla_flags
+import tool_runner
+from conftest import random_variables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
@@ -60,9 +59,8 @@ def _section(title: str) -> str:
 
 
 def _tool(args, timeout=600):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(1))
-  return subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+  """`python ARGS` in the checkout's root, as a user runs it (tests/tool_runner.py)."""
+  return tool_runner.run(args, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -80,17 +78,8 @@ def workdir(tmp_path_factory):
                                          "prototypes": jax.random.key(1)},
                             jnp.zeros((1, 64, 64, 3)))
   rng = np.random.default_rng(0)
-
-  def value(path, leaf):   # random weights (initialising for real compiles for a minute)
-    name = jax.tree_util.keystr(path)
-    if name.endswith("['var']"):
-      return np.ones(leaf.shape, leaf.dtype)
-    if name.endswith("['mean']"):
-      return np.zeros(leaf.shape, leaf.dtype)
-    return (0.1 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
-
   wd = tmp / "run"
-  checkpoints.save_variables(jax.tree_util.tree_map_with_path(value, dict(abstract)), str(wd))
+  checkpoints.save_variables(random_variables(abstract), str(wd))
   runs.describe(str(wd), config, facts)
   support = tmp / "support"
   support.mkdir()

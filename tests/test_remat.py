@@ -8,7 +8,6 @@ Each family runs one remat plan that mixes both modes ("stage" on some stages,
 "block" on the others), so one compile per setting covers both code paths.
 """
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +15,8 @@ import pytest
 
 from protoseg_jax.models import hrnet, layers, mit, resnet, swin
 from protoseg_jax.models.segmentor import build_model
+
+from conftest import random_variables
 
 RTOL = 1e-5
 LEAF_RTOL = 1e-3
@@ -67,27 +68,6 @@ def _loss_grads(model, variables, x):
   return jax.device_get((value, grads, upd.get("batch_stats", {}))) + (num_remat,)
 
 
-def _random_variables(model, x):
-  """Variables of `model` drawn in NumPy from the shapes of its init (no
-  compiled init): conv / dense kernels ~ N(0, 1/fan_in), norm scales
-  1 + N(0, 0.1^2), biases and tables N(0, 0.1^2), BN statistics 0 and 1."""
-  rng = np.random.default_rng(0)
-  shapes = jax.eval_shape(model.init, {"params": jax.random.key(0)}, x)
-
-  def draw(path, leaf):
-    name = jax.tree_util.keystr(path[-1:])
-    if "mean" in name:
-      return np.zeros(leaf.shape, np.float32)
-    if "var" in name:
-      return np.ones(leaf.shape, np.float32)
-    z = rng.normal(size=leaf.shape).astype(np.float32)
-    if "kernel" in name:
-      return z / np.sqrt(np.prod(leaf.shape[:-1]))
-    return 1.0 + 0.1 * z if "scale" in name else 0.1 * z
-
-  return flax.core.unfreeze(jax.tree_util.tree_map_with_path(draw, shapes))
-
-
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_remat_matches_no_remat(family):
   make, plan, num_checkpoints = FAMILIES[family]
@@ -95,7 +75,7 @@ def test_remat_matches_no_remat(family):
   off, on = make("none"), make(plan)
   # The remat model runs on the plain model's variables: the same names
   # (a missing one would raise), so converted weights and checkpoints load.
-  variables = _random_variables(off, x)
+  variables = random_variables(jax.eval_shape(off.init, {"params": jax.random.key(0)}, x))
   v0, g0, bs0, n0 = _loss_grads(off, variables, x)
   v1, g1, bs1, n1 = _loss_grads(on, variables, x)
   # remat is really in the program: one checkpoint per stage or block.

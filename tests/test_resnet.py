@@ -14,6 +14,9 @@ from protoseg_jax.convert import resnet as resnet_convert
 from protoseg_jax.models import resnet
 from torch_helpers import randomize_bn, rel_errors
 
+# Its module fixtures are built once: every test here runs on one worker.
+pytestmark = pytest.mark.xdist_group("resnet")
+
 TOL = 1e-4  # max|a - b| / max|b| per feature, float32
 
 

@@ -16,6 +16,9 @@ from protoseg_jax.convert import swin as swin_convert
 from protoseg_jax.models import get_backbone, layers, swin
 from torch_helpers import max_rel_err
 
+# Its module fixtures are built once: every test here runs on one worker.
+pytestmark = pytest.mark.xdist_group("swin")
+
 ARCH = "swin_tiny_patch4_window7_224"
 
 

@@ -15,42 +15,26 @@ from protoseg_jax.trainer import datasets, faults, input_pipeline, loop
 from protoseg_jax.models.segmentor import build_model
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
 def _records(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
 
 
 @pytest.mark.slow
-def test_train_and_evaluate_end_to_end(data_dir, tmp_path, tiny_config, monkeypatch):
-  """A tiny run trained without class 3 (config.dataset.held_out_class), evaluated
-  after each of its 2 steps: metrics, the workdir's own description, and the
-  val/proto_* usage counted against the model's 5 classes (dataset label 4 is
-  model class 3, ...) by a usage step compiled once per run."""
-  from protoseg_jax import held_out, prototype_stats
+@pytest.mark.xdist_group("trained_run")
+def test_train_and_evaluate_end_to_end(trained_run, tmp_path):
+  """The session's tiny run (conftest.trained_run): trained without class 3
+  (config.dataset.held_out_class), evaluated after each of its 2 steps:
+  metrics, the workdir's own description, and the val/proto_* usage counted
+  against the model's 5 classes (dataset label 4 is model class 3, ...) by a
+  usage step compiled once per run."""
+  from protoseg_jax import prototype_stats
   from protoseg_jax.heads import proto_head_output
   from protoseg_jax.trainer import run as runs
-  traces = []
-  make = prototype_stats.make_usage_step
-
-  def counting(model, label_lut=None):
-    step = make(model, label_lut)
-
-    def traced(variables, batch):
-      traces.append(1)              # runs once per trace (compilation) of the jitted step
-      return step(variables, batch)
-    return traced
-
-  monkeypatch.setattr(prototype_stats, "make_usage_step", counting)
-  workdir = str(tmp_path / "run")
-  config = tiny_config(data_dir, **{"eval.proto_usage_batches": -1,   # runlocal: 0
-                                    "eval_every_steps": 1, "dataset.held_out_class": 3})
-  state = loop.train_and_evaluate(config, workdir)
-  assert int(state.step) == 2
+  config = trained_run.config
+  workdir = trained_run.copy_to(tmp_path / "run")          # evaluated again below
+  variables = trained_run.variables                         # of the state the run returned
+  assert trained_run.step == 2
   recs = _records(workdir)
   train_recs = [r for r in recs if "train/loss" in r]
   val_recs = [r for r in recs if "val/mIoU" in r]
@@ -64,7 +48,7 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path, tiny_config, monkeypa
   for key in ("val/mIoU", "val/mAcc", "val/aAcc"):
     assert 0.0 <= val_recs[-1][key] <= 100.0
   assert val_recs[-1]["val/IoU"]["triangle"] == 0.0       # never predicted, scored as class 3
-  assert len(traces) == 1, traces                         # 2 evaluations, 1 compilation
+  assert trained_run.usage_traces == 1                    # 2 evaluations, 1 compilation
   # The workdir describes itself: the config and the run's classes.
   written = runs.read_config(workdir)
   assert written.to_json_best_effort(sort_keys=True) == config.to_json_best_effort(sort_keys=True)
@@ -80,21 +64,25 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path, tiny_config, monkeypa
   names = list(facts.classes.output_names)
   assert list(val["val/proto_used"]) == list(val["val/proto_usage"]) == names
   # Reference counts: embeddings of the final state, labels of every eval image
-  # at the embeddings' 24x24 (every 4th pixel of 96x96, PyTorch nearest), mapped
-  # dataset -> model class with a table written here.
+  # at the embeddings' size (12x12 for the plumbing model's output stride 8:
+  # every 8th pixel of 96x96, PyTorch nearest), mapped dataset -> model class
+  # with a table written here.
   model = build_model(config, 5)
   lut = np.full(256, 255)
   lut[[0, 1, 2, 4, 5]] = np.arange(5)
   want = np.zeros((5, m), np.int64)
   want_looks = np.zeros((5, prototype_stats.MAX_LOOKS, m), np.int64)
   sh = sharding.batch_sharding(sharding.create_mesh())
+  prototypes = variables["prototypes"]
   for batch in input_pipeline.create_eval_iterator(config, sh):
-    emb = proto_head_output(model, state.variables(), batch["image"]).embeddings
-    labels = lut[np.asarray(batch["label"])[:, ::4, ::4]]
+    emb = proto_head_output(model, variables, batch["image"]).embeddings
+    stride = batch["label"].shape[1] // emb.shape[1]
+    assert stride * emb.shape[1] == batch["label"].shape[1] == 96 and stride == 8
+    labels = lut[np.asarray(batch["label"])[:, ::stride, ::stride]]
     labels[~np.asarray(batch["mask"])] = 255
-    want += np.asarray(prototype_stats.usage_counts(state.prototypes, emb, labels))
-    looks = np.asarray(batch["appearance"])[:, ::4, ::4]     # the demo records each look
-    want_looks += np.asarray(prototype_stats.look_counts(state.prototypes, emb, labels, looks,
+    want += np.asarray(prototype_stats.usage_counts(prototypes, emb, labels))
+    looks = np.asarray(batch["appearance"])[:, ::stride, ::stride]   # the demo records each look
+    want_looks += np.asarray(prototype_stats.look_counts(prototypes, emb, labels, looks,
                                                          prototype_stats.MAX_LOOKS))
   for c, n in enumerate(names):
     if want[c].sum():
@@ -123,9 +111,9 @@ def test_train_and_evaluate_end_to_end(data_dir, tmp_path, tiny_config, monkeypa
 
 
 @pytest.mark.slow
-def test_resume_continues_exactly(data_dir, tmp_path, tiny_config):
+def test_resume_continues_exactly(demo_dir, tmp_path, tiny_config):
   straight = str(tmp_path / "straight")
-  config = tiny_config(data_dir, num_train_steps=4)
+  config = tiny_config(demo_dir, plumbing=True, num_train_steps=4)
   final = loop.train_and_evaluate(config, straight)
   # A run of 2 steps leaves exactly the step-2 checkpoint of the straight run
   # (same code path); restart from it in a fresh workdir and run 2 more. The
@@ -176,11 +164,12 @@ def _decisive_labels(model, variables, images, margin=1e-3):
   return np.repeat(np.repeat(small, scale, axis=1), scale, axis=2).astype(np.int32)
 
 
-def test_sharded_train_step_equals_single_device(data_dir, tiny_config):
+def test_sharded_train_step_equals_single_device(demo_dir, tiny_config):
   # SGD (the HRNet recipe): Adam's first steps are ~lr * sign(g), which turns
   # reduction-order rounding of near-zero gradients into lr-sized differences.
-  config = tiny_config(data_dir, **{"optim.name": "sgd", "optim.learning_rate": 0.05,
-                                    "optim.warmup_steps": 0, "protoseg.assignment": "argmax"})
+  config = tiny_config(demo_dir, plumbing=True, **{
+      "optim.name": "sgd", "optim.learning_rate": 0.05, "optim.warmup_steps": 0,
+      "protoseg.assignment": "argmax"})
   config.model.decoder_kwargs.dropout = 0.0
   info = datasets.get_dataset_info(config)
   model = build_model(config, info.num_classes)
@@ -219,14 +208,21 @@ def test_sharded_train_step_equals_single_device(data_dir, tiny_config):
     assert moved > 1e-4, tree
 
 
-def _one_device_setup(config):
+def _one_device_setup(config, batch=None):
   """(model, host batch, host initial state, run) on one device; run(state,
-  batch) -> the host (state, metrics) after one train step."""
+  batch) -> the host (state, metrics) after one train step. batch: the first
+  train batch of the config's data (default: read here).
+
+  The batch's images are float32 (`faults.float_images`: the same values as
+  the pipeline's uint8, which the step casts to float32 first), so that the
+  tests here that differ only in that (a NaN batch cannot be uint8) share one
+  compiled step."""
   info = datasets.get_dataset_info(config)
   model = build_model(config, info.num_classes)
   mesh = sharding.create_mesh(jax.devices()[:1])
-  batch = jax.device_get(next(input_pipeline.create_train_iterator(
-      config, sharding.batch_sharding(mesh))))
+  if batch is None:
+    batch = jax.device_get(faults.float_images(next(input_pipeline.create_train_iterator(
+        config, sharding.batch_sharding(mesh)))))
   state0, tx, schedule = train.create_train_state(config, model, mesh, (1, 64, 64, 3))
   step = train.make_train_step(model, tx, schedule, config, mesh)
 
@@ -237,8 +233,8 @@ def _one_device_setup(config):
   return model, batch, jax.device_get(state0), run
 
 
-def _one_device_steps(config, num_steps):
-  model, batch, state0, run = _one_device_setup(config)
+def _one_device_steps(config, num_steps, batch=None):
+  model, batch, state0, run = _one_device_setup(config, batch)
   state, out = state0, []
   for _ in range(num_steps):
     state, metrics = run(state, batch)
@@ -251,14 +247,14 @@ def _protos(state):
 
 
 @pytest.mark.slow
-def test_prototype_warmup_modes_and_frozen_prototypes(data_dir, tiny_config):
+def test_prototype_warmup_modes_and_frozen_prototypes(demo_dir, tiny_config):
   base = {"optim.name": "sgd", "optim.learning_rate": 0.05, "optim.warmup_steps": 0,
           "protoseg.assignment": "argmax", "protoseg.warmup_iters": 1}
   # pretrain_prototype=True (official trainer): warm-up step 0 is one SGD
   # step of the normalised prototypes on the CE gradient; no PPC/PPD.
-  config = tiny_config(data_dir, **base, **{"protoseg.pretrain_prototype": True})
-  model, batch, state0, [(s1, m1), (s2, m2)] = _one_device_steps(config, 2)
-  batch = train.finish_batch(batch, config)      # what the step's model sees
+  config = tiny_config(demo_dir, plumbing=True, **base, **{"protoseg.pretrain_prototype": True})
+  model, first_batch, state0, [(s1, m1), (s2, m2)] = _one_device_steps(config, 2)
+  batch = train.finish_batch(first_batch, config)      # what the step's model sees
   # (loss_ppc/ppd are logged during warm-up too, with weight 0 in the total)
   np.testing.assert_allclose(m1["train/loss"], m1["train/loss_ce"], rtol=1e-6)
   assert m2["train/loss"] > m2["train/loss_ce"] and m2["train/loss_ppc"] > 0
@@ -289,26 +285,27 @@ def test_prototype_warmup_modes_and_frozen_prototypes(data_dir, tiny_config):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
   # Default (pretrain_prototype=False): frozen during warm-up, no extra state.
-  config = tiny_config(data_dir, **base)
-  _, _, state0, [(s1, m1)] = _one_device_steps(config, 1)
+  # (The same data settings: the same first batch.)
+  config = tiny_config(demo_dir, plumbing=True, **base)
+  _, _, state0, [(s1, m1)] = _one_device_steps(config, 1, first_batch)
   np.testing.assert_array_equal(_protos(s1), _protos(state0))
   assert s1.proto_opt_state == {}
   np.testing.assert_allclose(m1["train/loss"], m1["train/loss_ce"], rtol=1e-6)
 
   # update_prototype=False (official ablation): PPC/PPD on, prototypes never move.
-  config = tiny_config(data_dir, **{**base, "protoseg.warmup_iters": 0,
-                                    "protoseg.update_prototype": False})
-  _, _, state0, [(s1, m1)] = _one_device_steps(config, 1)
+  config = tiny_config(demo_dir, plumbing=True, **{**base, "protoseg.warmup_iters": 0,
+                                                    "protoseg.update_prototype": False})
+  _, _, state0, [(s1, m1)] = _one_device_steps(config, 1, first_batch)
   np.testing.assert_array_equal(_protos(s1), _protos(state0))
   assert m1["train/loss_ppc"] > 0 and m1["train/loss_ppd"] > 0
 
 
-def test_per_device_mean_train_step_on_8_devices(data_dir, tiny_config):
+def test_per_device_mean_train_step_on_8_devices(demo_dir, tiny_config):
   # The official multi-GPU prototype update inside the jitted train step:
   # every device ends the step with the same prototypes (the pmean).
-  config = tiny_config(data_dir, **{"optim.name": "sgd", "optim.warmup_steps": 0,
-                                    "protoseg.assignment": "argmax",
-                                    "protoseg.prototype_update": "per_device_mean"})
+  config = tiny_config(demo_dir, plumbing=True, **{
+      "optim.name": "sgd", "optim.warmup_steps": 0, "protoseg.assignment": "argmax",
+      "protoseg.prototype_update": "per_device_mean"})
   info = datasets.get_dataset_info(config)
   model = build_model(config, info.num_classes)
   mesh = sharding.create_mesh(jax.devices()[:8])
@@ -365,7 +362,7 @@ def _all_finite(state):
 
 
 @pytest.mark.slow
-def test_nan_steps_are_skipped_counted_and_a_streak_stops_the_run(data_dir, tmp_path, tiny_config):
+def test_nan_steps_are_skipped_counted_and_a_streak_stops_the_run(demo_dir, tmp_path, tiny_config):
   # test_resume_continues_exactly's run, its images float32 (the loop's
   # `faults.float_images` with config.debug.nan_steps: one compiled step for
   # finite and NaN steps), all-NaN at steps 1, 3, 4 (config.debug.nan_steps:
@@ -373,8 +370,9 @@ def test_nan_steps_are_skipped_counted_and_a_streak_stops_the_run(data_dir, tmp_
   # NaN at step 1 (alone: skipped, the run goes on) and at steps 3 and 4 (2 in
   # a row = the limit: the run stops at step 4, the last, without saving it).
   workdir = str(tmp_path / "run")
-  config = tiny_config(data_dir, num_train_steps=4, checkpoint_every_steps=1, eval_every_steps=1000,
-                       max_consecutive_nonfinite=2, **{"debug.nan_steps": (1, 3, 4)})
+  config = tiny_config(demo_dir, plumbing=True, num_train_steps=4, checkpoint_every_steps=1,
+                       eval_every_steps=1000, max_consecutive_nonfinite=2,
+                       **{"debug.nan_steps": (1, 3, 4)})
   with pytest.raises(FloatingPointError, match=r"2 consecutive train steps \(3\.\.4\).*stopped at "
                                                r"step 4 without saving it.*latest checkpoint \(step 3 "):
     loop.train_and_evaluate(config, workdir)
@@ -398,19 +396,19 @@ def test_nan_steps_are_skipped_counted_and_a_streak_stops_the_run(data_dir, tmp_
     assert _moved(ckpt[1], ckpt[2], name) > 0, name
 
 
-def test_skipped_step_keeps_warmup_and_momentum_prototype_updates(data_dir, tiny_config):
-  # test_prototype_warmup_modes_and_frozen_prototypes' first config, on
-  # float32 images (one compiled step of its own): state.step 0 is warm-up
-  # (prototypes trained by gradient with their own optimizer state), from
-  # state.step 1 on the momentum update in the forward.
-  config = tiny_config(data_dir, **{
+def test_skipped_step_keeps_warmup_and_momentum_prototype_updates(demo_dir, tiny_config):
+  # test_prototype_warmup_modes_and_frozen_prototypes' first config (and so its
+  # compiled step): state.step 0 is warm-up (prototypes trained by gradient
+  # with their own optimizer state), from state.step 1 on the momentum update
+  # in the forward.
+  config = tiny_config(demo_dir, plumbing=True, **{
       "optim.name": "sgd", "optim.learning_rate": 0.05, "optim.warmup_steps": 0,
       "protoseg.assignment": "argmax", "protoseg.warmup_iters": 1,
       "protoseg.pretrain_prototype": True})
+  # float32 images for the finite step too (`_one_device_setup`): one program for
+  # the three steps, as the loop does (`faults.float_images`)
   _, batch, state0, run = _one_device_setup(config)
-  # float32 images for the finite step too: one program for the three steps
-  # (the NaN batch cannot be uint8), as the loop does (`faults.float_images`)
-  batch = jax.device_get(faults.float_images(batch))
+  assert batch["image"].dtype == np.float32
   bad = jax.device_get(faults.nan_images(batch))
   assert np.all(np.isnan(bad["image"])) and np.array_equal(bad["label"], batch["label"])
 

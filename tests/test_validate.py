@@ -5,7 +5,8 @@ dataset is prepared or anything is compiled; every shipped config is valid.
 The invalid configs are `configs/demo.py:runlocal` (the tests' tiny run:
 2 steps, batch 8, 64x64 crops of the 96x96 demo scenes rescaled 0.75-1.5)
 with one or a few values changed. Pure Python except the slow tests, which
-run main.py in a subprocess (each stops at its config error, in seconds).
+run main.py as a user does (tests/tool_runner.py; each stops at its config
+error, in seconds).
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ import ast
 import glob
 import importlib
 import os
-import subprocess
-import sys
 import time
 
 import jax
 import pytest
+
+import tool_runner
 
 from configs import demo
 from protoseg_jax import sharding
@@ -297,12 +298,11 @@ def test_without_the_dataset_catalog_the_dataset_checks_are_skipped():
     ("--config.batch_size=abc", "--config.batch_size=abc: must be an integer"),
 ])
 def test_main_reports_a_config_error_in_one_line_and_exits_2(tmp_path, override, named):
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_LOG_COMPILES="1")
   start = time.time()
-  done = subprocess.run(
-      [sys.executable, "main.py", "--config=configs/demo.py:runlocal",
-       f"--workdir={tmp_path / 'workdir'}", f"--config.dataset.data_dir={tmp_path / 'tfds'}",
-       override], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  done = tool_runner.run(
+      ["main.py", "--config=configs/demo.py:runlocal", f"--workdir={tmp_path / 'workdir'}",
+       f"--config.dataset.data_dir={tmp_path / 'tfds'}", override], timeout=300,
+      log_compiles=True)
   seconds = time.time() - start
   assert done.returncode == 2, done.stderr[-3000:]
   assert "Traceback" not in done.stderr, done.stderr[-3000:]

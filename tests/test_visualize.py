@@ -1,5 +1,5 @@
 """protoseg_jax.visualize, the model-facing parts of prototype_stats and
-`trainer.run.load_run` (converted variables, a checkpoint) on a fresh tiny model."""
+`trainer.run.load_run` (converted variables, a checkpoint) on a tiny model with random variables."""
 
 import os
 
@@ -14,27 +14,20 @@ from protoseg_jax.heads import proto_head_output
 from protoseg_jax.models.segmentor import build_model
 from protoseg_jax.trainer import run as runs
 
+from conftest import make_tiny_config, random_variables, save_train_state
+
+# Its module fixtures are built once: every test here runs on one worker.
+pytestmark = pytest.mark.xdist_group("visualize")
+
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
-def tiny_state(data_dir):
-  """(config, DatasetMeta, model, a fresh TrainState) of configs/demo.py:runlocal."""
-  from tests.conftest import make_tiny_config
-  config = make_tiny_config(data_dir)
+def tiny(demo_dir):
+  """(config, DatasetMeta, model, random variables) of configs/demo.py:runlocal on the
+  session's demo data."""
+  config = make_tiny_config(demo_dir)
   meta = data.dataset_meta(config.dataset.name)
   model = build_model(config, meta.num_classes, meta.ignore_index)
-  state, _, _ = train.create_train_state(config, model, sharding.create_mesh(), (1, 64, 64, 3))
-  return config, meta, model, state
-
-
-@pytest.fixture(scope="module")
-def tiny(tiny_state):
-  config, meta, model, state = tiny_state
-  return config, meta, model, jax.device_get(state.variables())
+  return config, meta, model, random_variables(train.abstract_variables(config, model))
 
 
 def test_prototype_colors_are_distinct_shades():
@@ -109,13 +102,9 @@ def test_usage_over_eval_batches_from_converted_variables(tiny, tmp_path):
   assert table.splitlines()[0].startswith("class") and "background" in table
 
 
-def test_load_model_variables_from_a_checkpoint(tiny_state, tiny, tmp_path):
-  from protoseg_jax.trainer import checkpoints
+def test_load_model_variables_from_a_checkpoint(tiny, tmp_path):
   config, meta, model, variables = tiny
-  mngr = checkpoints.checkpoint_manager(str(tmp_path), config)
-  checkpoints.save_state(mngr, 3, tiny_state[3])
-  mngr.wait_until_finished()
-  mngr.close()
+  save_train_state(tmp_path, config, variables, 3)
   run = runs.load_run(str(tmp_path), config)    # no optimizer state is read
   loaded = jax.device_get(run.variables)
   assert run.step == 3 and jax.tree.structure(loaded) == jax.tree.structure(variables)
