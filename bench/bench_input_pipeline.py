@@ -31,6 +31,10 @@ prefetch) costs above the steps.
   python -m bench.bench_input_pipeline --threads=1
   python -m bench.bench_input_pipeline --recipe=cityscapes --threads=1
   python -m bench.bench_input_pipeline --recipe=cityscapes --threads=1 --profile
+
+--data_dir=gs://BUCKET/tfds prepares the dataset into that folder (a bucket:
+docs/buckets.md runs it against tests/gcs_emulator.py) instead of the tmp
+dir, and the pipeline reads it from there.
 """
 
 from __future__ import annotations
@@ -124,6 +128,8 @@ def main(argv=None):
   parser.add_argument("--no_photometric", action="store_true")
   parser.add_argument("--profile", action="store_true", help="also the cost of each step")
   parser.add_argument("--repeats", type=int, default=3, help="timings per step with --profile")
+  parser.add_argument("--data_dir", default=None, help="prepare and read the dataset there "
+                      "(e.g. gs://bucket/tfds) instead of a tmp dir")
   args = parser.parse_args(argv)
 
   tf.config.threading.set_intra_op_parallelism_threads(args.threads)
@@ -139,13 +145,14 @@ def main(argv=None):
     os.makedirs(manual)
     t0 = time.time()
     mean_mb = writer(manual, args.num_images)
-    prepare_lib.prepare(name, manual, os.path.join(tmp, "tfds"))
+    data_dir = args.data_dir or os.path.join(tmp, "tfds")
+    prepare_lib.prepare(name, manual, data_dir)
     print(f"wrote and prepared {args.num_images} {written} in {time.time() - t0:.1f} s"
           + f" (mean {mean_mb:.3f} MB each)")
 
     config.batch_size, config.eval_batch_size, config.seed = args.batch_size, args.batch_size, 0
     config.dataset.update(dict(
-        data_dir=os.path.join(tmp, "tfds"), shuffle_buffer=args.num_images,
+        data_dir=data_dir, shuffle_buffer=args.num_images,
         num_parallel_calls=args.threads, prefetch=2))
     if args.no_photometric:
       config.dataset.photometric = False
@@ -187,6 +194,7 @@ def main(argv=None):
         f"{config.dataset.augmentation}, crop {tuple(config.dataset.crop_size)}, photometric "
         f"{config.dataset.photometric}), tf {tf.__version__}, threads={args.threads}, "
         f"batch={args.batch_size}")
+  print(f"data_dir {data_dir}")
   print(f"{images} images in {dt:.2f} s wall, {cpu:.2f} s CPU (all threads of this process)")
   print(f"wall: {images / dt:.1f} images/s = {images / dt / args.threads:.1f} images/s per thread")
   print(f"CPU:  {images / cpu:.1f} images per CPU-second (= images/s per fully used core)")

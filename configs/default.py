@@ -34,6 +34,8 @@ def get_config():
   config.max_eval_batches = -1          # -1: the whole eval split
   config.init_from = ""                 # dir written by `python -m protoseg_jax.convert` (backbone weights)
   config.compilation_cache_dir = ""      # JAX persistent compilation cache: "" = DIR/compilation_cache, "off", or a dir
+  config.workdir_lock_lease_s = 60.0    # a gs:// workdir's trainer.lock: the lease a trainer renews while it
+                                        # trains; a killed trainer's successor takes the workdir over once it ends
   config.init_from_scope = "backbone"   # backbone | all (a whole converted model, e.g. official ProtoSeg)
 
   # Data: read by protoseg_jax.input_pipeline.

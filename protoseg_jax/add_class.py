@@ -32,16 +32,15 @@ the dataset's ids for every class.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import os
 
 from absl import flags
+from etils import epath
 import numpy as np
-from PIL import Image
 
 from protoseg_jax import heads
-from protoseg_jax.trainer import augment, checkpoints, cli, input_pipeline, run as runs
-from protoseg_jax.trainer.images import READ_ERRORS, error_reason, to_rgb_uint8
+from protoseg_jax.trainer import augment, checkpoints, cli, input_pipeline, paths, run as runs
+from protoseg_jax.trainer.images import READ_ERRORS, error_reason, open_image, to_rgb_uint8
 
 FLAGS = flags.FLAGS
 NAME = "python -m protoseg_jax.add_class"
@@ -50,13 +49,15 @@ MASK_SUFFIX = "_mask.png"
 
 
 def list_support(support_dir: str) -> list[tuple[str, str]]:
-  """(image, mask) path pairs of SUPPORT_DIR, sorted by stem."""
-  if not os.path.isdir(support_dir):
+  """(image, mask) path pairs of SUPPORT_DIR (a folder or a gs:// URL), sorted by stem."""
+  folder = epath.Path(paths.expand(support_dir))
+  if not folder.is_dir():
     raise cli.ArgumentError(f"--support={support_dir}: no such directory")
   pairs = []
-  for mask in sorted(glob.glob(os.path.join(support_dir, "*" + MASK_SUFFIX))):
+  masks = sorted(os.fspath(p) for p in folder.iterdir() if p.name.endswith(MASK_SUFFIX))
+  for mask in masks:
     stem = mask[: -len(MASK_SUFFIX)]
-    images = [stem + e for e in IMAGE_EXTS if os.path.isfile(stem + e)]
+    images = [stem + e for e in IMAGE_EXTS if epath.Path(stem + e).is_file()]
     if not images:
       raise cli.ArgumentError(f"no image {os.path.basename(stem)}{{{','.join(IMAGE_EXTS)}}} "
                               f"for the mask {mask}")
@@ -70,7 +71,7 @@ def list_support(support_dir: str) -> list[tuple[str, str]]:
 def read_mask(mask_path: str) -> np.ndarray:
   """bool [H, W]: any value > 0 is the class (0/1, 0/255, palette indices,
   16-bit; a colour mask: any channel > 0)."""
-  with Image.open(mask_path) as im:
+  with open_image(mask_path) as im:
     m = np.asarray(im)
   if m.ndim == 3:
     m = m.max(axis=-1)
@@ -80,7 +81,7 @@ def read_mask(mask_path: str) -> np.ndarray:
 def read_pair(image_path: str, mask_path: str) -> tuple[np.ndarray, np.ndarray]:
   """RGB uint8 [H, W, 3] and a bool mask [H, W] of the new class."""
   try:
-    with Image.open(image_path) as im:
+    with open_image(image_path) as im:
       image = to_rgb_uint8(im)
     mask = read_mask(mask_path)
   except READ_ERRORS as e:
@@ -138,9 +139,10 @@ def main(argv):
   for flag in ("workdir", "support", "output"):
     if not getattr(FLAGS, flag):
       raise cli.ArgumentError(f"--{flag} is required")
-  workdir, output = cli.expand(FLAGS.workdir), cli.expand(FLAGS.output)
+  workdir = cli.expand(FLAGS.workdir, "--workdir")
+  output = cli.expand(FLAGS.output, "--output")
   config = cli.run_config(workdir)          # every config problem first
-  pairs = list_support(cli.expand(FLAGS.support))
+  pairs = list_support(cli.expand(FLAGS.support, "--support"))
   facts = runs.read_facts(workdir)
   if facts is not None:                     # the run's classes, known before any weights load
     new_class(facts.classes, FLAGS.name)
@@ -150,7 +152,7 @@ def main(argv):
   import jax
   variables = jax.device_get(run.variables)
   new, n = add_class_from_support(run.config, run.model, variables, pairs)
-  os.makedirs(output, exist_ok=True)
+  paths.resolve(output).mkdir(parents=True, exist_ok=True)
   checkpoints.save_variables(new, output)
   facts = run.facts or runs.facts_of_config(run.config)
   added = {"name": name, "class_id": classes.class_ids[-1], "support_images": len(pairs),

@@ -35,7 +35,8 @@ def define_flags():
 
 def main(argv):
   del argv
-  run = cli.load_tool_run(cli.expand(FLAGS.workdir), variables_dir=cli.expand(FLAGS.variables),
+  run = cli.load_tool_run(cli.expand(FLAGS.workdir, "--workdir"),
+                          variables_dir=cli.expand(FLAGS.variables, "--variables"),
                           checkpoint_step=FLAGS.checkpoint_step, needs_prototypes=True)
   protos = prototype_stats.prototype_array(run.variables["prototypes"])
   counts = looks = None

@@ -79,7 +79,7 @@ import protoseg_jax
 from protoseg_jax import inference, ops, prototypes
 from protoseg_jax.classes import ClassMap
 from protoseg_jax.models import get_backbone
-from protoseg_jax.trainer import cli
+from protoseg_jax.trainer import cli, paths
 from protoseg_jax.trainer.cli import ArgumentError, UserError
 
 FORMATS = ("jax", "saved_model", "onnx")
@@ -146,8 +146,19 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def check_export_dir(path: str, overwrite: bool = False) -> str:
-  """The absolute export dir; ArgumentError when it is a file, or a
-  non-empty folder without `overwrite`, or cannot be created. Creates nothing."""
+  """The absolute export dir (or a URL); ArgumentError when it is a file, or a
+  non-empty folder without `overwrite`, or cannot be created (a bucket that
+  does not exist or cannot be read). Creates nothing."""
+  if paths.is_url(path):
+    cli.check_path(path, "--export_dir")
+    folder = paths.resolve(path)
+    if folder.is_file():
+      raise ArgumentError(f"--export_dir={path} is a file, not a folder")
+    entries = list(folder.iterdir()) if folder.is_dir() else []
+    if entries and not overwrite:
+      raise ArgumentError(f"--export_dir={path} exists and is not empty ({len(entries)} "
+                          "entries); choose another folder or pass --overwrite to replace it")
+    return paths.text(path)
   path = os.path.abspath(os.path.expanduser(path))
   if os.path.exists(path) and not os.path.isdir(path):
     raise ArgumentError(f"--export_dir={path} is a file, not a folder")
@@ -432,7 +443,8 @@ def export_model(config, model, variables, classes: ClassMap, export_dir: str, *
   """Writes the artefacts of `formats` and export.json to `export_dir`.
 
   size: (H, W) of the input (default: config.dataset.eval_canvas). Built in a
-  temporary folder beside `export_dir` and renamed to it when done; a format
+  temporary folder beside `export_dir` and renamed to it when done (a URL:
+  built in a local temporary folder, then uploaded); a format
   that fails (ExportFailed) is left out and listed in export.json's
   "failed", the others are written; when every format fails nothing is.
   Returns an ExportResult; raises ArgumentError for a bad size or folder.
@@ -448,13 +460,18 @@ def export_model(config, model, variables, classes: ClassMap, export_dir: str, *
   model = for_symbolic_batch(model, variables, size)
   apply_fn = inference_function(config, model, classes)
   closed = functools.partial(apply_fn, variables)
-  parent = os.path.dirname(export_dir)
-  made, d = [], parent             # folders created for export_dir, removed again if unused
-  while not os.path.isdir(d):
-    made.append(d)
-    d = os.path.dirname(d)
-  os.makedirs(parent, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.partial-", dir=parent)
+  remote = paths.is_url(export_dir)
+  made = []                        # folders created for export_dir, removed again if unused
+  if remote:
+    tmp = tempfile.mkdtemp(prefix=".export.partial-")
+  else:
+    parent = os.path.dirname(export_dir)
+    d = parent
+    while not os.path.isdir(d):
+      made.append(d)
+      d = os.path.dirname(d)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(export_dir)}.partial-", dir=parent)
   written, failed = [], {}
   try:
     for fmt in formats:
@@ -479,8 +496,11 @@ def export_model(config, model, variables, classes: ClassMap, export_dir: str, *
     with open(os.path.join(tmp, EXPORT_FILE), "w") as f:
       json.dump(meta, f, indent=1)
       f.write("\n")
-    _replace(tmp, export_dir)
-    tmp = None
+    if remote:
+      _upload(tmp, export_dir)
+    else:
+      _replace(tmp, export_dir)
+      tmp = None
   finally:
     if tmp is not None:
       shutil.rmtree(tmp, ignore_errors=True)
@@ -524,6 +544,15 @@ def _replace(src: str, dst: str):
   shutil.rmtree(old, ignore_errors=True)
 
 
+def _upload(src: str, dst: str):
+  """The local folder `src` uploaded as `dst` (a URL), what was there removed
+  first (--overwrite; an object store has no rename to swap folders with)."""
+  folder = paths.resolve(dst)
+  if folder.is_dir():
+    folder.rmtree()
+  paths.upload_tree(src, dst)
+
+
 def export_run(run, export_dir: str, *, size=None, formats: Sequence[str] = FORMATS,
                overwrite: bool = False, workdir: Optional[str] = None,
                check_stride: bool = True) -> ExportResult:
@@ -563,7 +592,7 @@ def run_command(workdir: Optional[str]) -> int:
   run = runs.load_run(workdir, config, checkpoint_step=FLAGS.checkpoint_step,
                       devices=jax.local_devices()[:1])
   result = export_run(run, export_dir, size=size, formats=formats, overwrite=FLAGS.overwrite,
-                      workdir=os.path.abspath(workdir) if workdir else None, check_stride=False)
+                      workdir=paths.text(workdir) if workdir else None, check_stride=False)
   if result.failed:
     done = (f"; {', '.join(ARTEFACTS[f] for f in result.written)} and {EXPORT_FILE} written "
             f"to {result.export_dir}" if result.written else "; nothing written")
@@ -573,7 +602,7 @@ def run_command(workdir: Optional[str]) -> int:
 
 def main(argv):
   del argv
-  return run_command(cli.expand(FLAGS.workdir))
+  return run_command(cli.expand(FLAGS.workdir, "--workdir"))
 
 
 if __name__ == "__main__":

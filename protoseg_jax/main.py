@@ -74,6 +74,9 @@ def define_flags():
   flags.DEFINE_integer("process_id", None, "Multi-process: index of this process.")
   flags.DEFINE_bool("distributed", False, "Multi-process: call jax.distributed.initialize() "
                     "with the arguments it detects itself (Cloud TPU pods, SLURM, Open MPI).")
+  flags.DEFINE_integer("heartbeat_timeout_s", 60, "Multi-process: a process that sends no "
+                       "heartbeat for this long is lost, and every other process stops (JAX's "
+                       "distributed service; a collective of a lost process may wait that long)")
 
 
 def _check_arguments(mode: str):
@@ -101,9 +104,28 @@ def main(argv):
   mode = FLAGS.mode
   _check_arguments(mode)
   import jax
-  if FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes:
-    jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  workdir = cli.expand(FLAGS.workdir)
+  if not (FLAGS.distributed or FLAGS.coordinator_address or FLAGS.num_processes):
+    return _run_mode(mode)
+  from protoseg_jax.trainer import faults
+  watchdog = faults.LostProcessWatchdog(FLAGS.heartbeat_timeout_s)
+  watchdog.before_initialize()
+  jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                             heartbeat_timeout_seconds=FLAGS.heartbeat_timeout_s)
+  if not watchdog.start():
+    return _run_mode(mode)
+  try:
+    code = _run_mode(mode)
+  except jax.errors.JaxRuntimeError as e:   # e.g. a collective whose peer died
+    watchdog.wait(e)
+  # Every process finished its work: one leaving now is not lost.
+  from jax.experimental import multihost_utils
+  multihost_utils.sync_global_devices("protoseg_jax: every process done")
+  watchdog.finish()
+  return code
+
+
+def _run_mode(mode: str) -> int:
+  workdir = cli.expand(FLAGS.workdir, "--workdir")
   if mode == "predict":
     return _predict(workdir)
   if mode == "export":
@@ -131,7 +153,7 @@ def _predict(workdir: str) -> int:
     raise cli.ArgumentError("--mode=predict runs in one process")
   # predict: one process, and Predictor splits its own batches over the local devices.
   config = cli.run_config(workdir, num_devices=1, num_processes=1)
-  output = cli.expand(FLAGS.output)
+  output = cli.expand(FLAGS.output, "--output")
   refused = []
   paths = predict.list_images(FLAGS.input, exclude=output, refused=refused)
   predict.check_output_dir(output, FLAGS.input)

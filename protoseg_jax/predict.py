@@ -55,7 +55,9 @@ local devices.
 from __future__ import annotations
 
 import glob as globlib
+import io
 import os
+import re
 import time
 from typing import Iterable, Optional, Sequence
 
@@ -69,10 +71,10 @@ from protoseg_jax import classes as classes_lib
 from protoseg_jax import inference, sharding
 from protoseg_jax.classes import ClassMap
 from protoseg_jax.models.segmentor import build_model
-from protoseg_jax.trainer import augment, input_pipeline, run as runs
+from protoseg_jax.trainer import augment, input_pipeline, paths, run as runs
 from protoseg_jax.trainer.cli import ArgumentError
 from protoseg_jax.trainer.datasets import config_value
-from protoseg_jax.trainer.images import READ_ERRORS, error_reason, to_rgb_uint8
+from protoseg_jax.trainer.images import READ_ERRORS, error_reason, open_image, to_rgb_uint8
 
 BUCKET = 32
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
@@ -110,7 +112,7 @@ def read_image(path: str, max_pixels: int = 0) -> np.ndarray:
       image (truncated, corrupt, unknown format).
   """
   try:
-    img = Image.open(path)
+    img = open_image(path)
   except Image.DecompressionBombError as e:  # PIL's own limit (2 * Image.MAX_IMAGE_PIXELS)
     raise ImageTooLarge(str(e)) from e
   with img:
@@ -138,6 +140,8 @@ def list_images(spec: str, exclude: Optional[str] = None,
   `refused` when given (pass it on to `Predictor.predict_paths`, which
   counts them); a file named explicitly is read wherever it points.
   """
+  if paths.is_url(spec):
+    return _list_bucket_images(spec, exclude)
   spec = os.path.expanduser(spec)
   explicit = os.path.isfile(spec)
   if explicit:
@@ -170,12 +174,7 @@ def list_images(spec: str, exclude: Optional[str] = None,
                       excluded, exclude)
     found = kept
   if not found:
-    if excluded:
-      raise NoInputImages(f"--input={spec}: its {excluded} image(s) all lie under "
-                          f"--output={exclude}, which predict never reads (its own outputs); "
-                          "choose an --output outside the input")
-    raise NoInputImages(f"--input={spec} names no image files "
-                        f"({', '.join(IMAGE_EXTENSIONS)})")
+    raise _no_images(spec, exclude, excluded)
   if not explicit:
     real_root, kept = os.path.realpath(root), []
     for p in found:
@@ -191,10 +190,98 @@ def list_images(spec: str, exclude: Optional[str] = None,
   return sorted((p, os.path.relpath(p, root)) for p in found)
 
 
+def _no_images(spec: str, exclude: Optional[str], excluded: int) -> "NoInputImages":
+  if excluded:
+    return NoInputImages(f"--input={spec}: its {excluded} image(s) all lie under "
+                         f"--output={exclude}, which predict never reads (its own outputs); "
+                         "choose an --output outside the input")
+  return NoInputImages(f"--input={spec} names no image files ({', '.join(IMAGE_EXTENSIONS)})")
+
+
+def _glob_regex(pattern: str) -> re.Pattern:
+  """A glob over '/'-separated paths as a regex: `**` any number of folders
+  (`a/**/b` includes `a/b`), `*` and `?` within one name, `[...]` a class."""
+  out, i = [], 0
+  while i < len(pattern):
+    if pattern.startswith("**/", i):
+      out.append("(?:.*/)?")
+      i += 3
+    elif pattern.startswith("**", i):
+      out.append(".*")
+      i += 2
+    elif pattern[i] == "*":
+      out.append("[^/]*")
+      i += 1
+    elif pattern[i] == "?":
+      out.append("[^/]")
+      i += 1
+    elif pattern[i] == "[" and "]" in pattern[i + 1:]:
+      end = pattern.index("]", i + 1)
+      body = pattern[i + 1:end]
+      out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+      i = end + 1
+    else:
+      out.append(re.escape(pattern[i]))
+      i += 1
+  return re.compile("".join(out) + r"\Z")
+
+
+def _bucket_files(root):
+  """Every file under a bucket folder (an epath.Path), recursively."""
+  for p in root.iterdir():
+    if p.is_dir():
+      yield from _bucket_files(p)
+    else:
+      yield p
+
+
+def _list_bucket_images(spec: str, exclude: Optional[str]) -> list[tuple[str, str]]:
+  """`list_images` of a URL: a file, a folder (recursive) or a glob (`**`
+  recursive, matched here: the store's own glob stops at one folder).
+  A bucket has no symlinks, so nothing is refused."""
+  spec = spec.rstrip("/")
+  path = paths.resolve(spec)
+  if path.is_file():
+    found, root = [spec], spec.rsplit("/", 1)[0]
+  elif globlib.has_magic(spec):
+    scheme, rest = spec.split("://", 1)
+    parts = rest.split("/")
+    fixed = next(i for i, part in enumerate(parts) if globlib.has_magic(part))
+    root = f"{scheme}://" + "/".join(parts[:fixed])
+    matcher = _glob_regex("/".join(parts[fixed:]))
+    base = paths.resolve(root)
+    found = ([os.fspath(p) for p in _bucket_files(base)
+              if matcher.match(os.fspath(p)[len(root) + 1:])] if base.is_dir() else [])
+  elif path.is_dir():
+    root = spec
+    found = [os.fspath(p) for p in _bucket_files(path) if p.name.lower().endswith(
+        IMAGE_EXTENSIONS)]
+  else:
+    raise NoInputImages(f"--input={spec}: no such file, folder or glob")
+  excluded = 0
+  if exclude is not None and paths.is_url(exclude):
+    kept = [p for p in found if not p.startswith(exclude.rstrip("/") + "/")]
+    excluded, found = len(found) - len(kept), kept
+  if not found:
+    raise _no_images(spec, exclude, excluded)
+  return sorted((p, p[len(root) + 1:]) for p in found)
+
+
 def check_output_dir(output: str, input_spec: str):
   """ArgumentError unless `output` can be written and does not write into the
   inputs: not the --input folder itself (`<name>.png` would replace an input
   `<name>.png`), creatable and writable. Checked before anything is loaded."""
+  if paths.is_url(output):
+    if output.rstrip("/") == input_spec.rstrip("/"):
+      raise ArgumentError(f"--output={output} is the --input folder: the label maps "
+                          "(<name>.png) would replace input images; choose another --output")
+    probe = paths.resolve(output) / f".protoseg_write_test_{os.getpid()}"
+    try:
+      probe.write_bytes(b"")
+      probe.unlink()
+    except Exception as e:  # pylint: disable=broad-except (the store's own error types)
+      raise ArgumentError(f"--output={output} cannot be written ({error_reason(e)})") from None
+    return
   out = os.path.realpath(os.path.expanduser(output))
   spec = os.path.expanduser(input_spec)
   if os.path.isdir(spec) and os.path.realpath(spec) == out:
@@ -250,6 +337,8 @@ def check_output_paths(output_dir: str, rel: str, output_format: str = "default"
   if os.path.isabs(rel) or os.pardir in parts:
     raise UnsafeOutputPath(f"refused: its relative path {rel!r} leaves the output folder")
   stem = output_stem(output_dir, rel)
+  if paths.is_url(output_dir):   # a bucket has no symlinks
+    return stem
   root = os.path.realpath(output_dir)
   folder = os.path.realpath(os.path.dirname(stem))  # symlinks of the existing part resolved
   if not _inside(folder, root):
@@ -263,7 +352,13 @@ def check_output_paths(output_dir: str, rel: str, output_format: str = "default"
 
 
 def _save_png(array: np.ndarray, path: str):
-  """Image.save(path) that never follows a symlink at `path` (O_NOFOLLOW)."""
+  """Image.save(path) that never follows a symlink at `path` (O_NOFOLLOW); a
+  URL: one upload (`paths.write_bytes`)."""
+  if paths.is_url(path):
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    paths.write_bytes(path, buf.getvalue())
+    return
   fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o666)
   with os.fdopen(fd, "wb") as f:
     Image.fromarray(array).save(f, format="PNG")
@@ -278,24 +373,25 @@ def write_outputs(stem: str, image: np.ndarray, labels: np.ndarray, palette,
   output_format "cityscapes"; ids without one are written as 0, unlabeled).
   An existing symlink at an output file is not followed (OSError).
   """
-  os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
-  paths = output_paths(stem, output_format)
+  if not paths.is_url(stem):
+    os.makedirs(os.path.dirname(stem) or ".", exist_ok=True)
+  files = output_paths(stem, output_format)
   if output_format == "cityscapes":
     if release_ids is None:
       raise ValueError("output_format='cityscapes' needs the dataset's release ids")
     lut = np.zeros((max(len(release_ids), int(labels.max(initial=0)) + 1),), np.uint8)
     lut[:len(release_ids)] = release_ids
-    _save_png(lut[labels.astype(np.int64)], paths[0])
-    return paths
+    _save_png(lut[labels.astype(np.int64)], files[0])
+    return files
   if output_format != "default":
     raise ValueError(f"output_format must be one of {OUTPUT_FORMATS}, got {output_format!r}")
   ids = labels.astype(np.uint8 if labels.max(initial=0) < 256 and len(palette) <= 256
                       else np.uint16)
   color = colorize(labels, palette)
-  _save_png(ids, paths[0])
-  _save_png(color, paths[1])
-  _save_png(overlay(image, color), paths[2])
-  return paths
+  _save_png(ids, files[0])
+  _save_png(color, files[1])
+  _save_png(overlay(image, color), files[2])
+  return files
 
 
 # --------------------------------------------------------------------------

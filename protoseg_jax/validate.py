@@ -483,6 +483,7 @@ def _check_runtime(ck: _Checker):
       ck.add("model.remat", remat, str(e).partition("; ")[2] or str(e))
   ck.integer("max_consecutive_nonfinite", 0, allowed="must be an integer >= 0 (0: never stop)")
   ck.string("compilation_cache_dir")
+  ck.number("workdir_lock_lease_s", 0, lo_open=True)
   ck.integer("eval.proto_usage_batches", -1,
              allowed="must be an integer >= -1 (-1: every eval batch, 0: off)")
   ck.integer("predict.max_pixels", 0, allowed="must be an integer >= 0 (0: no limit)")

@@ -25,6 +25,7 @@ here only.
 
 from __future__ import annotations
 
+import io
 import os
 from typing import Optional, Sequence
 
@@ -36,8 +37,8 @@ from PIL import Image
 
 from protoseg_jax import heads, prototype_stats
 from protoseg_jax.ops import nearest_indices
-from protoseg_jax.trainer import augment, cli, input_pipeline
-from protoseg_jax.trainer.images import READ_ERRORS, error_reason, to_rgb_uint8
+from protoseg_jax.trainer import augment, cli, input_pipeline, paths
+from protoseg_jax.trainer.images import READ_ERRORS, error_reason, open_image, to_rgb_uint8
 
 FLAGS = flags.FLAGS
 NAME = "python -m protoseg_jax.visualize"
@@ -139,9 +140,10 @@ def visualize(model, variables, image: np.ndarray, config, palette, class_names,
   shown = image
   size = image.shape[:2]            # the map at the image's own size
   pmap = prototype_map(_resize_nearest(cls, size), _resize_nearest(proto, size), colors)
-  os.makedirs(output_dir, exist_ok=True)
-  paths = {k: os.path.join(output_dir, f"{name}_{k}.png") for k in ("prototypes", "overview", "pca")}
-  Image.fromarray(pmap).save(paths["prototypes"])          # exact colours (decodable)
+  out = paths.resolve(output_dir)
+  out.mkdir(parents=True, exist_ok=True)
+  files = {k: os.fspath(out / f"{name}_{k}.png") for k in ("prototypes", "overview", "pca")}
+  _write_png(Image.fromarray(pmap), files["prototypes"])    # exact colours (decodable)
 
   present, pixels = np.unique(cls, return_counts=True)
   fig, axes = plt.subplots(1, 3, figsize=(13, 4.5), gridspec_kw={"width_ratios": [4, 4, 2]})
@@ -157,7 +159,7 @@ def visualize(model, variables, image: np.ndarray, config, palette, class_names,
   axes[2].legend(handles, labels, loc="center", fontsize=7, ncol=1 + len(labels) // 30, frameon=False)
   axes[2].axis("off")
   fig.tight_layout()
-  fig.savefig(paths["overview"], dpi=100)
+  _write_png(fig, files["overview"])
   plt.close(fig)
 
   if classes is None:
@@ -189,9 +191,20 @@ def visualize(model, variables, image: np.ndarray, config, palette, class_names,
   if classes:
     ax.legend(fontsize=8)
   fig.tight_layout()
-  fig.savefig(paths["pca"], dpi=100)
+  _write_png(fig, files["pca"])
   plt.close(fig)
-  return paths
+  return files
+
+
+def _write_png(figure, path: str):
+  """A PIL image or a matplotlib figure (100 dpi) as a PNG at `path`, local or
+  a URL (`paths.write_bytes`)."""
+  buf = io.BytesIO()
+  if isinstance(figure, Image.Image):
+    figure.save(buf, format="PNG")
+  else:
+    figure.savefig(buf, format="png", dpi=100)
+  paths.write_bytes(path, buf.getvalue())
 
 
 # --- the command ------------------------------------------------------------------
@@ -216,16 +229,17 @@ def main(argv):
   for flag in ("image", "output"):
     if not getattr(FLAGS, flag):
       raise cli.ArgumentError(f"--{flag} is required")
-  workdir = cli.expand(FLAGS.workdir)
+  workdir = cli.expand(FLAGS.workdir, "--workdir")
   config = cli.run_config(workdir)          # every config problem first, then the image
-  path = cli.expand(FLAGS.image)
+  path = cli.expand(FLAGS.image, "--image")
   try:
-    with Image.open(path) as im:
+    with open_image(path) as im:
       image = to_rgb_uint8(im)
   except READ_ERRORS as e:
     raise cli.ArgumentError(f"--image={FLAGS.image}: not a readable image "
                             f"({error_reason(e)})") from None
-  run = cli.load_tool_run(workdir, config=config, variables_dir=cli.expand(FLAGS.variables),
+  run = cli.load_tool_run(workdir, config=config,
+                          variables_dir=cli.expand(FLAGS.variables, "--variables"),
                           checkpoint_step=FLAGS.checkpoint_step, needs_prototypes=True)
   names = run.classes.output_names
   palette = [run.classes.palette[i] for i in run.classes.class_ids]
@@ -233,11 +247,11 @@ def main(argv):
     classes = _class_ids(FLAGS.classes, names)
   except ValueError as e:
     raise cli.ArgumentError(str(e)) from None
-  name = os.path.splitext(os.path.basename(path))[0]
-  paths = visualize(run.model, jax.device_get(run.variables), image, run.config, palette, names,
-                    cli.expand(FLAGS.output), name=name, classes=classes,
+  name = paths.resolve(path).stem
+  files = visualize(run.model, jax.device_get(run.variables), image, run.config, palette, names,
+                    cli.expand(FLAGS.output, "--output"), name=name, classes=classes,
                     max_points=FLAGS.max_points)
-  for p in paths.values():
+  for p in files.values():
     print(p)
 
 

@@ -163,6 +163,7 @@ def test_config_json_from_an_earlier_version_reads_with_the_added_keys(tmp_path)
   del tree["protoseg"]["class_chunk"], tree["protoseg"]["use_feat_norm"]
   del tree["loss"]["label_rows"], tree["eval"]["class_chunk"]
   del tree["dataset"]["finish_on_device"], tree["dataset"]["resize_on_device"]
+  del tree["workdir_lock_lease_s"]
   tree["protoseg"]["ppc_temperature"] = 0.1                  # present: kept
   (tmp_path / runs.CONFIG_FILE).write_text(json.dumps(tree))
   back = runs.read_config(str(tmp_path))
@@ -171,7 +172,11 @@ def test_config_json_from_an_earlier_version_reads_with_the_added_keys(tmp_path)
   assert back.dataset.finish_on_device is False           # the host normalised
   assert back.dataset.resize_on_device is False           # and did openseg's bicubic
   assert back.protoseg.ppc_temperature == 0.1
+  assert back.workdir_lock_lease_s == 60.0
   validate_config(back)
   for key in runs.ADDED_KEYS:                                 # each is a key of today's configs
-    section, leaf = key.split(".")
-    assert leaf in config[section], key
+    *parents, leaf = key.split(".")
+    node = config
+    for part in parents:
+      node = node[part]
+    assert leaf in node, key

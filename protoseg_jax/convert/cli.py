@@ -20,8 +20,10 @@ checkpoint this reads (or names code: refused) or whose keys do not fit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import tempfile
 from typing import Optional
 
 from absl import flags
@@ -34,7 +36,7 @@ from protoseg_jax.convert.official import (FULL_MODEL_PREFIX, INPUT_ORDERS, chec
                                            convert_protoseg_checkpoint, protoseg_compat_overrides)
 from protoseg_jax.convert.state_dict import MissingDependency, load_torch_file
 from protoseg_jax.convert.torch_file import TorchFileError
-from protoseg_jax.trainer import cli
+from protoseg_jax.trainer import cli, paths
 from protoseg_jax.trainer.checkpoints import save_variables
 
 FLAGS = flags.FLAGS
@@ -74,12 +76,27 @@ def check_arguments(arch: str, src: str, dst: str, *, input_order: str = "rgb",
   if not arch.startswith(FULL_MODEL_PREFIX) and input_order != "rgb":
     raise cli.ArgumentError(f"--input_order is for {FULL_MODEL_PREFIX}* archs (whole official "
                             "checkpoints)")
-  if not os.path.isfile(src):
-    why = "is a directory" if os.path.isdir(src) else "no such file"
+  cli.check_path(src, "--src")
+  cli.check_path(dst, "--dst")
+  source, target = paths.resolve(src), paths.resolve(dst)
+  if not source.is_file():
+    why = "is a directory" if source.is_dir() else "no such file"
     raise cli.ArgumentError(f"--src={src}: {why} (a PyTorch .pth/.pt/.bin or .safetensors "
                             "checkpoint)")
-  if os.path.exists(dst) and not os.path.isdir(dst):
+  if target.is_file():
     raise cli.ArgumentError(f"--dst={dst}: a file, not a directory")
+
+
+@contextlib.contextmanager
+def _local_file(src: str):
+  """A local path of `src`: itself, or for a URL a temporary copy (same file name)."""
+  if not paths.is_url(src):
+    yield src
+    return
+  with tempfile.TemporaryDirectory(prefix="protoseg_convert_") as tmp:
+    local = os.path.join(tmp, paths.resolve(src).name)
+    paths.resolve(src).copy(local)
+    yield local
 
 
 def convert_file(arch: str, src: str, dst: str, *, input_order: str = "rgb",
@@ -91,12 +108,13 @@ def convert_file(arch: str, src: str, dst: str, *, input_order: str = "rgb",
     cli.ArgumentError: an argument names nothing usable (`check_arguments`).
     cli.UserError: `src` is no checkpoint this reads (or names code), or does not fit `arch`.
   """
-  src, dst = os.path.expanduser(src), os.path.expanduser(dst)
+  src, dst = paths.expand(src), paths.expand(dst)
   check_arguments(arch, src, dst, input_order=input_order, prefix=prefix)
-  try:
-    sd = load_torch_file(src)
-  except (TorchFileError, MissingDependency, ValueError) as e:  # ValueError: no state_dict in it
-    raise cli.UserError(str(e)) from None
+  with _local_file(src) as local:
+    try:
+      sd = load_torch_file(local)
+    except (TorchFileError, MissingDependency, ValueError) as e:  # ValueError: no state_dict
+      raise cli.UserError(str(e).replace(local, src)) from None
   overrides = None
   try:
     if arch.startswith(FULL_MODEL_PREFIX):
@@ -112,11 +130,11 @@ def convert_file(arch: str, src: str, dst: str, *, input_order: str = "rgb",
   print(f"converted {src} ({arch}): {n} values -> {dst}")
   if overrides is not None:
     num_classes = checkpoint_num_classes(variables)
-    with open(os.path.join(dst, OVERRIDES_FILE), "w") as f:
-      json.dump({"num_classes": num_classes, "input_order": input_order,
-                 "overrides": overrides}, f, indent=2)
+    path = paths.resolve(dst) / OVERRIDES_FILE
+    paths.write_text(path, json.dumps({"num_classes": num_classes, "input_order": input_order,
+                                       "overrides": overrides}, indent=2))
     print(f"official model with {num_classes} classes; run it with these config values "
-          f"(also in {os.path.join(dst, OVERRIDES_FILE)}):")
+          f"(also in {path}):")
     for k, v in overrides.items():
       print(f"  config.{k} = {v!r}")
   return variables

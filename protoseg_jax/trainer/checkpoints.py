@@ -17,8 +17,8 @@ losses, the train step) never needs it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
 import time
 from typing import Any, Callable, Optional
 
@@ -29,6 +29,7 @@ import jax.numpy as jnp
 import orbax.checkpoint as ocp
 
 from protoseg_jax import trees
+from protoseg_jax.trainer import paths
 from protoseg_jax.validate import INIT_FROM_SCOPES
 
 CHECKPOINT_DIR = "checkpoints"   # under the workdir: DIR/checkpoints/<step>/
@@ -46,12 +47,32 @@ def checkpoint_manager(workdir: str, config, *, read_only: bool = False) -> ocp.
   options = ocp.CheckpointManagerOptions(
       max_to_keep=None if config is None else int(config.keep_checkpoints), create=not read_only,
       enable_async_checkpointing=not read_only, cleanup_tmp_directories=not read_only)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR),
-                               options=options)
+  return ocp.CheckpointManager(paths.resolve(workdir) / CHECKPOINT_DIR, options=options)
 
 
 def save_state(mngr: ocp.CheckpointManager, step: int, state) -> bool:
-  return mngr.save(step, args=ocp.args.StandardSave(state))
+  """Starts saving `state` as step `step` (asynchronously: the previous save's
+  failure surfaces here). A bucket that keeps failing: paths.StoreError."""
+  with _store_errors(mngr, "saving a checkpoint in"):   # this step's, or the one before
+    return mngr.save(step, args=ocp.args.StandardSave(state))
+
+
+def finish(mngr: ocp.CheckpointManager):
+  """Waits for the save in flight and closes the manager (paths.StoreError as
+  `save_state`)."""
+  with _store_errors(mngr, "finishing the checkpoints in"):
+    mngr.wait_until_finished()
+    mngr.close()
+
+
+@contextlib.contextmanager
+def _store_errors(mngr: ocp.CheckpointManager, doing: str):
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except (orbax, tensorstore and TF types)
+    if not paths.is_url(mngr.directory):
+      raise
+    raise paths.store_error(mngr.directory, doing, e) from e
 
 
 class NoIntactCheckpoint(FileNotFoundError):
@@ -165,7 +186,7 @@ def restore_model_variables(workdir: str, abstract: dict, step: Optional[int] = 
   mngr = checkpoint_manager(workdir, None, read_only=True)
 
   def restore_one(s):
-    path = os.path.join(str(mngr.directory), str(s), "default")
+    path = mngr.directory / str(s) / "default"
     with ocp.PyTreeCheckpointer() as ckptr:
       return ckptr.restore(path, args=ocp.args.PyTreeRestore(
           tree, restore_args=ocp.checkpoint_utils.construct_restore_args(tree),
@@ -183,18 +204,18 @@ CORRUPT_DIR = "checkpoints_unreadable"   # under the workdir
 
 def set_aside(workdir: str, steps) -> list[str]:
   """Moves unreadable checkpoint steps to DIR/checkpoints_unreadable/<step>
-  (kept, never deleted), so that a resumed run can save those steps again."""
+  (kept, never deleted), so that a resumed run can save those steps again
+  (`paths.move`: in a bucket, a copy and a delete)."""
   moved = []
+  root = paths.resolve(workdir)
   for s in steps:
-    src = os.path.join(os.path.abspath(workdir), CHECKPOINT_DIR, str(s))
-    dst = os.path.join(os.path.abspath(workdir), CORRUPT_DIR, str(s))
-    if os.path.exists(dst):
-      dst = f"{dst}.{int(time.time())}"
-    os.makedirs(os.path.dirname(dst), exist_ok=True)
-    os.replace(src, dst)
+    src, dst = root / CHECKPOINT_DIR / str(s), root / CORRUPT_DIR / str(s)
+    if dst.exists():
+      dst = dst.parent / f"{s}.{int(time.time())}"
+    paths.move(src, dst)
     logging.warning("unreadable checkpoint step %s moved to %s (kept; this run saves step %s "
                     "again when it gets there)", s, dst, s)
-    moved.append(dst)
+    moved.append(str(dst))
   return moved
 
 
@@ -202,7 +223,7 @@ def _stored_fields(mngr: ocp.CheckpointManager, step: int) -> set[str] | None:
   """Top-level keys of the train state stored at `step` (None if unreadable)."""
   try:
     with ocp.StandardCheckpointer() as ckptr:
-      meta = ckptr.metadata(os.path.join(str(mngr.directory), str(step), "default"))
+      meta = ckptr.metadata(mngr.directory / str(step) / "default")
     tree = getattr(meta, "item_metadata", meta)
     tree = getattr(tree, "tree", tree)
     return set(tree) if isinstance(tree, dict) else None
@@ -231,19 +252,17 @@ def _restore_older_layout(mngr, step, state, abstract):
 
 def save_variables(variables: dict, dst: str):
   """Write converted variables with orbax (restorable by `load_variables`)."""
-  dst = os.path.abspath(dst)
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.join(dst, "variables"), variables, force=True)
+    ckptr.save(paths.resolve(dst) / "variables", variables, force=True)
 
 
 def load_variables(path: str) -> dict:
   """Variables written by `save_variables` (DIR or DIR/variables)."""
-  path = os.path.abspath(os.path.expanduser(path))
-  sub = os.path.join(path, "variables")
-  if os.path.isdir(sub):
-    path = sub
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"converted weights {path!r} not found; create them with "
+  path = paths.resolve(path)
+  if (path / "variables").is_dir():
+    path = path / "variables"
+  if not path.is_dir():
+    raise FileNotFoundError(f"converted weights {str(path)!r} not found; create them with "
                             "`python -m protoseg_jax.convert --arch ARCH --src FILE --dst DIR`")
   with ocp.StandardCheckpointer() as ckptr:
     return ckptr.restore(path)

@@ -34,7 +34,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from protoseg_jax import validate
-from protoseg_jax.trainer import checkpoints, datasets, faults, run as runs
+from protoseg_jax.trainer import checkpoints, datasets, faults, paths, run as runs
 from protoseg_jax.trainer.images import READ_ERRORS  # noqa: F401 (tools catch them)
 
 FLAGS = flags.FLAGS
@@ -248,11 +248,18 @@ def run(main: Callable, name: str):
     if len(argv) > 1:
       exit_with(name, "flag", [f"unexpected arguments {argv[1:]} (flags are --name=value; "
                                "--helpshort lists them)"])
+    paths.configure_retries()
     quiet_console()
     try:
       return main(argv)
     except validate.ConfigError as e:
       exit_with(name, "config", e.problems)
+    except paths.StoreError as e:
+      # The store stayed down: orbax's save threads wait minutes for objects
+      # that will not come, and would hold the interpreter's exit.
+      print(f"{name}: error: {_message(e)}", file=sys.stderr, flush=True)
+      logging.flush()
+      os._exit(1)
     except (UserError, *RUN_ERRORS) as e:
       code = getattr(e, "exit_code", 1)
       exit_with(name, "", [_message(e)], code)
@@ -272,9 +279,35 @@ def _message(e: BaseException) -> str:
   return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def expand(path: Optional[str]) -> Optional[str]:
-  """`~` expanded (`--workdir=~/runs/x`: the shell leaves a `~` after `=` alone)."""
-  return os.path.expanduser(path) if path else path
+def expand(path: Optional[str], flag: Optional[str] = None) -> Optional[str]:
+  """A path flag's value, `~` expanded (`--workdir=~/runs/x`: the shell leaves a
+  `~` after `=` alone); a URL's bucket must exist and be readable (else one
+  line naming `flag`, exit 2: `paths.check_bucket`)."""
+  if not path:
+    return path
+  if flag:
+    check_path(path, flag)
+  return paths.expand(path)
+
+
+def check_path(path: str, what: str):
+  """ArgumentError (exit 2) when `path` is a URL whose bucket cannot be used."""
+  try:
+    paths.check_bucket(path, what)
+  except paths.UnusablePath as e:
+    raise ArgumentError(str(e)) from None
+
+
+# Config keys that hold a path a user gives (checked before anything slow starts).
+CONFIG_PATHS = ("dataset.data_dir", "init_from", "compilation_cache_dir")
+
+
+def check_config_paths(config):
+  """Each CONFIG_PATHS value that is a URL: its bucket exists and can be read."""
+  for key in CONFIG_PATHS:
+    value = datasets.config_value(config, key)
+    if value and paths.is_url(value):
+      check_path(value, f"config.{key}")
 
 
 def run_config(workdir: Optional[str] = None, *, required_config: bool = False,
@@ -292,7 +325,7 @@ def run_config(workdir: Optional[str] = None, *, required_config: bool = False,
     config = runs.read_config(workdir) if workdir else None
     if config is None:
       why = ("and no --workdir" if not workdir else
-             f"and {os.path.join(workdir, runs.CONFIG_FILE)} does not exist")
+             f"and {paths.resolve(workdir) / runs.CONFIG_FILE} does not exist")
       raise ArgumentError(f"--config is required here ({why}): e.g. "
                           "--config=configs/demo.py")
   facts = runs.read_facts(workdir) if workdir else None
@@ -303,6 +336,7 @@ def run_config(workdir: Optional[str] = None, *, required_config: bool = False,
     problems += list(e.problems)
   if problems:
     exit_with(name, "config", problems)
+  check_config_paths(config)
   return config
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from typing import Optional
 
 from absl import logging
 import jax
+
+from protoseg_jax.trainer import paths
 
 COMPILATION_CACHE_DIR = "compilation_cache"   # under the workdir
 
@@ -28,8 +29,7 @@ def enable_compilation_cache(config, workdir: str) -> Optional[str]:
     return None
   if not setting and jax.config.jax_compilation_cache_dir:
     return jax.config.jax_compilation_cache_dir
-  path = os.path.abspath(os.path.expanduser(setting or os.path.join(workdir,
-                                                                    COMPILATION_CACHE_DIR)))
+  path = paths.text(setting or paths.resolve(workdir) / COMPILATION_CACHE_DIR)   # or gs://...
   jax.config.update("jax_enable_compilation_cache", True)
   jax.config.update("jax_compilation_cache_dir", path)
   compilation_cache.reset_cache()   # also when this process compiled before (picks up the dir)

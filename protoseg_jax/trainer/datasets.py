@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 from typing import Mapping, Optional
 
 import jax
@@ -31,6 +30,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from protoseg_jax.classes import DatasetMeta
+from protoseg_jax.trainer import paths
 from protoseg_jax.validate import DatasetFacts
 
 try:  # tf.data must not take accelerator memory.
@@ -58,9 +58,10 @@ class PreparedDataset:
   version: str
 
   def path(self, data_dir: Optional[str]) -> str:
-    root = os.path.expanduser(data_dir) if data_dir else tfds.core.constants.DATA_DIR
-    parts = [root, self.tfds_name] + ([self.builder_config] if self.builder_config else [])
-    return os.path.join(*parts, self.version)
+    path = paths.resolve(data_dir or tfds.core.constants.DATA_DIR) / self.tfds_name
+    if self.builder_config:
+      path = path / self.builder_config
+    return str(path / self.version)
 
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
@@ -164,7 +165,7 @@ def check_prepared(config, run=None):
     if run is None or run.prepared is None or run.dataset != name:
       raise DatasetNotPreparedError(f"dataset {name!r}: {CHECKOUT_NOTE}")
     path = run.prepared.path(data_dir)
-    if not os.path.isfile(os.path.join(path, "dataset_info.json")):
+    if not (paths.resolve(path) / "dataset_info.json").is_file():
       raise DatasetNotPreparedError(
           f"dataset {name!r} is not prepared: nothing at {path} (config.dataset.data_dir="
           f"{data_dir!r}); preparing it needs the builders: {CHECKOUT_NOTE}")

@@ -3,16 +3,19 @@
   SkippedSteps   the log's account of steps skipped for a non-finite loss or gradient
   nan_images     config.debug.nan_steps: a batch of all-NaN images (a testing switch)
   StopSignals    SIGTERM / SIGINT: stop after the current step, with a checkpoint
+  LostProcessWatchdog  a multi-process run stops, naming the lost process, when one dies
   WorkdirLock    one trainer per workdir; a killed one never leaves it locked
 """
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import os
 import signal
 import socket
+import sys
 import threading
 import time
 from typing import Optional
@@ -168,27 +171,155 @@ class StopSignals:
     return True
 
 
+class LostProcessWatchdog:
+  """Every process of a multi-process run stops, with one line naming the lost
+  ones, when a process dies (a host gone, kill -9).
+
+  JAX's distributed service marks a process lost after `heartbeat_timeout_s`
+  without a heartbeat; by default it then aborts every other process from
+  C++ (a stack dump, exit -6), and a collective waiting for the lost process
+  may wait until then. `start` (after jax.distributed.initialize, which must
+  run with jax_enable_recoverability so that the service reports the loss
+  instead of aborting: `before_initialize`) polls the service's live
+  processes from a thread every `poll_s` and, when one is missing, logs
+  which, flushes the logs and exits the process with EXIT_CODE: the time to
+  stop is the heartbeat timeout plus at most `poll_s`. The last complete
+  checkpoint stays as it is (a save in flight is never taken for a complete
+  one), so starting every process again resumes from it. When the
+  coordinator (process 0) itself dies, JAX's client ends the others at once,
+  naming the leader task.
+
+  Reads JAX's distributed client (`jax._src.distributed.global_state`: no
+  public API gives the live processes without a barrier); where that is
+  missing, nothing is started and JAX's own abort applies.
+  """
+
+  EXIT_CODE = 75
+
+  def __init__(self, heartbeat_timeout_s: int, poll_s: float = 1.0):
+    self.heartbeat_timeout_s, self.poll_s = int(heartbeat_timeout_s), float(poll_s)
+    self._done = threading.Event()
+
+  @staticmethod
+  def before_initialize():
+    jax.config.update("jax_enable_recoverability", True)
+
+  def start(self) -> bool:
+    try:
+      from jax._src import distributed as jax_distributed
+      client = jax_distributed.global_state.client
+      everyone = list(range(jax.process_count()))
+      client.get_live_nodes(everyone)
+    except Exception:  # pylint: disable=broad-except (another JAX: its own abort applies)
+      logging.warning("lost-process watchdog not started: this JAX version's distributed "
+                      "client has no live-process query")
+      return False
+    self._client, self._everyone = client, everyone
+    atexit.register(self.stop)
+    threading.Thread(target=self._watch, args=(client, everyone), daemon=True,
+                     name="protoseg-lost-process-watchdog").start()
+    return True
+
+  def _watch(self, client, everyone):
+    while not self._done.wait(self.poll_s):
+      try:
+        live = client.get_live_nodes(everyone)
+      except Exception as e:  # pylint: disable=broad-except (the coordinator is gone)
+        if self._done.is_set():
+          return
+        self._stop(f"JAX's distributed service (process 0) cannot be reached ("
+                   f"{str(e).strip().splitlines()[0][:200] if str(e).strip() else e})")
+      lost = [i for i in everyone if i not in live]
+      if lost and not self._done.is_set():
+        self._stop(f"process{'es' if len(lost) > 1 else ''} {', '.join(map(str, lost))} of "
+                   f"{len(everyone)} lost (no heartbeat for {self.heartbeat_timeout_s} s: "
+                   "--heartbeat_timeout_s)")
+
+  def stop(self):
+    """The work is done (every process past its last barrier): a process that
+    leaves from now on is not lost."""
+    self._done.set()
+
+  def finish(self):
+    """After the last barrier: `stop`, then the processes leave in order. With
+    recoverability JAX's shutdown has no barrier, and a process whose
+    coordinator (process 0's service) is gone aborts in its own shutdown; so
+    the others shut down first and process 0 waits until they have left (at
+    most the heartbeat timeout and 10 s)."""
+    self.stop()
+    if jax.process_index() != 0:
+      jax.distributed.shutdown()
+      return
+    deadline = time.monotonic() + self.heartbeat_timeout_s + 10
+    while time.monotonic() < deadline:
+      try:
+        if set(self._client.get_live_nodes(self._everyone)) <= {0}:
+          return
+      except Exception:  # pylint: disable=broad-except (the service is gone: nothing to wait for)
+        return
+      time.sleep(0.05)
+    logging.warning("not every process left within %d s of the end",
+                    self.heartbeat_timeout_s + 10)
+
+  def wait(self, error: BaseException):
+    """After `error` (a collective that failed when a peer died): say so, and
+    wait for the watchdog to name the lost process and stop this one; raise
+    `error` if it has not within the heartbeat timeout (another failure)."""
+    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else repr(error)
+    logging.error("a collective failed (%s): waiting up to %d s for JAX's distributed service "
+                  "to name a lost process", first, self.heartbeat_timeout_s + 5)
+    time.sleep(self.heartbeat_timeout_s + 5 + 2 * self.poll_s)
+    raise error
+
+  def _stop(self, why: str):
+    logging.error("%s: process %d stops. The last complete checkpoint in the workdir is left "
+                  "as it is: start every process again (the same command) to resume from it.",
+                  why, jax.process_index())
+    for lock in list(WorkdirLock.held):   # a bucket lease would bar the restart until it expires
+      try:
+        lock.release()
+      except Exception as e:  # pylint: disable=broad-except (the store unreachable: it expires)
+        logging.warning("could not release %s (%s)", lock.path, e)
+    logging.flush()
+    sys.stderr.flush()
+    os._exit(self.EXIT_CODE)
+
+
 class WorkdirInUse(RuntimeError):
   """Another live trainer holds the workdir (`WorkdirLock`)."""
 
 
 class WorkdirLock:
-  """One trainer per workdir: an exclusive `flock` on DIR/trainer.lock.
+  """One trainer per workdir: DIR/trainer.lock, held by process 0 while it trains.
 
-  Taken by process 0 before training starts and held until it ends. The
-  kernel drops a flock when its process dies, however it dies (kill -9
-  included), so a killed trainer never leaves the workdir locked; the file
-  itself stays (it only says who holds or last held the lock). A second
-  trainer on the same workdir raises WorkdirInUse naming the holder's
-  host, pid and start time. (flock is per host on some network file
-  systems: two hosts sharing an NFS workdir are not kept apart by it.)
+  A local workdir: an exclusive `flock` on the file. The kernel drops a
+  flock when its process dies, however it dies (kill -9 included), so a
+  killed trainer never leaves the workdir locked; the file itself stays (it
+  only says who holds or last held the lock). (flock is per host on some
+  network file systems: two hosts sharing an NFS workdir are not kept apart
+  by it.)
+
+  A workdir in a bucket (gs://): the object is created only if absent (a
+  generation precondition, so two trainers cannot both create it) and holds
+  the holder and the end of its lease (`lease_s`, config.workdir_lock_lease_s),
+  which a thread renews every third of it. A trainer killed without
+  releasing it leaves the lease to run out: the next trainer takes the
+  workdir over once it has expired, and is told so until then. A holder
+  whose lease was taken over (it could not renew it in time, e.g. a long
+  store outage) learns it at `check()` (the train loop's log steps) and
+  stops. A second trainer raises WorkdirInUse naming the holder's host, pid
+  and start time.
   """
 
   FILE = "trainer.lock"
 
-  def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, self.FILE)
-    self._file = None
+  def __init__(self, workdir: str, lease_s: float = 60.0):
+    from protoseg_jax.trainer import paths
+    self.workdir = paths.text(workdir)
+    self.path = f"{self.workdir}/{self.FILE}" if paths.is_url(workdir) else os.path.join(
+        self.workdir, self.FILE)
+    self._impl = _BucketLease(self.path, float(lease_s)) if paths.is_url(workdir) else \
+        _FileLock(self.path)
 
   def __enter__(self):
     self.acquire()
@@ -197,7 +328,48 @@ class WorkdirLock:
   def __exit__(self, *exc_info):
     self.release()
 
+  held: set = set()   # the locks this process holds (released by a deliberate stop too)
+
   def acquire(self):
+    self._impl.acquire(self.workdir)
+    WorkdirLock.held.add(self)
+
+  def check(self):
+    """WorkdirInUse when the lock was lost (a bucket lease taken over)."""
+    self._impl.check(self.workdir)
+
+  def release(self):
+    WorkdirLock.held.discard(self)
+    self._impl.release()
+
+
+def _holder(info) -> str:
+  try:
+    return (f"process {info['pid']} on host {info['host']} (started "
+            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info['started']))})")
+  except (KeyError, TypeError, ValueError):
+    return "another process"
+
+
+def _in_use(workdir: str, who: str, more: str = "") -> WorkdirInUse:
+  return WorkdirInUse(f"the workdir {workdir} is in use by a running trainer: {who}{more}. "
+                      "Stop it first, or train in another --workdir (evaluating or predicting "
+                      "with this workdir while it trains is fine)")
+
+
+def _lock_record(lease_s: float) -> dict:
+  now = time.time()
+  return {"pid": os.getpid(), "host": socket.gethostname(), "started": now,
+          "expires": now + lease_s}
+
+
+class _FileLock:
+  """The local workdir's flock."""
+
+  def __init__(self, path: str):
+    self.path, self._file = path, None
+
+  def acquire(self, workdir: str):
     os.makedirs(os.path.dirname(self.path) or ".", exist_ok=True)
     f = open(self.path, "a+")
     try:
@@ -207,15 +379,10 @@ class WorkdirLock:
       holder = f.read().strip()
       f.close()
       try:
-        info = json.loads(holder)
-        who = (f"process {info['pid']} on host {info['host']} (started "
-               f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info['started']))})")
-      except (ValueError, KeyError, TypeError):
+        who = _holder(json.loads(holder))
+      except ValueError:
         who = "another process"
-      raise WorkdirInUse(f"the workdir {os.path.dirname(self.path)} is in use by a running "
-                         f"trainer: {who}. Stop it first, or train in another --workdir "
-                         "(evaluating or predicting with this workdir while it trains is "
-                         "fine)") from None
+      raise _in_use(workdir, who) from None
     f.seek(0)
     f.truncate()
     f.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
@@ -223,8 +390,104 @@ class WorkdirLock:
     f.flush()
     self._file = f
 
+  def check(self, workdir: str):
+    del workdir
+
   def release(self):
     if self._file is not None:
       fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
       self._file.close()
       self._file = None
+
+
+class _BucketLease:
+  """The bucket workdir's lease object (google-cloud-storage: generation
+  preconditions; what orbax lists a bucket's checkpoints with too)."""
+
+  def __init__(self, url: str, lease_s: float):
+    self.url, self.lease_s = url, lease_s
+    self.generation, self.lost, self._expires = None, None, 0.0
+    self._stop = threading.Event()
+    self._thread, self._client = None, None
+
+  def _blob(self):
+    from google.cloud import storage
+    if self._client is None:
+      self._client = storage.Client()
+    bucket, name = self.url[len("gs://"):].split("/", 1)
+    return self._client.bucket(bucket).blob(name)
+
+  def acquire(self, workdir: str):
+    from google.api_core import exceptions
+    blob = self._blob()
+    record = _lock_record(self.lease_s)
+    try:
+      blob.upload_from_string(json.dumps(record), if_generation_match=0)
+    except exceptions.PreconditionFailed:
+      blob.reload()
+      generation = blob.generation
+      try:
+        held = json.loads(blob.download_as_bytes(if_generation_match=generation))
+      except (ValueError, exceptions.PreconditionFailed):
+        held = {}
+      expires = float(held.get("expires", 0))
+      if expires > time.time():
+        until = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires))
+        raise _in_use(workdir, _holder(held),
+                      f"; its lease on {self.url} runs until {until} (a trainer killed without "
+                      "releasing it leaves the workdir to the next one then)") from None
+      try:
+        blob.upload_from_string(json.dumps(record), if_generation_match=generation)
+      except exceptions.PreconditionFailed:
+        raise _in_use(workdir, "another trainer that took it over just now") from None
+      logging.warning("took over %s: the lease of %s ended at %s without a release (a killed "
+                      "trainer)", self.url, _holder(held),
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(expires)))
+    self.generation = blob.generation
+    self._expires = record["expires"]
+    self._thread = threading.Thread(target=self._renew, name="protoseg-workdir-lease",
+                                    daemon=True)
+    self._thread.start()
+
+  def _renew(self):
+    while not self._stop.wait(self.lease_s / 3) and self.renew():
+      pass
+
+  def renew(self) -> bool:
+    """Extends the lease by `lease_s` from now; False once it is lost (`lost` says why)."""
+    from google.api_core import exceptions
+    record = _lock_record(self.lease_s)
+    blob = self._blob()
+    try:
+      blob.upload_from_string(json.dumps(record), if_generation_match=self.generation)
+      self.generation, self._expires = blob.generation, record["expires"]
+    except exceptions.PreconditionFailed:
+      self.lost = f"its lease on {self.url} was taken over by another trainer"
+    except Exception as e:  # pylint: disable=broad-except (a store outage: try again)
+      logging.warning("could not renew the workdir lease %s (%s); trying again", self.url,
+                      str(e).splitlines()[0] if str(e) else type(e).__name__)
+      if time.time() > self._expires:
+        self.lost = (f"its lease on {self.url} ran out while the store could not be "
+                     "reached: another trainer may have taken the workdir over")
+    return not self.lost
+
+  def check(self, workdir: str):
+    if self.lost:
+      raise WorkdirInUse(f"this trainer lost the workdir {workdir}: {self.lost}; it stops "
+                         "(its checkpoints so far stay)")
+
+  def release(self):
+    if self._thread is None:
+      return
+    self._stop.set()
+    self._thread.join(timeout=30)
+    self._thread = None
+    if self.lost:
+      return
+    from google.api_core import exceptions
+    from google.cloud.storage import retry
+    try:   # a store down: a few seconds of retries, then the lease runs out by itself
+      self._blob().delete(if_generation_match=self.generation, timeout=10,
+                          retry=retry.DEFAULT_RETRY.with_deadline(15))
+    except exceptions.GoogleAPIError as e:   # left to expire
+      logging.warning("could not release %s (%s): it expires by itself", self.url, e)

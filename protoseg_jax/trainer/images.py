@@ -1,5 +1,6 @@
 """Reading images the way datasets and predict do (PIL).
 
+  open_image(path)    PIL's Image.open of a local file or a gs:// URL
   to_rgb_uint8(img)   any PIL image -> uint8 [H, W, 3] RGB (grayscale, palette, RGBA,
                       CMYK, 16-bit, float: the one conversion rule)
   READ_ERRORS         what reading or decoding one file can raise
@@ -11,6 +12,7 @@ Shared by the dataset builders (data/, when preparing) and
 
 from __future__ import annotations
 
+import io
 import re
 import struct
 import zipfile
@@ -18,6 +20,8 @@ import zlib
 
 import numpy as np
 from PIL import Image
+
+from protoseg_jax.trainer import paths
 
 # Errors of reading / decoding one file (PIL, zlib, zip members; TF's decoder's
 # become ValueError in `rgb_image_bytes`).
@@ -31,6 +35,14 @@ def error_reason(e: BaseException) -> str:
   msg = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", msg)
   msg = re.sub(r"\s*\[Op:\w+\]", "", msg).strip().splitlines()
   return f"{type(e).__name__}: {msg[0][:300] if msg else ''}"
+
+
+def open_image(path) -> Image.Image:
+  """PIL's `Image.open` of a local file or of a URL (`gs://...`, read whole
+  through `trainer.paths`; an image file is small)."""
+  if paths.is_url(path):
+    return Image.open(io.BytesIO(paths.resolve(path).read_bytes()))
+  return Image.open(path)
 
 
 def to_rgb_uint8(img: Image.Image) -> np.ndarray:

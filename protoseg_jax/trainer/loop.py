@@ -14,7 +14,6 @@ a time, `faults.WorkdirLock`).
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Optional
 
@@ -28,16 +27,18 @@ from protoseg_jax import prototype_stats, sharding, train, validate
 from protoseg_jax.classes import ClassMap
 from protoseg_jax.models.segmentor import build_model
 from protoseg_jax.trainer import (checkpoints, compile_cache, datasets, faults, input_pipeline,
-                                  run as runs)
+                                  paths, run as runs)
 
 METRICS_FILE = "metrics.jsonl"
 
 
 class MetricsLog:
-  """Appends one JSON object per write to DIR/metrics.jsonl (process 0 only)."""
+  """Appends one JSON object per write to DIR/metrics.jsonl (process 0 only;
+  in a bucket the object is written again with the new line:
+  `paths.append_text`)."""
 
   def __init__(self, workdir: str):
-    self.path = os.path.join(workdir, METRICS_FILE)
+    self.path = paths.resolve(workdir) / METRICS_FILE
     self.enabled = jax.process_index() == 0
 
   def write(self, step: int, scalars: dict):
@@ -46,9 +47,7 @@ class MetricsLog:
     record = {"step": int(step)}
     for k, v in scalars.items():
       record[k] = v if isinstance(v, (dict, list, str)) else float(v)
-    with open(self.path, "a") as f:
-      f.write(json.dumps(record) + "\n")
-      f.flush()
+    paths.append_text(self.path, json.dumps(record) + "\n")
 
 
 def eval_scalars(metrics: dict, class_names) -> tuple[dict, dict]:
@@ -102,9 +101,9 @@ class _Writers:
 
   def __init__(self, workdir: str):
     if jax.process_index() == 0:
-      os.makedirs(workdir, exist_ok=True)
+      paths.resolve(workdir).mkdir(parents=True, exist_ok=True)
     self.writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=False)
+        paths.text(workdir), just_logging=jax.process_index() > 0, asynchronous=False)
     self.log = MetricsLog(workdir)
 
   def write_train(self, step: int, summary: dict):
@@ -134,8 +133,8 @@ def _model_line(config, model, params) -> str:
 
 def start_summary(mode: str, config, workdir: str, info, model=None, params=None) -> str:
   """The few lines a run starts its console with (the config is in DIR/config.json)."""
-  lines = [f"{mode}: workdir {os.path.abspath(workdir)} (its config: "
-           f"{os.path.join(os.path.abspath(workdir), runs.CONFIG_FILE)})",
+  lines = [f"{mode}: workdir {paths.text(workdir)} (its config: "
+           f"{paths.resolve(workdir) / runs.CONFIG_FILE})",
            f"dataset {info.name}: {info.num_classes} classes, {info.num_train_examples} train / "
            f"{info.num_eval_examples} eval examples ({config.dataset.train_split} / "
            f"{config.dataset.eval_split})"]
@@ -247,12 +246,13 @@ def train_and_evaluate(config, workdir: str) -> train.TrainState:
     Another trainer alive on the same workdir: `faults.WorkdirInUse` before
     anything is built (process 0 holds DIR/trainer.lock while it trains).
   """
-  lock = faults.WorkdirLock(workdir) if jax.process_index() == 0 else None
+  lock = (faults.WorkdirLock(workdir, float(config.workdir_lock_lease_s))
+          if jax.process_index() == 0 else None)
   if lock is not None:
     lock.acquire()
   try:
     with faults.StopSignals() as stop:
-      return _train_and_evaluate(config, workdir, stop)
+      return _train_and_evaluate(config, workdir, stop, lock)
   finally:
     if lock is not None:
       lock.release()
@@ -277,7 +277,8 @@ def _resume(config, workdir: str, state):
   return state, mngr
 
 
-def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals) -> train.TrainState:
+def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals,
+                        lock: Optional[faults.WorkdirLock] = None) -> train.TrainState:
   t_start = time.time()
   run = _Run(config, workdir)
   logging.info("%s", start_summary("train", config, workdir, run.info, run.model,
@@ -328,9 +329,10 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals) -> train
         protos = jax.device_get(state.prototypes)
         summary.update({k: float(v) for k, v in prototype_stats.scalars(protos, "train").items()})
       writers.write_train(step, summary)
+      if lock is not None:
+        lock.check()                 # a bucket lease taken over: stop here
       if skipped.tripped:
-        mngr.wait_until_finished()   # the checkpoints begun before stay whole
-        mngr.close()
+        checkpoints.finish(mngr)     # the checkpoints begun before stay whole
         writers.close()
         raise FloatingPointError(skipped.message(step, str(mngr.directory), mngr.latest_step()))
     if step % config.checkpoint_every_steps == 0 or step == total or stopping:
@@ -340,8 +342,7 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals) -> train
     if step % config.eval_every_steps == 0 or step == total:
       writers.write_eval(step, run.evaluation.evaluate(state.variables()), run.classes.names)
       waits.restart()               # evaluation is not train time
-  mngr.wait_until_finished()
-  mngr.close()
+  checkpoints.finish(mngr)
   if stopping:
     logging.warning("Stopped at step %d of %d on %s, after %.1fs: checkpoint saved in %s. Run the "
                     "same command again to resume from step %d.", step, total, stop.reason,

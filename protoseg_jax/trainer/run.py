@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any, Mapping, Optional, Sequence
 
 from absl import logging
@@ -36,7 +35,7 @@ import protoseg_jax
 from protoseg_jax import held_out, sharding, train, trees
 from protoseg_jax.classes import ClassMap, DatasetMeta
 from protoseg_jax.models.segmentor import Segmentor, build_model
-from protoseg_jax.trainer import checkpoints, datasets
+from protoseg_jax.trainer import checkpoints, datasets, paths
 
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
@@ -81,6 +80,7 @@ ADDED_KEYS = {
     "eval.class_chunk": 0,                # issue 19: automatic
     "dataset.finish_on_device": False,    # issue 22: the host finished the crops
     "dataset.resize_on_device": False,    # issue 22: the host did openseg's bicubic
+    "workdir_lock_lease_s": 60.0,         # issue 30: the default (a lock in a bucket)
 }
 
 
@@ -107,11 +107,10 @@ def config_from_json(text: str) -> ml_collections.ConfigDict:
 
 def read_config(workdir: str) -> Optional[ml_collections.ConfigDict]:
   """DIR/config.json as a ConfigDict, or None when the workdir has none."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.isfile(path):
+  path = paths.resolve(workdir) / CONFIG_FILE
+  if not path.is_file():
     return None
-  with open(path) as f:
-    return config_from_json(f.read())
+  return config_from_json(path.read_text())
 
 
 # --- run.json ------------------------------------------------------------------
@@ -157,30 +156,24 @@ def read_facts(workdir: Optional[str]) -> Optional[RunFacts]:
   """DIR/run.json, or None (no workdir, or one written before run.json existed)."""
   if not workdir:
     return None
-  path = os.path.join(workdir, RUN_FILE)
-  if not os.path.isfile(path):
+  path = paths.resolve(workdir) / RUN_FILE
+  if not path.is_file():
     return None
-  with open(path) as f:
-    try:
-      return RunFacts.from_json(json.load(f))
-    except (ValueError, KeyError, TypeError) as e:
-      raise RunNotFound(f"{path} is not a run description this version reads ({e})") from e
-
-
-def _write(path: str, text: str):
-  tmp = f"{path}.tmp{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, path)
+  try:
+    return RunFacts.from_json(json.loads(path.read_text()))
+  except (ValueError, KeyError, TypeError) as e:
+    raise RunNotFound(f"{path} is not a run description this version reads ({e})") from e
 
 
 def describe(workdir: str, config, facts: RunFacts):
-  """Writes DIR/config.json and DIR/run.json (process 0; atomically)."""
+  """Writes DIR/config.json and DIR/run.json (process 0; each appears whole:
+  `paths.write_text`)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(workdir, exist_ok=True)
-  _write(os.path.join(workdir, CONFIG_FILE), config_to_json(config))
-  _write(os.path.join(workdir, RUN_FILE), json.dumps(facts.to_json(), indent=1) + "\n")
+  root = paths.resolve(workdir)
+  root.mkdir(parents=True, exist_ok=True)
+  paths.write_text(root / CONFIG_FILE, config_to_json(config))
+  paths.write_text(root / RUN_FILE, json.dumps(facts.to_json(), indent=1) + "\n")
 
 
 def facts_of_config(config, run: Optional[RunFacts] = None) -> RunFacts:
@@ -257,8 +250,8 @@ def _put(tree, shardings):
 
 
 def _has_checkpoints(workdir: str) -> bool:
-  d = os.path.join(workdir, checkpoints.CHECKPOINT_DIR)
-  return os.path.isdir(d) and any(n.isdigit() for n in os.listdir(d))
+  d = paths.resolve(workdir) / checkpoints.CHECKPOINT_DIR
+  return d.is_dir() and any(p.name.isdigit() for p in d.iterdir())
 
 
 def weights_source(workdir: Optional[str], config, variables_dir: Optional[str] = None) -> str:
@@ -269,18 +262,18 @@ def weights_source(workdir: Optional[str], config, variables_dir: Optional[str] 
     RunNotFound: none of them exists (naming what was looked for).
   """
   if variables_dir:
-    if not os.path.isdir(os.path.expanduser(variables_dir)):
+    if not paths.resolve(variables_dir).is_dir():
       raise RunNotFound(f"--variables {variables_dir}: no such directory (converted weights "
                         "come from `python -m protoseg_jax.convert ... --dst DIR`)")
     return "variables"
   if workdir and _has_checkpoints(workdir):
     return "checkpoint"
-  if workdir and os.path.isdir(os.path.join(workdir, "variables")):
+  if workdir and (paths.resolve(workdir) / "variables").is_dir():
     return "workdir_variables"
   if config is not None and config.init_from:
     return "init_from"
-  where = (f"no checkpoint in {os.path.join(workdir, checkpoints.CHECKPOINT_DIR)} and no "
-           f"{os.path.join(workdir, 'variables')}" if workdir else "no --workdir")
+  where = (f"no checkpoint in {paths.resolve(workdir) / checkpoints.CHECKPOINT_DIR} and no "
+           f"{paths.resolve(workdir) / 'variables'}" if workdir else "no --workdir")
   raise RunNotFound(f"{where}, and config.init_from is empty: train first (python main.py "
                     "--config=... --workdir=DIR), or give converted weights with "
                     "--config.init_from=DIR (and --config.init_from_scope=all for a whole model)")
@@ -321,16 +314,16 @@ def load_run(workdir: Optional[str] = None, config=None, *,
     checkpoints.NoIntactCheckpoint: no checkpoint (or not checkpoint_step)
       can be restored.
   """
-  workdir = os.path.expanduser(workdir) if workdir else None
+  workdir = paths.text(workdir) if workdir else None
   config = load_config(workdir, config)
   source = weights_source(workdir, config, variables_dir)
   facts = read_facts(workdir)
   mesh = sharding.create_mesh(devices)
   loaded, step = None, None
   if source in ("variables", "workdir_variables"):
-    path = os.path.expanduser(variables_dir) if source == "variables" else workdir
+    path = paths.text(variables_dir) if source == "variables" else workdir
     loaded = checkpoints.load_variables(path)
-    where = f"variables {os.path.abspath(path)}"
+    where = f"variables {path}"
   classes = facts.classes if facts is not None else classes_of_config(
       config, None if loaded is None else _num_outputs(loaded))
   model = build_model(config, classes.num_outputs, classes.ignore_index)
@@ -340,7 +333,7 @@ def load_run(workdir: Optional[str] = None, config=None, *,
     target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                           abstract, shardings)
     variables, step = checkpoints.restore_model_variables(workdir, target, checkpoint_step)
-    where = f"checkpoint step {step} of {os.path.join(workdir, checkpoints.CHECKPOINT_DIR)}"
+    where = f"checkpoint step {step} of {paths.resolve(workdir) / checkpoints.CHECKPOINT_DIR}"
   elif source == "init_from":
     initial, _ = train.init_variables(config, model, mesh)
     variables = _put(checkpoints.init_from(config, jax.device_get(initial)), shardings)
