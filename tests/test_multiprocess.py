@@ -78,6 +78,23 @@ def _env(devices):
               JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2")
 
 
+def wait_both(first, second, log, timeout=900):
+  """(exit codes, outputs) of process 0 (a tool_runner Child) and process 1
+  (a Popen writing to the open file `log`), each waited for up to `timeout`;
+  one still running after its peer failed is killed."""
+  try:
+    codes = [first.wait(timeout=timeout), second.wait(timeout=timeout)]
+  finally:
+    for p in (first, second):
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+    log.seek(0)
+    texts = ["".join(first.output()), log.read()]
+    log.close()
+  return codes, texts
+
+
 def _records(workdir):
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f]
@@ -104,16 +121,7 @@ def test_two_processes_train_checkpoint_and_evaluate_every_image_once(tmp_path, 
   second = subprocess.Popen(
       [sys.executable, "main.py", *_flags(data_dir, workdir), *distributed, "--process_id=1"],
       cwd=ROOT, env=_env(2), stdout=log, stderr=subprocess.STDOUT)
-  try:
-    codes = [first.wait(timeout=900), second.wait(timeout=900)]
-  finally:
-    for p in (first, second):
-      if p.poll() is None:
-        p.kill()
-        p.wait()
-  log.seek(0)
-  texts = ["".join(first.output()), log.read()]
-  log.close()
+  codes, texts = wait_both(first, second, log)
   single = tool_runner.run(["main.py", *_flags(data_dir, single_dir)], timeout=900,
                            env={"XLA_FLAGS": xla_flags(4)})
   texts.append(single.stdout + single.stderr)

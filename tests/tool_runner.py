@@ -157,12 +157,15 @@ class Child:
 
 class Driver:
   """A driver process (started here, stopped by `close`) with its environment:
-  `env` (default ENV) and the directory it starts in, `cwd`."""
+  `env` (default ENV), the directory it starts in, `cwd`, and a command
+  `prefix` it starts under (e.g. tests/gcs_emulator.py's `nsenter` into the
+  emulator's network namespace: its children run there too)."""
 
-  def __init__(self, env=None, cwd=ROOT):
+  def __init__(self, env=None, cwd=ROOT, prefix=()):
     self.tmp = tempfile.mkdtemp(prefix="protoseg_tools_")
     self.log = open(os.path.join(self.tmp, "driver.log"), "w")   # its own import chatter
-    self.proc = subprocess.Popen([sys.executable, "-c", DRIVER], cwd=cwd, env=env or ENV,
+    self.proc = subprocess.Popen([*prefix, sys.executable, "-c", DRIVER], cwd=cwd,
+                                 env=env or ENV,
                                  text=True, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                  stderr=self.log)
     self.count, self.child = 0, None
