@@ -134,6 +134,7 @@ def _run_mode(mode: str) -> int:
   config = cli.run_config(workdir)
   from protoseg_jax.trainer import loop
   if mode == "train":
+    cli.check_init_from(config)
     loop.train_and_evaluate(config, workdir)
   else:
     from protoseg_jax.trainer import run as runs

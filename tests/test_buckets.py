@@ -395,10 +395,16 @@ def test_the_workdir_lock_is_a_lease_in_the_bucket(gcs, driver):
   assert out["released"] and gcs.list_objects(BUCKET, "lease/") == []
 
 
-@pytest.mark.parametrize("flag", ["--workdir=gs://no-such-bucket/run",
-                                  "--config.dataset.data_dir=gs://no-such-bucket/tfds",
-                                  "--config.init_from=gs://no-such-bucket/weights"])
-def test_a_missing_bucket_is_one_line_before_anything_compiles(gcs, driver, tmp_path, flag):
+MISSING = "the bucket gs://no-such-bucket cannot be used"
+
+
+@pytest.mark.parametrize("flag,says", [
+    ("--workdir=gs://no-such-bucket/run", MISSING),
+    ("--config.dataset.data_dir=gs://no-such-bucket/tfds", MISSING),
+    ("--config.init_from=gs://no-such-bucket/weights", MISSING),
+    (f"--config.init_from=gs://{BUCKET}/no-such-weights", "no converted weights there")])
+def test_a_missing_bucket_or_object_is_one_line_before_anything_compiles(gcs, driver, tmp_path,
+                                                                          flag, says):
   args = ["main.py", "--config=tests/tiny_runs.py:plumbing", f"--workdir={tmp_path / 'run'}",
           flag]
   done = driver.run(args, timeout=300, log_compiles=True)
@@ -406,7 +412,7 @@ def test_a_missing_bucket_is_one_line_before_anything_compiles(gcs, driver, tmp_
   lines = [line for line in done.stderr.splitlines() if "error" in line]
   name = flag.split("=")[0].lstrip("-")
   assert len(lines) == 1 and f"{name}={flag.split('=', 1)[1]}" in lines[0], done.stderr[-3000:]
-  assert "the bucket gs://no-such-bucket cannot be used" in lines[0], lines
+  assert says in lines[0], lines
   assert "Compiling" not in done.stderr and "Traceback" not in done.stderr, done.stderr[-3000:]
   assert not os.path.exists(tmp_path / "run")
 

@@ -310,6 +310,17 @@ def check_config_paths(config):
       check_path(value, f"config.{key}")
 
 
+def check_init_from(config):
+  """ArgumentError (exit 2) when config.init_from names no converted weights (a
+  folder written by `python -m protoseg_jax.convert --dst`), before training
+  builds anything."""
+  value = str(datasets.config_value(config, "init_from") or "")
+  if value and not (paths.resolve(value).is_dir()):
+    raise ArgumentError(f"config.init_from={value}: no converted weights there (a folder "
+                        "written by `python -m protoseg_jax.convert --arch ARCH --src FILE "
+                        "--dst DIR`)")
+
+
 def run_config(workdir: Optional[str] = None, *, required_config: bool = False,
                **counts):
   """The run config: --config (with its overrides), else the workdir's
