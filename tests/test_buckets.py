@@ -13,6 +13,7 @@ the emulator's Unix socket.
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -216,6 +217,7 @@ def test_a_run_that_lives_in_a_bucket(gcs, driver, bucket_data, demo_dir, tmp_pa
   assert any("events.out.tfevents" in f for f in held), sorted(held)
   assert "trainer.lock" not in held and not any("unreadable" in f for f in held), sorted(held)
   assert json.loads(read_object(gcs, "e2e/run/config.json"))["num_train_steps"] == N
+
   no_local_gs_folder(ROOT, str(tmp_path))
 
 
@@ -431,7 +433,8 @@ def test_a_store_outage_stops_the_run_naming_the_url_and_it_resumes(gcs, driver,
   """The store fails every write of checkpoint 8 (503) or of metrics.jsonl
   (connections reset): retried, then the run stops with one line naming the
   URL; checkpoint 4 stays whole, 8 is never taken for one; once the store is
-  back the same command resumes from 4 and finishes."""
+  back the same command resumes from 4 and finishes. Then (checkpoint case)
+  the last checkpoint damaged: set aside in the bucket, the run resumes."""
   prefix = f"outage/{what}"
   obj = quote(f"{prefix}/checkpoints/8/" if what == "checkpoint" else f"{prefix}/metrics.jsonl",
               safe="")
@@ -464,6 +467,28 @@ def test_a_store_outage_stops_the_run_naming_the_url_and_it_resumes(gcs, driver,
   assert _committed(gcs, prefix)[-1] == N
   got = train_records(gcs, f"{prefix}/metrics.jsonl")
   assert sorted(got) == list(range(1, N + 1)), sorted(got)   # those before the outage kept
+  if what == "checkpoint":
+    _damaged_checkpoint_is_set_aside(gcs, driver, args, prefix)
+
+
+def _damaged_checkpoint_is_set_aside(gcs, driver, args, prefix):
+  """A damaged last checkpoint N (its data objects gone): the run started
+  again moves it to checkpoints_unreadable/ (copy + delete: GCS has no
+  rename), resumes from the one before and saves step N again."""
+  run = f"gs://{BUCKET}/{prefix}"
+  data = files(gcs, f"{prefix}/checkpoints/{N}/default/d/")
+  assert data, files(gcs, f"{prefix}/checkpoints/{N}/")
+  for name in data:
+    status, _ = gcs.request("DELETE", f"/storage/v1/b/{BUCKET}/o/{quote(name, safe='')}")
+    assert status in (200, 204), (name, status)
+  done = driver.run(args, timeout=900)
+  assert done.returncode == 0, text_of(done)[-3000:]
+  assert f"unreadable checkpoint step {N} moved to {run}/checkpoints_unreadable/{N}" in \
+      done.stderr, done.stderr[-3000:]
+  before = re.search(rf"restored step (\d+) instead of the latest step {N} of {run}/checkpoints "
+                     rf"\(unreadable: {N}\)", done.stderr)
+  assert before and f"Resumed from step {before[1]}" in done.stderr, done.stderr[-3000:]
+  assert files(gcs, f"{prefix}/checkpoints_unreadable/{N}/") and _committed(gcs, prefix)[-1] == N
 
 
 # argv: two converted-weights folders; prints the largest |a - b| over their leaves.
