@@ -37,7 +37,7 @@ command starts with `prefix()` (nsenter), with `env()` in its environment:
     subprocess.run(gcs.prefix() + [sys.executable, "main.py", ...],
                    env={**os.environ, **gcs.env()}, check=True)
 
-Needs root (unshare, nsenter, mount), util-linux and iproute2. By hand:
+Needs root and util-linux (unshare, nsenter, mount). By hand:
 `python tests/gcs_emulator.py [--root DIR]` (see `main`).
 """
 
@@ -767,11 +767,22 @@ def _die_with_parent():
   ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
+def _loopback_up():
+  """`ip link set lo up` without iproute2: SIOCGIFFLAGS, then SIOCSIFFLAGS
+  with IFF_UP (a new network namespace starts with its loopback down)."""
+  import fcntl  # pylint: disable=import-outside-toplevel
+  siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+  with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    request = struct.pack("16sh14x", b"lo", 0)
+    flags = struct.unpack("16sh14x", fcntl.ioctl(sock, siocgifflags, request))[1]
+    fcntl.ioctl(sock, siocsifflags, struct.pack("16sh14x", b"lo", flags | iff_up))
+
+
 def _serve(root: Path, binary: str):
   """The namespace's first process: sets the namespace up, starts
   fake-gcs-server and the proxy, and runs until SIGTERM or its parent dies."""
   parent = os.getppid()
-  subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+  _loopback_up()
   subprocess.run(["mount", "--bind", str(root / "hosts"), "/etc/hosts"],
                  check=True)
   with open(root / "fake-gcs-server.log", "ab") as log:
