@@ -15,7 +15,8 @@ with it down (connections refused), then failing only the first two
 requests: one small write and one read per client, capped at --cap seconds;
 each prints the time until it raised (or finished), the exception, whether
 the message names the URL/object, and the proxy's log says how many
-attempts it made.
+attempts it made. The gcsfs cases need gcsfs (not a dependency of the
+project: `pip install gcsfs`); without it they report the ImportError.
 """
 
 import argparse
