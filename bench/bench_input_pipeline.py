@@ -22,7 +22,7 @@ shuffle buffer fill; then --batches timed ones).
 
 --profile adds the cost of each step of the per-example work (read, decode
 image, decode label, then the transform's steps: `augment.transform_stages`)
-in CPU-ms per example: `input_pipeline.profile_train_steps` gives a dataset
+in CPU-ms per example: `bench.input_profile.profile_train_steps` gives a dataset
 per step that runs the work up to that step; each is timed --repeats times
 over --batches x --batch_size examples and the medians are differenced; the
 last row is what the whole pipeline (shuffle, row streams, batching,
@@ -162,7 +162,8 @@ def main(argv=None):
     steps = []
     if args.profile:
       count = args.batches * args.batch_size
-      for name, step_ds in ip.profile_train_steps(config):
+      from bench.input_profile import profile_train_steps  # pylint: disable=g-import-not-at-top
+      for name, step_ds in profile_train_steps(config):
         it = step_ds.with_options(options).as_numpy_iterator()
         for _ in range(min(count, 3 * args.batch_size)):        # warm-up: tracing, file open
           next(it)

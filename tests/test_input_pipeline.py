@@ -298,9 +298,10 @@ def test_profile_steps_are_the_pipelines_steps_and_the_last_does_the_whole_trans
   decodes, then every step of `augment.transform_stages` (without the
   normalisation when the device does it); the last one's checksum is that
   of the whole transform on the same decoded record."""
+  from bench.input_profile import profile_train_steps
   from protoseg_jax.trainer import augment
   config = make_config(demo_dir, augmentation=augmentation, finish_on_device=on_device)
-  steps = ip.profile_train_steps(config)
+  steps = profile_train_steps(config)
   opts = ip._train_options(config, 255, 6)
   names = [name for name, _ in augment.transform_stages(opts, finish=not on_device)]
   assert [name for name, _ in steps] == ["read", "decode image", "decode label, size check", *names]
