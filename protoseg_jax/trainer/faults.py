@@ -1,7 +1,7 @@
 """Faults while training: non-finite steps, stop signals, a workdir in use.
 
   SkippedSteps   the log's account of steps skipped for a non-finite loss or gradient
-  nan_images     config.debug.nan_steps: a batch of all-NaN images (a testing switch)
+  with_nan_steps config.debug.nan_steps: all-NaN images at those steps (a testing switch)
   StopSignals    SIGTERM / SIGINT: stop after the current step, with a checkpoint
   LostProcessWatchdog  a multi-process run stops, naming the lost process, when one dies
   WorkdirLock    one trainer per workdir; a killed one never leaves it locked
@@ -96,6 +96,22 @@ def float_images(batch: dict) -> dict:
   run with config.debug.nan_steps, so that its NaN steps (`nan_images`)
   use the same compiled step as the others."""
   return {**batch, "image": batch["image"].astype(jnp.float32)}
+
+
+def with_nan_steps(batches, nan_steps, start_step: int):
+  """The train batches of steps start_step + 1, ... with config.debug.nan_steps
+  applied: all-NaN images at those steps (`nan_images`), every batch's images
+  float32 (`float_images`) so that one program serves every step. No
+  nan_steps: `batches` itself."""
+  nan_steps = frozenset(int(s) for s in nan_steps)
+  if not nan_steps:
+    return batches
+
+  def injected():
+    for step, batch in enumerate(batches, start_step + 1):
+      batch = float_images(batch)
+      yield nan_images(batch) if step in nan_steps else batch
+  return injected()
 
 
 class StopSignals:

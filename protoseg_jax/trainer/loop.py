@@ -277,6 +277,12 @@ def _resume(config, workdir: str, state):
   return state, mngr
 
 
+def itstime(step: int, every: int, total: int) -> bool:
+  """A periodic action's step: every `every` steps (a multiple of it), and the
+  last step `total` (big_vision's `u.itstime` with last=True)."""
+  return (every > 0 and step % every == 0) or step == total
+
+
 def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals,
                         lock: Optional[faults.WorkdirLock] = None) -> train.TrainState:
   t_start = time.time()
@@ -289,8 +295,10 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals,
   step_fn = train.make_train_step(run.model, run.tx, run.schedule, config, run.mesh,
                                   run.classes.ignore_index,
                                   state_shardings=train.state_sharding(state))
-  batches = input_pipeline.create_train_iterator(config, run.evaluation.data_sharding,
-                                                 start_step=start)
+  batches = faults.with_nan_steps(
+      input_pipeline.create_train_iterator(config, run.evaluation.data_sharding,
+                                           start_step=start),
+      config.debug.nan_steps, start)
   writers = run.writers
   hooks = []
   if jax.process_index() == 0:
@@ -298,7 +306,6 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals,
                                                  every_steps=config.log_every_steps))
   pending = []
   skipped, stopping = faults.SkippedSteps(config.max_consecutive_nonfinite), False
-  nan_steps = frozenset(int(s) for s in config.debug.nan_steps)
   t0 = time.time()
   waits = InputWait()
   stop.install()
@@ -306,10 +313,6 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals,
     with jax.profiler.StepTraceAnnotation("train", step_num=step):
       with waits:
         batch = next(batches)
-      if nan_steps:      # one program for the NaN steps and the others
-        batch = faults.float_images(batch)
-      if step in nan_steps:
-        batch = faults.nan_images(batch)
       state, metrics = step_fn(state, batch)
       pending.append(metrics)
     if step == start + 1:
@@ -320,7 +323,7 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals,
     for h in hooks:
       h(step)
     stopping = step < total and stop.reached(step, step % config.log_every_steps == 0)
-    if step % config.log_every_steps == 0 or step == total or stopping:
+    if itstime(step, config.log_every_steps, total) or stopping:
       host = jax.device_get(pending)
       pending = []
       summary = skipped.summary(host, step)
@@ -335,11 +338,11 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals,
         checkpoints.finish(mngr)     # the checkpoints begun before stay whole
         writers.close()
         raise FloatingPointError(skipped.message(step, str(mngr.directory), mngr.latest_step()))
-    if step % config.checkpoint_every_steps == 0 or step == total or stopping:
+    if itstime(step, config.checkpoint_every_steps, total) or stopping:
       checkpoints.save_state(mngr, step, state)
     if stopping:
       break
-    if step % config.eval_every_steps == 0 or step == total:
+    if itstime(step, config.eval_every_steps, total):
       writers.write_eval(step, run.evaluation.evaluate(state.variables()), run.classes.names)
       waits.restart()               # evaluation is not train time
   checkpoints.finish(mngr)
