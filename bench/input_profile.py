@@ -30,9 +30,10 @@ def profile_train_steps(config, seed: int = 0) -> list[tuple[str, tf.data.Datase
   """
   builder = datasets.check_prepared(config)
   meta = datasets.builder_meta(builder)
-  opts = ip._train_options(config, meta.ignore_index, meta.num_classes)
-  decode_example = ip._train_decoder(config, builder)
-  records = ip._read_split(builder, ip._ds(config, "train_split")).repeat().enumerate()
+  opts = ip.train_options(config, meta.ignore_index, meta.num_classes)
+  decode_example = ip.train_decoder(config, builder)
+  split = datasets.config_value(config, "dataset.train_split")
+  records = ip.read_split(builder, split).repeat().enumerate()
 
   def fingerprint(*tensors):
     return tf.add_n([tf.reduce_sum(tf.cast(tf.reshape(t, [-1])[::1009], tf.float32))
@@ -55,7 +56,7 @@ def profile_train_steps(config, seed: int = 0) -> list[tuple[str, tf.data.Datase
       ("read", lambda i, image_bytes, label_bytes: fingerprint(
           tf.strings.length(image_bytes), tf.strings.length(label_bytes))),
       ("decode image", lambda i, image_bytes, label_bytes: fingerprint(
-          ip._decode_image(image_bytes))),
+          ip.decode_image(image_bytes))),
       ("decode label, size check", prefix(0)),
   ]
   steps += [(name, prefix(k + 1)) for k, (name, _) in enumerate(all_stages)]

@@ -239,7 +239,7 @@ def test_a_missing_config_key_is_named(demo_dir):
 def test_openseg_augmentation_batches(demo_dir):
   config = make_config(demo_dir, augmentation="openseg", photometric=False, cat_max_ratio=1.0)
   # finished on the device with its resize (the defaults): the source canvases
-  canvas = augment.source_canvas(ip._train_options(config, 255))
+  canvas = augment.source_canvas(ip.train_options(config, 255))
   for batch in _batches(ip.make_train_dataset(config, process_index=0, process_count=1), 4):
     assert batch["image"].shape == (4, *canvas, 3) and batch["label"].shape == (4, 64, 64)
     assert batch["image"].dtype == np.uint8 and batch["resize"].shape == (4, 10)
@@ -302,7 +302,7 @@ def test_profile_steps_are_the_pipelines_steps_and_the_last_does_the_whole_trans
   from protoseg_jax.trainer import augment
   config = make_config(demo_dir, augmentation=augmentation, finish_on_device=on_device)
   steps = profile_train_steps(config)
-  opts = ip._train_options(config, 255, 6)
+  opts = ip.train_options(config, 255, 6)
   names = [name for name, _ in augment.transform_stages(opts, finish=not on_device)]
   assert [name for name, _ in steps] == ["read", "decode image", "decode label, size check", *names]
   assert names[-1] == "pad" and len(set(names)) == len(names)
@@ -312,7 +312,7 @@ def test_profile_steps_are_the_pipelines_steps_and_the_last_does_the_whole_trans
     assert value.shape == () and np.isfinite(value)
 
   builder = datasets.check_prepared(config)
-  image_bytes, label_bytes = next(iter(ip._read_split(builder, config.dataset.train_split)))
+  image_bytes, label_bytes = next(iter(ip.read_split(builder, config.dataset.train_split)))
   image, label = ip._decode(image_bytes, label_bytes)
   ex = augment.run_stages(augment.transform_stages(opts, finish=not on_device), image, label,
                           ip.example_seed(0, 0, 0))

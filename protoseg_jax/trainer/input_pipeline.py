@@ -86,7 +86,7 @@ def eval_canvases(config) -> tuple[tuple[int, int], tuple[int, int]]:
           _pair(_ds(config, "eval_label_canvas"), "eval_label_canvas"))
 
 
-def _train_options(config, ignore_index: int, num_classes: int = 256) -> augment.TrainOptions:
+def train_options(config, ignore_index: int, num_classes: int = 256) -> augment.TrainOptions:
   """config.dataset's train transform settings (their values are checked by
   validate.validate_config, which the trainer runs first)."""
   mean, std = _mean_std(config)
@@ -138,7 +138,7 @@ def _label_dtype(builder):
   return tf.uint16 if dtype == tf.uint16 else tf.uint8
 
 
-def _decode_image(image_bytes):
+def decode_image(image_bytes):
   """Stored image bytes (PNG or JPEG) -> uint8 [H, W, 3]."""
   return tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
 
@@ -155,7 +155,7 @@ def _decode(image_bytes, label_bytes, label_dtype=tf.uint8):
   label differ in size raises InvalidArgumentError here; the pipelines drop
   such examples with `_skip_bad_records`.
   """
-  image = _decode_image(image_bytes)
+  image = decode_image(image_bytes)
   label = _decode_label(label_bytes, label_dtype)
   same = tf.reduce_all(tf.equal(tf.shape(image)[:2], tf.shape(label)))
   check = tf.debugging.Assert(same, ["bad record: image and label differ in size:",
@@ -164,7 +164,7 @@ def _decode(image_bytes, label_bytes, label_dtype=tf.uint8):
     return tf.identity(image), tf.identity(label)
 
 
-def _train_decoder(config, builder):
+def train_decoder(config, builder):
   """(image bytes, label bytes) -> `_decode`'s (image, label), with the label
   through config.dataset.held_out_class's map (the model never sees that class)."""
   label_dtype = _label_dtype(builder)
@@ -203,7 +203,7 @@ def _epoch_shuffle_seed(seed: int, epoch, row: int = 0):
   return tf.random.stateless_uniform([], key, minval=1, maxval=(1 << 62), dtype=tf.int64)
 
 
-def _read_split(builder, split: str, *extra: str):
+def read_split(builder, split: str, *extra: str):
   """(image bytes, label bytes, *extra features' bytes) in stored order, not decoded."""
   keys = ("image", "label", *extra)
   ds = builder.as_dataset(
@@ -262,7 +262,7 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
   seed = int(config_value(config, "seed"))
   builder = check_prepared(config)
   meta = builder_meta(builder)
-  opts = _train_options(config, meta.ignore_index, meta.num_classes)
+  opts = train_options(config, meta.ignore_index, meta.num_classes)
   split = _ds(config, "train_split")
   n_total = split_size(builder, split)
   per_row = n_total // global_batch
@@ -277,7 +277,7 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
 
   def row_stream(row: int) -> tf.data.Dataset:
     first = row * per_row  # global index of the slice's first example
-    records = _read_split(builder, f"{split}[{first}:{first + per_row}]").enumerate()
+    records = read_split(builder, f"{split}[{first}:{first + per_row}]").enumerate()
 
     def epoch(e):
       shuffled = records.shuffle(buffer, seed=_epoch_shuffle_seed(seed, e, row),
@@ -291,7 +291,7 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
   ds = tf.data.Dataset.choose_from_datasets(
       [row_stream(r) for r in rows], tf.data.Dataset.range(local_batch).repeat())
 
-  decode_example = _train_decoder(config, builder)
+  decode_example = train_decoder(config, builder)
   on_device = finishes_on_device(config)
 
   def decode(e, i, image_bytes, label_bytes):
@@ -376,7 +376,7 @@ def make_eval_dataset(config, *, process_index: int, process_count: int,
 
   # Records that fail to decode are dropped (logged) before the canvas checks,
   # which still stop the pipeline; the padding below fills in for them.
-  ds = _read_split(builder, subsplit, *(("appearance",) if looks else ())).map(
+  ds = read_split(builder, subsplit, *(("appearance",) if looks else ())).map(
       decode, num_parallel_calls=_num_parallel(config))
   ds = _skip_bad_records(ds).map(transform, num_parallel_calls=_num_parallel(config))
   pad = {"image": tf.zeros([hc, wc, 3], tf.float32), "image_hw": tf.zeros([2], tf.int32),
@@ -407,7 +407,7 @@ def scan_eval_sizes(config) -> dict[str, tuple[int, int]]:
     hw = tf.shape(tf.io.decode_png(label_bytes, channels=1))[:2]
     return tf.concat([hw, augment.rescale_size(hw, scale) if scale is not None else hw], 0)
 
-  ds = _read_split(builder, _ds(config, "eval_split"))
+  ds = read_split(builder, _ds(config, "eval_split"))
   ds = _skip_bad_records(ds.map(sizes, num_parallel_calls=_num_parallel(config)))
   most = ds.reduce(tf.zeros([4], tf.int32), tf.maximum).numpy().tolist()
   return {"eval_canvas": tuple(most[2:]), "eval_label_canvas": tuple(most[:2])}
