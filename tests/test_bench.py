@@ -16,7 +16,7 @@ from bench import bench_head_overhead, bench_remat, bench_vocab, harness
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ("bench_backbones", "bench_compile_cache", "bench_few_shot", "bench_head_overhead",
            "bench_input_pipeline", "bench_prototypes", "bench_remat", "bench_train_step",
-           "bench_vocab", "suite")
+           "bench_vocab", "bench_seeds", "suite")
 
 
 # ----------------------------------------------------------------------------
@@ -201,3 +201,42 @@ def test_bench_assignment_agreement_is_softmax_of_q_at_its_argmax():
   assert a["agreement_expected"] == a["bound"] == round(math.e / (math.e + m - 1), 4)
   assert abs(a["agreement_sampled"] - a["bound"]) < 0.02
   assert b["agreement_expected"] == b["uniform"] == 0.25 and b["q_max_mean"] == 0.25
+
+
+def test_bench_seeds_tables_each_settings_seeds_and_resumes_finished_runs(tmp_path, monkeypatch):
+  """bench_seeds: the table's mean and sample std are those of the runs' last
+  evaluations, a run missing its last step is left out of its row, the plot is
+  written, and a workdir that holds its last evaluation is not trained again."""
+  from bench import bench_seeds
+  runs = bench_seeds.plan(["protoseg", "linear"], seeds=3, steps=40, long_seeds=0,
+                          long_steps=0, evals=2)
+  assert [r.eval_every for r in runs] == [20] * 6
+  miou = {("protoseg", 0): 80.0, ("protoseg", 1): 82.0, ("protoseg", 2): 84.0,
+          ("linear", 0): 88.0, ("linear", 1): 90.0}   # linear seed 2 stopped at step 20
+  for run in runs:
+    workdir = tmp_path / run.name
+    workdir.mkdir(parents=True)
+    recs = [{"step": 10, "train/loss": 1.0},
+            {"step": 20, "val/mIoU": 10.0 + run.seed, "val/proto_mean_cosine": 0.5}]
+    if (run.setting, run.seed) in miou:
+      last = {"step": 40, "val/mIoU": miou[run.setting, run.seed]}
+      if run.setting == "protoseg":
+        last.update({"val/proto_mean_cosine": 0.9 + run.seed / 100,
+                     "val/proto_appearance_nmi": 0.1})
+      recs.append(last)
+    (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+  rows = bench_seeds.report(runs, str(tmp_path), "python -m bench.bench_seeds")
+  proto, linear = rows
+  assert proto["seeds"] == [0, 1, 2] and linear["seeds"] == [0, 1]
+  assert proto["miou"] == {"mean": 82.0, "std": 2.0, "values": [80.0, 82.0, 84.0]}
+  assert proto["cosine"]["values"] == [0.9, 0.91, 0.92] and proto["nmi"]["std"] < 1e-12
+  assert linear["miou"]["mean"] == 89.0 and abs(linear["miou"]["std"] - 2 ** 0.5) < 1e-12
+  assert "cosine" not in linear
+  text = (tmp_path / "results.md").read_text()
+  assert "| 40 | protoseg | 3 | 82.00 ± 2.00 (80.00, 82.00, 84.00) |" in text
+  assert (tmp_path / "miou_over_steps.png").stat().st_size > 1000
+  # Finished runs are skipped; the unfinished one would be trained.
+  monkeypatch.setattr(bench_seeds.subprocess, "run", lambda *a, **k: pytest.fail("trained"))
+  assert bench_seeds.train(runs[0], str(tmp_path), None) == 0.0
+  with pytest.raises(pytest.fail.Exception):
+    bench_seeds.train(runs[-1], str(tmp_path), None)
