@@ -1,0 +1,263 @@
+"""Where the looks go (issue 32, item 2): which representation still knows a pixel's look?
+
+The demo records each pixel's look within its class ('appearance'). The
+prototypes' appearance NMI (prototype_stats) is near 0 on the trained demo
+runs: the prototype a pixel retrieves says nothing about its look. Either
+the embedding still separates the looks and the assignment fails to give
+each look its prototypes, or the looks are gone from the embedding already
+and no prototype update can bring them back. This compares, for each class
+with two looks or more, over the validation pixels of that class at feature
+resolution (exactly the pixels `prototype_stats.make_usage_step` counts:
+every labelled pixel inside the image, correctly classified or not, label
+and look resized to the feature map with the head's PyTorch-nearest rule):
+
+  nmi_embedding  NMI(look, k-means of the head's unit embeddings [D]):
+                 spherical (cosine) k-means, the geometry the prototypes live in
+  nmi_decoder    NMI(look, k-means of the decoder output, the tensor the
+                 ProtoSegHead receives before its projection (for the demo's
+                 HRNet: concatenated branches -> 3x3 conv -> BN -> ReLU) [D_in]):
+                 Euclidean k-means
+  nmi_rgb        NMI(look, k-means of the input colours at the same pixels:
+                 the eval image (un-normalised with the config's mean / std)
+                 resized to the feature map as the labels are): Euclidean
+  nmi_prototype  NMI(look, retrieved prototype): prototype_stats' appearance
+                 NMI on these pixels (next to it the run's logged
+                 val/proto_appearance_nmi_per_class at its last evaluation)
+
+with k = M (the run's prototypes per class), k-means++ initialisation from a
+fixed seed, `--restarts` restarts, the one of least inertia kept. Every NMI
+is `prototype_stats.appearance_nmi` of the look x cluster count table.
+
+  python -m bench.bench_looks --workdir=/tmp/demo_base31 [--data_dir=DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from typing import Optional
+
+import jax
+import numpy as np
+
+from protoseg_jax import prototype_stats, sharding
+from protoseg_jax.heads import ProtoSegHead
+from protoseg_jax.models.segmentor import Segmentor
+from protoseg_jax.trainer import cli, input_pipeline, paths
+from protoseg_jax.trainer import run as runs
+
+REPRESENTATIONS = ("embedding", "decoder", "rgb")
+
+
+# --- k-means and NMI -------------------------------------------------------------
+
+def _plus_plus(x: np.ndarray, k: int, gen: np.random.Generator) -> np.ndarray:
+  """k-means++ seeds: each next centre drawn with probability ~ its squared
+  distance to the nearest centre so far."""
+  centres = [x[gen.integers(len(x))]]
+  d2 = np.sum((x - centres[0]) ** 2, axis=1)
+  for _ in range(1, k):
+    total = d2.sum()
+    i = gen.choice(len(x), p=d2 / total) if total > 0 else gen.integers(len(x))
+    centres.append(x[i])
+    d2 = np.minimum(d2, np.sum((x - x[i]) ** 2, axis=1))
+  return np.stack(centres)
+
+
+def kmeans(x, k: int, *, cosine: bool = False, restarts: int = 4, iters: int = 100,
+           seed: int = 0) -> np.ndarray:
+  """Cluster ids [N] of the rows of x [N, F] (deterministic for a seed).
+
+  cosine: spherical k-means (rows and centres on the unit sphere; a pixel
+  goes to the centre of largest cosine, which on unit vectors is the
+  nearest one); else Euclidean. Of `restarts` k-means++ runs, the one of
+  least inertia (sum of squared distances to the centres) is kept.
+  """
+  x = np.asarray(x, np.float64)
+  if cosine:
+    x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+  k = min(k, len(x))
+  gen = np.random.default_rng(seed)
+  sq = np.sum(x * x, axis=1)
+  best, best_inertia = None, math.inf
+  for _ in range(restarts):
+    centres = _plus_plus(x, k, gen)
+    for _ in range(iters):
+      d2 = sq[:, None] - 2 * x @ centres.T + np.sum(centres * centres, axis=1)[None]
+      ids = np.argmin(d2, axis=1)
+      sums = np.zeros_like(centres)
+      np.add.at(sums, ids, x)
+      sizes = np.bincount(ids, minlength=k)
+      # An emptied cluster keeps its centre (it may win pixels back).
+      new = np.where(sizes[:, None] > 0, sums / np.maximum(sizes, 1)[:, None], centres)
+      if cosine:
+        new = new / np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-12)
+      done = np.allclose(new, centres)
+      centres = new
+      if done:
+        break
+    d2 = sq[:, None] - 2 * x @ centres.T + np.sum(centres * centres, axis=1)[None]
+    ids = np.argmin(d2, axis=1)
+    inertia = float(np.sum(np.maximum(d2[np.arange(len(x)), ids], 0.0)))
+    if inertia < best_inertia:
+      best, best_inertia = ids, inertia
+  return best
+
+
+def look_cluster_nmi(looks, clusters) -> float:
+  """NMI between looks [N] and cluster ids [N] (ints >= 0), by
+  `prototype_stats.appearance_nmi` of their [1, A, K] count table (NaN with
+  fewer than two looks)."""
+  looks, clusters = np.asarray(looks, np.int64), np.asarray(clusters, np.int64)
+  table = np.zeros((1, looks.max() + 1, clusters.max() + 1), np.int64)
+  np.add.at(table[0], (looks, clusters), 1)
+  return float(prototype_stats.appearance_nmi(table)[0])
+
+
+# --- the validation pixels at feature resolution ---------------------------------------
+
+def to_feature_grid(maps, src_hw, part_hw, grid_hw, fill=-1) -> np.ndarray:
+  """maps [B, H, W, ...] (each example's content in its first src_hw [B, 2]
+  rows / columns) -> [B, h, w, ...]: the content resized to its part
+  part_hw [B, 2] of the grid (h, w) with PyTorch `nearest` (row i <-
+  floor(i * src_h / part_h)), `fill` outside the part; the resizing of
+  `prototype_stats.make_usage_step`, in NumPy."""
+  maps = np.asarray(maps)
+  h, w = grid_hw
+  out = np.full((maps.shape[0], h, w) + maps.shape[3:], fill, maps.dtype)
+  for b, ((sh, sw), (ph, pw)) in enumerate(zip(np.asarray(src_hw), np.asarray(part_hw))):
+    rows = np.minimum(np.arange(ph) * sh // max(ph, 1), maps.shape[1] - 1)
+    cols = np.minimum(np.arange(pw) * sw // max(pw, 1), maps.shape[2] - 1)
+    out[b, :ph, :pw] = maps[b][rows[:, None], cols[None, :]]
+  return out
+
+
+def head_input_and_embeddings(model, variables, images):
+  """(decoder output [B, h, w, D_in]: what the ProtoSegHead projects, its
+  unit embeddings [B, h, w, D]) at inference, read with flax's
+  capture_intermediates (the model's outputs are unchanged)."""
+  wanted = lambda mdl, method: method == "__call__" and (
+      isinstance(mdl, ProtoSegHead)
+      or (mdl.name == "decoder" and isinstance(mdl.parent, Segmentor)))
+  _, state = model.apply(variables, images, train=False, capture_intermediates=wanted,
+                         mutable=["intermediates"])
+  inter = state["intermediates"]
+  return inter["decoder"]["__call__"][0], inter["head"]["__call__"][0].embeddings
+
+
+def class_pixels(run, max_batches: Optional[int]) -> dict[str, np.ndarray]:
+  """Per counted pixel (labelled, inside the image, look recorded): label,
+  look, embedding, decoder feature, RGB colour, retrieved prototype."""
+  batches = input_pipeline.create_eval_iterator(run.config, sharding.batch_sharding(run.mesh),
+                                                run=run.facts)
+  lut = np.asarray(run.classes.label_lut())
+  forward = jax.jit(lambda v, x: head_input_and_embeddings(run.model, v, x))
+  mean = np.asarray(run.config.dataset.mean, np.float32)
+  std = np.asarray(run.config.dataset.std, np.float32)
+  protos = run.variables["prototypes"]
+  c = prototype_stats.prototype_array(protos).shape[0]
+  out = {k: [] for k in ("label", "look", "embedding", "decoder", "rgb", "prototype")}
+  for i, batch in enumerate(batches):
+    if max_batches is not None and 0 <= max_batches <= i:
+      break
+    if "appearance" not in batch:
+      raise SystemExit("the dataset records no looks ('appearance'): nothing to measure")
+    batch = {k: np.asarray(v) for k, v in batch.items()}
+    feat, emb = (np.asarray(t) for t in forward(run.variables, batch["image"]))
+    h, w = emb.shape[1:3]
+    hc, wc = batch["image"].shape[1:3]
+    ihw, lhw = batch["image_hw"].astype(np.int64), batch["label_hw"].astype(np.int64)
+    part = np.stack([-(-ihw[:, 0] * h // hc), -(-ihw[:, 1] * w // wc)], axis=1)
+    y = to_feature_grid(batch["label"], lhw, part, (h, w))
+    y = np.where((y >= 0) & (y < len(lut)), lut[np.clip(y, 0, len(lut) - 1)], -1)
+    y = np.where(batch["mask"][:, None, None], y, -1)
+    look = to_feature_grid(batch["appearance"], lhw, part, (h, w))
+    rgb = to_feature_grid(batch["image"] * std + mean, ihw, part, (h, w), fill=0)
+    keep = (y >= 0) & (y < c) & (look >= 0) & (look < prototype_stats.MAX_LOOKS)
+    retrieved = np.asarray(prototype_stats.retrieved_prototype(protos, emb, y))
+    for k, v in (("label", y), ("look", look), ("embedding", emb), ("decoder", feat),
+                 ("rgb", rgb), ("prototype", retrieved)):
+      out[k].append(v[keep])
+  return {k: np.concatenate(v) for k, v in out.items()}
+
+
+# --- per class -------------------------------------------------------------------------
+
+def class_rows(pixels: dict, names, k: int, restarts: int = 4, seed: int = 0) -> list[dict]:
+  """One record per class with two looks or more among its pixels."""
+  rows = []
+  for c, name in enumerate(names):
+    sel = pixels["label"] == c
+    looks = pixels["look"][sel]
+    per_look = np.bincount(looks, minlength=1) if looks.size else np.zeros(0, np.int64)
+    if np.count_nonzero(per_look) < 2:
+      continue
+    row = {"class": name, "pixels": int(sel.sum()),
+           "pixels_per_look": {int(a): int(n) for a, n in enumerate(per_look) if n},
+           "k": k}
+    for rep in REPRESENTATIONS:
+      ids = kmeans(pixels[rep][sel], k, cosine=rep == "embedding", restarts=restarts, seed=seed)
+      row[f"nmi_{rep}"] = round(look_cluster_nmi(looks, ids), 4)
+    row["nmi_prototype"] = round(look_cluster_nmi(looks, pixels["prototype"][sel]), 4)
+    rows.append(row)
+  return rows
+
+
+def logged_prototype_nmi(workdir: str) -> tuple[Optional[int], dict]:
+  """(step, {class: NMI}) of the run's last evaluation that logged
+  val/proto_appearance_nmi_per_class (None, {} if none did)."""
+  step, per = None, {}
+  path = paths.resolve(workdir) / "metrics.jsonl"
+  if not path.exists():
+    return step, per
+  for line in path.read_text().splitlines():
+    rec = json.loads(line) if line.strip() else {}
+    if "val/proto_appearance_nmi_per_class" in rec:
+      step, per = rec.get("step"), rec["val/proto_appearance_nmi_per_class"]
+  return step, per
+
+
+def markdown(rows: list[dict]) -> str:
+  head = ("| class | pixels per look | NMI embedding (cos k-means) | NMI decoder output | "
+          "NMI RGB | NMI prototype (logged) |")
+  lines = [head, "|" + "---|" * 6]
+  for r in rows:
+    looks = ", ".join(f"{a}: {n}" for a, n in r["pixels_per_look"].items())
+    logged = r.get("nmi_prototype_logged")
+    lines.append(f"| {r['class']} | {looks} | {r['nmi_embedding']:.3f} | {r['nmi_decoder']:.3f} "
+                 f"| {r['nmi_rgb']:.3f} | {r['nmi_prototype']:.3f} "
+                 f"({'-' if logged is None else format(logged, '.3f')}) |")
+  return "\n".join(lines)
+
+
+def main(argv=None):
+  ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  ap.add_argument("--workdir", required=True)
+  ap.add_argument("--data_dir", default=None, help="where the dataset is prepared, if moved")
+  ap.add_argument("--max_batches", type=int, default=None,
+                  help="eval batches (default: the run's config.eval.proto_usage_batches, "
+                       "as its logged NMI; -1: all)")
+  ap.add_argument("--restarts", type=int, default=4)
+  ap.add_argument("--seed", type=int, default=0)
+  a = ap.parse_args(argv)
+  config = runs.read_config(a.workdir)
+  if a.data_dir:
+    config.dataset.data_dir = a.data_dir
+  run = cli.load_tool_run(a.workdir, config=config, needs_prototypes=True)
+  limits = [int(n) for n in (a.max_batches if a.max_batches is not None
+                             else config.eval.proto_usage_batches, config.max_eval_batches)
+            if n is not None and int(n) >= 0]
+  pixels = class_pixels(run, min(limits) if limits else None)
+  m = prototype_stats.prototype_array(run.variables["prototypes"]).shape[1]
+  step, logged = logged_prototype_nmi(a.workdir)
+  rows = class_rows(pixels, run.classes.names, m, a.restarts, a.seed)
+  for r in rows:
+    r["nmi_prototype_logged"] = logged.get(r["class"])
+    print(json.dumps({"workdir": a.workdir, "checkpoint_step": run.step,
+                      "logged_step": step, **r}))
+  print(markdown(rows))
+
+
+if __name__ == "__main__":
+  main()
