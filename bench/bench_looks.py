@@ -146,39 +146,55 @@ def head_input_and_embeddings(model, variables, images):
   return inter["decoder"]["__call__"][0], inter["head"]["__call__"][0].embeddings
 
 
+PIXEL_KEYS = ("label", "look", "embedding", "decoder", "rgb", "prototype")
+
+
+def batch_pixels(batch: dict, features, embeddings, prototypes, label_lut, mean, std
+                 ) -> dict[str, np.ndarray]:
+  """Per pixel that `prototype_stats.make_usage_step` counts in one eval batch
+  (labelled, inside the image, look recorded): label, look, embedding,
+  decoder feature, RGB colour, retrieved prototype. features / embeddings
+  [B, h, w, *]: the model's on batch["image"] (`head_input_and_embeddings`);
+  label_lut: dataset label -> model class; mean, std: the image's
+  normalisation, undone for the colours."""
+  batch = {k: np.asarray(v) for k, v in batch.items()}
+  emb = np.asarray(embeddings)
+  h, w = emb.shape[1:3]
+  hc, wc = batch["image"].shape[1:3]
+  ihw, lhw = batch["image_hw"].astype(np.int64), batch["label_hw"].astype(np.int64)
+  part = np.stack([-(-ihw[:, 0] * h // hc), -(-ihw[:, 1] * w // wc)], axis=1)
+  lut = np.asarray(label_lut)
+  y = to_feature_grid(batch["label"], lhw, part, (h, w))
+  y = np.where((y >= 0) & (y < len(lut)), lut[np.clip(y, 0, len(lut) - 1)], -1)
+  y = np.where(batch["mask"][:, None, None], y, -1)
+  look = to_feature_grid(batch["appearance"], lhw, part, (h, w))
+  rgb = to_feature_grid(batch["image"] * np.asarray(std) + np.asarray(mean), ihw, part, (h, w),
+                        fill=0)
+  c = prototype_stats.prototype_array(prototypes).shape[0]
+  keep = (y >= 0) & (y < c) & (look >= 0) & (look < prototype_stats.MAX_LOOKS)
+  retrieved = np.asarray(prototype_stats.retrieved_prototype(prototypes, emb, y))
+  values = (y, look, emb, np.asarray(features), rgb, retrieved)
+  return {k: v[keep] for k, v in zip(PIXEL_KEYS, values)}
+
+
 def class_pixels(run, max_batches: Optional[int]) -> dict[str, np.ndarray]:
-  """Per counted pixel (labelled, inside the image, look recorded): label,
-  look, embedding, decoder feature, RGB colour, retrieved prototype."""
+  """`batch_pixels` over the first `max_batches` eval batches (None: all)."""
   batches = input_pipeline.create_eval_iterator(run.config, sharding.batch_sharding(run.mesh),
                                                 run=run.facts)
-  lut = np.asarray(run.classes.label_lut())
   forward = jax.jit(lambda v, x: head_input_and_embeddings(run.model, v, x))
-  mean = np.asarray(run.config.dataset.mean, np.float32)
-  std = np.asarray(run.config.dataset.std, np.float32)
-  protos = run.variables["prototypes"]
-  c = prototype_stats.prototype_array(protos).shape[0]
-  out = {k: [] for k in ("label", "look", "embedding", "decoder", "rgb", "prototype")}
+  norm = (np.asarray(run.config.dataset.mean, np.float32),
+          np.asarray(run.config.dataset.std, np.float32))
+  out = {k: [] for k in PIXEL_KEYS}
   for i, batch in enumerate(batches):
     if max_batches is not None and 0 <= max_batches <= i:
       break
     if "appearance" not in batch:
       raise SystemExit("the dataset records no looks ('appearance'): nothing to measure")
-    batch = {k: np.asarray(v) for k, v in batch.items()}
-    feat, emb = (np.asarray(t) for t in forward(run.variables, batch["image"]))
-    h, w = emb.shape[1:3]
-    hc, wc = batch["image"].shape[1:3]
-    ihw, lhw = batch["image_hw"].astype(np.int64), batch["label_hw"].astype(np.int64)
-    part = np.stack([-(-ihw[:, 0] * h // hc), -(-ihw[:, 1] * w // wc)], axis=1)
-    y = to_feature_grid(batch["label"], lhw, part, (h, w))
-    y = np.where((y >= 0) & (y < len(lut)), lut[np.clip(y, 0, len(lut) - 1)], -1)
-    y = np.where(batch["mask"][:, None, None], y, -1)
-    look = to_feature_grid(batch["appearance"], lhw, part, (h, w))
-    rgb = to_feature_grid(batch["image"] * std + mean, ihw, part, (h, w), fill=0)
-    keep = (y >= 0) & (y < c) & (look >= 0) & (look < prototype_stats.MAX_LOOKS)
-    retrieved = np.asarray(prototype_stats.retrieved_prototype(protos, emb, y))
-    for k, v in (("label", y), ("look", look), ("embedding", emb), ("decoder", feat),
-                 ("rgb", rgb), ("prototype", retrieved)):
-      out[k].append(v[keep])
+    feat, emb = forward(run.variables, batch["image"])
+    got = batch_pixels(batch, feat, emb, run.variables["prototypes"], run.classes.label_lut(),
+                       *norm)
+    for k in PIXEL_KEYS:
+      out[k].append(got[k])
   return {k: np.concatenate(v) for k, v in out.items()}
 
 
