@@ -28,7 +28,17 @@ with k = M (the run's prototypes per class), k-means++ initialisation from a
 fixed seed, `--restarts` restarts, the one of least inertia kept. Every NMI
 is `prototype_stats.appearance_nmi` of the look x cluster count table.
 
+A low k-means NMI says the looks are not the main structure of a
+representation, not that they are absent from it; so, next to it:
+
+  probe_*        held-out accuracy of a linear softmax probe predicting the
+                 look from the same embedding / decoder output / colours,
+                 trained on the pixels of the even validation images and
+                 scored on those of the odd ones (probe_majority: the most
+                 frequent look's share of the scored pixels, the chance level)
+
   python -m bench.bench_looks --workdir=/tmp/demo_base31 [--data_dir=DIR]
+      [--checkpoint_step=200 | --at_init]
 """
 
 from __future__ import annotations
@@ -39,9 +49,11 @@ import math
 from typing import Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
-from protoseg_jax import prototype_stats, sharding
+from protoseg_jax import prototype_stats, sharding, train
 from protoseg_jax.heads import ProtoSegHead
 from protoseg_jax.models.segmentor import Segmentor
 from protoseg_jax.trainer import cli, input_pipeline, paths
@@ -65,7 +77,7 @@ def _plus_plus(x: np.ndarray, k: int, gen: np.random.Generator) -> np.ndarray:
   return np.stack(centres)
 
 
-def kmeans(x, k: int, *, cosine: bool = False, restarts: int = 4, iters: int = 100,
+def kmeans(x, k: int, *, cosine: bool = False, restarts: int = 10, iters: int = 100,
            seed: int = 0) -> np.ndarray:
   """Cluster ids [N] of the rows of x [N, F] (deterministic for a seed).
 
@@ -115,6 +127,41 @@ def look_cluster_nmi(looks, clusters) -> float:
   return float(prototype_stats.appearance_nmi(table)[0])
 
 
+def probe_accuracy(x, looks, train, *, steps: int = 300, lr: float = 0.05,
+                   l2: float = 1e-3) -> float:
+  """Held-out accuracy of a linear softmax probe predicting the look from x
+  [N, F]: trained (full batch, Adam, L2 `l2`, features standardised with the
+  training rows' mean / std) on the rows where `train`, scored on the
+  others. Where k-means asks whether the looks are the main structure of a
+  representation, this asks whether they are in it at all."""
+  x, looks, train = np.asarray(x, np.float32), np.asarray(looks), np.asarray(train, bool)
+  mean, std = x[train].mean(0), x[train].std(0) + 1e-6
+  x = jnp.asarray((x - mean) / std)
+  num_looks = int(looks.max()) + 1
+  onehot = jax.nn.one_hot(jnp.asarray(looks), num_looks)
+  weight = jnp.asarray(train, jnp.float32) / max(int(train.sum()), 1)
+
+  def loss(params):
+    logits = x @ params["w"] + params["b"]
+    ce = -jnp.sum(onehot * jax.nn.log_softmax(logits), axis=1)
+    return jnp.sum(weight * ce) + l2 * jnp.sum(params["w"] ** 2)
+
+  opt = optax.adam(lr)
+  params = {"w": jnp.zeros((x.shape[1], num_looks)), "b": jnp.zeros(num_looks)}
+
+  @jax.jit
+  def fit(params):
+    def step(carry, _):
+      params, state = carry
+      updates, state = opt.update(jax.grad(loss)(params), state)
+      return (optax.apply_updates(params, updates), state), None
+    return jax.lax.scan(step, (params, opt.init(params)), None, length=steps)[0][0]
+
+  params = fit(params)
+  hit = np.asarray(jnp.argmax(x @ params["w"] + params["b"], axis=1)) == looks
+  return float(hit[~train].mean())
+
+
 # --- the validation pixels at feature resolution ---------------------------------------
 
 def to_feature_grid(maps, src_hw, part_hw, grid_hw, fill=-1) -> np.ndarray:
@@ -146,15 +193,16 @@ def head_input_and_embeddings(model, variables, images):
   return inter["decoder"]["__call__"][0], inter["head"]["__call__"][0].embeddings
 
 
-PIXEL_KEYS = ("label", "look", "embedding", "decoder", "rgb", "prototype")
+PIXEL_KEYS = ("label", "look", "embedding", "decoder", "rgb", "prototype", "image")
 
 
 def batch_pixels(batch: dict, features, embeddings, prototypes, label_lut, mean, std
                  ) -> dict[str, np.ndarray]:
   """Per pixel that `prototype_stats.make_usage_step` counts in one eval batch
   (labelled, inside the image, look recorded): label, look, embedding,
-  decoder feature, RGB colour, retrieved prototype. features / embeddings
-  [B, h, w, *]: the model's on batch["image"] (`head_input_and_embeddings`);
+  decoder feature, RGB colour, retrieved prototype, image (its row in the
+  batch). features / embeddings [B, h, w, *]: the model's on batch["image"]
+  (`head_input_and_embeddings`);
   label_lut: dataset label -> model class; mean, std: the image's
   normalisation, undone for the colours."""
   batch = {k: np.asarray(v) for k, v in batch.items()}
@@ -173,12 +221,15 @@ def batch_pixels(batch: dict, features, embeddings, prototypes, label_lut, mean,
   c = prototype_stats.prototype_array(prototypes).shape[0]
   keep = (y >= 0) & (y < c) & (look >= 0) & (look < prototype_stats.MAX_LOOKS)
   retrieved = np.asarray(prototype_stats.retrieved_prototype(prototypes, emb, y))
-  values = (y, look, emb, np.asarray(features), rgb, retrieved)
+  image = np.broadcast_to(np.arange(len(y))[:, None, None], y.shape)
+  values = (y, look, emb, np.asarray(features), rgb, retrieved, image)
   return {k: v[keep] for k, v in zip(PIXEL_KEYS, values)}
 
 
-def class_pixels(run, max_batches: Optional[int]) -> dict[str, np.ndarray]:
-  """`batch_pixels` over the first `max_batches` eval batches (None: all)."""
+def class_pixels(run, max_batches: Optional[int], variables=None) -> dict[str, np.ndarray]:
+  """`batch_pixels` over the first `max_batches` eval batches (None: all), of
+  the run's model with `variables` (default: the run's)."""
+  variables = run.variables if variables is None else variables
   batches = input_pipeline.create_eval_iterator(run.config, sharding.batch_sharding(run.mesh),
                                                 run=run.facts)
   forward = jax.jit(lambda v, x: head_input_and_embeddings(run.model, v, x))
@@ -190,9 +241,10 @@ def class_pixels(run, max_batches: Optional[int]) -> dict[str, np.ndarray]:
       break
     if "appearance" not in batch:
       raise SystemExit("the dataset records no looks ('appearance'): nothing to measure")
-    feat, emb = forward(run.variables, batch["image"])
-    got = batch_pixels(batch, feat, emb, run.variables["prototypes"], run.classes.label_lut(),
+    feat, emb = forward(variables, batch["image"])
+    got = batch_pixels(batch, feat, emb, variables["prototypes"], run.classes.label_lut(),
                        *norm)
+    got["image"] = got["image"] + i * len(batch["mask"])    # the image's row in the split
     for k in PIXEL_KEYS:
       out[k].append(got[k])
   return {k: np.concatenate(v) for k, v in out.items()}
@@ -200,7 +252,7 @@ def class_pixels(run, max_batches: Optional[int]) -> dict[str, np.ndarray]:
 
 # --- per class -------------------------------------------------------------------------
 
-def class_rows(pixels: dict, names, k: int, restarts: int = 4, seed: int = 0) -> list[dict]:
+def class_rows(pixels: dict, names, k: int, restarts: int = 10, seed: int = 0) -> list[dict]:
   """One record per class with two looks or more among its pixels."""
   rows = []
   for c, name in enumerate(names):
@@ -216,34 +268,43 @@ def class_rows(pixels: dict, names, k: int, restarts: int = 4, seed: int = 0) ->
       ids = kmeans(pixels[rep][sel], k, cosine=rep == "embedding", restarts=restarts, seed=seed)
       row[f"nmi_{rep}"] = round(look_cluster_nmi(looks, ids), 4)
     row["nmi_prototype"] = round(look_cluster_nmi(looks, pixels["prototype"][sel]), 4)
+    # Probes: trained on the even images' pixels, scored on the odd images'.
+    train = pixels["image"][sel] % 2 == 0
+    test_looks = looks[~train]
+    row["probe_majority"] = round(float(np.bincount(test_looks).max() / max(test_looks.size, 1)), 4)
+    for rep in REPRESENTATIONS:
+      row[f"probe_{rep}"] = round(probe_accuracy(pixels[rep][sel], looks, train), 4)
     rows.append(row)
   return rows
 
 
-def logged_prototype_nmi(workdir: str) -> tuple[Optional[int], dict]:
-  """(step, {class: NMI}) of the run's last evaluation that logged
-  val/proto_appearance_nmi_per_class (None, {} if none did)."""
-  step, per = None, {}
+def logged_prototype_nmi(workdir: str, step: Optional[int]) -> dict:
+  """{class: NMI} of val/proto_appearance_nmi_per_class in the run's
+  metrics.jsonl at `step` (the last such record of that step; {} if none)."""
+  per = {}
   path = paths.resolve(workdir) / "metrics.jsonl"
-  if not path.exists():
-    return step, per
+  if step is None or not path.exists():
+    return per
   for line in path.read_text().splitlines():
     rec = json.loads(line) if line.strip() else {}
-    if "val/proto_appearance_nmi_per_class" in rec:
-      step, per = rec.get("step"), rec["val/proto_appearance_nmi_per_class"]
-  return step, per
+    if rec.get("step") == step and "val/proto_appearance_nmi_per_class" in rec:
+      per = rec["val/proto_appearance_nmi_per_class"]
+  return per
 
 
 def markdown(rows: list[dict]) -> str:
   head = ("| class | pixels per look | NMI embedding (cos k-means) | NMI decoder output | "
-          "NMI RGB | NMI prototype (logged) |")
-  lines = [head, "|" + "---|" * 6]
+          "NMI RGB | NMI prototype (logged) | probe acc. embedding / decoder / RGB "
+          "(majority) |")
+  lines = [head, "|" + "---|" * 7]
   for r in rows:
     looks = ", ".join(f"{a}: {n}" for a, n in r["pixels_per_look"].items())
     logged = r.get("nmi_prototype_logged")
+    probes = " / ".join(f"{r[f'probe_{rep}']:.2f}" for rep in REPRESENTATIONS)
     lines.append(f"| {r['class']} | {looks} | {r['nmi_embedding']:.3f} | {r['nmi_decoder']:.3f} "
                  f"| {r['nmi_rgb']:.3f} | {r['nmi_prototype']:.3f} "
-                 f"({'-' if logged is None else format(logged, '.3f')}) |")
+                 f"({'-' if logged is None else format(logged, '.3f')}) "
+                 f"| {probes} ({r['probe_majority']:.2f}) |")
   return "\n".join(lines)
 
 
@@ -254,24 +315,35 @@ def main(argv=None):
   ap.add_argument("--max_batches", type=int, default=None,
                   help="eval batches (default: the run's config.eval.proto_usage_batches, "
                        "as its logged NMI; -1: all)")
-  ap.add_argument("--restarts", type=int, default=4)
+  ap.add_argument("--checkpoint_step", type=int, default=None,
+                  help="that checkpoint instead of the newest")
+  ap.add_argument("--at_init", action="store_true",
+                  help="the run's step-0 variables (train.init_variables from its config.seed, "
+                       "no init_from): were the looks in the untrained network?")
+  ap.add_argument("--restarts", type=int, default=10)
   ap.add_argument("--seed", type=int, default=0)
   a = ap.parse_args(argv)
   config = runs.read_config(a.workdir)
   if a.data_dir:
     config.dataset.data_dir = a.data_dir
-  run = cli.load_tool_run(a.workdir, config=config, needs_prototypes=True)
+  run = cli.load_tool_run(a.workdir, config=config, needs_prototypes=True,
+                          checkpoint_step=a.checkpoint_step)
+  variables, step = run.variables, run.step
+  if a.at_init:
+    if config.init_from:
+      raise SystemExit("--at_init: the run starts from config.init_from, not from its seed")
+    variables, step = train.init_variables(config, run.model, run.mesh)[0], 0
   limits = [int(n) for n in (a.max_batches if a.max_batches is not None
                              else config.eval.proto_usage_batches, config.max_eval_batches)
             if n is not None and int(n) >= 0]
-  pixels = class_pixels(run, min(limits) if limits else None)
-  m = prototype_stats.prototype_array(run.variables["prototypes"]).shape[1]
-  step, logged = logged_prototype_nmi(a.workdir)
+  pixels = class_pixels(run, min(limits) if limits else None, variables)
+  m = prototype_stats.prototype_array(variables["prototypes"]).shape[1]
+  # The run's own evaluation of these prototypes (none for --at_init).
+  logged = logged_prototype_nmi(a.workdir, step) if not a.at_init else {}
   rows = class_rows(pixels, run.classes.names, m, a.restarts, a.seed)
   for r in rows:
     r["nmi_prototype_logged"] = logged.get(r["class"])
-    print(json.dumps({"workdir": a.workdir, "checkpoint_step": run.step,
-                      "logged_step": step, **r}))
+    print(json.dumps({"workdir": a.workdir, "checkpoint_step": step, **r}))
   print(markdown(rows))
 
 

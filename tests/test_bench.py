@@ -264,3 +264,17 @@ def test_looks_pixels_are_those_prototype_stats_counts():
   np.add.at(table, (got["label"], got["look"], got["prototype"]), 1)
   assert np.array_equal(table, np.asarray(want))
   assert got["rgb"].shape == (table.sum(), 5) and got["decoder"].shape == (table.sum(), 5)
+
+
+def test_looks_probe_reads_a_look_that_is_not_the_main_structure():
+  gen = np.random.default_rng(2)
+  looks = gen.integers(0, 2, 800)
+  # The look moves one low-variance feature; a high-variance one (e.g.
+  # position) dominates, so k-means splits on it and misses the look.
+  x = np.stack([10 * gen.normal(size=800) + 30 * (gen.random(800) < 0.5),
+                looks + 0.1 * gen.normal(size=800)], 1)
+  train = np.arange(800) % 2 == 0
+  assert bench_looks.look_cluster_nmi(looks, bench_looks.kmeans(x, 2)) < 0.05
+  assert bench_looks.probe_accuracy(x, looks, train) > 0.98
+  # Features that do not carry the look: chance level.
+  assert bench_looks.probe_accuracy(x[:, :1], looks, train) < 0.6
