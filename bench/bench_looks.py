@@ -21,8 +21,9 @@ and look resized to the feature map with the head's PyTorch-nearest rule):
                  the eval image (un-normalised with the config's mean / std)
                  resized to the feature map as the labels are): Euclidean
   nmi_prototype  NMI(look, retrieved prototype): prototype_stats' appearance
-                 NMI on these pixels (next to it the run's logged
-                 val/proto_appearance_nmi_per_class at its last evaluation)
+                 NMI on these pixels (next to it, nmi_prototype_logged: the
+                 run's val/proto_appearance_nmi_per_class logged at the
+                 checkpoint's step, the same number where the pixels agree)
 
 with k = M (the run's prototypes per class), k-means++ initialisation from a
 fixed seed, `--restarts` restarts, the one of least inertia kept. Every NMI
