@@ -9,14 +9,15 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
-from bench import bench_head_overhead, bench_remat, bench_vocab, harness
+from bench import bench_head_overhead, bench_looks, bench_remat, bench_vocab, harness
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPTS = ("bench_backbones", "bench_compile_cache", "bench_few_shot", "bench_head_overhead",
-           "bench_input_pipeline", "bench_prototypes", "bench_remat", "bench_train_step",
-           "bench_vocab", "bench_seeds", "suite")
+           "bench_input_pipeline", "bench_looks", "bench_prototypes", "bench_remat",
+           "bench_seeds", "bench_train_step", "bench_vocab", "suite")
 
 
 # ----------------------------------------------------------------------------
@@ -240,3 +241,79 @@ def test_bench_seeds_tables_each_settings_seeds_and_resumes_finished_runs(tmp_pa
   assert bench_seeds.train(runs[0], str(tmp_path), None) == 0.0
   with pytest.raises(pytest.fail.Exception):
     bench_seeds.train(runs[-1], str(tmp_path), None)
+
+
+# ----------------------------------------------------------------------------
+# bench_looks: k-means + NMI, and the pixel set of prototype_stats.
+
+
+def test_looks_kmeans_finds_separated_looks_and_not_random_ones():
+  gen = np.random.default_rng(1)
+  looks = np.repeat([0, 1, 2], 200)
+  centres = np.array([[10.0, 0, 0], [0, 10.0, 0], [0, 0, 10.0]])
+  x = centres[looks] + gen.normal(size=(600, 3))
+  ids = bench_looks.kmeans(x, 3, seed=0)
+  assert bench_looks.look_cluster_nmi(looks, ids) == pytest.approx(1.0)
+  assert np.array_equal(ids, bench_looks.kmeans(x, 3, seed=0))       # deterministic
+  # Looks that are directions 20 degrees apart, lengths 1 or 10 whatever the
+  # look: spherical k-means takes the looks apart, Euclidean k-means the lengths.
+  two = np.repeat([0, 1], 300)
+  angle = 0.35 * two + 0.02 * gen.normal(size=600)
+  x = np.stack([np.cos(angle), np.sin(angle)], 1) * np.where(gen.random(600) < 0.5, 1, 10)[:, None]
+  ids = bench_looks.kmeans(x, 2, cosine=True)
+  assert bench_looks.look_cluster_nmi(two, ids) == pytest.approx(1.0)
+  assert bench_looks.look_cluster_nmi(two, bench_looks.kmeans(x, 2)) < 0.05
+  # Clusters that ignore the looks: no information.
+  noise = bench_looks.kmeans(gen.normal(size=(600, 3)), 3, seed=0)
+  assert bench_looks.look_cluster_nmi(looks, noise) < 0.02
+  # One look per class: no NMI (as prototype_stats).
+  assert np.isnan(bench_looks.look_cluster_nmi(np.zeros(5, int), np.arange(5) % 2))
+
+
+def test_looks_pixels_are_those_prototype_stats_counts():
+  """Partial images, a feature map smaller than the image canvas (11 -> 6)
+  and labels of another size: the bench's NumPy resizing must count exactly
+  the look table of the usage step."""
+  import flax.linen as nn
+  from protoseg_jax import heads, prototype_stats
+  c, m = 3, 2
+
+  class Pooled(nn.Module):       # a stand-in model: stride-2 "decoder" + the head
+    @nn.compact
+    def __call__(self, images, train=False):
+      x = nn.avg_pool(images, (2, 2), (2, 2), padding="SAME")
+      return heads.ProtoSegHead(c, num_prototypes=m, embed_dim=4, name="head")(x)
+
+  model = Pooled()
+  gen = np.random.default_rng(0)
+  images = jnp.asarray(gen.normal(size=(2, 11, 11, 5)), jnp.float32)
+  variables = model.init(jax.random.key(0), images)
+  label = gen.integers(0, c, size=(2, 9, 10)).astype(np.int32)
+  label[0, 7:] = label[:, :, 9] = 255                        # padding outside label_hw
+  batch = {"image": images, "image_hw": np.array([[7, 9], [11, 10]], np.int32),
+           "label": label, "label_hw": np.array([[7, 9], [9, 9]], np.int32),
+           "mask": np.array([True, True]),
+           "appearance": gen.integers(0, 3, size=(2, 9, 10)).astype(np.int32)}
+  _, _, want = prototype_stats.make_usage_step(model)(variables, batch)
+  emb = heads.proto_head_output(model, variables, images).embeddings
+  feats = nn.avg_pool(images, (2, 2), (2, 2), padding="SAME")
+  got = bench_looks.batch_pixels(batch, feats, emb, variables["prototypes"],
+                                 np.arange(256), np.zeros(5), np.ones(5))
+  table = np.zeros((c, prototype_stats.MAX_LOOKS, m), np.int64)
+  np.add.at(table, (got["label"], got["look"], got["prototype"]), 1)
+  assert np.array_equal(table, np.asarray(want))
+  assert got["rgb"].shape == (table.sum(), 5) and got["decoder"].shape == (table.sum(), 5)
+
+
+def test_looks_probe_reads_a_look_that_is_not_the_main_structure():
+  gen = np.random.default_rng(2)
+  looks = gen.integers(0, 2, 800)
+  # The look moves one low-variance feature; a high-variance one (e.g.
+  # position) dominates, so k-means splits on it and misses the look.
+  x = np.stack([10 * gen.normal(size=800) + 30 * (gen.random(800) < 0.5),
+                looks + 0.1 * gen.normal(size=800)], 1)
+  train = np.arange(800) % 2 == 0
+  assert bench_looks.look_cluster_nmi(looks, bench_looks.kmeans(x, 2)) < 0.05
+  assert bench_looks.probe_accuracy(x, looks, train) > 0.98
+  # Features that do not carry the look: chance level.
+  assert bench_looks.probe_accuracy(x[:, :1], looks, train) < 0.6
