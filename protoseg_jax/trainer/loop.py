@@ -13,9 +13,10 @@ a time, `faults.WorkdirLock`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
-from typing import Optional
+from typing import Any, Optional
 
 from absl import logging
 from clu import metric_writers, periodic_actions
@@ -147,24 +148,45 @@ def start_summary(mode: str, config, workdir: str, info, model=None, params=None
   return "\n  ".join(lines)
 
 
-class _Run:
-  """What training needs, built once from the config."""
+def prepare(config, workdir: str, facts: Optional[runs.RunFacts] = None):
+  """What every run of a config does first, before data or compilation: every
+  invalid config value at once (`validate_run_config`), then the persistent
+  compilation cache of its workdir."""
+  validate_run_config(config, facts)
+  compile_cache.enable_compilation_cache(config, workdir)
 
-  def __init__(self, config, workdir: str):
-    validate_run_config(config)  # every invalid value at once, before data or compilation
-    compile_cache.enable_compilation_cache(config, workdir)
-    self.config, self.workdir = config, workdir
-    self.mesh = sharding.create_mesh()
-    self.info = datasets.get_dataset_info(config)
-    self.facts = runs.facts_of_config(config)
-    self.classes = self.facts.classes
-    self.model = build_model(config, self.classes.num_outputs, self.classes.ignore_index)
-    self.state, self.tx, self.schedule = train.create_train_state(
-        config, self.model, self.mesh,
-        load_weights=lambda v: checkpoints.init_from(config, v))
-    self.evaluation = Evaluation(config, self.model, self.classes, self.mesh)
-    runs.describe(workdir, config, self.facts)
-    self.writers = _Writers(workdir)
+
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+  """What training builds from its config before the first step (`set_up_training`)."""
+  mesh: Any
+  info: datasets.DatasetInfo
+  facts: runs.RunFacts
+  model: Any
+  state: train.TrainState
+  tx: Any
+  schedule: Any
+  evaluation: Evaluation
+
+  @property
+  def classes(self) -> ClassMap:
+    return self.facts.classes
+
+
+def set_up_training(config, workdir: str) -> TrainSetup:
+  """`prepare`, then the dataset (the demo generates itself), the model, its
+  initial train state (config.init_from loaded) and the evaluation; writes
+  nothing in the workdir."""
+  prepare(config, workdir)
+  mesh = sharding.create_mesh()
+  info = datasets.get_dataset_info(config)
+  facts = runs.facts_of_config(config)
+  model = build_model(config, facts.classes.num_outputs, facts.classes.ignore_index)
+  state, tx, schedule = train.create_train_state(
+      config, model, mesh, load_weights=lambda v: checkpoints.init_from(config, v))
+  return TrainSetup(mesh=mesh, info=info, facts=facts, model=model, state=state, tx=tx,
+                    schedule=schedule,
+                    evaluation=Evaluation(config, model, facts.classes, mesh, facts))
 
 
 # Keys of the train records that are timings, not results (they differ between
@@ -286,9 +308,11 @@ def itstime(step: int, every: int, total: int) -> bool:
 def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals,
                         lock: Optional[faults.WorkdirLock] = None) -> train.TrainState:
   t_start = time.time()
-  run = _Run(config, workdir)
+  run = set_up_training(config, workdir)
   logging.info("%s", start_summary("train", config, workdir, run.info, run.model,
                                    run.state.params))
+  runs.describe(workdir, config, run.facts)
+  writers = _Writers(workdir)
   state, mngr = _resume(config, workdir, run.state)
   start = int(jax.device_get(state.step))
   total = int(config.num_train_steps)
@@ -299,60 +323,67 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals,
       input_pipeline.create_train_iterator(config, run.evaluation.data_sharding,
                                            start_step=start),
       config.debug.nan_steps, start)
-  writers = run.writers
-  hooks = []
-  if jax.process_index() == 0:
-    hooks.append(periodic_actions.ReportProgress(num_train_steps=total, writer=writers.writer,
-                                                 every_steps=config.log_every_steps))
+  progress = (periodic_actions.ReportProgress(num_train_steps=total, writer=writers.writer,
+                                              every_steps=config.log_every_steps)
+              if jax.process_index() == 0 else None)
   pending = []
-  skipped, stopping = faults.SkippedSteps(config.max_consecutive_nonfinite), False
-  t0 = time.time()
+  skipped, stopping, step = faults.SkippedSteps(config.max_consecutive_nonfinite), False, start
   waits = InputWait()
+  # Saves in flight are waited for and the writers closed however the loop
+  # ends, except when the store itself failed or a second signal asked to
+  # stop at once: waiting would only hang (the command line exits then).
+  wait_for_saves = True
+  t0 = time.time()
   stop.install()
-  for step in range(start + 1, total + 1):
-    with jax.profiler.StepTraceAnnotation("train", step_num=step):
-      with waits:
-        batch = next(batches)
-      state, metrics = step_fn(state, batch)
-      pending.append(metrics)
-    if step == start + 1:
-      jax.block_until_ready(metrics)
-      logging.info("First step done %.1fs after the start (compilation included)",
-                   time.time() - t_start)
-      waits.restart()               # compilation is not input time
-    for h in hooks:
-      h(step)
-    stopping = step < total and stop.reached(step, step % config.log_every_steps == 0)
-    if itstime(step, config.log_every_steps, total) or stopping:
-      host = jax.device_get(pending)
-      pending = []
-      summary = skipped.summary(host, step)
-      summary.update(waits.summary())
-      if state.prototypes:  # did the prototypes collapse? ({} for the linear head)
-        protos = jax.device_get(state.prototypes)
-        summary.update({k: float(v) for k, v in prototype_stats.scalars(protos, "train").items()})
-      writers.write_train(step, summary)
-      if lock is not None:
-        lock.check()                 # a bucket lease taken over: stop here
-      if skipped.tripped:
-        checkpoints.finish(mngr)     # the checkpoints begun before stay whole
-        writers.close()
-        raise FloatingPointError(skipped.message(step, str(mngr.directory), mngr.latest_step()))
-    if itstime(step, config.checkpoint_every_steps, total) or stopping:
-      checkpoints.save_state(mngr, step, state)
-    if stopping:
-      break
-    if itstime(step, config.eval_every_steps, total):
-      writers.write_eval(step, run.evaluation.evaluate(state.variables()), run.classes.names)
-      waits.restart()               # evaluation is not train time
-  checkpoints.finish(mngr)
+  try:
+    for step in range(start + 1, total + 1):
+      with jax.profiler.StepTraceAnnotation("train", step_num=step):
+        with waits:
+          batch = next(batches)
+        state, metrics = step_fn(state, batch)
+        pending.append(metrics)
+      if step == start + 1:
+        jax.block_until_ready(metrics)
+        logging.info("First step done %.1fs after the start (compilation included)",
+                     time.time() - t_start)
+        waits.restart()               # compilation is not input time
+      if progress is not None:
+        progress(step)
+      stopping = step < total and stop.reached(step, step % config.log_every_steps == 0)
+      if itstime(step, config.log_every_steps, total) or stopping:
+        summary = skipped.summary(jax.device_get(pending), step)
+        pending = []
+        summary.update(waits.summary())
+        if state.prototypes:  # did the prototypes collapse? ({} for the linear head)
+          protos = jax.device_get(state.prototypes)
+          summary.update({k: float(v) for k, v in prototype_stats.scalars(protos, "train").items()})
+        writers.write_train(step, summary)
+        if lock is not None:
+          lock.check()                 # a bucket lease taken over: stop here
+        if skipped.tripped:
+          break                        # nothing saved or evaluated at this step
+      if itstime(step, config.checkpoint_every_steps, total) or stopping:
+        checkpoints.save_state(mngr, step, state)
+      if stopping:
+        break
+      if itstime(step, config.eval_every_steps, total):
+        writers.write_eval(step, run.evaluation.evaluate(state.variables()), run.classes.names)
+        waits.restart()               # evaluation is not train time
+  except (paths.StoreError, KeyboardInterrupt):
+    wait_for_saves = False
+    raise
+  finally:
+    if wait_for_saves:
+      checkpoints.finish(mngr)
+      writers.close()
+  if skipped.tripped:   # the checkpoints begun before are whole now, and named
+    raise FloatingPointError(skipped.message(step, str(mngr.directory), mngr.latest_step()))
   if stopping:
     logging.warning("Stopped at step %d of %d on %s, after %.1fs: checkpoint saved in %s. Run the "
                     "same command again to resume from step %d.", step, total, stop.reason,
                     time.time() - t0, mngr.directory, step)
   else:
     logging.info("Finished %d steps in %.1fs", total - start, time.time() - t0)
-  writers.close()
   return state
 
 
@@ -360,15 +391,17 @@ def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None) -> dic
   """Evaluate a run (`run.load_run`: the newest intact checkpoint of DIR, or
   `step`; DIR/variables; or config.init_from) on config's eval split;
   appends the results to DIR/metrics.jsonl (at the checkpoint's step, 0 for
-  weights without one). config None: the workdir's config.json."""
+  weights without one). config None: the workdir's config.json. The same
+  first steps (`prepare`), `Evaluation` and writers as training."""
   facts = runs.read_facts(workdir)
   config = runs.load_config(workdir, config)
-  validate_run_config(config, facts)
-  compile_cache.enable_compilation_cache(config, workdir)
+  prepare(config, workdir, facts)
   loaded = runs.load_run(workdir, config, checkpoint_step=step)
-  evaluation_ = Evaluation(config, loaded.model, loaded.classes, loaded.mesh, facts)
-  metrics = evaluation_.evaluate(loaded.variables)
+  metrics = Evaluation(config, loaded.model, loaded.classes, loaded.mesh, facts).evaluate(
+      loaded.variables)
   writers = _Writers(workdir)
-  writers.write_eval(loaded.step or 0, metrics, loaded.classes.names)
-  writers.close()
+  try:
+    writers.write_eval(loaded.step or 0, metrics, loaded.classes.names)
+  finally:
+    writers.close()
   return metrics
