@@ -546,7 +546,8 @@ class SegmentationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=Tru
     return DatasetMeta(
         class_names=tuple(cls.CLASS_NAMES),
         palette=tuple(tuple(int(v) for v in c) for c in cls.PALETTE),
-        release_ids=None if cls.RELEASE_IDS is None else tuple(int(i) for i in cls.RELEASE_IDS))
+        release_ids=None if cls.RELEASE_IDS is None else tuple(int(i) for i in cls.RELEASE_IDS),
+        splits=tuple(cls.SPLITS))
 
   def _features(self, meta: DatasetMeta) -> dict:
     """The stored features (the module docstring's); a builder with more

@@ -1,7 +1,8 @@
 """The classes of a dataset and of a run's model, as plain data.
 
-  DatasetMeta   a dataset's class facts: names, palette, ignore index (and, where the
-                release numbers its classes otherwise, their release ids)
+  DatasetMeta   the one description of a dataset: its class facts (names, palette,
+                ignore index and, where the release numbers its classes otherwise,
+                their release ids), its splits and, once prepared, their sizes
   ClassMap      a run's classes: the class id of each model output (held-out and
                 added classes), the names and palette of every class id
 
@@ -43,11 +44,17 @@ class DatasetMeta:
   release_ids: for datasets whose official files number the classes in
   another way (Cityscapes' labelIds), the release id of each train id;
   None where the train ids are what the release uses.
+  splits: the dataset's split names (what `validate` checks a config's
+  split specs against); () where unknown (checks skipped).
+  split_sizes: ((split spec, examples), ...) of a prepared dataset, for
+  the split specs a run reads (`examples`); () before preparing.
   """
   class_names: tuple[str, ...]
   palette: tuple[tuple[int, int, int], ...]
   ignore_index: int = IGNORE_INDEX
   release_ids: Optional[tuple[int, ...]] = None
+  splits: tuple[str, ...] = ()
+  split_sizes: tuple[tuple[str, int], ...] = ()
 
   def __post_init__(self):
     if len(self.palette) != len(self.class_names):
@@ -61,21 +68,36 @@ class DatasetMeta:
   def num_classes(self) -> int:
     return len(self.class_names)
 
+  def examples(self, split: str) -> int:
+    """Examples of a split spec whose size this description holds (`split_sizes`)."""
+    sizes = dict(self.split_sizes)
+    if split not in sizes:
+      raise KeyError(f"no size of split {split!r} here; known: {sorted(sizes)}")
+    return sizes[split]
+
   def metadata(self) -> dict:
     """The JSON-friendly form (a builder's metadata, run.json's "dataset")."""
     out = {"num_classes": self.num_classes, "ignore_index": int(self.ignore_index),
            "class_names": list(self.class_names), "palette": [list(c) for c in self.palette]}
     if self.release_ids is not None:
       out["release_ids"] = [int(i) for i in self.release_ids]
+    if self.splits:
+      out["splits"] = list(self.splits)
+    if self.split_sizes:
+      out["split_sizes"] = {k: int(n) for k, n in self.split_sizes}
     return out
 
   @classmethod
   def from_metadata(cls, metadata: Mapping) -> DatasetMeta:
-    """The inverse of `metadata()` (e.g. of a prepared `builder.info.metadata`)."""
+    """The inverse of `metadata()` (e.g. of a prepared `builder.info.metadata`;
+    one prepared before splits were recorded has none)."""
     release = metadata.get("release_ids")
     meta = cls(class_names=tuple(metadata["class_names"]), palette=_palette(metadata["palette"]),
                ignore_index=int(metadata["ignore_index"]),
-               release_ids=None if release is None else tuple(int(i) for i in release))
+               release_ids=None if release is None else tuple(int(i) for i in release),
+               splits=tuple(str(x) for x in metadata.get("splits", ())),
+               split_sizes=tuple((str(k), int(n))
+                                 for k, n in dict(metadata.get("split_sizes", {})).items()))
     if int(metadata["num_classes"]) != meta.num_classes:
       raise ValueError(f"metadata says {metadata['num_classes']} classes but names "
                        f"{meta.num_classes}.")

@@ -32,10 +32,10 @@ import numbers
 import re
 from typing import Optional, Sequence
 
-import dataclasses
 from typing import Mapping
 
 from protoseg_jax import heads, inference, prototypes, sharding
+from protoseg_jax.classes import DatasetMeta
 from protoseg_jax.models import list_backbones
 from protoseg_jax.models.layers import remat_plan
 from protoseg_jax.models.segmentor import DECODERS, DTYPES, HEADS
@@ -46,12 +46,6 @@ AUGMENTATIONS = ("mmseg", "openseg")       # config.dataset.augmentation (traine
 INPUT_ORDERS = ("rgb", "bgr")              # config.dataset.input_order (and convert's)
 INIT_FROM_SCOPES = ("backbone", "all")     # config.init_from_scope (trainer.checkpoints)
 
-
-@dataclasses.dataclass(frozen=True)
-class DatasetFacts:
-  """What validation needs to know of a dataset: its splits and class count."""
-  splits: tuple[str, ...]
-  num_classes: int
 
 _INVALID = object()   # returned by the checks for a missing or invalid value
 
@@ -309,7 +303,7 @@ def _check_run(ck: _Checker, num_devices: Optional[int], num_processes: int):
   return steps
 
 
-def _check_dataset(ck: _Checker, datasets: Optional[Mapping[str, DatasetFacts]]):
+def _check_dataset(ck: _Checker, datasets: Optional[Mapping[str, DatasetMeta]]):
   name = ck.string("dataset.name")
   if _valid(name) and datasets is not None:
     if name not in datasets:
@@ -524,7 +518,7 @@ def _check_classes(ck: _Checker, datasets, name):
 
 def validate_config(config, *, num_devices: Optional[int] = None,
                     num_processes: Optional[int] = None,
-                    datasets: Optional[Mapping[str, DatasetFacts]] = None) -> None:
+                    datasets: Optional[Mapping[str, DatasetMeta]] = None) -> None:
   """Checks every key of a run config; raises ConfigError listing ALL problems.
 
   What is checked (each problem names the key, its value and what is
@@ -555,7 +549,7 @@ def validate_config(config, *, num_devices: Optional[int] = None,
     config: the run config (ml_collections.ConfigDict).
     num_devices: devices the global batch is split over; None: jax.device_count().
     num_processes: processes that load the batch; None: jax.process_count().
-    datasets: {name: DatasetFacts} of the known datasets (the trainer's
+    datasets: {name: classes.DatasetMeta} of the known datasets (the trainer's
       `trainer.datasets.catalog()`); None skips the checks that need them.
 
   Raises:

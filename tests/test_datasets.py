@@ -134,7 +134,8 @@ def test_ade20k_zip(tmp_path):
       eval_split="validation", crop_size=(16, 16), scale=(64, 32), ratio_range=(0.5, 2.0),
       eval_scale=(64, 32), eval_canvas=(32, 64), eval_label_canvas=(32, 32)))
   info = datasets.get_dataset_info(config)
-  assert (info.num_classes, info.num_train_examples, info.num_eval_examples) == (150, 2, 1)
+  assert (info.num_classes, info.examples("train"), info.examples("validation")) == (150, 2, 1)
+  assert info.splits == tuple(data.SPLITS["ade20k"])
   batch = next(ip.make_train_dataset(config, process_index=0, process_count=1).as_numpy_iterator())
   assert batch["image"].shape == (2, 16, 16, 3)
   assert set(np.unique(batch["label"]).tolist()) <= set(range(150)) | {255}
@@ -561,7 +562,8 @@ def test_dataset_info(demo_dir):
   assert info.num_classes == num_classes == 6 and info.ignore_index == 255
   assert info.class_names[0] == "background" and len(info.class_names) == num_classes
   assert len(info.palette) == num_classes and all(len(c) == 3 for c in info.palette)
-  assert (info.num_train_examples, info.num_eval_examples) == (24, 10)
+  assert (info.examples("train"), info.examples("validation")) == (24, 10)
+  assert DatasetMeta.from_metadata(info.metadata()) == info    # one JSON form, sizes included
   meta = data.dataset_meta("demo")
   assert (info.class_names, info.palette, info.ignore_index) == (
       meta.class_names, meta.palette, meta.ignore_index)

@@ -2,8 +2,11 @@
 
   check_prepared(config, run=None)     the prepared TFDS dataset of config.dataset, read
                                        from its directory (the demo generates itself)
-  dataset_meta(config, run=None)       its class facts (`classes.DatasetMeta`)
-  catalog(run=None)                    every dataset's splits and class count, for
+  dataset_meta(config, run=None)       its description (`classes.DatasetMeta`: class
+                                       facts and splits)
+  get_dataset_info(config, run=None)   the same, prepared: with the sizes of the
+                                       config's train and eval splits
+  catalog(run=None)                    every known dataset's description, for
                                        `validate.validate_config`
   split_size(builder, split)           examples of a split (or a sub-split spec)
   config_value(config, "a.b")          a config key, with no fallback of its own
@@ -31,7 +34,6 @@ import tensorflow_datasets as tfds
 
 from protoseg_jax.classes import DatasetMeta
 from protoseg_jax.trainer import paths
-from protoseg_jax.validate import DatasetFacts
 
 try:  # tf.data must not take accelerator memory.
   tf.config.set_visible_devices([], "GPU")
@@ -98,16 +100,14 @@ def builders():
   return module if hasattr(module, "DATASETS") and hasattr(module, "get_builder") else None
 
 
-def catalog(run=None) -> Optional[dict[str, DatasetFacts]]:
-  """{dataset name: DatasetFacts} of the checkout's builders; without them, of
+def catalog(run=None) -> Optional[dict[str, DatasetMeta]]:
+  """{dataset name: DatasetMeta} of the checkout's builders; without them, of
   the workdir's dataset (`run`: a `trainer.run.RunFacts`); None if neither."""
   data = builders()
   if data is not None:
-    return {name: DatasetFacts(splits=tuple(data.SPLITS[name]),
-                               num_classes=data.dataset_meta(name).num_classes)
-            for name in data.DATASETS}
+    return {name: data.dataset_meta(name) for name in data.DATASETS}
   if run is not None:
-    return {run.dataset: DatasetFacts(splits=run.splits, num_classes=run.meta.num_classes)}
+    return {run.dataset: run.meta}
   return None
 
 
@@ -216,36 +216,10 @@ def builder_meta(builder) -> DatasetMeta:
   return DatasetMeta.from_metadata(builder.info.metadata)
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetInfo:
-  """What a run needs to know of its dataset: the class facts and split sizes."""
-  name: str
-  meta: DatasetMeta
-  num_train_examples: int
-  num_eval_examples: int
-
-  @property
-  def num_classes(self) -> int:
-    return self.meta.num_classes
-
-  @property
-  def ignore_index(self) -> int:
-    return self.meta.ignore_index
-
-  @property
-  def class_names(self) -> tuple[str, ...]:
-    return self.meta.class_names
-
-  @property
-  def palette(self) -> tuple[tuple[int, int, int], ...]:
-    return self.meta.palette
-
-
-def get_dataset_info(config, run=None) -> DatasetInfo:
-  """Class facts (`dataset_meta`) and split sizes of config.dataset (prepared, or the demo
-  generated)."""
+def get_dataset_info(config, run=None) -> DatasetMeta:
+  """`dataset_meta` of config.dataset (prepared, or the demo generated), with
+  the sizes of its train and eval splits (`DatasetMeta.examples`)."""
   builder = check_prepared(config, run)
-  return DatasetInfo(
-      name=str(config_value(config, "dataset.name")), meta=dataset_meta(config, run),
-      num_train_examples=split_size(builder, config_value(config, "dataset.train_split")),
-      num_eval_examples=split_size(builder, config_value(config, "dataset.eval_split")))
+  specs = {config_value(config, f"dataset.{key}_split") for key in ("train", "eval")}
+  return dataclasses.replace(dataset_meta(config, run), split_sizes=tuple(
+      (spec, split_size(builder, spec)) for spec in sorted(specs)))

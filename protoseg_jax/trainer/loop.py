@@ -25,7 +25,7 @@ import numpy as np
 
 from protoseg_jax import evaluate as evaluation
 from protoseg_jax import prototype_stats, sharding, train, validate
-from protoseg_jax.classes import ClassMap
+from protoseg_jax.classes import ClassMap, DatasetMeta
 from protoseg_jax.models.segmentor import build_model
 from protoseg_jax.trainer import (checkpoints, compile_cache, datasets, faults, input_pipeline,
                                   paths, run as runs)
@@ -136,9 +136,10 @@ def start_summary(mode: str, config, workdir: str, info, model=None, params=None
   """The few lines a run starts its console with (the config is in DIR/config.json)."""
   lines = [f"{mode}: workdir {paths.text(workdir)} (its config: "
            f"{paths.resolve(workdir) / runs.CONFIG_FILE})",
-           f"dataset {info.name}: {info.num_classes} classes, {info.num_train_examples} train / "
-           f"{info.num_eval_examples} eval examples ({config.dataset.train_split} / "
-           f"{config.dataset.eval_split})"]
+           f"dataset {config.dataset.name}: {info.num_classes} classes, "
+           f"{info.examples(config.dataset.train_split)} train / "
+           f"{info.examples(config.dataset.eval_split)} eval examples "
+           f"({config.dataset.train_split} / {config.dataset.eval_split})"]
   if model is not None:
     lines.append(_model_line(config, model, params))
   this = f" (this is process {jax.process_index()})" if jax.process_count() > 1 else ""
@@ -160,7 +161,7 @@ def prepare(config, workdir: str, facts: Optional[runs.RunFacts] = None):
 class TrainSetup:
   """What training builds from its config before the first step (`set_up_training`)."""
   mesh: Any
-  info: datasets.DatasetInfo
+  info: DatasetMeta              # with the sizes of the train and eval splits
   facts: runs.RunFacts
   model: Any
   state: train.TrainState

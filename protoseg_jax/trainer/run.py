@@ -134,7 +134,8 @@ class RunFacts:
     c = self.classes
     n = c.num_dataset_classes
     return DatasetMeta(class_names=c.names[:n], palette=c.palette[:n],
-                       ignore_index=c.ignore_index, release_ids=c.release_ids)
+                       ignore_index=c.ignore_index, release_ids=c.release_ids,
+                       splits=self.splits)
 
   def to_json(self) -> dict:
     return {"format": FORMAT, "package_version": protoseg_jax.__version__,
@@ -182,8 +183,7 @@ def facts_of_config(config, run: Optional[RunFacts] = None) -> RunFacts:
   meta = datasets.dataset_meta(config, run)
   k = held_out.held_out_class(config, meta.num_classes)
   name = str(config.dataset.name)
-  catalog = datasets.catalog(run) or {}
-  splits = catalog[name].splits if name in catalog else ()
+  splits = meta.splits
   prepared = datasets.prepared(config) if datasets.builders() is not None else (
       run.prepared if run is not None else None)
   return RunFacts(classes=ClassMap.of_dataset(name, meta, k), splits=splits, prepared=prepared,
