@@ -113,7 +113,7 @@ def catalog(run=None) -> Optional[dict[str, DatasetMeta]]:
 
 def dataset_meta(config, run=None) -> DatasetMeta:
   """The class facts of config.dataset (from its builder; else from the workdir's run.json)."""
-  name = config_value(config, "dataset.name")
+  name = config.dataset.name
   data = builders()
   if data is not None:
     return data.dataset_meta(name)
@@ -127,18 +127,18 @@ def _data_dir(config) -> Optional[str]:
   """config.dataset.data_dir, None (TFDS's default directory) when unset or
   empty: an empty string would otherwise prepare the demo in the current
   directory."""
-  return config_value(config, "dataset.data_dir") or None
+  return config.dataset.data_dir or None
 
 
 def _builder(config, name: str):
   data = builders()
   return data.get_builder(name, data_dir=_data_dir(config),
-                          config=config_value(config, "dataset.builder_config"))
+                          config=config.dataset.builder_config)
 
 
 def prepared(config) -> PreparedDataset:
   """Where config.dataset is (prepared or not), from its builder (needs the checkout)."""
-  name = config_value(config, "dataset.name")
+  name = config.dataset.name
   if builders() is None:
     raise DatasetNotPreparedError(f"dataset {name!r}: {CHECKOUT_NOTE}")
   builder = _builder(config, name)
@@ -159,7 +159,7 @@ def check_prepared(config, run=None):
     DatasetNotPreparedError: nothing prepared there; the message says which
       files to download, where to put them and the command that prepares them.
   """
-  name = config_value(config, "dataset.name")
+  name = config.dataset.name
   data_dir = _data_dir(config)
   if builders() is None:
     if run is None or run.prepared is None or run.dataset != name:
@@ -220,6 +220,6 @@ def get_dataset_info(config, run=None) -> DatasetMeta:
   """`dataset_meta` of config.dataset (prepared, or the demo generated), with
   the sizes of its train and eval splits (`DatasetMeta.examples`)."""
   builder = check_prepared(config, run)
-  specs = {config_value(config, f"dataset.{key}_split") for key in ("train", "eval")}
+  specs = {config.dataset.train_split, config.dataset.eval_split}
   return dataclasses.replace(dataset_meta(config, run), split_sizes=tuple(
       (spec, split_size(builder, spec)) for spec in sorted(specs)))
