@@ -495,3 +495,31 @@ def test_input_wait_fraction_and_its_warning(monkeypatch):
   assert waits.summary()["train/input_wait_frac"] > 0.9 and len(warnings) == 1   # once
   time.sleep(0.02)
   assert waits.summary()["train/input_wait_frac"] == 0.0
+
+
+def test_progress_line_eta_counts_the_evaluations_still_to_come():
+  """The ETA is the remaining steps at the train speed (compilation and
+  evaluations excluded) plus the evaluations to come at their measured time;
+  before the first evaluation they are named as a count."""
+  now = [0.0]
+  progress = loop.Progress(total=400, eval_every=200, clock=lambda: now[0])
+  assert progress.line(1) is None                      # before the first step's end
+  progress.started(1)
+  now[0] = 4.9                                          # 49 steps in 4.9 s: 10 steps/s
+  assert progress.line(50) == "step 50/400 (12%): 10.0 steps/s, ETA 35s + 2 evaluations"
+  now[0] = 19.9                                         # steps 50..200 at 10 steps/s
+  assert progress.line(200) == "step 200/400 (50%): 10.0 steps/s, ETA 20s + 2 evaluations"
+  now[0] = 49.9
+  progress.evaluated(30.0)                              # the step-200 evaluation: 30 s
+  now[0] = 54.9                                         # 50 more steps in 5 s
+  assert progress.line(250) == ("step 250/400 (62%): 10.0 steps/s, ETA 45s "
+                                "(1 evaluation included)")   # 15 s of steps + 30 s
+  now[0] = 69.9
+  assert progress.line(400) == ("step 400/400 (100%): 10.0 steps/s, ETA 30s "
+                                "(1 evaluation included)")   # the last step's evaluation
+  # No periodic evaluation: only the last step's.
+  now[0] = 0.0
+  progress = loop.Progress(total=100, eval_every=0, clock=lambda: now[0])
+  progress.started(1)
+  now[0] = 4.9
+  assert progress.line(50) == "step 50/100 (50%): 10.0 steps/s, ETA 5s + 1 evaluation"

@@ -25,6 +25,7 @@ off unless stdout and stderr are terminals.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -73,12 +74,21 @@ def define_run_flags(*, config_required: bool = True, workdir: str = "", checkpo
 
 
 class QuietLibraries:
-  """absl log filter: keep warnings from orbax/TFDS/etils, drop their INFO chatter."""
+  """absl log filter: keep warnings from orbax/TFDS/etils, drop their INFO chatter
+  (and JAX's: which backends it could not start, the compilation cache's
+  reset; clu's work-unit notes, which the trainer's own progress line says
+  better), and TFDS's warning that a dataset being generated has no
+  dataset_info.json yet (the demo prepares itself on a first run)."""
 
-  NOISY = ("/orbax/", "/tensorflow_datasets/", "/etils/")
+  NOISY = ("/orbax/", "/tensorflow_datasets/", "/etils/", "/jax/_src/xla_bridge.py",
+           "/jax/_src/compilation_cache.py", "/clu/platform/")
+  EXPECTED = ("has no dataset_info.json",)
 
   def filter(self, record):
-    return record.levelno >= 30 or not any(p in record.pathname for p in self.NOISY)
+    if record.levelno >= 30:
+      return not (record.levelno < 40 and "/tensorflow_datasets/" in record.pathname
+                  and any(e in record.getMessage() for e in self.EXPECTED))
+    return not any(p in record.pathname for p in self.NOISY)
 
 
 def quiet_console():
@@ -305,7 +315,7 @@ CONFIG_PATHS = ("dataset.data_dir", "init_from", "compilation_cache_dir")
 def check_config_paths(config):
   """Each CONFIG_PATHS value that is a URL: its bucket exists and can be read."""
   for key in CONFIG_PATHS:
-    value = datasets.config_value(config, key)
+    value = functools.reduce(getattr, key.split("."), config)
     if value and paths.is_url(value):
       check_path(value, f"config.{key}")
 
@@ -314,7 +324,7 @@ def check_init_from(config):
   """ArgumentError (exit 2) when config.init_from names no converted weights (a
   folder written by `python -m protoseg_jax.convert --dst`), before training
   builds anything."""
-  value = str(datasets.config_value(config, "init_from") or "")
+  value = str(config.init_from or "")
   if value and not (paths.resolve(value).is_dir()):
     raise ArgumentError(f"config.init_from={value}: no converted weights there (a folder "
                         "written by `python -m protoseg_jax.convert --arch ARCH --src FILE "

@@ -19,7 +19,7 @@ import time
 from typing import Any, Optional
 
 from absl import logging
-from clu import metric_writers, periodic_actions
+from clu import metric_writers
 import jax
 import numpy as np
 
@@ -235,6 +235,68 @@ class InputWait:
     return {"train/input_wait_frac": frac}
 
 
+def _duration(seconds: float) -> str:
+  seconds = max(0, int(round(seconds)))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+
+
+class Progress:
+  """The console's progress line at each log step, with an ETA that counts
+  the evaluations still to come.
+
+  The train speed is measured on train time alone (from the first step's
+  end, evaluations excluded), each evaluation's time separately; the ETA is
+  the remaining steps at that speed plus the remaining evaluations at their
+  mean time (before the first one: said as a count). Also writes
+  `steps_per_sec` (TensorBoard) as clu's ReportProgress did.
+  """
+
+  def __init__(self, total: int, eval_every: int, writer=None, clock=time.perf_counter):
+    self.total, self.eval_every, self.writer, self.clock = total, eval_every, writer, clock
+    self.first, self.since, self.train_s, self.eval_s = None, None, 0.0, []
+
+  def started(self, step: int):
+    """After the first step (its compilation is neither train nor eval time)."""
+    self.first, self.since = step, self.clock()
+
+  def evaluated(self, seconds: float):
+    """An evaluation took `seconds`; train time counts again from now."""
+    self.eval_s.append(seconds)
+    self.since = self.clock()
+
+  def _evals_left(self, step: int) -> int:
+    """Evaluations at steps >= `step` (the line is written before a step's
+    evaluation): every multiple of eval_every, and the last step."""
+    e = self.eval_every
+    due = set(range(-(-step // e) * e, self.total + 1, e)) if e > 0 else set()
+    return len(due | {self.total})
+
+  def line(self, step: int) -> Optional[str]:
+    """The progress line at `step` (None before the first step's end)."""
+    if self.first is None:
+      return None
+    now = self.clock()
+    self.train_s += now - self.since
+    self.since = now
+    steps = step - self.first
+    rate = steps / self.train_s if steps > 0 and self.train_s > 0 else None
+    if self.writer is not None and rate is not None:
+      self.writer.write_scalars(step, {"steps_per_sec": rate})
+    text = f"step {step}/{self.total} ({100 * step / self.total:.0f}%)"
+    if rate is None:
+      return text
+    evals = self._evals_left(step)
+    eta = (self.total - step) / rate
+    if self.eval_s:
+      eta += evals * sum(self.eval_s) / len(self.eval_s)
+      more = f" ({evals} evaluation{'s' * (evals != 1)} included)" if evals else ""
+    else:
+      more = f" + {evals} evaluation{'s' * (evals != 1)}" if evals else ""
+    return f"{text}: {rate:.1f} steps/s, ETA {_duration(eta)}{more}"
+
+
 def train_and_evaluate(config, workdir: str) -> train.TrainState:
   """Train config.num_train_steps steps with periodic evaluation; resumes from DIR.
 
@@ -324,9 +386,8 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals,
       input_pipeline.create_train_iterator(config, run.evaluation.data_sharding,
                                            start_step=start),
       config.debug.nan_steps, start)
-  progress = (periodic_actions.ReportProgress(num_train_steps=total, writer=writers.writer,
-                                              every_steps=config.log_every_steps)
-              if jax.process_index() == 0 else None)
+  progress = Progress(total, int(config.eval_every_steps),
+                      writers.writer if jax.process_index() == 0 else None)
   pending = []
   skipped, stopping, step = faults.SkippedSteps(config.max_consecutive_nonfinite), False, start
   waits = InputWait()
@@ -348,8 +409,7 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals,
         logging.info("First step done %.1fs after the start (compilation included)",
                      time.time() - t_start)
         waits.restart()               # compilation is not input time
-      if progress is not None:
-        progress(step)
+        progress.started(step)
       stopping = step < total and stop.reached(step, step % config.log_every_steps == 0)
       if itstime(step, config.log_every_steps, total) or stopping:
         summary = skipped.summary(jax.device_get(pending), step)
@@ -359,6 +419,9 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals,
           protos = jax.device_get(state.prototypes)
           summary.update({k: float(v) for k, v in prototype_stats.scalars(protos, "train").items()})
         writers.write_train(step, summary)
+        line = progress.line(step)
+        if line and jax.process_index() == 0:
+          logging.info("%s", line)
         if lock is not None:
           lock.check()                 # a bucket lease taken over: stop here
         if skipped.tripped:
@@ -368,7 +431,9 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals,
       if stopping:
         break
       if itstime(step, config.eval_every_steps, total):
+        t_eval = time.perf_counter()
         writers.write_eval(step, run.evaluation.evaluate(state.variables()), run.classes.names)
+        progress.evaluated(time.perf_counter() - t_eval)
         waits.restart()               # evaluation is not train time
   except (paths.StoreError, KeyboardInterrupt):
     wait_for_saves = False
