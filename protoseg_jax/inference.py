@@ -44,7 +44,7 @@ Semantics follow mmsegmentation (0.x `EncoderDecoder.inference/aug_test`,
     upsampling then runs on chunks of classes (every resize and stitch is per
     class) with a running argmax; mean_softmax first streams each pass's
     log-sum-exp over the chunks (so the upsampling runs twice). Automatic
-    (0): unchunked up to 2 GiB of scores (`resolve_class_chunk`).
+    (0): unchunked up to 4 GiB of scores (`resolve_class_chunk`).
 
 Known differences from mmsegmentation, all from the fixed canvas:
   * whole: the network sees the zero-padded canvas, mmseg sees the image
@@ -77,6 +77,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from protoseg_jax.chunking import auto_chunk_size
 from protoseg_jax.metrics import confusion_matrix
 from protoseg_jax.ops import CUBIC_A, resize_bilinear
 
@@ -530,42 +531,35 @@ def _inside(ctx: _Context) -> jnp.ndarray:
 # Predictions for a large vocabulary: chunks of classes.
 # --------------------------------------------------------------------------
 
-# class_chunk=0: chunk when the label-resolution scores B * Hl * Wl * C float32
-# of one batch (global shapes) would exceed AUTO_BUDGET_BYTES, in chunks of at
-# most AUTO_CHUNK_BYTES of label-resolution scores each. Today's program peaks at
+# class_chunk=0: `chunking.auto_chunk_size` of the label-resolution scores
+# B * Hl * Wl * C float32 of one batch (global shapes). Today's program peaks at
 # about 3x its scores (XLA's temp memory, CPU: 1.27 GiB for 444 MB of scores),
-# so up to ~6 GiB below the budget; a chunk of 128 MiB about 0.3 GiB. Within
-# the budget the program is exactly the unchunked one (e.g. Cityscapes,
-# 8 x 1024 x 2048 x 19: 1.27 GB); above it (ADE20K's 2112 x 2112 label canvas,
-# ADE20K-Full's 847 classes) chunks: on CPU no slower for one pass or
-# sum_logits, ~1.5x for mean_softmax over passes (it upsamples twice).
-AUTO_BUDGET_BYTES = 2 << 30
-AUTO_CHUNK_BYTES = 128 << 20
+# so up to ~12 GiB (over all devices) at the 4 GiB budget; a chunk of 256 MiB
+# about 0.6 GiB. Within the budget the program is exactly the unchunked one
+# (e.g. Cityscapes, 8 x 1024 x 2048 x 19: 1.19 GiB; COCO-Stuff, 8 x 640 x 640 x
+# 171: 2.09 GiB); above it (ADE20K's 2112 x 2112 label canvas, ADE20K-Full's
+# 847 classes) chunks: on CPU no slower for one pass or sum_logits, ~1.5x for
+# mean_softmax over passes (it upsamples twice).
 
 
 def resolve_class_chunk(class_chunk: Optional[int], batch: int, label_size: Sequence[int],
                         num_classes: int) -> Optional[int]:
   """Classes per chunk of `predict`, or None for the unchunked program.
 
-  class_chunk None, or >= num_classes: None. 0 (automatic): None while the
-  label-resolution scores batch * Hl * Wl * num_classes * 4 bytes stay within
-  AUTO_BUDGET_BYTES (2 GiB; `batch` is the global batch, so under data
-  parallelism the rule is conservative); above, the fewest chunks of at most
-  AUTO_CHUNK_BYTES (128 MiB) of scores each (at least one class), balanced
-  (ceil(C / n) classes each, so that little padding is computed). k > 0: k.
+  class_chunk None, or >= num_classes: None. 0 (automatic):
+  `chunking.auto_chunk_size` of the label-resolution scores, a class being
+  batch * Hl * Wl * 4 bytes of them: None while they stay within 4 GiB
+  (`batch` is the global batch, so under data parallelism the rule is
+  conservative); above, balanced chunks of about 256 MiB (at least one
+  class). k > 0: k.
   """
   if class_chunk is None:
     return None
   k = int(class_chunk)
   if k < 0:
     raise ValueError(f"class_chunk must be None or an integer >= 0, got {class_chunk!r}")
-  pixel_bytes = 4 * int(batch) * int(label_size[0]) * int(label_size[1])
   if k == 0:
-    if pixel_bytes * num_classes <= AUTO_BUDGET_BYTES:
-      return None
-    k = max(1, AUTO_CHUNK_BYTES // max(pixel_bytes, 1))
-    n = -(-num_classes // k)
-    k = -(-num_classes // n)
+    k = auto_chunk_size(num_classes, 4 * int(batch) * int(label_size[0]) * int(label_size[1]))
   return None if k >= num_classes else k
 
 
@@ -716,7 +710,7 @@ def predict(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], options: Infe
   built k classes at a time with a running argmax (`_predict_chunked`; same
   predictions up to float rounding, ties to the lowest class id). 0:
   automatic (`resolve_class_chunk`): unchunked while B * Hl * Wl * C * 4
-  bytes <= 2 GiB.
+  bytes <= 4 GiB.
   """
   chunk = None
   if options.class_chunk is not None:

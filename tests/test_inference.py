@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from configs import default
+from protoseg_jax import chunking
 from protoseg_jax import inference as inf
 from protoseg_jax.ops import resize_bilinear
 
@@ -454,14 +455,15 @@ def test_chunked_ties_go_to_the_lowest_class_across_chunks():
 def test_automatic_class_chunk_rule():
   r = inf.resolve_class_chunk
   assert r(None, 2, (512, 512), 10000) is None                # None: never chunked
-  assert r(0, 2, (256, 256), 847) is None                     # 444 MB <= 2 GiB: as before
-  assert r(0, 8, (1024, 2048), 19) is None                    # Cityscapes, 1.27 GB
+  assert r(0, 2, (256, 256), 847) is None                     # 444 MB <= 4 GiB: as before
+  assert r(0, 8, (1024, 2048), 19) is None                    # Cityscapes, 1.19 GiB
+  assert r(0, 8, (640, 640), 171) is None                     # COCO-Stuff, 2.09 GiB
   assert r(5, 1, (4, 4), 5) is None and r(9, 1, (4, 4), 5) is None
   assert r(2, 1, (4, 4), 5) == 2
-  # 4 x 512 x 512 x 847 x 4 B = 3.55 GB: chunks of <= 128 MiB of scores (32 classes), balanced.
-  assert r(0, 4, (512, 512), 847) == 32
-  assert r(0, 3, (512, 512), 847) == 41                       # <= 42 classes: 21 chunks of 41
-  assert r(0, 1, (1024, 2048), 10000) == 16                   # 8 MiB per class: 16 classes
+  # 8 x 512 x 512 x 847 x 4 B = 6.6 GiB: chunks of <= 256 MiB of scores (32 classes), balanced.
+  assert r(0, 8, (512, 512), 847) == 32
+  assert r(0, 6, (512, 512), 847) == 41                       # <= 42 classes: 21 chunks of 41
+  assert r(0, 1, (1024, 2048), 10000) == 32                   # 8 MiB per class: 32 classes
   assert r(0, 8, (2112, 2112), 150) == 1                      # ADE20K's canvas: 136 MiB per class
   with pytest.raises(ValueError, match="class_chunk"):
     r(-1, 1, (4, 4), 5)
@@ -532,8 +534,8 @@ def test_automatic_class_chunk_is_todays_program_when_small(monkeypatch):
   for chunk in (0, _C, 100):
     assert str(program(chunk)) == today
   # Over the budget the same call chunks (here: 3 x 12 x 16 x 6 x 4 B > 1 KiB, 2 classes per chunk).
-  monkeypatch.setattr(inf, "AUTO_BUDGET_BYTES", 1024)
-  monkeypatch.setattr(inf, "AUTO_CHUNK_BYTES", 3 * 12 * 16 * 4 * 2)
+  monkeypatch.setattr(chunking, "ALL_AT_ONCE_BYTES", 1024)
+  monkeypatch.setattr(chunking, "CHUNK_BYTES", 3 * 12 * 16 * 4 * 2)
   assert inf.resolve_class_chunk(0, 3, (12, 16), _C) == 2
   auto = program(0)
   assert str(auto) == str(program(2))
