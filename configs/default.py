@@ -120,8 +120,8 @@ def get_config():
   p.ppc_temperature = 1.0               # PPC logits = cosine / this: 1.0 (official code, no temperature) |
                                         # 0.1 (the paper's text)
   p.class_chunk = 0                     # classes per chunk of the [N, C*M] similarity (large vocabularies):
-                                        # 0 = automatic (all at once while it is <= 2 GiB in float32, the
-                                        # common case; else ~256 MiB chunks, prototypes.resolve_class_chunk),
+                                        # 0 = automatic (all at once while it is <= 4 GiB in float32, the
+                                        # common case; else ~256 MiB chunks, chunking.auto_chunk_size),
                                         # >= C = all at once, k = chunks of k classes (equal up to rounding)
   p.warmup_iters = 0                    # steps without prototype learning / PPC / PPD
   p.pretrain_prototype = False          # True (official trainer): during warm-up the prototypes are
@@ -136,7 +136,7 @@ def get_config():
   config.loss.class_weights = ml_collections.FieldReference(None, field_type=tuple)
   config.loss.label_rows = 0            # CE at label resolution, label rows per block: 0 = automatic (the
                                         # upsampled logits [B, H, W, C] whole while <= 4 GiB in float32,
-                                        # else ~128 MiB blocks: losses.resolve_label_rows), k = blocks of k
+                                        # else ~256 MiB blocks: chunking.auto_chunk_size), k = blocks of k
 
   # Optimisation (protoseg_jax/optim.py).
   config.optim = ml_collections.ConfigDict()
@@ -168,7 +168,7 @@ def get_config():
   e.merge = "mean_softmax"              # multi-pass merge: mean_softmax (mmseg) | sum_logits (openseg ms_test)
   e.class_chunk = 0                     # classes per chunk of the label-resolution scores [B, Hl, Wl, C]
                                         # (large vocabularies): 0 = automatic (all at once while B*Hl*Wl*C*4
-                                        # bytes <= 2 GiB, else ~128 MiB chunks: inference.resolve_class_chunk),
+                                        # bytes <= 4 GiB, else ~256 MiB chunks: chunking.auto_chunk_size),
                                         # >= C = all at once, k = chunks of k classes (same argmax up to rounding)
   e.log_every_batches = 50
   e.proto_usage_batches = 8             # eval batches (at most) whose pixels give val/proto_* (which

@@ -232,7 +232,9 @@ def inference_function(config, model, classes: ClassMap) -> Callable:
   inference with the normalisation inside (see the module docstring)."""
   from protoseg_jax.trainer import input_pipeline
   opts = input_pipeline.eval_options(config)
-  align_corners = bool(config.model.align_corners)
+  # The evaluation's options, of which an artefact keeps the whole-image pass
+  # (the model's align_corners): windows, scales and flips are the caller's.
+  align_corners = inference.inference_options(config).align_corners
   ids = np.asarray(classes.class_ids, np.int32)
   if len(ids) != model.num_classes:
     raise ValueError(f"the model has {model.num_classes} outputs, the class map {len(ids)}")
@@ -412,7 +414,8 @@ def describe(config, classes: ClassMap, size, formats: Sequence[str], *, source:
                    "meaning": "the model's logits of each output class, at the input size"},
                   {"name": "labels", "dtype": "int32", "shape": ["batch", h, w],
                    "meaning": "argmax of the logits as class ids (classes.class_ids)"}],
-      "inference": {"mode": "whole", "align_corners": bool(config.model.align_corners),
+      "inference": {"mode": "whole",
+                    "align_corners": inference.inference_options(config).align_corners,
                     "compute_dtype": str(config.model.dtype),
                     "platforms": {"jax": list(JAX_PLATFORMS),
                                   "saved_model": list(SAVED_MODEL_PLATFORMS)}},

@@ -117,7 +117,7 @@ class ProtoSegHead(nn.Module):
     ignore_index: ignored label value.
     class_chunk: classes per chunk of the similarity (large vocabularies):
       0 = automatic (`prototypes.resolve_class_chunk`: all classes at once
-      while the [N, C*M] float32 similarity is at most 2 GiB, today's
+      while the [N, C*M] float32 similarity is at most 4 GiB, today's
       program; else chunks of about 256 MiB of similarity), >= C = all at
       once, k = chunks of k classes. With chunks neither pass holds more than
       one chunk's similarity [N, k*M] (`prototypes.chunked_retrieval`: the

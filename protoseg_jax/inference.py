@@ -35,13 +35,16 @@ Semantics follow mmsegmentation (0.x `EncoderDecoder.inference/aug_test`,
     "sum_logits": openseg's ms_test sums the raw logits of all passes).
   * `make_predict_step` turns a batch into its confusion matrix
     (`protoseg_jax.metrics`), which `protoseg_jax.evaluate.Evaluator` sums.
-  * large vocabularies (`predict(class_chunk=...)`, config.eval.class_chunk):
+  * the options (mode, windows, scales, flip, resize, merge, class chunk,
+    align_corners) travel as one frozen `InferenceOptions`, built from a
+    config by `inference_options` and validated once.
+  * large vocabularies (`InferenceOptions.class_chunk`, config.eval.class_chunk):
     the scores [B, Hl, Wl, C] are never whole. The model runs once per pass
     (per window) and only its feature-resolution logits are kept; the same
     upsampling then runs on chunks of classes (every resize and stitch is per
     class) with a running argmax; mean_softmax first streams each pass's
     log-sum-exp over the chunks (so the upsampling runs twice). Automatic
-    (0): unchunked up to 2 GiB of scores (`resolve_class_chunk`).
+    (0): unchunked up to 4 GiB of scores (`resolve_class_chunk`).
 
 Known differences from mmsegmentation, all from the fixed canvas:
   * whole: the network sees the zero-padded canvas, mmseg sees the image
@@ -66,12 +69,15 @@ Known differences from mmsegmentation, all from the fixed canvas:
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from protoseg_jax.chunking import auto_chunk_size
 from protoseg_jax.metrics import confusion_matrix
 from protoseg_jax.ops import CUBIC_A, resize_bilinear
 
@@ -331,12 +337,66 @@ def check_mode(mode, slide_crop, stride, scales, resize="bilinear", merge="mean_
     raise ValueError(f"scales must be a non-empty list of positive ratios, got {scales}")
 
 
-def predict_scores(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
-                   mode: str = "whole", slide_crop: Optional[Sequence[int]] = None,
-                   stride: Optional[Sequence[int]] = None, scales: Sequence[float] = (1.0,),
-                   flip: bool = False, num_classes: Optional[int] = None,
-                   align_corners: bool = False, resize: str = "bilinear",
-                   merge: str = "mean_softmax") -> jnp.ndarray:
+def _int_pair(value) -> Optional[tuple[int, int]]:
+  return None if value is None else (int(value[0]), int(value[1]))
+
+
+@dataclasses.dataclass(frozen=True)
+class InferenceOptions:
+  """How evaluation and predict turn a model into labels at the original
+  resolution: config.eval's inference keys and the model's align_corners,
+  as one value that every consumer takes whole instead of ~9 keywords.
+
+  Frozen and validated once, when built (`check_mode`; class_chunk). No
+  defaults here: configs/default.py is the one place for them and
+  `inference_options(config)` the one way from a config (tests vary a
+  field with `dataclasses.replace`, which validates again).
+
+  mode: 'whole' | 'slide' (slide_crop (h, w) windows, stride (h, w)).
+  scales: ratios of the test scale (the canvas); flip: also flipped passes.
+  resize, merge: see `predict_scores`.
+  class_chunk: classes per chunk of the label-resolution scores in `predict`:
+    None (never chunk), 0 (automatic, `resolve_class_chunk`) or k > 0.
+  align_corners: the model's feature -> input upsampling convention.
+  """
+  mode: str
+  slide_crop: Optional[tuple[int, int]]
+  stride: Optional[tuple[int, int]]
+  scales: tuple[float, ...]
+  flip: bool
+  resize: str
+  merge: str
+  class_chunk: Optional[int]
+  align_corners: bool
+
+  def __post_init__(self):
+    # Canonical types, so that equal options hash alike (jit caches, dict keys).
+    set_field = functools.partial(object.__setattr__, self)
+    set_field("slide_crop", _int_pair(self.slide_crop))
+    set_field("stride", _int_pair(self.stride))
+    set_field("scales", tuple(float(s) for s in self.scales))
+    set_field("flip", bool(self.flip))
+    set_field("align_corners", bool(self.align_corners))
+    check_mode(self.mode, self.slide_crop, self.stride, self.scales, self.resize, self.merge)
+    chunk = self.class_chunk
+    if chunk is not None and not (isinstance(chunk, (int, np.integer))
+                                  and not isinstance(chunk, bool) and chunk >= 0):
+      raise ValueError(f"class_chunk must be None or an integer >= 0, got {chunk!r}")
+    set_field("class_chunk", None if chunk is None else int(chunk))
+
+
+def inference_options(config) -> InferenceOptions:
+  """The `InferenceOptions` of a config: config.eval (mode, slide_crop, stride,
+  scales, flip, resize, merge, class_chunk) and config.model.align_corners."""
+  e = config.eval
+  return InferenceOptions(mode=e.mode, slide_crop=e.slide_crop, stride=e.stride,
+                          scales=tuple(e.scales), flip=e.flip, resize=e.resize, merge=e.merge,
+                          class_chunk=e.class_chunk, align_corners=config.model.align_corners)
+
+
+def predict_scores(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray],
+                   options: InferenceOptions, *,
+                   num_classes: Optional[int] = None) -> jnp.ndarray:
   """Class scores at the original resolution: float32 [B, Hl, Wl, C].
 
   With one scale and no flip the scores are the logits (resized to
@@ -344,17 +404,17 @@ def predict_scores(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
   each computed after the resize to label_hw and, for a flipped pass, after
   flipping back (mmseg aug test). Outside label_hw the scores are 0. All C
   classes at once: for the labels alone of a large vocabulary,
-  `predict(class_chunk=...)` builds them in chunks.
+  `predict` (options.class_chunk) builds them in chunks.
 
   Args:
     logits_fn: images [b, h, w, 3] -> logits [b, h', w', C] (feature res).
     batch: dict with 'image', 'image_hw', 'label' (only its shape is used)
       and 'label_hw', see the module docstring.
+    options: `InferenceOptions` (its class_chunk is not used here):
     mode: 'whole' or 'slide' (needs slide_crop=(h, w), the window size, and
       stride=(h, w)).
     scales: ratios of the test scale (the canvas); e.g. (0.5, 0.75, ..., 1.75).
     flip: also run horizontally flipped inputs.
-    num_classes: if given, checked against the logits' last dimension.
     align_corners: the model's feature -> input upsampling convention.
     resize: how logits reach the label size.
       "bilinear" (mmseg): bilinear (align_corners as above) to the input,
@@ -370,17 +430,17 @@ def predict_scores(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
     merge: several passes (scales x flips): "mean_softmax" (mmseg: mean of
       the softmax probabilities) or "sum_logits" (openseg ms_test: the sum of
       the raw logits). One pass: the logits either way.
+    num_classes: if given, checked against the logits' last dimension.
   """
-  ctx = _context(logits_fn, batch, mode, slide_crop, stride, scales, flip, num_classes,
-                 align_corners, resize, merge)
-  label_hw = ctx.label_hw
+  ctx = _context(logits_fn, batch, options, num_classes)
+  label_hw, merge = ctx.label_hw, options.merge
 
   def infer(x):
-    if resize == "bicubic":
+    if options.resize == "bicubic":
       return logits_fn(x).astype(jnp.float32)                 # feature resolution
-    if mode == "slide":
-      return slide_inference(logits_fn, x, slide_crop=tuple(slide_crop), stride=tuple(stride),
-                             align_corners=ctx.up_align)
+    if options.mode == "slide":
+      return slide_inference(logits_fn, x, slide_crop=options.slide_crop,
+                             stride=options.stride, align_corners=ctx.up_align)
     return whole_inference(logits_fn, x, align_corners=ctx.up_align)
 
   passes = ctx.passes
@@ -403,6 +463,7 @@ def predict_scores(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
 
 class _Context(NamedTuple):
   """The static plan and the per-example sizes of one batch's prediction."""
+  options: InferenceOptions
   images: jnp.ndarray
   image_hw: jnp.ndarray
   label_hw: jnp.ndarray
@@ -413,9 +474,8 @@ class _Context(NamedTuple):
   label_method: str                # "bilinear" | "bicubic" (input -> label size)
 
 
-def _context(logits_fn, batch, mode, slide_crop, stride, scales, flip, num_classes,
-             align_corners, resize, merge) -> _Context:
-  _check_call(batch, mode, slide_crop, stride, scales, resize, merge)
+def _context(logits_fn, batch, options: InferenceOptions, num_classes) -> _Context:
+  _check_batch(batch)
   images = batch["image"]
   image_hw = batch["image_hw"].astype(jnp.int32)
   label_hw = batch["label_hw"].astype(jnp.int32)
@@ -424,14 +484,15 @@ def _context(logits_fn, batch, mode, slide_crop, stride, scales, flip, num_class
   if num_classes is not None:
     c = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(images.shape, images.dtype)).shape[-1]
     _check_classes(c, num_classes)
-  passes = [(float(s), f) for s in scales for f in ((False, True) if flip else (False,))]
-  return _Context(images, image_hw, label_hw, label_size, canvas, passes,
-                  True if resize == "bilinear_align_corners" else align_corners,
+  passes = [(s, f) for s in options.scales
+            for f in ((False, True) if options.flip else (False,))]
+  resize = options.resize
+  return _Context(options, images, image_hw, label_hw, label_size, canvas, passes,
+                  True if resize == "bilinear_align_corners" else options.align_corners,
                   "bilinear" if resize == "bilinear" else "bicubic")
 
 
-def _check_call(batch, mode, slide_crop, stride, scales, resize, merge):
-  check_mode(mode, slide_crop, stride, scales, resize, merge)
+def _check_batch(batch):
   if batch["image"].ndim != 4:
     raise ValueError(f"batch['image'] must be [B, H, W, 3], got shape {batch['image'].shape}")
   if batch["label"].ndim != 3:
@@ -470,66 +531,58 @@ def _inside(ctx: _Context) -> jnp.ndarray:
 # Predictions for a large vocabulary: chunks of classes.
 # --------------------------------------------------------------------------
 
-# class_chunk=0: chunk when the label-resolution scores B * Hl * Wl * C float32
-# of one batch (global shapes) would exceed AUTO_BUDGET_BYTES, in chunks of at
-# most AUTO_CHUNK_BYTES of label-resolution scores each. Today's program peaks at
+# class_chunk=0: `chunking.auto_chunk_size` of the label-resolution scores
+# B * Hl * Wl * C float32 of one batch (global shapes). Today's program peaks at
 # about 3x its scores (XLA's temp memory, CPU: 1.27 GiB for 444 MB of scores),
-# so up to ~6 GiB below the budget; a chunk of 128 MiB about 0.3 GiB. Within
-# the budget the program is exactly the unchunked one (e.g. Cityscapes,
-# 8 x 1024 x 2048 x 19: 1.27 GB); above it (ADE20K's 2112 x 2112 label canvas,
-# ADE20K-Full's 847 classes) chunks: on CPU no slower for one pass or
-# sum_logits, ~1.5x for mean_softmax over passes (it upsamples twice).
-AUTO_BUDGET_BYTES = 2 << 30
-AUTO_CHUNK_BYTES = 128 << 20
+# so up to ~12 GiB (over all devices) at the 4 GiB budget; a chunk of 256 MiB
+# about 0.6 GiB. Within the budget the program is exactly the unchunked one
+# (e.g. Cityscapes, 8 x 1024 x 2048 x 19: 1.19 GiB; COCO-Stuff, 8 x 640 x 640 x
+# 171: 2.09 GiB); above it (ADE20K's 2112 x 2112 label canvas, ADE20K-Full's
+# 847 classes) chunks: on CPU no slower for one pass or sum_logits, ~1.5x for
+# mean_softmax over passes (it upsamples twice).
 
 
 def resolve_class_chunk(class_chunk: Optional[int], batch: int, label_size: Sequence[int],
                         num_classes: int) -> Optional[int]:
   """Classes per chunk of `predict`, or None for the unchunked program.
 
-  class_chunk None, or >= num_classes: None. 0 (automatic): None while the
-  label-resolution scores batch * Hl * Wl * num_classes * 4 bytes stay within
-  AUTO_BUDGET_BYTES (2 GiB; `batch` is the global batch, so under data
-  parallelism the rule is conservative); above, the fewest chunks of at most
-  AUTO_CHUNK_BYTES (128 MiB) of scores each (at least one class), balanced
-  (ceil(C / n) classes each, so that little padding is computed). k > 0: k.
+  class_chunk None, or >= num_classes: None. 0 (automatic):
+  `chunking.auto_chunk_size` of the label-resolution scores, a class being
+  batch * Hl * Wl * 4 bytes of them: None while they stay within 4 GiB
+  (`batch` is the global batch, so under data parallelism the rule is
+  conservative); above, balanced chunks of about 256 MiB (at least one
+  class). k > 0: k.
   """
   if class_chunk is None:
     return None
   k = int(class_chunk)
   if k < 0:
     raise ValueError(f"class_chunk must be None or an integer >= 0, got {class_chunk!r}")
-  pixel_bytes = 4 * int(batch) * int(label_size[0]) * int(label_size[1])
   if k == 0:
-    if pixel_bytes * num_classes <= AUTO_BUDGET_BYTES:
-      return None
-    k = max(1, AUTO_CHUNK_BYTES // max(pixel_bytes, 1))
-    n = -(-num_classes // k)
-    k = -(-num_classes // n)
+    k = auto_chunk_size(num_classes, 4 * int(batch) * int(label_size[0]) * int(label_size[1]))
   return None if k >= num_classes else k
 
 
-def _num_outputs(logits_fn: LogitsFn, images: jnp.ndarray, mode: str, slide_crop) -> int:
+def _num_outputs(logits_fn: LogitsFn, images: jnp.ndarray, options: InferenceOptions) -> int:
   """C of `logits_fn` (abstractly, on the canvas or, for slide, one window)."""
-  shape = images.shape
-  if mode == "slide":
+  shape, slide_crop = images.shape, options.slide_crop
+  if options.mode == "slide":
     shape = (shape[0], min(int(slide_crop[0]), shape[1]), min(int(slide_crop[1]), shape[2]),
              shape[3])
   return jax.eval_shape(logits_fn, jax.ShapeDtypeStruct(shape, images.dtype)).shape[-1]
 
 
-def _record_logits(logits_fn: LogitsFn, x: jnp.ndarray, mode: str, resize: str,
-                   slide_crop, stride):
+def _record_logits(logits_fn: LogitsFn, x: jnp.ndarray, options: InferenceOptions):
   """The model on one pass's images, once: (feature-resolution logits, slide plan).
 
   Whole (and bicubic): logits [B, h', w', C], plan None. Slide with several
   windows: every window's logits [n, B, h', w', C] (window after window, in a
   `lax.map`) and the plan to stitch them.
   """
-  if resize == "bicubic" or mode == "whole":
+  if options.resize == "bicubic" or options.mode == "whole":
     return logits_fn(x), None
   b, h, w, channels = x.shape
-  plan = _slide_plan(h, w, tuple(slide_crop), tuple(stride))
+  plan = _slide_plan(h, w, options.slide_crop, options.stride)
   if len(plan[0]) == 1:
     return logits_fn(x), None
   (wh, ww), starts = plan[1], jnp.asarray(plan[3])
@@ -540,11 +593,11 @@ def _record_logits(logits_fn: LogitsFn, x: jnp.ndarray, mode: str, resize: str,
   return jax.lax.map(window, jnp.arange(len(plan[0]))), plan
 
 
-def _chunk_to_label(ctx: _Context, logits: jnp.ndarray, plan, size: tuple[int, int],
-                    resize: str) -> jnp.ndarray:
+def _chunk_to_label(ctx: _Context, logits: jnp.ndarray, plan,
+                    size: tuple[int, int]) -> jnp.ndarray:
   """A class slice of one pass's recorded logits -> label-resolution scores
   [B, Hl, Wl, k]: `predict_scores`' upsampling, on those classes only."""
-  if resize == "bicubic":
+  if ctx.options.resize == "bicubic":
     up = logits.astype(jnp.float32)                           # feature resolution
   elif plan is None:                                          # whole_inference
     up = resize_bilinear(logits.astype(jnp.float32), size, align_corners=ctx.up_align)
@@ -557,8 +610,8 @@ def _chunk_to_label(ctx: _Context, logits: jnp.ndarray, plan, size: tuple[int, i
   return _to_label(ctx, up)
 
 
-def _predict_chunked(logits_fn: LogitsFn, ctx: _Context, chunk: int, num_classes: int, *,
-                     mode, slide_crop, stride, resize, merge) -> jnp.ndarray:
+def _predict_chunked(logits_fn: LogitsFn, ctx: _Context, chunk: int,
+                     num_classes: int) -> jnp.ndarray:
   """argmax over classes of `predict_scores`, chunk classes at a time.
 
   The model runs once per pass (per window for slide) and its feature-
@@ -573,7 +626,7 @@ def _predict_chunked(logits_fn: LogitsFn, ctx: _Context, chunk: int, num_classes
   records = []
   for ratio, flipped in passes:
     x = _pass_input(ctx, ratio, flipped)
-    logits, plan = _record_logits(logits_fn, x, mode, resize, slide_crop, stride)
+    logits, plan = _record_logits(logits_fn, x, ctx.options)
     _check_classes(logits.shape[-1], num_classes)
     records.append((logits, plan, tuple(x.shape[1:3]), flipped))
   n_chunks = -(-num_classes // chunk)
@@ -582,7 +635,7 @@ def _predict_chunked(logits_fn: LogitsFn, ctx: _Context, chunk: int, num_classes
     records = [(jnp.pad(r, [(0, 0)] * (r.ndim - 1) + [(0, pad)]), plan, size, f)
                for r, plan, size, f in records]
   multi = len(passes) > 1
-  softmax = multi and merge == "mean_softmax"
+  softmax = multi and ctx.options.merge == "mean_softmax"
   # Per-example arrays derived from label_hw carry the batch sharding.
   zero = jnp.zeros_like(label_hw[:, 0], jnp.float32)[:, None, None]
   pixels = (label_hw.shape[0],) + ctx.label_size
@@ -598,7 +651,7 @@ def _predict_chunked(logits_fn: LogitsFn, ctx: _Context, chunk: int, num_classes
   def pass_scores(j, p):
     logits, plan, size, _ = records[p]
     part = jax.lax.dynamic_slice_in_dim(logits, j * chunk, chunk, axis=logits.ndim - 1)
-    return _chunk_to_label(ctx, part, plan, size, resize)
+    return _chunk_to_label(ctx, part, plan, size)
 
   chunk_ids = jnp.arange(n_chunks, dtype=jnp.int32)
   if softmax:
@@ -643,58 +696,44 @@ def _predict_chunked(logits_fn: LogitsFn, ctx: _Context, chunk: int, num_classes
   return pred
 
 
-def predict(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], *,
-            mode: str = "whole", slide_crop: Optional[Sequence[int]] = None,
-            stride: Optional[Sequence[int]] = None, scales: Sequence[float] = (1.0,),
-            flip: bool = False, num_classes: Optional[int] = None,
-            align_corners: bool = False, resize: str = "bilinear",
-            merge: str = "mean_softmax", class_chunk: Optional[int] = None) -> jnp.ndarray:
+def predict(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray], options: InferenceOptions,
+            *, num_classes: Optional[int] = None) -> jnp.ndarray:
   """Predicted class ids at the original resolution: int32 [B, Hl, Wl].
 
   argmax of `predict_scores` (same arguments). Pixels outside label_hw are 0;
   the label is ignore_index there, so they never count.
 
-  class_chunk: classes per chunk, for a large vocabulary. None (or >= C):
-  argmax of `predict_scores`, the scores [B, Hl, Wl, C] built at once. k > 0:
-  the model runs once per pass (per window) as before, only its feature-
-  resolution logits are whole, and the label-resolution scores are built k
-  classes at a time with a running argmax (`_predict_chunked`; same
-  predictions up to float rounding, ties to the lowest class id). 0: automatic
-  (`resolve_class_chunk`): unchunked while B * Hl * Wl * C * 4 bytes <= 2 GiB.
+  options.class_chunk: classes per chunk, for a large vocabulary. None (or
+  >= C): argmax of `predict_scores`, the scores [B, Hl, Wl, C] built at once.
+  k > 0: the model runs once per pass (per window) as before, only its
+  feature-resolution logits are whole, and the label-resolution scores are
+  built k classes at a time with a running argmax (`_predict_chunked`; same
+  predictions up to float rounding, ties to the lowest class id). 0:
+  automatic (`resolve_class_chunk`): unchunked while B * Hl * Wl * C * 4
+  bytes <= 4 GiB.
   """
-  if class_chunk is None:
-    scores = predict_scores(logits_fn, batch, mode=mode, slide_crop=slide_crop, stride=stride,
-                            scales=scales, flip=flip, num_classes=num_classes,
-                            align_corners=align_corners, resize=resize, merge=merge)
+  chunk = None
+  if options.class_chunk is not None:
+    _check_batch(batch)
+    c = (num_classes if num_classes is not None
+         else _num_outputs(logits_fn, batch["image"], options))
+    chunk = resolve_class_chunk(options.class_chunk, batch["image"].shape[0],
+                                batch["label"].shape[1:3], c)
+  if chunk is None:                                           # the whole scores at once
+    scores = predict_scores(logits_fn, batch, options, num_classes=num_classes)
     return jnp.argmax(scores, axis=-1).astype(jnp.int32)
-  _check_call(batch, mode, slide_crop, stride, scales, resize, merge)
-  c = (num_classes if num_classes is not None
-       else _num_outputs(logits_fn, batch["image"], mode, slide_crop))
-  chunk = resolve_class_chunk(class_chunk, batch["image"].shape[0], batch["label"].shape[1:3], c)
-  if chunk is None:                                           # today's program
-    return predict(logits_fn, batch, mode=mode, slide_crop=slide_crop, stride=stride,
-                   scales=scales, flip=flip, num_classes=num_classes,
-                   align_corners=align_corners, resize=resize, merge=merge)
-  ctx = _context(logits_fn, batch, mode, slide_crop, stride, scales, flip, None,
-                 align_corners, resize, merge)
-  return _predict_chunked(logits_fn, ctx, chunk, c, mode=mode, slide_crop=slide_crop,
-                          stride=stride, resize=resize, merge=merge)
+  return _predict_chunked(logits_fn, _context(logits_fn, batch, options, None), chunk, c)
 
 
-def make_predict_step(logits_fn_from_variables: Callable[[Any, jnp.ndarray], jnp.ndarray], *,
-                      num_classes: int, ignore_index: int = 255, mode: str = "whole",
-                      slide_crop: Optional[Sequence[int]] = None,
-                      stride: Optional[Sequence[int]] = None,
-                      scales: Sequence[float] = (1.0,), flip: bool = False,
-                      align_corners: bool = False, resize: str = "bilinear",
-                      merge: str = "mean_softmax",
-                      class_ids: Optional[Sequence[int]] = None,
-                      class_chunk: Optional[int] = None
+def make_predict_step(logits_fn_from_variables: Callable[[Any, jnp.ndarray], jnp.ndarray],
+                      options: InferenceOptions, *, num_classes: int, ignore_index: int = 255,
+                      class_ids: Optional[Sequence[int]] = None
                       ) -> Callable[[Any, Mapping[str, jnp.ndarray]], jnp.ndarray]:
   """`(variables, batch) -> int32 [C, C]` confusion matrix of one eval batch.
 
   `logits_fn_from_variables(variables, images [b, h, w, 3]) -> [b, h', w', C]`
-  (e.g. `lambda v, x: model.apply(v, x, train=False)`). The returned function
+  (e.g. `lambda v, x: model.apply(v, x, train=False)`); `options` how its
+  logits become labels (`predict`). The returned function
   is not jitted: jit it with the batch sharded over 'data' and a replicated
   output (`out_shardings=NamedSharding(mesh, P())`) so that `Evaluator` can
   read the matrix on every host.
@@ -705,14 +744,9 @@ def make_predict_step(logits_fn_from_variables: Callable[[Any, jnp.ndarray], jnp
   outputs; each prediction is mapped to its dataset id and scored against
   the labels with all `num_classes` dataset classes (a class no output maps
   to is never predicted).
-
-  class_chunk: classes per chunk of the label-resolution scores (`predict`):
-  None or >= C: all at once; 0: automatic (`resolve_class_chunk`).
   """
-  check_mode(mode, slide_crop, stride, scales, resize, merge)
-  if class_chunk is not None and not (isinstance(class_chunk, (int, np.integer))
-                                      and not isinstance(class_chunk, bool) and class_chunk >= 0):
-    raise ValueError(f"class_chunk must be None or an integer >= 0, got {class_chunk!r}")
+  if not isinstance(options, InferenceOptions):
+    raise TypeError(f"options must be an InferenceOptions, got {type(options).__name__}")
   ids, num_outputs = None, num_classes
   if class_ids is not None:
     ids = np.asarray(class_ids, np.int32)
@@ -722,10 +756,8 @@ def make_predict_step(logits_fn_from_variables: Callable[[Any, jnp.ndarray], jnp
     num_outputs = len(ids)
 
   def predict_step(variables, batch):
-    pred = predict(lambda x: logits_fn_from_variables(variables, x), batch, mode=mode,
-                   slide_crop=slide_crop, stride=stride, scales=scales, flip=flip,
-                   num_classes=num_outputs, align_corners=align_corners, resize=resize,
-                   merge=merge, class_chunk=class_chunk)
+    pred = predict(lambda x: logits_fn_from_variables(variables, x), batch, options,
+                   num_classes=num_outputs)
     if ids is not None:
       pred = jnp.asarray(ids)[pred]
     return confusion_matrix(pred, batch["label"], num_classes, ignore_index=ignore_index,

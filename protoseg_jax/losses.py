@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from protoseg_jax.chunking import auto_chunk_size
 from protoseg_jax.ops import interp_matrix, resize_bilinear
 
 
@@ -91,32 +92,21 @@ def ppc_ppd_from_target(proto_lse: jnp.ndarray, proto_target_logits: jnp.ndarray
   return ppc, ppd
 
 
-# `segmentation_loss`'s automatic rule: the upsampled logits [B, H, W, C] are
-# formed whole while they are at most AUTO_UPSAMPLED_BYTES (float32; ADE20K's
-# 150 and COCO-Stuff's 171 classes at 16 crops of 512x512: 2.3 / 2.7 GiB keep
-# today's program), else a block of rows at a time, each about AUTO_ROW_BLOCK_BYTES.
-AUTO_UPSAMPLED_BYTES = 4 * 2**30
-AUTO_ROW_BLOCK_BYTES = 128 * 2**20
-
-
 def resolve_label_rows(label_rows: int, batch: int, height: int, width: int,
                        num_classes: int) -> int:
   """Label rows per block of `segmentation_loss` (>= height: all at once).
 
-  label_rows > 0: that many; 0 (automatic): all at once when the upsampled
-  logits B*H*W*C (float32) are at most AUTO_UPSAMPLED_BYTES (4 GiB), else
-  blocks of about AUTO_ROW_BLOCK_BYTES (128 MiB), balanced over the rows.
+  label_rows > 0: that many; 0 (automatic): `chunking.auto_chunk_size` of
+  the upsampled logits B*H*W*C (float32), a row being B*W*C of them: all at
+  once up to 4 GiB (ADE20K's 150 and COCO-Stuff's 171 classes at 16 crops of
+  512x512: 2.3 / 2.7 GiB keep today's program), else balanced blocks of about
+  256 MiB.
   """
   if label_rows < 0:
     raise ValueError(f"label_rows must be >= 0 (0: automatic), got {label_rows}")
   if label_rows > 0:
     return min(int(label_rows), int(height))
-  row_bytes = 4 * int(batch) * int(width) * int(num_classes)
-  if row_bytes * height <= AUTO_UPSAMPLED_BYTES:
-    return int(height)
-  per = max(1, AUTO_ROW_BLOCK_BYTES // row_bytes)
-  blocks = -(-height // per)
-  return -(-height // blocks)
+  return auto_chunk_size(height, 4 * int(batch) * int(width) * int(num_classes))
 
 
 def segmentation_loss(seg_logits: jnp.ndarray, labels: jnp.ndarray, *, ignore_index: int = 255,

@@ -437,12 +437,7 @@ class Predictor:
     self.eval_options = input_pipeline.eval_options(config)
     self.canvas, self.label_canvas = input_pipeline.eval_canvases(config)
     self.max_pixels = int(config_value(config, "predict.max_pixels"))
-    e = config.eval
-    inference.check_mode(e.mode, e.slide_crop, e.stride, tuple(e.scales), e.resize, e.merge)
-    self._infer_kwargs = dict(
-        mode=e.mode, slide_crop=e.slide_crop, stride=e.stride, scales=tuple(e.scales),
-        flip=bool(e.flip), num_classes=model.num_classes,
-        align_corners=bool(config.model.align_corners), resize=e.resize, merge=e.merge)
+    self.inference_options = inference.inference_options(config)
     self._class_ids = jnp.asarray(self.classes.class_ids, jnp.int32)
     self._steps = {}
 
@@ -488,17 +483,17 @@ class Predictor:
   def _step(self, label_size: tuple[int, int], with_scores: bool):
     key = (label_size, with_scores)
     if key not in self._steps:
-      model, kwargs = self.model, self._infer_kwargs
-      class_chunk = config_value(self.config, "eval.class_chunk")
+      model, options = self.model, self.inference_options
 
       def step(variables, image, image_hw, label_hw):
         batch = {"image": image, "image_hw": image_hw, "label_hw": label_hw,
                  "label": jnp.zeros((image.shape[0],) + label_size, jnp.int32)}
         logits_fn = lambda x: model.apply(variables, x, train=False).logits
         if not with_scores:   # labels only: the scores of a large vocabulary by chunks
-          pred = inference.predict(logits_fn, batch, class_chunk=class_chunk, **kwargs)
+          pred = inference.predict(logits_fn, batch, options, num_classes=model.num_classes)
           return self._class_ids[pred]                        # model output -> class id
-        scores = inference.predict_scores(logits_fn, batch, **kwargs)
+        scores = inference.predict_scores(logits_fn, batch, options,
+                                          num_classes=model.num_classes)
         pred = self._class_ids[jnp.argmax(scores, axis=-1)]   # model output -> class id
         return pred, scores
 

@@ -22,6 +22,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from protoseg_jax.chunking import auto_chunk_size
 from protoseg_jax.ops import l2_normalize
 from protoseg_jax.sinkhorn import sinkhorn_knopp
 
@@ -95,35 +96,22 @@ def _max_over_prototypes_jvp(primals, tangents):
 
 # --- Large vocabularies: the similarity a chunk of classes at a time ----------------
 
-# `resolve_class_chunk`'s automatic rule: all classes at once while the [N, C*M]
-# float32 similarity is at most AUTO_ALL_AT_ONCE_BYTES (ADE20K's 150 and
-# COCO-Stuff's 171 classes x 10 prototypes at 16 crops of 512x512 keep today's
-# program); else chunks whose similarity is about AUTO_CHUNK_BYTES each.
-AUTO_ALL_AT_ONCE_BYTES = 2 * 2**30
-AUTO_CHUNK_BYTES = 256 * 2**20
-
-
 def resolve_class_chunk(class_chunk: int, num_pixels: int, num_classes: int,
                         num_prototypes: int) -> int:
   """Classes per chunk of the head's similarity (static; >= num_classes: all at once).
 
   class_chunk > 0: that many (>= num_classes: all at once, today's program);
-  0 (automatic): all at once when the similarity [N, C*M] (float32) is at
-  most AUTO_ALL_AT_ONCE_BYTES (2 GiB), else about AUTO_CHUNK_BYTES (256 MiB)
-  of similarity per chunk, the chunks balanced so that the last one is not
-  mostly padding.
+  0 (automatic): `chunking.auto_chunk_size` of the similarity [N, C*M]
+  (float32), a class being N * M of it: all at once up to 4 GiB (ADE20K's 150
+  and COCO-Stuff's 171 classes x 10 prototypes at 16 crops of 512x512 keep
+  today's program), else balanced chunks of about 256 MiB.
   """
   c = int(num_classes)
   if class_chunk < 0:
     raise ValueError(f"class_chunk must be >= 0 (0: automatic), got {class_chunk}")
   if class_chunk > 0:
     return min(int(class_chunk), c)
-  row_bytes = 4 * int(num_pixels) * int(num_prototypes)       # one class's similarity
-  if row_bytes * c <= AUTO_ALL_AT_ONCE_BYTES:
-    return c
-  per = max(1, AUTO_CHUNK_BYTES // row_bytes)
-  chunks = -(-c // per)
-  return -(-c // chunks)
+  return auto_chunk_size(c, 4 * int(num_pixels) * int(num_prototypes))
 
 
 def normalized_prototypes(prototypes: jnp.ndarray, trainable: Any = False) -> jnp.ndarray:

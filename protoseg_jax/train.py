@@ -341,12 +341,9 @@ def make_eval_step(model, config, mesh, num_classes: int, ignore_index: int = 25
                    class_ids=None):
   """The jitted eval step: batch -> [C, C] confusion over the dataset's num_classes;
   class_ids: the dataset id of each model output (held_out.model_class_ids)."""
-  e = config.eval
   step = inference.make_predict_step(
-      lambda v, x: model.apply(v, x, train=False).logits, num_classes=num_classes,
-      ignore_index=ignore_index, mode=e.mode, slide_crop=e.slide_crop, stride=e.stride,
-      scales=tuple(e.scales), flip=e.flip, align_corners=config.model.align_corners,
-      resize=e.resize, merge=e.merge, class_ids=class_ids, class_chunk=e.class_chunk)
+      lambda v, x: model.apply(v, x, train=False).logits, inference.inference_options(config),
+      num_classes=num_classes, ignore_index=ignore_index, class_ids=class_ids)
   rep, data = sharding.replicated(mesh), sharding.batch_sharding(mesh)
   # Variables keep the shardings they come with (replicated, or FSDP params).
   return jax.jit(step, in_shardings=(None, data), out_shardings=rep)

@@ -11,7 +11,7 @@ import numpy as np
 from protoseg_jax import evaluate as ev
 from protoseg_jax import inference
 from protoseg_jax.metrics import format_table
-from test_inference import IGNORE, make_batch
+from test_inference import IGNORE, make_batch, options
 from test_metrics import bruteforce_confusion, mmseg_style_metrics
 
 
@@ -21,7 +21,8 @@ def test_predict_step_and_evaluator_match_bruteforce():
   r = np.random.RandomState(0)
   variables = {"w": jnp.asarray(r.randn(3, c).astype(np.float32)), "b": jnp.zeros((c,))}
   logits_fn = lambda v, x: jnp.einsum("bhwk,kc->bhwc", x, v["w"]) + v["b"]
-  step = jax.jit(inference.make_predict_step(logits_fn, num_classes=c, ignore_index=IGNORE))
+  step = jax.jit(inference.make_predict_step(logits_fn, options(), num_classes=c,
+                                           ignore_index=IGNORE))
   batches, preds, labels, masks = [], [], [], []
   for i in range(3):
     mask = [True, True] if i < 2 else [True, False]       # last batch padded

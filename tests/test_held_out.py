@@ -12,7 +12,7 @@ from protoseg_jax import held_out, inference
 from protoseg_jax.trainer import input_pipeline as ip
 from protoseg_jax.metrics import metrics_from_confusion
 from test_datasets import demo_config
-from test_inference import IGNORE, make_batch
+from test_inference import IGNORE, make_batch, options
 from test_metrics import bruteforce_confusion
 
 
@@ -81,8 +81,8 @@ def test_eval_scores_model_outputs_as_dataset_classes():
   for ids in (held_out.model_class_ids(c, k), held_out.model_class_ids(c, k, added=True)):
     n = len(ids)
     fn = lambda v, x: jnp.einsum("bhwk,kc->bhwc", x, v, precision="highest")
-    step = jax.jit(inference.make_predict_step(fn, num_classes=c, ignore_index=IGNORE,
-                                               class_ids=ids))
+    step = jax.jit(inference.make_predict_step(fn, options(), num_classes=c,
+                                               ignore_index=IGNORE, class_ids=ids))
     cm = np.asarray(step(jnp.asarray(w[:, :n]), batch))
     pred = np.einsum("bhwk,kc->bhwc", np.asarray(batch["image"]), w[:, :n]).argmax(-1)
     np.testing.assert_array_equal(cm, bruteforce_confusion(np.asarray(ids)[pred], labels, c))
@@ -92,4 +92,4 @@ def test_eval_scores_model_outputs_as_dataset_classes():
     else:
       assert cm[:, k].sum() > 0 and iou[k] > 0
   with pytest.raises(ValueError, match="class_ids"):
-    inference.make_predict_step(fn, num_classes=c, class_ids=(0, 4))
+    inference.make_predict_step(fn, options(), num_classes=c, class_ids=(0, 4))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import textwrap
 
@@ -11,6 +12,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from configs import default
+from protoseg_jax import chunking
 from protoseg_jax import inference as inf
 from protoseg_jax.ops import resize_bilinear
 
@@ -21,6 +24,13 @@ IGNORE = 255
 
 
 # ---------------------------------------------------------------- references
+
+
+def options(**overrides) -> inf.InferenceOptions:
+  """The default config's inference options with these tests' conventions
+  (mmseg's align_corners=False; class_chunk None: never chunk), then `overrides`."""
+  fields = dict(align_corners=False, class_chunk=None) | overrides
+  return dataclasses.replace(inf.inference_options(default.get_config()), **fields)
 
 
 def make_batch(rng, image_hws, label_hws, canvas, label_canvas, mask=None):
@@ -140,7 +150,7 @@ def test_predict_whole_single_scale_equals_crop_and_resize():
   rng = np.random.RandomState(5)
   batch = make_batch(rng, [(8, 12), (6, 9)], [(11, 16), (5, 7)], (8, 12), (12, 16))
   fn = _pooled_fn()
-  pred = np.asarray(jax.jit(lambda b: inf.predict(fn, b, num_classes=4))(batch))
+  pred = np.asarray(jax.jit(lambda b: inf.predict(fn, b, options(), num_classes=4))(batch))
   assert pred.shape == (2, 12, 16) and pred.dtype == np.int32
   logits = inf.whole_inference(fn, batch["image"])
   for k, ((h, w), (lh, lw)) in enumerate([((8, 12), (11, 16)), ((6, 9), (5, 7))]):
@@ -154,8 +164,8 @@ def test_flip_with_symmetric_fn_changes_nothing():
   batch = make_batch(rng, [(7, 10), (5, 6)], [(7, 10), (9, 11)], (7, 10), (9, 12))
   fn = _per_pixel_fn()
   plain, flipped, pred_plain, pred_flip = jax.jit(lambda b: (
-      inf.predict_scores(fn, b), inf.predict_scores(fn, b, flip=True),
-      inf.predict(fn, b), inf.predict(fn, b, flip=True)))(batch)
+      inf.predict_scores(fn, b, options()), inf.predict_scores(fn, b, options(flip=True)),
+      inf.predict(fn, b, options()), inf.predict(fn, b, options(flip=True))))(batch)
   inside = np.zeros((2, 9, 12), bool)
   inside[0, :7, :10] = True
   inside[1, :9, :11] = True
@@ -172,7 +182,7 @@ def test_flip_flips_only_the_valid_region():
   lin = _per_pixel_fn()
   ramp = jnp.linspace(-2.0, 2.0, 9)[None, None, :, None] * jnp.asarray([1.0, -1.0, 0.5, 0.0])
   fn = lambda x: lin(x) + ramp
-  got = np.asarray(jax.jit(lambda b: inf.predict_scores(fn, b, flip=True))(batch))
+  got = np.asarray(jax.jit(lambda b: inf.predict_scores(fn, b, options(flip=True)))(batch))
   img = np.asarray(batch["image"])
   base = np.asarray(lin(jnp.asarray(img)))
   r = np.asarray(ramp)[0, 0]
@@ -189,7 +199,7 @@ def test_multiscale_flip_matches_reference():
   batch = make_batch(rng, hw, lhw, canvas, label_canvas)
   fn = _pooled_fn()
   scales = (0.5, 1.0, 1.5)
-  got = np.asarray(jax.jit(lambda b: inf.predict_scores(fn, b, scales=scales, flip=True))(batch))
+  got = np.asarray(jax.jit(lambda b: inf.predict_scores(fn, b, options(scales=scales, flip=True)))(batch))
   img = np.asarray(batch["image"])
 
   @functools.partial(jax.jit, static_argnums=(1, 2, 3))
@@ -219,10 +229,11 @@ def test_multiscale_slide_runs_and_single_pass_slide_equals_whole_for_equivarian
   rng = np.random.RandomState(9)
   batch = make_batch(rng, [(9, 13), (7, 8)], [(9, 13), (10, 10)], (9, 13), (10, 13))
   fn = _per_pixel_fn()
-  kw = dict(scales=(0.75, 1.25), flip=True, num_classes=4)
+  kw = dict(scales=(0.75, 1.25), flip=True)
   slide, whole = jax.jit(lambda b: (
-      inf.predict_scores(fn, b, mode="slide", slide_crop=(5, 5), stride=(3, 3), **kw),
-      inf.predict_scores(fn, b, **kw)))(batch)
+      inf.predict_scores(fn, b, options(mode="slide", slide_crop=(5, 5), stride=(3, 3), **kw),
+                         num_classes=4),
+      inf.predict_scores(fn, b, options(**kw), num_classes=4)))(batch)
   np.testing.assert_allclose(np.asarray(slide), np.asarray(whole), atol=1e-5)
 
 
@@ -231,13 +242,15 @@ def test_bad_arguments_are_reported():
   batch = make_batch(rng, [(4, 4)], [(4, 4)], (4, 4), (4, 4))
   fn = _per_pixel_fn()
   with pytest.raises(ValueError, match="mode must be"):
-    inf.predict(fn, batch, mode="sliding")
+    options(mode="sliding")
   with pytest.raises(ValueError, match="needs slide_crop and stride"):
-    inf.predict(fn, batch, mode="slide")
+    options(mode="slide")
   with pytest.raises(ValueError, match="expected num_classes=5"):
-    inf.predict(fn, batch, num_classes=5)
+    inf.predict(fn, batch, options(), num_classes=5)
   with pytest.raises(ValueError, match="expected num_classes=5"):
-    inf.predict(fn, batch, num_classes=5, class_chunk=2)
+    inf.predict(fn, batch, options(class_chunk=2), num_classes=5)
+  with pytest.raises(TypeError, match="InferenceOptions"):
+    inf.make_predict_step(lambda v, x: fn(x), {"mode": "whole"}, num_classes=4)
 
 
 _SHARDED_SCRIPT = textwrap.dedent("""
@@ -257,9 +270,12 @@ _SHARDED_SCRIPT = textwrap.dedent("""
     batch = dict(image=img, image_hw=hw, label=lab, label_hw=lhw, mask=np.arange(b) < 7)
     w = rng.randn(3, c).astype(np.float32)
     fn = lambda v, x: jax.image.resize(jnp.einsum("bhwk,kc->bhwc", x, v), (x.shape[0], (x.shape[1] + 1) // 2, (x.shape[2] + 1) // 2, c), "linear")
-    kw = dict(num_classes=c, mode="slide", slide_crop=(4, 4), stride=(3, 3), scales=(0.75, 1.0), flip=True)
-    step = inference.make_predict_step(fn, **kw)
-    chunked = inference.make_predict_step(fn, class_chunk=2, **kw)   # 2 chunks, one padded class
+    kw = dict(mode="slide", slide_crop=(4, 4), stride=(3, 3), scales=(0.75, 1.0), flip=True,
+              resize="bilinear", merge="mean_softmax", align_corners=False)
+    step = inference.make_predict_step(fn, inference.InferenceOptions(class_chunk=None, **kw),
+                                       num_classes=c)
+    chunked = inference.make_predict_step(fn, inference.InferenceOptions(class_chunk=2, **kw),
+                                          num_classes=c)   # 2 chunks, one padded class
     ref = np.asarray(jax.jit(step)(w, batch))
     assert ref.sum() > 0
     for axis_type in (jax.sharding.AxisType.Explicit, jax.sharding.AxisType.Auto):
@@ -292,7 +308,7 @@ def test_padding_rows_with_zero_sizes_give_zero_scores():
   fn = _pooled_fn()
   for kw in (dict(), dict(scales=(0.5, 1.0), flip=True),
              dict(mode="slide", slide_crop=(4, 4), stride=(3, 3))):
-    scores = np.asarray(jax.jit(lambda b: inf.predict_scores(fn, b, **kw))(batch))
+    scores = np.asarray(jax.jit(lambda b: inf.predict_scores(fn, b, options(**kw)))(batch))
     assert np.all(np.isfinite(scores)) and np.all(scores[1] == 0), kw
     assert np.abs(scores[0]).sum() > 0
 
@@ -325,7 +341,7 @@ def test_predict_bicubic_resizes_feature_logits_straight_to_the_label():
   rng = np.random.RandomState(4)
   fn = _pooled_fn()
   batch = make_batch(rng, [(8, 12), (6, 10)], [(15, 23), (6, 10)], (8, 12), (16, 24))
-  got = np.asarray(inf.predict_scores(fn, batch, resize="bicubic"))
+  got = np.asarray(inf.predict_scores(fn, batch, options(resize="bicubic")))
   feats = np.asarray(fn(batch["image"]))                      # [B, 4, 6, C]
   # Example 0 fills the canvas: its whole 4x6 map goes to 15x23 (openseg update_score).
   want0 = _torch_resize(feats[:1], (15, 23), "bicubic", False)[0]
@@ -335,19 +351,19 @@ def test_predict_bicubic_resizes_feature_logits_straight_to_the_label():
   want1 = _torch_resize(feats[1:, :3, :5], (6, 10), "bicubic", False)[0]
   np.testing.assert_allclose(got[1, :6, :10], want1, atol=1e-4)
   with pytest.raises(ValueError, match="bicubic"):
-    inf.predict_scores(fn, batch, resize="bicubic", mode="slide", slide_crop=(4, 4), stride=(2, 2))
+    options(resize="bicubic", mode="slide", slide_crop=(4, 4), stride=(2, 2))
   with pytest.raises(ValueError, match="resize"):
-    inf.predict_scores(fn, batch, resize="nearest")
+    options(resize="nearest")
   with pytest.raises(ValueError, match="merge"):
-    inf.predict_scores(fn, batch, merge="max")
+    options(merge="max")
 
 
 def test_predict_bilinear_align_corners_is_openseg_tester():
   rng = np.random.RandomState(5)
   fn = _pooled_fn()
   batch = make_batch(rng, [(8, 12), (6, 10)], [(8, 12), (9, 14)], (8, 12), (10, 14))
-  got = np.asarray(inf.predict_scores(fn, batch, resize="bilinear_align_corners",
-                                      align_corners=False))
+  got = np.asarray(inf.predict_scores(fn, batch, options(resize="bilinear_align_corners",
+                                                        align_corners=False)))
   up = _torch_resize(np.asarray(fn(batch["image"])), (8, 12), "bilinear", True)  # ss_test
   np.testing.assert_allclose(got[0, :8, :12], up[0], atol=1e-4)                   # same size: as is
   want1 = _torch_resize(up[1:, :6, :10], (9, 14), "bicubic", False)[0]            # cv2 INTER_CUBIC
@@ -359,7 +375,8 @@ def test_sum_logits_merge_is_openseg_ms_test():
   fn = _pooled_fn()
   batch = make_batch(rng, [(8, 12)], [(8, 12)], (8, 12), (8, 12))
   scales = (0.5, 1.0)
-  got = np.asarray(inf.predict_scores(fn, batch, scales=scales, flip=True, merge="sum_logits"))
+  got = np.asarray(inf.predict_scores(fn, batch, options(scales=scales, flip=True,
+                                                        merge="sum_logits")))
   img = np.asarray(batch["image"])
   want = 0.
   for s in scales:
@@ -371,7 +388,7 @@ def test_sum_logits_merge_is_openseg_ms_test():
       y = _torch_resize(y, (8, 12), "bilinear", False)
       want = want + (y[:, :, ::-1] if flipped else y)
   np.testing.assert_allclose(got, want, atol=1e-4)
-  mean_sm = np.asarray(inf.predict_scores(fn, batch, scales=scales, flip=True))
+  mean_sm = np.asarray(inf.predict_scores(fn, batch, options(scales=scales, flip=True)))
   assert np.all(mean_sm >= 0) and np.allclose(mean_sm.sum(-1), 1., atol=1e-5)
 
 
@@ -400,8 +417,9 @@ def _slide_kw(mode):
 def test_chunked_single_pass_equals_unchunked(mode, resize):
   batch = _padded_batch()
   fn = _pooled_fn(_C)
-  kw = dict(_slide_kw(mode), resize=resize, num_classes=_C)
-  want, got3, got4 = jax.jit(lambda b: [inf.predict(fn, b, class_chunk=k, **kw)
+  kw = dict(_slide_kw(mode), resize=resize)
+  want, got3, got4 = jax.jit(lambda b: [inf.predict(fn, b, options(class_chunk=k, **kw),
+                                                    num_classes=_C)
                                         for k in (None, 3, 4)])(batch)
   want = np.asarray(want)
   assert len(np.unique(want[:2] // 3)) == 2 and len(np.unique(want[:2] // 4)) == 2  # both chunks win
@@ -418,7 +436,7 @@ def test_chunked_multiscale_flip_equals_unchunked(mode, resize, merge, chunk):
   batch = _padded_batch()
   fn = _pooled_fn(_C)
   kw = dict(_slide_kw(mode), resize=resize, merge=merge, scales=(0.5, 1.0), flip=True)
-  want, got = jax.jit(lambda b: [inf.predict(fn, b, class_chunk=k, **kw)
+  want, got = jax.jit(lambda b: [inf.predict(fn, b, options(class_chunk=k, **kw))
                                  for k in (None, chunk)])(batch)
   want = np.asarray(want)
   assert len(np.unique(want[:2] // chunk)) >= 2              # classes of several chunks win
@@ -429,7 +447,7 @@ def test_chunked_ties_go_to_the_lowest_class_across_chunks():
   batch = _padded_batch()
   lin = _pooled_fn(3)
   fn = lambda x: jnp.concatenate([lin(x)] * 2, axis=-1)      # class c + 3 ties with class c
-  want, got = jax.jit(lambda b: [inf.predict(fn, b, class_chunk=k) for k in (None, 4)])(batch)
+  want, got = jax.jit(lambda b: [inf.predict(fn, b, options(class_chunk=k)) for k in (None, 4)])(batch)
   assert np.asarray(want).max() < 3
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
 
@@ -437,20 +455,21 @@ def test_chunked_ties_go_to_the_lowest_class_across_chunks():
 def test_automatic_class_chunk_rule():
   r = inf.resolve_class_chunk
   assert r(None, 2, (512, 512), 10000) is None                # None: never chunked
-  assert r(0, 2, (256, 256), 847) is None                     # 444 MB <= 2 GiB: as before
-  assert r(0, 8, (1024, 2048), 19) is None                    # Cityscapes, 1.27 GB
+  assert r(0, 2, (256, 256), 847) is None                     # 444 MB <= 4 GiB: as before
+  assert r(0, 8, (1024, 2048), 19) is None                    # Cityscapes, 1.19 GiB
+  assert r(0, 8, (640, 640), 171) is None                     # COCO-Stuff, 2.09 GiB
   assert r(5, 1, (4, 4), 5) is None and r(9, 1, (4, 4), 5) is None
   assert r(2, 1, (4, 4), 5) == 2
-  # 4 x 512 x 512 x 847 x 4 B = 3.55 GB: chunks of <= 128 MiB of scores (32 classes), balanced.
-  assert r(0, 4, (512, 512), 847) == 32
-  assert r(0, 3, (512, 512), 847) == 41                       # <= 42 classes: 21 chunks of 41
-  assert r(0, 1, (1024, 2048), 10000) == 16                   # 8 MiB per class: 16 classes
+  # 8 x 512 x 512 x 847 x 4 B = 6.6 GiB: chunks of <= 256 MiB of scores (32 classes), balanced.
+  assert r(0, 8, (512, 512), 847) == 32
+  assert r(0, 6, (512, 512), 847) == 41                       # <= 42 classes: 21 chunks of 41
+  assert r(0, 1, (1024, 2048), 10000) == 32                   # 8 MiB per class: 32 classes
   assert r(0, 8, (2112, 2112), 150) == 1                      # ADE20K's canvas: 136 MiB per class
   with pytest.raises(ValueError, match="class_chunk"):
     r(-1, 1, (4, 4), 5)
   fn = _pooled_fn(2)
   with pytest.raises(ValueError, match="class_chunk"):
-    inf.make_predict_step(lambda v, x: fn(x), num_classes=2, class_chunk=-1)
+    options(class_chunk=-1)
 
 
 def _jaxpr_shapes(jaxpr, out=None):
@@ -486,7 +505,7 @@ def test_chunked_program_never_holds_all_classes_at_label_or_input_resolution(mo
 
   def shapes(chunk, classes=c):
     fn = _pooled_fn(classes)
-    return _jaxpr_shapes(jax.make_jaxpr(lambda x: inf.predict(fn, x, class_chunk=chunk, **kw))(
+    return _jaxpr_shapes(jax.make_jaxpr(lambda x: inf.predict(fn, x, options(class_chunk=chunk, **kw)))(
         batch))
 
   plain = shapes(None)
@@ -496,32 +515,39 @@ def test_chunked_program_never_holds_all_classes_at_label_or_input_resolution(mo
   assert max(np.prod(s) for s in chunked) < limit, sorted(chunked, key=np.prod)[-3:]
   assert (b, hl, wl, 2) in chunked
   # The program does not grow with C / chunk: 7 classes in 4 chunks, 41 in 21.
-  n = [_num_eqns(jax.make_jaxpr(lambda x: inf.predict(_pooled_fn(classes), x, class_chunk=2,
-                                                      **kw))(batch)) for classes in (c, 41)]
+  n = [_num_eqns(jax.make_jaxpr(lambda x: inf.predict(_pooled_fn(classes), x,
+                                                      options(class_chunk=2, **kw)))(batch))
+       for classes in (c, 41)]
   assert n[0] == n[1], n
 
 
 def test_automatic_class_chunk_is_todays_program_when_small(monkeypatch):
   batch = _padded_batch()
   fn = _pooled_fn(_C)
-  kw = dict(scales=(0.5, 1.0), flip=True, num_classes=_C)
-  today = str(jax.make_jaxpr(lambda x: inf.predict(fn, x, **kw))(batch))
+  kw = dict(scales=(0.5, 1.0), flip=True)
+
+  def program(chunk):
+    return jax.make_jaxpr(lambda x: inf.predict(fn, x, options(class_chunk=chunk, **kw),
+                                                num_classes=_C))(batch)
+
+  today = str(program(None))
   for chunk in (0, _C, 100):
-    assert str(jax.make_jaxpr(lambda x: inf.predict(fn, x, class_chunk=chunk, **kw))(batch)) == today
+    assert str(program(chunk)) == today
   # Over the budget the same call chunks (here: 3 x 12 x 16 x 6 x 4 B > 1 KiB, 2 classes per chunk).
-  monkeypatch.setattr(inf, "AUTO_BUDGET_BYTES", 1024)
-  monkeypatch.setattr(inf, "AUTO_CHUNK_BYTES", 3 * 12 * 16 * 4 * 2)
+  monkeypatch.setattr(chunking, "ALL_AT_ONCE_BYTES", 1024)
+  monkeypatch.setattr(chunking, "CHUNK_BYTES", 3 * 12 * 16 * 4 * 2)
   assert inf.resolve_class_chunk(0, 3, (12, 16), _C) == 2
-  auto = jax.make_jaxpr(lambda x: inf.predict(fn, x, class_chunk=0, **kw))(batch)
-  assert str(auto) == str(jax.make_jaxpr(lambda x: inf.predict(fn, x, class_chunk=2, **kw))(batch))
+  auto = program(0)
+  assert str(auto) == str(program(2))
   assert str(auto) != today and (3, 12, 16, _C) not in _jaxpr_shapes(auto)
 
 
 def test_chunked_predict_step_with_class_ids():
   batch = _padded_batch()
   fn = _pooled_fn(4)
-  kw = dict(num_classes=6, ignore_index=IGNORE, class_ids=(0, 2, 3, 5), scales=(0.5, 1.0), flip=True)
-  want, got = jax.jit(lambda b: [inf.make_predict_step(lambda v, x: fn(x), class_chunk=k, **kw)(None, b)
+  kw = dict(num_classes=6, ignore_index=IGNORE, class_ids=(0, 2, 3, 5))
+  want, got = jax.jit(lambda b: [inf.make_predict_step(
+      lambda v, x: fn(x), options(class_chunk=k, scales=(0.5, 1.0), flip=True), **kw)(None, b)
                                  for k in (None, 3)])(batch)
   np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
   assert np.asarray(want).sum() == 11 * 16 + 5 * 7             # the padding row never counts

@@ -148,11 +148,8 @@ def test_predict_equals_the_eval_path(setup):
   builder = datasets.check_prepared(config)
   batch = next(input_pipeline.make_eval_dataset(config, process_index=0,
                                                 process_count=1).as_numpy_iterator())
-  e = config.eval
   pred = jax.jit(lambda v, b: inference.predict(
-      lambda x: model.apply(v, x, train=False).logits, b, mode=e.mode, slide_crop=e.slide_crop,
-      stride=e.stride, scales=tuple(e.scales), flip=e.flip,
-      align_corners=config.model.align_corners, resize=e.resize, merge=e.merge))(
+      lambda x: model.apply(v, x, train=False).logits, b, inference.inference_options(config)))(
           variables, {k: jnp.asarray(v) for k, v in batch.items()})
   pred = np.asarray(pred)
   ds = builder.as_dataset(split=config.dataset.eval_split, shuffle_files=False)
