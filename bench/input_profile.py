@@ -35,9 +35,9 @@ def profile_train_steps(config, seed: int = 0) -> list[tuple[str, tf.data.Datase
   split = datasets.config_value(config, "dataset.train_split")
   records = ip.read_split(builder, split).repeat().enumerate()
 
-  def fingerprint(*tensors):
+  def fingerprint(*tensors):   # the named draws (`ops.PhotometricDraws`) entry by entry
     return tf.add_n([tf.reduce_sum(tf.cast(tf.reshape(t, [-1])[::1009], tf.float32))
-                     for t in tensors])
+                     for t in tf.nest.flatten(tensors)])
 
   def decoded(i, image_bytes, label_bytes):
     return (*decode_example(image_bytes, label_bytes), ip.example_seed(seed, 0, i))

@@ -9,6 +9,8 @@ on TPU/GPU: two small matmuls).
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -158,11 +160,20 @@ def adjust_hue(image: jnp.ndarray, delta) -> jnp.ndarray:
   return v[..., None] - chroma[..., None] * jnp.clip(jnp.minimum(k, 4. - k), 0., 1.)
 
 
-# The layout of an example's photometric draws (float32 [9]), shared by the
-# host (`trainer.augment.photometric_draws` / `photometric_distortion`) and
-# the device (`photometric_distortion` below); the flags are 0 or 1.
-PHOTOMETRIC_DRAWS = ("brightness", "delta", "contrast", "alpha", "saturation", "factor", "hue",
-                     "hue_shift", "contrast_first")
+class PhotometricDraws(NamedTuple):
+  """One example's (scalars, on the host) or a batch's ([B], on the device)
+  draws of mmseg's PhotoMetricDistortion, made by the input pipeline
+  (`trainer.augment.photometric_draws`) and applied by `photometric_distortion`.
+  Each flag is True with probability 0.5."""
+  brightness: Any       # bool: add `delta`
+  delta: Any            # float32 ~ U(-32, 32)
+  contrast: Any         # bool: multiply by `alpha`
+  alpha: Any            # float32 ~ U(0.5, 1.5)
+  saturation: Any       # bool: scale the saturation by `factor`
+  factor: Any           # float32 ~ U(0.5, 1.5)
+  hue: Any              # bool: rotate the hue by `hue_shift`
+  hue_shift: Any        # float32 integer in [-18, 18), OpenCV units (180 a turn)
+  contrast_first: Any   # bool: contrast before the HSV steps (else after)
 
 
 def photometric_distortion(images: jnp.ndarray, draws: jnp.ndarray) -> jnp.ndarray:
@@ -176,24 +187,33 @@ def photometric_distortion(images: jnp.ndarray, draws: jnp.ndarray) -> jnp.ndarr
 
   Args:
     images: float32 [B, H, W, 3] RGB 0..255.
-    draws: float32 [B, 9], laid out as PHOTOMETRIC_DRAWS.
+    draws: `PhotometricDraws` of [B] arrays.
   """
-  d = {name: draws[:, i, None, None] for i, name in enumerate(PHOTOMETRIC_DRAWS)}   # [B, 1, 1]
-  on = {name: d[name][..., None] > 0.5 for name in ("brightness", "contrast", "saturation", "hue")}
-  first = d["contrast_first"][..., None] > 0.5
-  contrast = lambda y: jnp.clip(y * d["alpha"][..., None], 0., 255.)
-  x = jnp.where(on["brightness"], jnp.clip(images + d["delta"][..., None], 0., 255.), images)
-  x = jnp.where(on["contrast"] & first, contrast(x), x)
-  x = jnp.where(on["saturation"], scale_saturation(x, d["factor"][..., None]), x)
-  x = jnp.where(on["hue"], adjust_hue(x, d["hue_shift"] / 180.), x)
-  return jnp.where(on["contrast"] & ~first, contrast(x), x)
+  d = PhotometricDraws(*(jnp.asarray(v)[:, None, None] for v in draws))   # [B, 1, 1]
+  pixel = lambda v: v[..., None]                                           # [B, 1, 1, 1]
+  first = pixel(d.contrast_first)
+  contrast = lambda y: jnp.clip(y * pixel(d.alpha), 0., 255.)
+  x = jnp.where(pixel(d.brightness), jnp.clip(images + pixel(d.delta), 0., 255.), images)
+  x = jnp.where(pixel(d.contrast) & first, contrast(x), x)
+  x = jnp.where(pixel(d.saturation), scale_saturation(x, pixel(d.factor)), x)
+  x = jnp.where(pixel(d.hue), adjust_hue(x, d.hue_shift / 180.), x)
+  return jnp.where(pixel(d.contrast) & ~first, contrast(x), x)
 
 
-# The per-example integers of `openseg_resize_crop` (int32 [B, len]), as the
-# input pipeline's `trainer.augment.raw_transform` ships them with
-# config.dataset.resize_on_device.
-RESIZE_PARAMS = ("in_h", "in_w", "out_h", "out_w", "top", "left", "source_top", "source_left",
-                 "flip", "brightness")
+class ResizeParams(NamedTuple):
+  """What `openseg_resize_crop` does to one example (int32 scalars on the
+  host, [B] on the device), as the input pipeline's
+  `trainer.augment.raw_transform` ships it with config.dataset.resize_on_device."""
+  in_h: Any             # the stored image's size
+  in_w: Any
+  out_h: Any            # the size of the virtual bicubic resize
+  out_w: Any
+  top: Any              # the crop window's offset in that resize
+  left: Any
+  source_top: Any       # the first source row / column shipped (the taps' first)
+  source_left: Any
+  flip: Any             # bool: the window mirrored left-right
+  brightness: Any       # the integer brightness shift
 
 
 def cubic_weight_terms(t, a: float = CUBIC_A) -> list:
@@ -252,22 +272,22 @@ def openseg_resize_crop(source: jnp.ndarray, params: jnp.ndarray, box: jnp.ndarr
     source: uint8 [B, SH, SW, 3]: rows source_top.. and columns source_left..
       of each RGB image (the rows and columns the window's taps reach),
       padded.
-    params: int32 [B, len(RESIZE_PARAMS)].
+    params: `ResizeParams` of [B] arrays.
     box: int32 [B, 4] (top, left, height, width) of the window in the canvas.
     crop_hw: the canvas (config.dataset.crop_size).
   Returns:
     float32 [B, ch, cw, 3] in 0..255.
   """
-  p = {name: params[:, i] for i, name in enumerate(RESIZE_PARAMS)}
+  p = params
   ch, cw = crop_hw
   # Window row / column of each canvas pixel (clamped outside the box).
   win_r = jnp.clip(jnp.arange(ch)[None] - box[:, 0, None], 0, box[:, 2, None] - 1)   # [B, ch]
   win_c = jnp.clip(jnp.arange(cw)[None] - box[:, 1, None], 0, box[:, 3, None] - 1)   # [B, cw]
-  win_c = jnp.where(p["flip"][:, None] > 0, box[:, 3, None] - 1 - win_c, win_c)
-  ri, rw = cubic_taps(p["in_h"][:, None], p["out_h"][:, None], p["top"][:, None] + win_r)
-  ci, cwt = cubic_taps(p["in_w"][:, None], p["out_w"][:, None], p["left"][:, None] + win_c)
-  ri = ri - p["source_top"][:, None, None]
-  ci = ci - p["source_left"][:, None, None]
+  win_c = jnp.where(p.flip[:, None], box[:, 3, None] - 1 - win_c, win_c)
+  ri, rw = cubic_taps(p.in_h[:, None], p.out_h[:, None], p.top[:, None] + win_r)
+  ci, cwt = cubic_taps(p.in_w[:, None], p.out_w[:, None], p.left[:, None] + win_c)
+  ri = ri - p.source_top[:, None, None]
+  ci = ci - p.source_left[:, None, None]
 
   def one(src, ri, rw, ci, cwt):
     rows = None
@@ -281,5 +301,5 @@ def openseg_resize_crop(source: jnp.ndarray, params: jnp.ndarray, box: jnp.ndarr
     return out
 
   y = jax.vmap(one)(source, ri, rw, ci, cwt)
-  d = p["brightness"].astype(jnp.float32)[:, None, None, None]
+  d = p.brightness.astype(jnp.float32)[:, None, None, None]
   return jnp.clip(jnp.round(y) + d, jnp.maximum(d, 0.), jnp.minimum(255. + d, 255.))

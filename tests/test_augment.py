@@ -516,12 +516,12 @@ def test_raw_transform_finished_on_device_is_transform(aug, order):
                                  + (["photometric"] if opts.photometric else []))
     assert raw["image"].dtype == tf.uint8 and raw["label"].dtype == tf.uint8
     np.testing.assert_array_equal(raw["label"].numpy(), want_label.numpy())
-    got = finish({k: v.numpy()[None] for k, v in raw.items()})
+    got = finish(jax.tree.map(lambda v: v.numpy()[None], raw))
     assert sorted(got) == ["image", "label"]
     got = np.asarray(got["image"])[0]
     if opts.photometric:
       np.testing.assert_allclose(got, want_image.numpy(), rtol=0, atol=2e-5)
-      draws.append(raw["photometric"].numpy())
+      draws.append(raw["photometric"])
     else:
       np.testing.assert_array_max_ulp(got, want_image.numpy(), maxulp=1)
     pad = np.all(want_image.numpy() == 0, axis=-1)
@@ -529,7 +529,8 @@ def test_raw_transform_finished_on_device_is_transform(aug, order):
     padded += pad.sum()
   assert padded > 0    # some crops were padded (the box is exercised)
   if draws:            # every step of the distortion was on and off
-    flags = np.stack(draws)[:, [0, 2, 4, 6, 8]]
+    flags = np.array([[d.brightness, d.contrast, d.saturation, d.hue, d.contrast_first]
+                      for d in draws])
     assert flags.min(0).max() == 0 and flags.max(0).min() == 1
 
 
@@ -540,20 +541,26 @@ def test_photometric_draws_are_the_distortions_and_the_device_applies_them():
   import jax
   from protoseg_jax import ops
   image = np.random.default_rng(5).uniform(0, 255, (2, 16, 20, 3)).astype(np.float32)
-  draws = np.array([[1, 20., 1, 1.3, 1, 0.6, 1, -12., 1], [1, -25., 1, 0.7, 1, 1.4, 1, 17., 0]],
-                   np.float32)
+  on = np.array([True, True])
+  draws = ops.PhotometricDraws(
+      brightness=on, delta=np.float32([20., -25.]), contrast=on, alpha=np.float32([1.3, 0.7]),
+      saturation=on, factor=np.float32([0.6, 1.4]), hue=on, hue_shift=np.float32([-12., 17.]),
+      contrast_first=np.array([True, False]))
   got = np.asarray(jax.jit(ops.photometric_distortion)(image, draws))
   for b in range(2):
-    x = tf.clip_by_value(tf.constant(image[b]) + draws[b, 1], 0., 255.)
-    contrast = lambda y: tf.clip_by_value(y * draws[b, 3], 0., 255.)
-    x = contrast(x) if draws[b, 8] else x
-    x = tf.image.adjust_hue(augment.scale_saturation(x, draws[b, 5]), draws[b, 7] / 180.)
-    x = x if draws[b, 8] else contrast(x)
+    d = ops.PhotometricDraws(*(v[b] for v in draws))
+    x = tf.clip_by_value(tf.constant(image[b]) + d.delta, 0., 255.)
+    contrast = lambda y: tf.clip_by_value(y * d.alpha, 0., 255.)
+    x = contrast(x) if d.contrast_first else x
+    x = tf.image.adjust_hue(augment.scale_saturation(x, d.factor), d.hue_shift / 180.)
+    x = x if d.contrast_first else contrast(x)
     np.testing.assert_allclose(got[b], x.numpy(), rtol=0, atol=1e-3)
   for s in range(20):
-    d = augment.photometric_draws(tf.constant([s, 2], tf.int64)).numpy()
-    assert set(d[[0, 2, 4, 6, 8]]) <= {0., 1.} and -32 <= d[1] <= 32 and d[7] == int(d[7])
-    assert 0.5 <= d[3] <= 1.5 and 0.5 <= d[5] <= 1.5 and -18 <= d[7] < 18
+    d = jax.tree.map(np.asarray, augment.photometric_draws(tf.constant([s, 2], tf.int64)))
+    assert all(v.dtype == bool for v in (d.brightness, d.contrast, d.saturation, d.hue,
+                                         d.contrast_first))
+    assert -32 <= d.delta <= 32 and d.hue_shift == int(d.hue_shift)
+    assert 0.5 <= d.alpha <= 1.5 and 0.5 <= d.factor <= 1.5 and -18 <= d.hue_shift < 18
 
 
 def test_openseg_one_clip_with_moved_bounds_is_clip_then_brightness_then_clip():
@@ -701,13 +708,14 @@ def test_openseg_resize_on_the_device_is_the_hosts(order, hw):
     assert raw["image"].dtype == tf.uint8
     assert tuple(raw["image"].shape) == (*augment.source_canvas(opts), 3)
     np.testing.assert_array_equal(raw["label"].numpy(), want_label.numpy())
-    p = dict(zip(ops.RESIZE_PARAMS, raw["resize"].numpy().tolist()))
+    p = jax.tree.map(lambda v: v.numpy().item(), raw["resize"])
+    assert isinstance(p, ops.ResizeParams)
     if hw == (37, 53):        # the whole image fits the canvas
-      assert p["source_top"] == p["source_left"] == 0
-    region += p["source_top"] + p["source_left"] > 0
-    flips.add(p["flip"])
-    scales.append(p["out_h"] / p["in_h"])
-    got = finish({k: v.numpy()[None] for k, v in raw.items()})
+      assert p.source_top == p.source_left == 0
+    region += p.source_top + p.source_left > 0
+    flips.add(p.flip)
+    scales.append(p.out_h / p.in_h)
+    got = finish(jax.tree.map(lambda v: v.numpy()[None], raw))
     assert sorted(got) == ["image", "label"]
     got, want = np.asarray(got["image"])[0], want_image.numpy()
     pad = np.all(want == 0, axis=-1)

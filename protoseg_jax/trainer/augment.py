@@ -21,7 +21,8 @@ import numpy as np
 import tensorflow as tf
 
 from protoseg_jax.ops import CUBIC_A  # OpenCV INTER_CUBIC (tf.image.resize 'bicubic' uses -0.5)
-from protoseg_jax.ops import PHOTOMETRIC_DRAWS, cubic_weight_terms, normalization_constants
+from protoseg_jax.ops import PhotometricDraws, ResizeParams, cubic_weight_terms
+from protoseg_jax.ops import normalization_constants
 from protoseg_jax.validate import AUGMENTATIONS, INPUT_ORDERS
 
 
@@ -196,22 +197,21 @@ def scale_saturation(image, factor):
   return tf.clip_by_value(v - a * (v - image), 0., 255.)
 
 
-def photometric_draws(seed):
-  """The random draws of `photometric_distortion`: float32 [9] laid out as
-  `ops.PHOTOMETRIC_DRAWS`: brightness?, delta ~ U(-32, 32), contrast?,
-  alpha ~ U(0.5, 1.5), saturation?, factor ~ U(0.5, 1.5), hue?, hue_shift =
-  randint [-18, 18) (OpenCV units, 180 per turn), contrast first?; the flags
-  are 0/1, each 1 with probability 0.5. Draw k uses the k-th of 9 seeds
-  split from `seed`."""
-  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, len(PHOTOMETRIC_DRAWS)))
-  coin = lambda s: tf.cast(tf.random.stateless_uniform([], s) < 0.5, tf.float32)
+def photometric_draws(seed) -> PhotometricDraws:
+  """The random draws of `photometric_distortion` (`ops.PhotometricDraws`):
+  each flag True with probability 0.5, delta ~ U(-32, 32), alpha and factor
+  ~ U(0.5, 1.5), hue_shift = randint [-18, 18) (OpenCV units, 180 per
+  turn). Draw k (in the fields' order) uses the k-th of 9 seeds split from
+  `seed`."""
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, len(PhotometricDraws._fields)))
+  coin = lambda s: tf.random.stateless_uniform([], s) < 0.5
   uni = lambda lo, hi: lambda s: tf.random.stateless_uniform([], s, lo, hi)
   randint = lambda s: tf.cast(tf.random.stateless_uniform([], s, -18, 18, dtype=tf.int32),
                               tf.float32)
-  draw = {"brightness": coin, "delta": uni(-32., 32.), "contrast": coin, "alpha": uni(0.5, 1.5),
-          "saturation": coin, "factor": uni(0.5, 1.5), "hue": coin, "hue_shift": randint,
-          "contrast_first": coin}
-  return tf.stack([draw[name](s) for name, s in zip(PHOTOMETRIC_DRAWS, seeds)])
+  draw = PhotometricDraws(brightness=coin, delta=uni(-32., 32.), contrast=coin,
+                          alpha=uni(0.5, 1.5), saturation=coin, factor=uni(0.5, 1.5), hue=coin,
+                          hue_shift=randint, contrast_first=coin)
+  return PhotometricDraws(*(fn(s) for fn, s in zip(draw, seeds)))
 
 
 def photometric_distortion(image, seed):
@@ -225,22 +225,21 @@ def photometric_distortion(image, seed):
   The draws are `photometric_draws(seed)`; `ops.photometric_distortion`
   applies the same draws to a batch on the device.
   """
-  d = dict(zip(PHOTOMETRIC_DRAWS, tf.unstack(photometric_draws(seed))))
-  on = lambda name: d[name] > 0.5
+  d = photometric_draws(seed)
 
   def maybe(pred, fn, img):
     return tf.cond(pred, lambda: fn(img), lambda: img)
 
   def contrast(img):
-    return tf.clip_by_value(img * d["alpha"], 0., 255.)
+    return tf.clip_by_value(img * d.alpha, 0., 255.)
 
-  first = on("contrast_first")
-  image = maybe(on("brightness"), lambda img: tf.clip_by_value(img + d["delta"], 0., 255.), image)
-  image = maybe(tf.logical_and(first, on("contrast")), contrast, image)
-  image = maybe(on("saturation"), lambda img: scale_saturation(img, d["factor"]), image)
+  first = d.contrast_first
+  image = maybe(d.brightness, lambda img: tf.clip_by_value(img + d.delta, 0., 255.), image)
+  image = maybe(tf.logical_and(first, d.contrast), contrast, image)
+  image = maybe(d.saturation, lambda img: scale_saturation(img, d.factor), image)
   # AdjustHue is homogeneous in the RGB scale: no need to map to [0, 1].
-  image = maybe(on("hue"), lambda img: tf.image.adjust_hue(img, d["hue_shift"] / 180.), image)
-  image = maybe(tf.logical_and(tf.logical_not(first), on("contrast")), contrast, image)
+  image = maybe(d.hue, lambda img: tf.image.adjust_hue(img, d.hue_shift / 180.), image)
+  image = maybe(tf.logical_and(tf.logical_not(first), d.contrast), contrast, image)
   return image
 
 
@@ -388,9 +387,9 @@ def raw_transform(image, label, seed, opts: TrainOptions) -> dict:
     label: [ch, cw], `transform`'s values in the stored label dtype (uint8,
       or uint16 for 16-bit labels) when the ignore index fits in it, else
       int32;
-    photometric: float32 [9], `photometric_draws` (only with mmseg's
-      opts.photometric);
-    resize: int32 [len(ops.RESIZE_PARAMS)] (openseg with
+    photometric: `ops.PhotometricDraws` of scalars, `photometric_draws`
+      (only with mmseg's opts.photometric);
+    resize: `ops.ResizeParams` of int32 scalars (openseg with
       opts.resize_on_device): the rescale, crop, flip and brightness for
       `ops.openseg_resize_crop`; 'image' is then the source rows and columns
       that window's bicubic taps reach, uint8 [*source_canvas(opts), 3]
@@ -762,8 +761,9 @@ def openseg_stages(opts: TrainOptions, finish: bool = True):
       region = image[r0:r0 + size[0], c0:c0 + size[1]]
     source = tf.pad(region, [[0, canvas[0] - size[0]], [0, canvas[1] - size[1]], [0, 0]])
     source.set_shape([*canvas, 3])
-    params = tf.stack([in_hw[0], in_hw[1], new_hw[0], new_hw[1], top, left, r0, c0,
-                       tf.cast(ex["flip"], tf.int32), brightness(ex)])
+    params = ResizeParams(in_h=in_hw[0], in_w=in_hw[1], out_h=new_hw[0], out_w=new_hw[1],
+                          top=top, left=left, source_top=r0, source_left=c0, flip=ex["flip"],
+                          brightness=brightness(ex))
     return dict(ex, image=source, resize=params)
 
   stages = [("rescale: draw the size, offset and flip", draw),

@@ -254,7 +254,8 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
     distortion and the normalisation, 'label' in the stored dtype (uint8, or
     uint16 for 16-bit labels),
     'image_box' int32 [b, 4] (where the crop lies in the padding) and, with
-    the photometric distortion, its draws 'photometric' float32 [b, 9];
+    the photometric distortion, its draws 'photometric' (`ops.PhotometricDraws`
+    of [b] arrays);
     `train.train_step` finishes them (`train.finish_batch`).
   """
   global_batch = int(config_value(config, "batch_size"))
@@ -418,9 +419,11 @@ def scan_eval_sizes(config) -> dict[str, tuple[int, int]]:
 
 
 def _to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  """Each array of the batch (its named draws, `ops.PhotometricDraws` /
+  `ops.ResizeParams`, are entries of arrays too) laid out as `sharding`."""
   def put(key, value):
     s = sharding[key] if isinstance(sharding, Mapping) else sharding
-    return jax.make_array_from_process_local_data(s, value)
+    return jax.tree.map(lambda v: jax.make_array_from_process_local_data(s, v), value)
   return {k: put(k, v) for k, v in batch.items()}
 
 
