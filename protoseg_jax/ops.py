@@ -132,8 +132,8 @@ def normalize_image(image: jnp.ndarray, mean, std, *, input_order: str = "rgb",
 def scale_saturation(image: jnp.ndarray, factor) -> jnp.ndarray:
   """HSV saturation times `factor` (clipped to 1), hue and value kept, on RGB
   [..., 3] >= 0: each channel c -> V - a (V - c), a = min(factor, V / (V - m))
-  (V, m the max and min channel), clipped to 0..255; as
-  `trainer.augment.scale_saturation`."""
+  (V, m the max and min channel), clipped to 0..255: the HSV round trip
+  (tf.image.adjust_saturation) at a third of the cost."""
   v = jnp.max(image, axis=-1, keepdims=True)
   m = jnp.min(image, axis=-1, keepdims=True)
   a = jnp.minimum(factor, v / jnp.maximum(v - m, 1e-6))
@@ -176,14 +176,14 @@ class PhotometricDraws(NamedTuple):
   contrast_first: Any   # bool: contrast before the HSV steps (else after)
 
 
-def photometric_distortion(images: jnp.ndarray, draws: jnp.ndarray) -> jnp.ndarray:
+def photometric_distortion(images: jnp.ndarray, draws: PhotometricDraws) -> jnp.ndarray:
   """mmseg PhotoMetricDistortion of a batch on the device, with each image's
-  draws from the input pipeline (`trainer.augment.photometric_draws`, float32
-  [B, 9]): brightness + delta, contrast x alpha (before or after the HSV
-  steps), saturation x factor, hue + hue_shift / 180 turn, each step where
-  its flag is 1, clipped to 0..255 after each; as
-  `trainer.augment.photometric_distortion` (within float rounding: XLA's
-  FMAs and this module's hue formula; tested).
+  draws from the input pipeline (`trainer.augment.photometric_draws`):
+  brightness + delta, contrast x alpha (before or after the HSV steps),
+  saturation x factor, hue + hue_shift / 180 turn, each step where its flag
+  is set, clipped to 0..255 after each (mmseg also truncates to uint8
+  between steps, which is not reproduced). tests/test_augment compares it
+  with TF's kernels (tests/reference.py).
 
   Args:
     images: float32 [B, H, W, 3] RGB 0..255.
@@ -216,44 +216,82 @@ class ResizeParams(NamedTuple):
   brightness: Any       # the integer brightness shift
 
 
-def cubic_weight_terms(t, a: float = CUBIC_A) -> list:
+def cubic_weights(t: jnp.ndarray, a: float = CUBIC_A) -> jnp.ndarray:
   """Keys cubic convolution weights of the taps at -1, 0, 1, 2 of a fraction
-  t in [0, 1), as 4 arrays like t: arithmetic only, so that the host (TF
-  tensors, `trainer.augment.cubic_weights`) and the device (`cubic_weights`)
-  evaluate the same expressions."""
+  t in [0, 1): float32 [..., 4]."""
   def near(x):  # |x| <= 1
     return ((a + 2.) * x - (a + 3.)) * x * x + 1.
 
   def far(x):   # 1 < |x| < 2
     return ((a * x - 5. * a) * x + 8. * a) * x - 4. * a
 
-  return [far(t + 1.), near(t), near(1. - t), far(2. - t)]
+  return jnp.stack([far(t + 1.), near(t), near(1. - t), far(2. - t)], axis=-1)
 
 
-def cubic_weights(t: jnp.ndarray, a: float = CUBIC_A) -> jnp.ndarray:
-  """`cubic_weight_terms` stacked: float32 [..., 4]."""
-  return jnp.stack(cubic_weight_terms(t, a), axis=-1)
+def cubic_floor(n_in, n_out, dst):
+  """floor(src) of output pixel `dst` of a cubic resize n_in -> n_out with
+  half-pixel centres, src = (dst + 0.5) n_in / n_out - 0.5, exactly in
+  integers: the tap at offset 0. Integer arithmetic only, so that the
+  input pipeline (TF, `trainer.augment.openseg_stages`: which source rows and
+  columns to ship) and the device (`cubic_taps`) agree on every tap."""
+  return ((2 * dst + 1) * n_in - n_out) // (2 * n_out)
 
 
 def cubic_taps(n_in, n_out, dst) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Source taps of output pixels `dst` (int32 [...]) of a cubic resize
-  n_in -> n_out with half-pixel centres: src = (dst + 0.5) n_in / n_out - 0.5
-  computed exactly in integers (the fraction rounded once to float32, as the
-  host's float64 `trainer.augment.cubic_taps`), taps floor(src) - 1 ..
-  floor(src) + 2 clamped to [0, n_in - 1].
+  n_in -> n_out: floor(src) - 1 .. floor(src) + 2 (`cubic_floor`) clamped
+  to [0, n_in - 1] (border replicated; OpenCV's INTER_CUBIC and PyTorch's
+  bicubic with align_corners=False), with the fraction src - floor(src)
+  rounded once to float32.
 
   Returns:
     int32 [..., 4] indices, float32 [..., 4] weights.
   """
-  num = (2 * dst + 1) * n_in - n_out
-  den = 2 * n_out
-  lo = jnp.floor_divide(num, den)
+  n_in, n_out, dst = (jnp.asarray(v, jnp.int32) for v in (n_in, n_out, dst))
+  lo = cubic_floor(n_in, n_out, dst)
+  num, den = (2 * dst + 1) * n_in - n_out, 2 * n_out
   frac = (num - lo * den).astype(jnp.float32) / den.astype(jnp.float32)
   idx = jnp.clip(lo[..., None] + jnp.arange(-1, 3), 0, n_in[..., None] - 1)
   return idx, cubic_weights(frac)
 
 
-def openseg_resize_crop(source: jnp.ndarray, params: jnp.ndarray, box: jnp.ndarray,
+def cubic_resample(source: jnp.ndarray, rows: jnp.ndarray, row_weights: jnp.ndarray,
+                   cols: jnp.ndarray, col_weights: jnp.ndarray) -> jnp.ndarray:
+  """One image's separable cubic resample: output (i, j) = sum over the
+  taps of source[rows[i, k], cols[j, l]] * row_weights[i, k] *
+  col_weights[j, l], rows first. Each pass sums its 4 taps in order,
+  t0 + t1 + t2 + t3, and only the taps' rows are converted to float32.
+
+  Args:
+    source: [H, W, C] uint8 or float.
+    rows, row_weights: int32 / float32 [h, 4]; cols, col_weights: [w, 4].
+  Returns:
+    float32 [h, w, C].
+  """
+  out_rows = None
+  for k in range(4):
+    tap = source[rows[:, k]].astype(jnp.float32) * row_weights[:, k, None, None]
+    out_rows = tap if out_rows is None else out_rows + tap
+  out = None
+  for k in range(4):
+    tap = out_rows[:, cols[:, k]] * col_weights[None, :, k, None]
+    out = tap if out is None else out + tap
+  return out
+
+
+def resize_bicubic(image: jnp.ndarray, out_hw: tuple[int, int], top_left=(0, 0),
+                   win_hw: tuple[int, int] | None = None) -> jnp.ndarray:
+  """Bicubic (Keys a = -0.75: OpenCV INTER_CUBIC, PyTorch's bicubic with
+  align_corners=False, no antialiasing) resize of one image [H, W, C] to
+  `out_hw`, or only its window at `top_left` of `win_hw`; float32, not
+  rounded. `openseg_resize_crop`'s resample (the same taps, weights and sums)."""
+  win_hw = tuple(out_hw) if win_hw is None else tuple(win_hw)
+  rows = cubic_taps(image.shape[0], out_hw[0], top_left[0] + jnp.arange(win_hw[0]))
+  cols = cubic_taps(image.shape[1], out_hw[1], top_left[1] + jnp.arange(win_hw[1]))
+  return cubic_resample(jnp.asarray(image), *rows, *cols)
+
+
+def openseg_resize_crop(source: jnp.ndarray, params: ResizeParams, box: jnp.ndarray,
                         crop_hw: tuple[int, int]) -> jnp.ndarray:
   """openseg's rescale (bicubic, OpenCV INTER_CUBIC, a = -0.75), crop, flip and
   brightness of a batch on the device, from the source rows and columns the
@@ -262,11 +300,11 @@ def openseg_resize_crop(source: jnp.ndarray, params: jnp.ndarray, box: jnp.ndarr
   Each example's window of the virtual resize in_hw -> out_hw at (top,
   left), of box's (height, width), mirrored when `flip`, lands at box's
   (top, left) of a crop_hw canvas; values are rounded to integers, clipped
-  to 0..255, shifted by `brightness` and clipped again (as
-  `trainer.augment.openseg_transform`: the same taps and weights; sums
-  differ by float rounding, so a value within ~1e-4 of a half may round the
-  other way; tested). Outside the box the values are meaningless
-  (`normalize_image` zeroes them).
+  to 0..255, shifted by `brightness` and clipped again (cv2's uint8 resize,
+  then openseg's brightness: within float rounding of exact arithmetic, so a
+  value within ~1e-4 of a half may round the other way; tests/test_augment
+  compares with a float64 reference). Outside the box the values are
+  meaningless (`normalize_image` zeroes them).
 
   Args:
     source: uint8 [B, SH, SW, 3]: rows source_top.. and columns source_left..
@@ -288,18 +326,37 @@ def openseg_resize_crop(source: jnp.ndarray, params: jnp.ndarray, box: jnp.ndarr
   ci, cwt = cubic_taps(p.in_w[:, None], p.out_w[:, None], p.left[:, None] + win_c)
   ri = ri - p.source_top[:, None, None]
   ci = ci - p.source_left[:, None, None]
-
-  def one(src, ri, rw, ci, cwt):
-    rows = None
-    for k in range(4):       # t0 + t1 + t2 + t3, as the host; only the taps' rows converted
-      tap = src[ri[:, k]].astype(jnp.float32) * rw[:, k, None, None]
-      rows = tap if rows is None else rows + tap
-    out = None
-    for k in range(4):
-      tap = rows[:, ci[:, k]] * cwt[None, :, k, None]
-      out = tap if out is None else out + tap
-    return out
-
-  y = jax.vmap(one)(source, ri, rw, ci, cwt)
+  y = jax.vmap(cubic_resample)(source, ri, rw, ci, cwt)
   d = p.brightness.astype(jnp.float32)[:, None, None, None]
   return jnp.clip(jnp.round(y) + d, jnp.maximum(d, 0.), jnp.minimum(255. + d, 255.))
+
+
+def finish_crops(batch: dict, *, mean, std, input_order: str) -> dict:
+  """The train batch the network sees, from the input pipeline's
+  (`trainer.augment.raw_transform`'s: RGB crops in 0..255 before the last
+  steps of the augmentation, with 'image_box'): openseg's bicubic resize
+  first when 'resize' is there (the image is then the source rows and
+  columns, `openseg_resize_crop`), the photometric distortion when its draws
+  'photometric' are there (`photometric_distortion`), then the channel order
+  and normalisation with 0 outside the box (`normalize_image`), and the
+  'label' as int32 (the pipeline ships the stored uint8 / uint16). The
+  batch's other entries pass through; 'image_box', 'photometric' and
+  'resize' are used up.
+
+  Args:
+    batch: {'image' uint8 [B, ...], 'label' [B, ch, cw], 'image_box' int32
+      [B, 4], optional 'photometric' (`PhotometricDraws`) and 'resize'
+      (`ResizeParams`), ...}.
+    mean, std, input_order: config.dataset's normalisation.
+  """
+  if "resize" in batch:      # openseg's bicubic rescale, crop, flip and brightness
+    image = openseg_resize_crop(batch["image"], batch["resize"], batch["image_box"],
+                                batch["label"].shape[1:3])
+  else:
+    image = batch["image"].astype(jnp.float32)
+  if "photometric" in batch:
+    image = photometric_distortion(image, batch["photometric"])
+  image = normalize_image(image, tuple(mean), tuple(std), input_order=input_order,
+                          box=batch["image_box"])
+  rest = {k: v for k, v in batch.items() if k not in ("image_box", "photometric", "resize")}
+  return {**rest, "image": image, "label": batch["label"].astype(jnp.int32)}
