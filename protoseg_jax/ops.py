@@ -86,23 +86,36 @@ def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = 1e-12) -> jnp.ndar
 
 def normalization_constants(mean, std) -> tuple[np.ndarray, np.ndarray]:
   """(scale, offset), float32 [3]: a normalised pixel is x * scale - offset with
-  scale = 1 / std and offset = mean * scale, on the host (`trainer.augment.normalize`)
-  and on the device (`normalize_image`) alike."""
+  scale = 1 / std and offset = mean * scale (`normalize_pixels`)."""
   scale = 1.0 / np.asarray(std, np.float32)
   return scale, np.asarray(mean, np.float32) * scale
+
+
+def normalize_pixels(x, mean, std, input_order: str):
+  """float32 RGB [..., 3] in 0..255 -> the network's input: channel order
+  ("rgb" as is, "bgr" reversed), then x * (1 / std) - mean / std with
+  float32 constants (`normalization_constants`; channel i of the reordered
+  image uses mean[i], std[i]: with RGB-listed statistics "bgr" is openseg's
+  `input_mode: BGR`). Operators only, so that the eval pipeline (TF tensors,
+  `trainer.augment.eval_transform`) and the train step (`normalize_image`)
+  run this one expression; XLA fuses the multiply and subtract into one FMA,
+  so the step's values can differ from TF's by 1 ulp."""
+  if input_order == "bgr":
+    x = x[..., ::-1]
+  elif input_order != "rgb":
+    raise ValueError(f"input_order must be one of ('rgb', 'bgr'), got {input_order!r}")
+  scale, offset = normalization_constants(mean, std)
+  return x * scale - offset
 
 
 def normalize_image(image: jnp.ndarray, mean, std, *, input_order: str = "rgb",
                     box: jnp.ndarray | None = None) -> jnp.ndarray:
   """Un-normalised RGB images -> the network's input, on the device.
 
-  The host's `trainer.augment.normalize_input` (channel order, then
-  image * (1 / std) - mean * (1 / std) with float32 constants; XLA fuses
-  the two into one FMA, so values can differ from the host's by 1 ulp).
-  Used by the train step after the input pipeline's `raw_transform`
-  (config.dataset.finish_on_device: the host ships uint8, a quarter of
-  the bytes, and skips a float pass over every pixel) and by the exported
-  inference function.
+  `normalize_pixels` of the images as float32, 0 outside `box`. Used by
+  the train step after the input pipeline's `raw_transform` (the host
+  ships uint8, a quarter of the bytes, and skips a float pass over every
+  pixel) and by the exported inference function.
 
   Args:
     image: [..., 3] uint8 or float, RGB in 0..255 ([B, H, W, 3] with `box`).
@@ -113,13 +126,7 @@ def normalize_image(image: jnp.ndarray, mean, std, *, input_order: str = "rgb",
   Returns:
     float32 [B, H, W, 3].
   """
-  x = image.astype(jnp.float32)
-  if input_order == "bgr":
-    x = x[..., ::-1]
-  elif input_order != "rgb":
-    raise ValueError(f"input_order must be one of ('rgb', 'bgr'), got {input_order!r}")
-  scale, offset = normalization_constants(mean, std)
-  x = x * scale - offset
+  x = normalize_pixels(image.astype(jnp.float32), mean, std, input_order)
   if box is None:
     return x
   rows = jnp.arange(x.shape[1])[None, :, None]

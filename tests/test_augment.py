@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -16,7 +17,8 @@ import reference
 def _opts(**kw):
   base = dict(crop_size=(32, 48), scale=(40, 40), ratio_range=(1.0, 1.0), cat_max_ratio=1.0,
               flip_prob=0.5, photometric=False, mean=(0., 0., 0.), std=(1., 1., 1.),
-              ignore_index=255)
+              ignore_index=255, input_order="rgb", augmentation="mmseg",
+              aspect_range=(0.9, 1.1), brightness_shift=10, num_classes=256)
   base.update(kw)
   return augment.TrainOptions(**base)
 
@@ -208,7 +210,7 @@ def test_random_flip_flips_image_and_label_together():
 
 def test_normalize_is_per_channel_mean_std():
   image = tf.constant(np.array([[[10., 20., 30.]]], np.float32))
-  got = augment.normalize(image, (1., 2., 3.), (3., 6., 9.)).numpy()
+  got = ops.normalize_pixels(image, (1., 2., 3.), (3., 6., 9.), "rgb").numpy()
   np.testing.assert_allclose(got, [[[3., 3., 3.]]], rtol=1e-6)
 
 
@@ -219,8 +221,8 @@ def test_normalize_is_per_channel_mean_std():
 def _openseg_opts(**kw):
   base = dict(crop_size=(32, 48), scale=(40, 40), ratio_range=(1.0, 1.0), cat_max_ratio=1.0,
               flip_prob=0.5, photometric=False, mean=(0., 0., 0.), std=(1., 1., 1.),
-              ignore_index=255, augmentation="openseg", aspect_range=(1.0, 1.0),
-              brightness_shift=10)
+              ignore_index=255, input_order="rgb", augmentation="openseg",
+              aspect_range=(1.0, 1.0), brightness_shift=10, num_classes=256)
   base.update(kw)
   return augment.TrainOptions(**base)
 
@@ -386,14 +388,15 @@ def test_transform_dispatches_on_augmentation():
 def test_input_order_bgr_reverses_channels_then_normalises_with_mean_std_as_listed():
   image = tf.constant(np.random.RandomState(2).rand(4, 5, 3).astype(np.float32) * 255)
   mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
-  got = augment.normalize_input(image, mean, std, "bgr").numpy()
+  got = ops.normalize_pixels(image, mean, std, "bgr").numpy()
   bgr = image.numpy()[..., ::-1]
   want = np.stack([(bgr[..., i] - mean[i]) / std[i] for i in range(3)], -1)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  np.testing.assert_array_equal(augment.normalize_input(image, mean, std, "rgb").numpy(),
-                                augment.normalize(image, mean, std).numpy())
+  # the eval pipeline's (TF) and the train step's (jnp) run of the one expression
+  on_device = ops.normalize_pixels(jax.numpy.asarray(image.numpy()), mean, std, "bgr")
+  np.testing.assert_array_max_ulp(np.asarray(on_device), got, maxulp=1)
   with pytest.raises(ValueError, match="input_order"):
-    augment.normalize_input(image, mean, std, "gbr")
+    ops.normalize_pixels(image, mean, std, "gbr")
   from protoseg_jax.convert import official
   assert augment.INPUT_ORDERS == official.INPUT_ORDERS
   # In the transforms: bgr == rgb with channels reversed (zero mean, unit std).

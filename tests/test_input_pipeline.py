@@ -216,7 +216,7 @@ def test_a_missing_config_key_is_named(demo_dir):
 def test_openseg_augmentation_batches(demo_dir):
   config = make_config(demo_dir, augmentation="openseg", photometric=False, cat_max_ratio=1.0)
   # finished on the device with its resize (the defaults): the source canvases
-  canvas = augment.source_canvas(ip.train_options(config, 255))
+  canvas = augment.source_canvas(ip.train_options(config, 255, NUM_CLASSES))
   for batch in _batches(ip.make_train_dataset(config, process_index=0, process_count=1), 4):
     assert batch["image"].shape == (4, *canvas, 3) and batch["label"].shape == (4, 64, 64)
     assert batch["image"].dtype == np.uint8 and batch["resize"].out_h.shape == (4,)

@@ -29,8 +29,8 @@ import numpy as np
 import tensorflow as tf
 
 from protoseg_jax import ops
-from protoseg_jax.ops import PhotometricDraws, ResizeParams, cubic_floor, normalization_constants
-from protoseg_jax.validate import AUGMENTATIONS, INPUT_ORDERS
+from protoseg_jax.ops import PhotometricDraws, ResizeParams, cubic_floor
+from protoseg_jax.validate import AUGMENTATIONS, INPUT_ORDERS  # noqa: F401 (INPUT_ORDERS: this module's vocabulary)
 
 
 def rescale_size(hw, scale, ratio=1.0):
@@ -211,16 +211,11 @@ def random_flip(image, label, seed, prob: float):
                  lambda: (image, label))
 
 
-def normalize(image, mean, std):
-  """(image - mean) / std per channel (float32 [..., 3]; mean/std in the image's
-  units), as image * scale - offset (`ops.normalization_constants`)."""
-  scale, offset = normalization_constants(mean, std)
-  return image * scale - offset
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainOptions:
-  """The settings of `train_transform` (config.dataset's, plus the dataset's ignore index)."""
+  """The settings of `transform_stages`: config.dataset's (configs/default.py
+  holds their defaults; `input_pipeline.train_options` reads them), plus the
+  dataset's ignore index and class count. No defaults of their own."""
   crop_size: tuple[int, int]
   scale: tuple[int, int]
   ratio_range: tuple[float, float]
@@ -230,38 +225,21 @@ class TrainOptions:
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
   ignore_index: int
-  input_order: str = "rgb"              # INPUT_ORDERS: "bgr" reverses the channels before normalise
-  augmentation: str = "mmseg"           # AUGMENTATIONS: train_transform | openseg_transform
-  aspect_range: tuple[float, float] = (0.9, 1.1)   # openseg only
-  brightness_shift: int = 10                       # openseg only
-  num_classes: int = 256                           # the crop retries count ids below max(256, this)
-
-
-def to_input_order(image, input_order: str):
-  """RGB image [..., 3] -> the network's channel order ("rgb": as is, "bgr": reversed)."""
-  if input_order == "rgb":
-    return image
-  if input_order == "bgr":
-    return tf.reverse(image, [-1])
-  raise ValueError(f"input_order must be one of {INPUT_ORDERS}, got {input_order!r}")
-
-
-def normalize_input(image, mean, std, input_order: str):
-  """Channel order, then `normalize`: channel i of the (possibly BGR) image uses mean[i], std[i].
-
-  With input_order="bgr" and RGB-listed statistics this is exactly openseg's
-  `input_mode: BGR` normalisation (B with R's mean/std and R with B's).
-  """
-  return normalize(to_input_order(image, input_order), mean, std)
+  input_order: str                      # INPUT_ORDERS: "bgr" reverses the channels before normalise
+  augmentation: str                     # AUGMENTATIONS: mmseg_stages | openseg_stages
+  aspect_range: tuple[float, float]     # openseg only
+  brightness_shift: int                 # openseg only
+  num_classes: int                      # the crop retries count ids below max(256, this)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
-  """The eval preprocessing (config.dataset: eval_scale, mean, std, input_order)."""
+  """The eval preprocessing (config.dataset: eval_scale, mean, std, input_order;
+  `input_pipeline.eval_options`). No defaults of their own."""
   scale: tuple[int, int] | None        # keep-ratio test scale (long, short); None: as is
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
-  input_order: str = "rgb"
+  input_order: str
 
 
 def eval_transform(image, opts: EvalOptions):
@@ -270,7 +248,7 @@ def eval_transform(image, opts: EvalOptions):
 
   Keep-ratio `rescale_size` to opts.scale with a bilinear resize (no
   antialiasing, as mmseg's cv2 resize), then channel order and
-  normalisation (`normalize_input`).
+  normalisation (`ops.normalize_pixels`, the train step's expression).
 
   Args:
     image: uint8 [H, W, 3] RGB (a tf tensor or array).
@@ -284,7 +262,7 @@ def eval_transform(image, opts: EvalOptions):
   else:
     new_hw = rescale_size(tf.shape(image)[:2], opts.scale)
     image = tf.image.resize(image, new_hw, method="bilinear", antialias=False)
-  return normalize_input(image, opts.mean, opts.std, opts.input_order), new_hw
+  return ops.normalize_pixels(image, opts.mean, opts.std, opts.input_order), new_hw
 
 
 def preprocess_image(image: np.ndarray, opts: EvalOptions) -> np.ndarray:

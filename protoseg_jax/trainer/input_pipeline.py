@@ -87,9 +87,10 @@ def eval_canvases(config) -> tuple[tuple[int, int], tuple[int, int]]:
           _pair(_ds(config, "eval_label_canvas"), "eval_label_canvas"))
 
 
-def train_options(config, ignore_index: int, num_classes: int = 256) -> augment.TrainOptions:
+def train_options(config, ignore_index: int, num_classes: int) -> augment.TrainOptions:
   """config.dataset's train transform settings (their values are checked by
-  validate.validate_config, which the trainer runs first)."""
+  validate.validate_config, which the trainer runs first; their defaults are
+  configs/default.py's, the options have none)."""
   mean, std = _mean_std(config)
   return augment.TrainOptions(
       crop_size=_pair(_ds(config, "crop_size"), "crop_size"),
