@@ -30,7 +30,8 @@ import tensorflow as tf
 
 from protoseg_jax import ops
 from protoseg_jax.ops import PhotometricDraws, ResizeParams, cubic_floor
-from protoseg_jax.validate import AUGMENTATIONS, INPUT_ORDERS  # noqa: F401 (INPUT_ORDERS: this module's vocabulary)
+# INPUT_ORDERS is this module's vocabulary too (TrainOptions.input_order).
+from protoseg_jax.validate import AUGMENTATIONS, INPUT_ORDERS  # noqa: F401
 
 
 def rescale_size(hw, scale, ratio=1.0):
@@ -574,8 +575,8 @@ def openseg_stages(opts: TrainOptions):
     source = tf.pad(region, [[0, canvas[0] - size[0]], [0, canvas[1] - size[1]], [0, 0]])
     source.set_shape([*canvas, 3])
     params = ResizeParams(in_h=in_hw[0], in_w=in_hw[1], out_h=new_hw[0], out_w=new_hw[1],
-                          top=top_left[0], left=top_left[1], source_top=r0, source_left=c0, flip=ex["flip"],
-                          brightness=brightness(ex))
+                          top=top_left[0], left=top_left[1], source_top=r0, source_left=c0,
+                          flip=ex["flip"], brightness=brightness(ex))
     return dict(ex, image=source, resize=params)
 
   return [("rescale: draw the size, offset and flip", draw),
