@@ -20,8 +20,8 @@ def profile_train_steps(config, seed: int = 0) -> list[tuple[str, tf.data.Datase
   For `bench.bench_input_pipeline --profile`: (name, dataset) pairs, the k-th
   dataset running the train split's records (stored order, repeated) through
   steps 1..k: read, decode the image, decode the label (with the size check
-  and the held-out map), then `augment.transform_stages` (without the
-  device's steps under config.dataset.finish_on_device). Each yields one
+  and the held-out map), then `augment.transform_stages` (the host's part;
+  the train step finishes the batch). Each yields one
   float per example, a sum over a sample of every tensor the last step made,
   so that nothing is pruned and no array is copied out. The difference of
   two consecutive datasets' cost is the cost of a step; shuffling, the row
@@ -35,14 +35,14 @@ def profile_train_steps(config, seed: int = 0) -> list[tuple[str, tf.data.Datase
   split = datasets.config_value(config, "dataset.train_split")
   records = ip.read_split(builder, split).repeat().enumerate()
 
-  def fingerprint(*tensors):
+  def fingerprint(*tensors):   # the named draws (`ops.PhotometricDraws`) entry by entry
     return tf.add_n([tf.reduce_sum(tf.cast(tf.reshape(t, [-1])[::1009], tf.float32))
-                     for t in tensors])
+                     for t in tf.nest.flatten(tensors)])
 
   def decoded(i, image_bytes, label_bytes):
     return (*decode_example(image_bytes, label_bytes), ip.example_seed(seed, 0, i))
 
-  all_stages = augment.transform_stages(opts, finish=not ip.finishes_on_device(config))
+  all_stages = augment.transform_stages(opts)
 
   def prefix(k):
     stages = all_stages[:k]

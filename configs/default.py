@@ -65,11 +65,11 @@ def get_config():
   ds.std = IMAGENET_STD
   ds.input_order = "rgb"                # rgb | bgr: "bgr" reverses channels, then mean[i]/std[i] (openseg input_mode BGR)
   ds.finish_on_device = True            # the train step does the last steps of the train transform
-                                        # (photometric distortion, channel order, normalisation):
-                                        # uint8 crops for openseg, less host work; equal to the
-                                        # host's within float rounding (docs/datasets.md)
-  ds.resize_on_device = True            # openseg, with finish_on_device: its bicubic rescale, crop,
-                                        # flip and brightness too (the host ships the source rows)
+                                        # (photometric distortion, channel order, normalisation);
+                                        # True only: False (the removed host path) is refused for a
+                                        # new run, ignored on resume (docs/datasets.md)
+  ds.resize_on_device = True            # openseg: its bicubic rescale, crop, flip and brightness
+                                        # too (the host ships the source rows); True only, as above
   ds.shuffle_buffer = 1024
   ds.num_parallel_calls = -1            # tf.data map parallelism; -1: AUTOTUNE
   ds.prefetch = 2

@@ -14,7 +14,7 @@ In Python:
   logits, labels = fn(variables, images)                    # what every artefact computes
 
 Every artefact is the same function, the model's whole-image inference
-with the evaluation's normalisation inside (`trainer.augment.normalize`
+with the evaluation's normalisation inside (`ops.normalize_pixels`
 with config.dataset.mean / std / input_order):
 
   images  float32 [B, H, W, 3], RGB, 0..255, H x W the export size (default

@@ -9,6 +9,8 @@ on TPU/GPU: two small matmuls).
 
 from __future__ import annotations
 
+from typing import Any, NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -84,23 +86,36 @@ def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = 1e-12) -> jnp.ndar
 
 def normalization_constants(mean, std) -> tuple[np.ndarray, np.ndarray]:
   """(scale, offset), float32 [3]: a normalised pixel is x * scale - offset with
-  scale = 1 / std and offset = mean * scale, on the host (`trainer.augment.normalize`)
-  and on the device (`normalize_image`) alike."""
+  scale = 1 / std and offset = mean * scale (`normalize_pixels`)."""
   scale = 1.0 / np.asarray(std, np.float32)
   return scale, np.asarray(mean, np.float32) * scale
+
+
+def normalize_pixels(x, mean, std, input_order: str):
+  """float32 RGB [..., 3] in 0..255 -> the network's input: channel order
+  ("rgb" as is, "bgr" reversed), then x * (1 / std) - mean / std with
+  float32 constants (`normalization_constants`; channel i of the reordered
+  image uses mean[i], std[i]: with RGB-listed statistics "bgr" is openseg's
+  `input_mode: BGR`). Operators only, so that the eval pipeline (TF tensors,
+  `trainer.augment.eval_transform`) and the train step (`normalize_image`)
+  run this one expression; XLA fuses the multiply and subtract into one FMA,
+  so the step's values can differ from TF's by 1 ulp."""
+  if input_order == "bgr":
+    x = x[..., ::-1]
+  elif input_order != "rgb":
+    raise ValueError(f"input_order must be one of ('rgb', 'bgr'), got {input_order!r}")
+  scale, offset = normalization_constants(mean, std)
+  return x * scale - offset
 
 
 def normalize_image(image: jnp.ndarray, mean, std, *, input_order: str = "rgb",
                     box: jnp.ndarray | None = None) -> jnp.ndarray:
   """Un-normalised RGB images -> the network's input, on the device.
 
-  The host's `trainer.augment.normalize_input` (channel order, then
-  image * (1 / std) - mean * (1 / std) with float32 constants; XLA fuses
-  the two into one FMA, so values can differ from the host's by 1 ulp).
-  Used by the train step after the input pipeline's `raw_transform`
-  (config.dataset.finish_on_device: the host ships uint8, a quarter of
-  the bytes, and skips a float pass over every pixel) and by the exported
-  inference function.
+  `normalize_pixels` of the images as float32, 0 outside `box`. Used by
+  the train step after the input pipeline's `raw_transform` (the host
+  ships uint8, a quarter of the bytes, and skips a float pass over every
+  pixel) and by the exported inference function.
 
   Args:
     image: [..., 3] uint8 or float, RGB in 0..255 ([B, H, W, 3] with `box`).
@@ -111,13 +126,7 @@ def normalize_image(image: jnp.ndarray, mean, std, *, input_order: str = "rgb",
   Returns:
     float32 [B, H, W, 3].
   """
-  x = image.astype(jnp.float32)
-  if input_order == "bgr":
-    x = x[..., ::-1]
-  elif input_order != "rgb":
-    raise ValueError(f"input_order must be one of ('rgb', 'bgr'), got {input_order!r}")
-  scale, offset = normalization_constants(mean, std)
-  x = x * scale - offset
+  x = normalize_pixels(image.astype(jnp.float32), mean, std, input_order)
   if box is None:
     return x
   rows = jnp.arange(x.shape[1])[None, :, None]
@@ -130,8 +139,8 @@ def normalize_image(image: jnp.ndarray, mean, std, *, input_order: str = "rgb",
 def scale_saturation(image: jnp.ndarray, factor) -> jnp.ndarray:
   """HSV saturation times `factor` (clipped to 1), hue and value kept, on RGB
   [..., 3] >= 0: each channel c -> V - a (V - c), a = min(factor, V / (V - m))
-  (V, m the max and min channel), clipped to 0..255; as
-  `trainer.augment.scale_saturation`."""
+  (V, m the max and min channel), clipped to 0..255: the HSV round trip
+  (tf.image.adjust_saturation) at a third of the cost."""
   v = jnp.max(image, axis=-1, keepdims=True)
   m = jnp.min(image, axis=-1, keepdims=True)
   a = jnp.minimum(factor, v / jnp.maximum(v - m, 1e-6))
@@ -158,82 +167,138 @@ def adjust_hue(image: jnp.ndarray, delta) -> jnp.ndarray:
   return v[..., None] - chroma[..., None] * jnp.clip(jnp.minimum(k, 4. - k), 0., 1.)
 
 
-# The layout of an example's photometric draws (float32 [9]), shared by the
-# host (`trainer.augment.photometric_draws` / `photometric_distortion`) and
-# the device (`photometric_distortion` below); the flags are 0 or 1.
-PHOTOMETRIC_DRAWS = ("brightness", "delta", "contrast", "alpha", "saturation", "factor", "hue",
-                     "hue_shift", "contrast_first")
+class PhotometricDraws(NamedTuple):
+  """One example's (scalars, on the host) or a batch's ([B], on the device)
+  draws of mmseg's PhotoMetricDistortion, made by the input pipeline
+  (`trainer.augment.photometric_draws`) and applied by `photometric_distortion`.
+  Each flag is True with probability 0.5."""
+  brightness: Any       # bool: add `delta`
+  delta: Any            # float32 ~ U(-32, 32)
+  contrast: Any         # bool: multiply by `alpha`
+  alpha: Any            # float32 ~ U(0.5, 1.5)
+  saturation: Any       # bool: scale the saturation by `factor`
+  factor: Any           # float32 ~ U(0.5, 1.5)
+  hue: Any              # bool: rotate the hue by `hue_shift`
+  hue_shift: Any        # float32 integer in [-18, 18), OpenCV units (180 a turn)
+  contrast_first: Any   # bool: contrast before the HSV steps (else after)
 
 
-def photometric_distortion(images: jnp.ndarray, draws: jnp.ndarray) -> jnp.ndarray:
+def photometric_distortion(images: jnp.ndarray, draws: PhotometricDraws) -> jnp.ndarray:
   """mmseg PhotoMetricDistortion of a batch on the device, with each image's
-  draws from the input pipeline (`trainer.augment.photometric_draws`, float32
-  [B, 9]): brightness + delta, contrast x alpha (before or after the HSV
-  steps), saturation x factor, hue + hue_shift / 180 turn, each step where
-  its flag is 1, clipped to 0..255 after each; as
-  `trainer.augment.photometric_distortion` (within float rounding: XLA's
-  FMAs and this module's hue formula; tested).
+  draws from the input pipeline (`trainer.augment.photometric_draws`):
+  brightness + delta, contrast x alpha (before or after the HSV steps),
+  saturation x factor, hue + hue_shift / 180 turn, each step where its flag
+  is set, clipped to 0..255 after each (mmseg also truncates to uint8
+  between steps, which is not reproduced). tests/test_augment compares it
+  with TF's kernels (tests/reference.py).
 
   Args:
     images: float32 [B, H, W, 3] RGB 0..255.
-    draws: float32 [B, 9], laid out as PHOTOMETRIC_DRAWS.
+    draws: `PhotometricDraws` of [B] arrays.
   """
-  d = {name: draws[:, i, None, None] for i, name in enumerate(PHOTOMETRIC_DRAWS)}   # [B, 1, 1]
-  on = {name: d[name][..., None] > 0.5 for name in ("brightness", "contrast", "saturation", "hue")}
-  first = d["contrast_first"][..., None] > 0.5
-  contrast = lambda y: jnp.clip(y * d["alpha"][..., None], 0., 255.)
-  x = jnp.where(on["brightness"], jnp.clip(images + d["delta"][..., None], 0., 255.), images)
-  x = jnp.where(on["contrast"] & first, contrast(x), x)
-  x = jnp.where(on["saturation"], scale_saturation(x, d["factor"][..., None]), x)
-  x = jnp.where(on["hue"], adjust_hue(x, d["hue_shift"] / 180.), x)
-  return jnp.where(on["contrast"] & ~first, contrast(x), x)
+  d = PhotometricDraws(*(jnp.asarray(v)[:, None, None] for v in draws))   # [B, 1, 1]
+  pixel = lambda v: v[..., None]                                           # [B, 1, 1, 1]
+  first = pixel(d.contrast_first)
+  contrast = lambda y: jnp.clip(y * pixel(d.alpha), 0., 255.)
+  x = jnp.where(pixel(d.brightness), jnp.clip(images + pixel(d.delta), 0., 255.), images)
+  x = jnp.where(pixel(d.contrast) & first, contrast(x), x)
+  x = jnp.where(pixel(d.saturation), scale_saturation(x, pixel(d.factor)), x)
+  x = jnp.where(pixel(d.hue), adjust_hue(x, d.hue_shift / 180.), x)
+  return jnp.where(pixel(d.contrast) & ~first, contrast(x), x)
 
 
-# The per-example integers of `openseg_resize_crop` (int32 [B, len]), as the
-# input pipeline's `trainer.augment.raw_transform` ships them with
-# config.dataset.resize_on_device.
-RESIZE_PARAMS = ("in_h", "in_w", "out_h", "out_w", "top", "left", "source_top", "source_left",
-                 "flip", "brightness")
+class ResizeParams(NamedTuple):
+  """What `openseg_resize_crop` does to one example (int32 scalars on the
+  host, [B] on the device), as the input pipeline's
+  `trainer.augment.raw_transform` ships it with config.dataset.resize_on_device."""
+  in_h: Any             # the stored image's size
+  in_w: Any
+  out_h: Any            # the size of the virtual bicubic resize
+  out_w: Any
+  top: Any              # the crop window's offset in that resize
+  left: Any
+  source_top: Any       # the first source row / column shipped (the taps' first)
+  source_left: Any
+  flip: Any             # bool: the window mirrored left-right
+  brightness: Any       # the integer brightness shift
 
 
-def cubic_weight_terms(t, a: float = CUBIC_A) -> list:
+def cubic_weights(t: jnp.ndarray, a: float = CUBIC_A) -> jnp.ndarray:
   """Keys cubic convolution weights of the taps at -1, 0, 1, 2 of a fraction
-  t in [0, 1), as 4 arrays like t: arithmetic only, so that the host (TF
-  tensors, `trainer.augment.cubic_weights`) and the device (`cubic_weights`)
-  evaluate the same expressions."""
+  t in [0, 1): float32 [..., 4]."""
   def near(x):  # |x| <= 1
     return ((a + 2.) * x - (a + 3.)) * x * x + 1.
 
   def far(x):   # 1 < |x| < 2
     return ((a * x - 5. * a) * x + 8. * a) * x - 4. * a
 
-  return [far(t + 1.), near(t), near(1. - t), far(2. - t)]
+  return jnp.stack([far(t + 1.), near(t), near(1. - t), far(2. - t)], axis=-1)
 
 
-def cubic_weights(t: jnp.ndarray, a: float = CUBIC_A) -> jnp.ndarray:
-  """`cubic_weight_terms` stacked: float32 [..., 4]."""
-  return jnp.stack(cubic_weight_terms(t, a), axis=-1)
+def cubic_floor(n_in, n_out, dst):
+  """floor(src) of output pixel `dst` of a cubic resize n_in -> n_out with
+  half-pixel centres, src = (dst + 0.5) n_in / n_out - 0.5, exactly in
+  integers: the tap at offset 0. Integer arithmetic only, so that the
+  input pipeline (TF, `trainer.augment.openseg_stages`: which source rows and
+  columns to ship) and the device (`cubic_taps`) agree on every tap."""
+  return ((2 * dst + 1) * n_in - n_out) // (2 * n_out)
 
 
 def cubic_taps(n_in, n_out, dst) -> tuple[jnp.ndarray, jnp.ndarray]:
   """Source taps of output pixels `dst` (int32 [...]) of a cubic resize
-  n_in -> n_out with half-pixel centres: src = (dst + 0.5) n_in / n_out - 0.5
-  computed exactly in integers (the fraction rounded once to float32, as the
-  host's float64 `trainer.augment.cubic_taps`), taps floor(src) - 1 ..
-  floor(src) + 2 clamped to [0, n_in - 1].
+  n_in -> n_out: floor(src) - 1 .. floor(src) + 2 (`cubic_floor`) clamped
+  to [0, n_in - 1] (border replicated; OpenCV's INTER_CUBIC and PyTorch's
+  bicubic with align_corners=False), with the fraction src - floor(src)
+  rounded once to float32.
 
   Returns:
     int32 [..., 4] indices, float32 [..., 4] weights.
   """
-  num = (2 * dst + 1) * n_in - n_out
-  den = 2 * n_out
-  lo = jnp.floor_divide(num, den)
+  n_in, n_out, dst = (jnp.asarray(v, jnp.int32) for v in (n_in, n_out, dst))
+  lo = cubic_floor(n_in, n_out, dst)
+  num, den = (2 * dst + 1) * n_in - n_out, 2 * n_out
   frac = (num - lo * den).astype(jnp.float32) / den.astype(jnp.float32)
   idx = jnp.clip(lo[..., None] + jnp.arange(-1, 3), 0, n_in[..., None] - 1)
   return idx, cubic_weights(frac)
 
 
-def openseg_resize_crop(source: jnp.ndarray, params: jnp.ndarray, box: jnp.ndarray,
+def cubic_resample(source: jnp.ndarray, rows: jnp.ndarray, row_weights: jnp.ndarray,
+                   cols: jnp.ndarray, col_weights: jnp.ndarray) -> jnp.ndarray:
+  """One image's separable cubic resample: output (i, j) = sum over the
+  taps of source[rows[i, k], cols[j, l]] * row_weights[i, k] *
+  col_weights[j, l], rows first. Each pass sums its 4 taps in order,
+  t0 + t1 + t2 + t3, and only the taps' rows are converted to float32.
+
+  Args:
+    source: [H, W, C] uint8 or float.
+    rows, row_weights: int32 / float32 [h, 4]; cols, col_weights: [w, 4].
+  Returns:
+    float32 [h, w, C].
+  """
+  out_rows = None
+  for k in range(4):
+    tap = source[rows[:, k]].astype(jnp.float32) * row_weights[:, k, None, None]
+    out_rows = tap if out_rows is None else out_rows + tap
+  out = None
+  for k in range(4):
+    tap = out_rows[:, cols[:, k]] * col_weights[None, :, k, None]
+    out = tap if out is None else out + tap
+  return out
+
+
+def resize_bicubic(image: jnp.ndarray, out_hw: tuple[int, int], top_left=(0, 0),
+                   win_hw: tuple[int, int] | None = None) -> jnp.ndarray:
+  """Bicubic (Keys a = -0.75: OpenCV INTER_CUBIC, PyTorch's bicubic with
+  align_corners=False, no antialiasing) resize of one image [H, W, C] to
+  `out_hw`, or only its window at `top_left` of `win_hw`; float32, not
+  rounded. `openseg_resize_crop`'s resample (the same taps, weights and sums)."""
+  win_hw = tuple(out_hw) if win_hw is None else tuple(win_hw)
+  rows = cubic_taps(image.shape[0], out_hw[0], top_left[0] + jnp.arange(win_hw[0]))
+  cols = cubic_taps(image.shape[1], out_hw[1], top_left[1] + jnp.arange(win_hw[1]))
+  return cubic_resample(jnp.asarray(image), *rows, *cols)
+
+
+def openseg_resize_crop(source: jnp.ndarray, params: ResizeParams, box: jnp.ndarray,
                         crop_hw: tuple[int, int]) -> jnp.ndarray:
   """openseg's rescale (bicubic, OpenCV INTER_CUBIC, a = -0.75), crop, flip and
   brightness of a batch on the device, from the source rows and columns the
@@ -242,44 +307,63 @@ def openseg_resize_crop(source: jnp.ndarray, params: jnp.ndarray, box: jnp.ndarr
   Each example's window of the virtual resize in_hw -> out_hw at (top,
   left), of box's (height, width), mirrored when `flip`, lands at box's
   (top, left) of a crop_hw canvas; values are rounded to integers, clipped
-  to 0..255, shifted by `brightness` and clipped again (as
-  `trainer.augment.openseg_transform`: the same taps and weights; sums
-  differ by float rounding, so a value within ~1e-4 of a half may round the
-  other way; tested). Outside the box the values are meaningless
-  (`normalize_image` zeroes them).
+  to 0..255, shifted by `brightness` and clipped again (cv2's uint8 resize,
+  then openseg's brightness: within float rounding of exact arithmetic, so a
+  value within ~1e-4 of a half may round the other way; tests/test_augment
+  compares with a float64 reference). Outside the box the values are
+  meaningless (`normalize_image` zeroes them).
 
   Args:
     source: uint8 [B, SH, SW, 3]: rows source_top.. and columns source_left..
       of each RGB image (the rows and columns the window's taps reach),
       padded.
-    params: int32 [B, len(RESIZE_PARAMS)].
+    params: `ResizeParams` of [B] arrays.
     box: int32 [B, 4] (top, left, height, width) of the window in the canvas.
     crop_hw: the canvas (config.dataset.crop_size).
   Returns:
     float32 [B, ch, cw, 3] in 0..255.
   """
-  p = {name: params[:, i] for i, name in enumerate(RESIZE_PARAMS)}
+  p = params
   ch, cw = crop_hw
   # Window row / column of each canvas pixel (clamped outside the box).
   win_r = jnp.clip(jnp.arange(ch)[None] - box[:, 0, None], 0, box[:, 2, None] - 1)   # [B, ch]
   win_c = jnp.clip(jnp.arange(cw)[None] - box[:, 1, None], 0, box[:, 3, None] - 1)   # [B, cw]
-  win_c = jnp.where(p["flip"][:, None] > 0, box[:, 3, None] - 1 - win_c, win_c)
-  ri, rw = cubic_taps(p["in_h"][:, None], p["out_h"][:, None], p["top"][:, None] + win_r)
-  ci, cwt = cubic_taps(p["in_w"][:, None], p["out_w"][:, None], p["left"][:, None] + win_c)
-  ri = ri - p["source_top"][:, None, None]
-  ci = ci - p["source_left"][:, None, None]
-
-  def one(src, ri, rw, ci, cwt):
-    rows = None
-    for k in range(4):       # t0 + t1 + t2 + t3, as the host; only the taps' rows converted
-      tap = src[ri[:, k]].astype(jnp.float32) * rw[:, k, None, None]
-      rows = tap if rows is None else rows + tap
-    out = None
-    for k in range(4):
-      tap = rows[:, ci[:, k]] * cwt[None, :, k, None]
-      out = tap if out is None else out + tap
-    return out
-
-  y = jax.vmap(one)(source, ri, rw, ci, cwt)
-  d = p["brightness"].astype(jnp.float32)[:, None, None, None]
+  win_c = jnp.where(p.flip[:, None], box[:, 3, None] - 1 - win_c, win_c)
+  ri, rw = cubic_taps(p.in_h[:, None], p.out_h[:, None], p.top[:, None] + win_r)
+  ci, cwt = cubic_taps(p.in_w[:, None], p.out_w[:, None], p.left[:, None] + win_c)
+  ri = ri - p.source_top[:, None, None]
+  ci = ci - p.source_left[:, None, None]
+  y = jax.vmap(cubic_resample)(source, ri, rw, ci, cwt)
+  d = p.brightness.astype(jnp.float32)[:, None, None, None]
   return jnp.clip(jnp.round(y) + d, jnp.maximum(d, 0.), jnp.minimum(255. + d, 255.))
+
+
+def finish_crops(batch: dict, *, mean, std, input_order: str) -> dict:
+  """The train batch the network sees, from the input pipeline's
+  (`trainer.augment.raw_transform`'s: RGB crops in 0..255 before the last
+  steps of the augmentation, with 'image_box'): openseg's bicubic resize
+  first when 'resize' is there (the image is then the source rows and
+  columns, `openseg_resize_crop`), the photometric distortion when its draws
+  'photometric' are there (`photometric_distortion`), then the channel order
+  and normalisation with 0 outside the box (`normalize_image`), and the
+  'label' as int32 (the pipeline ships the stored uint8 / uint16). The
+  batch's other entries pass through; 'image_box', 'photometric' and
+  'resize' are used up.
+
+  Args:
+    batch: {'image' uint8 [B, ...], 'label' [B, ch, cw], 'image_box' int32
+      [B, 4], optional 'photometric' (`PhotometricDraws`) and 'resize'
+      (`ResizeParams`), ...}.
+    mean, std, input_order: config.dataset's normalisation.
+  """
+  if "resize" in batch:      # openseg's bicubic rescale, crop, flip and brightness
+    image = openseg_resize_crop(batch["image"], batch["resize"], batch["image_box"],
+                                batch["label"].shape[1:3])
+  else:
+    image = batch["image"].astype(jnp.float32)
+  if "photometric" in batch:
+    image = photometric_distortion(image, batch["photometric"])
+  image = normalize_image(image, tuple(mean), tuple(std), input_order=input_order,
+                          box=batch["image_box"])
+  rest = {k: v for k, v in batch.items() if k not in ("image_box", "photometric", "resize")}
+  return {**rest, "image": image, "label": batch["label"].astype(jnp.int32)}

@@ -213,29 +213,12 @@ def train_loss(params, prototypes, state: TrainState, batch: dict, *, model: Seg
 
 def finish_batch(batch: dict, config) -> dict:
   """The batch with the network's 'image': as it is, unless it carries
-  'image_box' (the input pipeline's config.dataset.finish_on_device
-  batches, `augment.raw_transform`'s: RGB crops in 0..255 before the last
-  steps, or with 'resize' the source rows and columns of openseg's bicubic
-  resize, done here first, `ops.openseg_resize_crop`), which gets the
-  photometric distortion when its draws
-  ('photometric') are there (`ops.photometric_distortion`), then
-  config.dataset's channel order and normalisation, 0 outside the box
-  (`ops.normalize_image`), and the 'label' as int32 (the pipeline sends
-  the stored uint8 / uint16)."""
+  'image_box' (the input pipeline's train batches, `augment.raw_transform`'s),
+  which `ops.finish_crops` finishes with config.dataset's normalisation."""
   if "image_box" not in batch:
     return batch
   d = config.dataset
-  if "resize" in batch:      # openseg's bicubic rescale, crop, flip and brightness
-    image = ops.openseg_resize_crop(batch["image"], batch["resize"], batch["image_box"],
-                                    batch["label"].shape[1:3])
-  else:
-    image = batch["image"].astype(jnp.float32)
-  if "photometric" in batch:
-    image = ops.photometric_distortion(image, batch["photometric"])
-  image = ops.normalize_image(image, tuple(d.mean), tuple(d.std), input_order=d.input_order,
-                              box=batch["image_box"])
-  rest = {k: v for k, v in batch.items() if k not in ("image_box", "photometric", "resize")}
-  return {**rest, "image": image, "label": batch["label"].astype(jnp.int32)}
+  return ops.finish_crops(batch, mean=d.mean, std=d.std, input_order=d.input_order)
 
 
 def train_step(state: TrainState, batch: dict, *, model: Segmentor, tx, schedule, config,

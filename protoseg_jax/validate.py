@@ -516,6 +516,30 @@ def _check_classes(ck: _Checker, datasets, name):
            f"must be -1 or a class id of dataset {name!r}, 0..{c - 1}")
 
 
+# config.dataset switches of the train batches' last steps. The train step
+# always does them now (`ops.finish_crops`); the keys stay so that configs and
+# workdirs written with False (runs from before issue 22 read back False) load.
+DEVICE_FINISH_KEYS = ("dataset.finish_on_device", "dataset.resize_on_device")
+
+
+def host_finish_keys(config) -> list[str]:
+  """Those of DEVICE_FINISH_KEYS that `config` sets False."""
+  ck = _Checker(config)
+  return [key for key in DEVICE_FINISH_KEYS if ck.get(key) is False]
+
+
+def check_device_finish(config, *, new_run: bool) -> list[str]:
+  """config.dataset.finish_on_device / resize_on_device False, the removed
+  host path: a ConfigError (one line a key) for a new training run; for a
+  resumed one (an old workdir's config) the keys, which the caller warns of
+  and ignores (the run goes on with the train step finishing its batches)."""
+  keys = host_finish_keys(config)
+  if keys and new_run:
+    raise ConfigError([f"config.{key}=False: the input pipeline no longer finishes train "
+                       "batches on the host (the train step does); set it True" for key in keys])
+  return keys
+
+
 def validate_config(config, *, num_devices: Optional[int] = None,
                     num_processes: Optional[int] = None,
                     datasets: Optional[Mapping[str, DatasetMeta]] = None) -> None:

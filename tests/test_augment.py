@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 import pytest
 import tensorflow as tf
 
+from protoseg_jax import ops
 from protoseg_jax.trainer import augment
+import reference
 
 
 def _opts(**kw):
   base = dict(crop_size=(32, 48), scale=(40, 40), ratio_range=(1.0, 1.0), cat_max_ratio=1.0,
               flip_prob=0.5, photometric=False, mean=(0., 0., 0.), std=(1., 1., 1.),
-              ignore_index=255)
+              ignore_index=255, input_order="rgb", augmentation="mmseg",
+              aspect_range=(0.9, 1.1), brightness_shift=10, num_classes=256)
   base.update(kw)
   return augment.TrainOptions(**base)
 
@@ -171,20 +175,26 @@ def test_scale_saturation_matches_hsv_round_trip():
   image[0, 1] = [0, 0, 0]
   for factor in (0.0, 0.5, 1.3, 3.0):
     ref = tf.image.adjust_saturation(image / 255., factor).numpy() * 255.
-    got = augment.scale_saturation(tf.constant(image), factor).numpy()
+    got = np.asarray(ops.scale_saturation(image, factor))
     np.testing.assert_allclose(got, ref, atol=0.05)
 
 
 def test_photometric_distortion_range_and_determinism():
+  """`ops.photometric_distortion` of `augment.photometric_draws`: in 0..255,
+  a function of the seed, and most seeds change the image."""
   rng = np.random.default_rng(0)
-  image = tf.constant(rng.uniform(0, 255, (16, 16, 3)).astype(np.float32))
-  outs = [augment.photometric_distortion(image, tf.constant([s, 0], tf.int64)).numpy()
-          for s in range(8)]
+  image = rng.uniform(0, 255, (16, 16, 3)).astype(np.float32)
+
+  def distorted(seeds):
+    draws = [augment.photometric_draws(tf.constant([s, 0], tf.int64)) for s in seeds]
+    draws = ops.PhotometricDraws(*(np.stack(v) for v in zip(*draws)))
+    return np.asarray(ops.photometric_distortion(np.stack([image] * len(seeds)), draws))
+
+  outs = distorted(range(8))
   for out in outs:
     assert out.min() >= 0 and out.max() <= 255
-  np.testing.assert_array_equal(
-      outs[3], augment.photometric_distortion(image, tf.constant([3, 0], tf.int64)).numpy())
-  assert sum(not np.allclose(o, image.numpy(), atol=1e-3) for o in outs) >= 6
+  np.testing.assert_array_equal(outs[3], distorted([3])[0])
+  assert sum(not np.allclose(o, image, atol=1e-3) for o in outs) >= 6
 
 
 def test_random_flip_flips_image_and_label_together():
@@ -200,7 +210,7 @@ def test_random_flip_flips_image_and_label_together():
 
 def test_normalize_is_per_channel_mean_std():
   image = tf.constant(np.array([[[10., 20., 30.]]], np.float32))
-  got = augment.normalize(image, (1., 2., 3.), (3., 6., 9.)).numpy()
+  got = ops.normalize_pixels(image, (1., 2., 3.), (3., 6., 9.), "rgb").numpy()
   np.testing.assert_allclose(got, [[[3., 3., 3.]]], rtol=1e-6)
 
 
@@ -211,8 +221,8 @@ def test_normalize_is_per_channel_mean_std():
 def _openseg_opts(**kw):
   base = dict(crop_size=(32, 48), scale=(40, 40), ratio_range=(1.0, 1.0), cat_max_ratio=1.0,
               flip_prob=0.5, photometric=False, mean=(0., 0., 0.), std=(1., 1., 1.),
-              ignore_index=255, augmentation="openseg", aspect_range=(1.0, 1.0),
-              brightness_shift=10)
+              ignore_index=255, input_order="rgb", augmentation="openseg",
+              aspect_range=(1.0, 1.0), brightness_shift=10, num_classes=256)
   base.update(kw)
   return augment.TrainOptions(**base)
 
@@ -221,36 +231,11 @@ def _seed(i):
   return tf.constant([i, 7], tf.int64)
 
 
-def _keys_cubic_reference(image, out_h, out_w, a=-0.75):
-  """Plain NumPy Keys cubic convolution (a = -0.75): half-pixel centres, border replicated,
-  no antialiasing (OpenCV INTER_CUBIC / PyTorch bicubic align_corners=False)."""
-  def kernel(x):
-    x = abs(x)
-    if x <= 1:
-      return (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1
-    if x < 2:
-      return a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a
-    return 0.0
-
-  def matrix(n_in, n_out):
-    m = np.zeros((n_out, n_in))
-    for i in range(n_out):
-      src = (i + 0.5) * n_in / n_out - 0.5
-      base = int(np.floor(src))
-      for k in range(base - 1, base + 3):
-        m[i, min(max(k, 0), n_in - 1)] += kernel(src - k)
-    return m
-
-  image = image.astype(np.float64)
-  mh, mw = matrix(image.shape[0], out_h), matrix(image.shape[1], out_w)
-  return np.einsum("oh,hwc,pw->opc", mh, image, mw)
-
-
 @pytest.mark.parametrize("in_hw,out_hw", [((7, 9), (15, 20)), ((20, 16), (9, 11)), ((8, 8), (8, 8))])
 def test_bicubic_matches_keys_a075_reference(in_hw, out_hw):
   image = np.random.RandomState(0).randint(0, 256, (*in_hw, 3)).astype(np.uint8)
-  got = augment.resize_bicubic(tf.constant(image), out_hw).numpy()
-  want = _keys_cubic_reference(image, *out_hw)
+  got = np.asarray(ops.resize_bicubic(image, out_hw))
+  want = reference.keys_cubic_resize(image, *out_hw)
   np.testing.assert_allclose(got, want, atol=1e-3)
   if in_hw == out_hw:
     np.testing.assert_allclose(got, image, atol=1e-4)
@@ -260,14 +245,13 @@ def test_bicubic_matches_torch_bicubic_and_its_window_matches_the_full_resize():
   torch = pytest.importorskip("torch")
   image = np.random.RandomState(1).rand(11, 13, 3).astype(np.float32) * 255
   for out_hw in [(23, 30), (6, 5)]:
-    got = augment.resize_bicubic(tf.constant(image), out_hw).numpy()
+    got = np.asarray(ops.resize_bicubic(image, out_hw))
     want = torch.nn.functional.interpolate(
         torch.from_numpy(image).permute(2, 0, 1)[None], size=out_hw, mode="bicubic",
         align_corners=False)[0].permute(1, 2, 0).numpy()
     np.testing.assert_allclose(got, want, atol=2e-3)
-  full = augment.resize_bicubic(tf.constant(image), (23, 30)).numpy()
-  win = augment.resize_window_bicubic(tf.constant(image), tf.constant([23, 30]),
-                                      tf.constant([5, 7]), tf.constant([10, 12])).numpy()
+  full = np.asarray(ops.resize_bicubic(image, (23, 30)))
+  win = np.asarray(ops.resize_bicubic(image, (23, 30), (5, 7), (10, 12)))
   np.testing.assert_allclose(win, full[5:15, 7:19], atol=1e-4)
 
 
@@ -404,14 +388,15 @@ def test_transform_dispatches_on_augmentation():
 def test_input_order_bgr_reverses_channels_then_normalises_with_mean_std_as_listed():
   image = tf.constant(np.random.RandomState(2).rand(4, 5, 3).astype(np.float32) * 255)
   mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
-  got = augment.normalize_input(image, mean, std, "bgr").numpy()
+  got = ops.normalize_pixels(image, mean, std, "bgr").numpy()
   bgr = image.numpy()[..., ::-1]
   want = np.stack([(bgr[..., i] - mean[i]) / std[i] for i in range(3)], -1)
   np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-  np.testing.assert_array_equal(augment.normalize_input(image, mean, std, "rgb").numpy(),
-                                augment.normalize(image, mean, std).numpy())
+  # the eval pipeline's (TF) and the train step's (jnp) run of the one expression
+  on_device = ops.normalize_pixels(jax.numpy.asarray(image.numpy()), mean, std, "bgr")
+  np.testing.assert_array_max_ulp(np.asarray(on_device), got, maxulp=1)
   with pytest.raises(ValueError, match="input_order"):
-    augment.normalize_input(image, mean, std, "gbr")
+    ops.normalize_pixels(image, mean, std, "gbr")
   from protoseg_jax.convert import official
   assert augment.INPUT_ORDERS == official.INPUT_ORDERS
   # In the transforms: bgr == rgb with channels reversed (zero mean, unit std).
@@ -422,49 +407,6 @@ def test_input_order_bgr_reverses_channels_then_normalises_with_mean_std_as_list
     bgr = augment.transform(tf.constant(image8), tf.constant(label), _seed(5),
                             _openseg_opts(augmentation=aug, input_order="bgr"))[0].numpy()
     np.testing.assert_array_equal(bgr, rgb[..., ::-1])
-
-
-def _bicubic_window_over_the_whole_source(image, out_hw, top_left, win_hw):
-  """resize_window_bicubic as it was before it read only the rows and columns its
-  taps reach tap by tap: the taps gathered from the whole image, converted
-  whole, summed over a tap axis."""
-  image = tf.cast(image, tf.float32)
-  ri, rw = augment.cubic_taps(tf.shape(image)[0], out_hw[0], top_left[0], win_hw[0])
-  ci, cw = augment.cubic_taps(tf.shape(image)[1], out_hw[1], top_left[1], win_hw[1])
-  rows = tf.reduce_sum(tf.gather(image, ri, axis=0) * rw[:, :, None, None], axis=1)
-  return tf.reduce_sum(tf.gather(rows, ci, axis=1) * cw[None, :, :, None], axis=2)
-
-
-def test_bicubic_window_reads_only_its_taps_and_gives_the_same_bits():
-  rng = np.random.default_rng(7)
-  image = rng.integers(0, 256, (37, 53, 3)).astype(np.uint8)
-  cases = [((74, 106), (0, 0), (20, 30)), ((74, 106), (54, 76), (20, 30)),    # x2, both corners
-           ((18, 26), (0, 0), (18, 26)), ((18, 26), (3, 5), (9, 11)),          # x0.5
-           ((40, 50), (11, 0), (29, 50)), ((37, 53), (0, 0), (37, 53)),        # ~1, whole width
-           ((150, 20), (70, 2), (16, 16)), ((5, 7), (4, 6), (1, 1))]           # aspect, one pixel
-  floats = rng.uniform(0, 255, (37, 53, 3)).astype(np.float32)
-  for source in (image, floats):
-    for out_hw, top_left, win in cases:
-      args = (tf.constant(source), tf.constant(out_hw), tf.constant(top_left), tf.constant(win))
-      got = augment.resize_window_bicubic(*args).numpy()
-      assert got.shape == (*win, 3)
-      np.testing.assert_array_equal(got, _bicubic_window_over_the_whole_source(*args).numpy(),
-                                    err_msg=str((source.dtype, out_hw, top_left, win)))
-
-
-def test_bicubic_window_flipped_is_the_window_reversed_bit_for_bit():
-  """The openseg flip is done by the resize (mirrored column taps): the same
-  bits as flipping the window afterwards."""
-  rng = np.random.default_rng(8)
-  image = rng.integers(0, 256, (37, 53, 3)).astype(np.uint8)
-  for out_hw, top_left, win in [((74, 106), (54, 76), (20, 30)), ((18, 26), (3, 5), (9, 11)),
-                                ((40, 50), (11, 0), (29, 50)), ((5, 7), (4, 6), (1, 1))]:
-    args = (tf.constant(image), tf.constant(out_hw), tf.constant(top_left), tf.constant(win))
-    plain = augment.resize_window_bicubic(*args).numpy()
-    np.testing.assert_array_equal(
-        augment.resize_window_bicubic(*args, flip=tf.constant(False)).numpy(), plain)
-    np.testing.assert_array_equal(
-        augment.resize_window_bicubic(*args, flip=tf.constant(True)).numpy(), plain[:, ::-1])
 
 
 def test_openseg_flip_in_the_crops_equals_flipping_the_crop():
@@ -483,15 +425,17 @@ def test_openseg_flip_in_the_crops_equals_flipping_the_crop():
     np.testing.assert_array_equal(flipped[1].numpy(), kept[1].numpy()[:, ::-1])
 
 
-@pytest.mark.parametrize("aug", ["mmseg", "mmseg+photometric", "openseg"])
+@pytest.mark.parametrize("aug", ["mmseg", "mmseg+photometric"])
 @pytest.mark.parametrize("order", ["rgb", "bgr"])
-def test_raw_transform_finished_on_device_is_transform(aug, order):
-  """config.dataset.finish_on_device: `raw_transform` on the host, then the
-  train step's `finish_batch` (jitted) = `transform`: the same labels, 0 in
-  the padding, the image within 1 ulp (XLA fuses the normalisation's
-  multiply and subtract into one FMA) or, with the photometric distortion
-  (its own formulas for saturation and hue on the device), within 2e-5
-  (1e-3 of a 0..255 level)."""
+def test_raw_transform_finished_on_device_is_the_host_reference(aug, order):
+  """`raw_transform` on the host, then the train step's `finish_batch`
+  (jitted) = the host's former last steps (tests/reference.py: TF's
+  photometric distortion with the same draws, then the normalisation)
+  applied to the shipped uint8 crop: 0 in the padding, the image within 1
+  ulp (XLA fuses the normalisation's multiply and subtract into one FMA) or,
+  with the photometric distortion (its own formulas for saturation and hue
+  on the device), within 2e-5 (1e-3 of a 0..255 level); `transform` is that
+  composition on one example."""
   import jax
   import ml_collections
   from protoseg_jax import train
@@ -500,36 +444,42 @@ def test_raw_transform_finished_on_device_is_transform(aug, order):
   mean, std = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)
   config = ml_collections.ConfigDict({"dataset": {"mean": mean, "std": std,
                                                   "input_order": order}})
-  if aug.startswith("mmseg"):
-    opts = _opts(crop_size=(48, 48), scale=(60, 40), ratio_range=(0.5, 1.5),
-                 photometric=aug.endswith("photometric"), mean=mean, std=std, input_order=order)
-  else:
-    opts = _openseg_opts(crop_size=(48, 64), ratio_range=(0.5, 1.5), mean=mean, std=std,
-                         input_order=order)
+  opts = _opts(crop_size=(48, 48), scale=(60, 40), ratio_range=(0.5, 1.5),
+               photometric=aug.endswith("photometric"), mean=mean, std=std, input_order=order)
   finish = jax.jit(lambda b: train.finish_batch(b, config))
   padded, draws = 0, []
   for i in range(24 if opts.photometric else 8):
-    want_image, want_label = augment.transform(tf.constant(image), tf.constant(label), _seed(i),
-                                               opts)
     raw = augment.raw_transform(tf.constant(image), tf.constant(label), _seed(i), opts)
     assert sorted(raw) == sorted(["image", "image_box", "label"]
                                  + (["photometric"] if opts.photometric else []))
     assert raw["image"].dtype == tf.uint8 and raw["label"].dtype == tf.uint8
-    np.testing.assert_array_equal(raw["label"].numpy(), want_label.numpy())
-    got = finish({k: v.numpy()[None] for k, v in raw.items()})
-    assert sorted(got) == ["image", "label"]
+    got = finish(jax.tree.map(lambda v: v.numpy()[None], raw))
+    assert sorted(got) == ["image", "label"] and got["label"].dtype == np.int32
+    np.testing.assert_array_equal(got["label"][0], raw["label"].numpy())
     got = np.asarray(got["image"])[0]
+    top, left, h, w = raw["image_box"].numpy().tolist()
+    want = tf.cast(raw["image"], tf.float32)
     if opts.photometric:
-      np.testing.assert_allclose(got, want_image.numpy(), rtol=0, atol=2e-5)
-      draws.append(raw["photometric"].numpy())
+      draws.append(raw["photometric"])
+      want = reference.photometric_distortion_tf(
+          want, jax.tree.map(lambda v: v.numpy(), raw["photometric"]))
+    want = reference.normalize_reference(want.numpy(), mean, std, order)
+    inside = np.zeros(want.shape[:2], bool)
+    inside[top:top + h, left:left + w] = True
+    if opts.photometric:
+      np.testing.assert_allclose(got[inside], want[inside], rtol=0, atol=2e-5)
     else:
-      np.testing.assert_array_max_ulp(got, want_image.numpy(), maxulp=1)
-    pad = np.all(want_image.numpy() == 0, axis=-1)
-    np.testing.assert_array_equal(got[pad], 0.0)
-    padded += pad.sum()
+      np.testing.assert_array_max_ulp(got[inside], want[inside], maxulp=1)
+    np.testing.assert_array_equal(got[~inside], 0.0)
+    padded += (~inside).sum()
+    eager_image, eager_label = augment.transform(tf.constant(image), tf.constant(label),
+                                                 _seed(i), opts)
+    np.testing.assert_allclose(eager_image.numpy(), got, rtol=0, atol=2e-5)
+    np.testing.assert_array_equal(eager_label.numpy(), raw["label"].numpy())
   assert padded > 0    # some crops were padded (the box is exercised)
   if draws:            # every step of the distortion was on and off
-    flags = np.stack(draws)[:, [0, 2, 4, 6, 8]]
+    flags = np.array([[d.brightness, d.contrast, d.saturation, d.hue, d.contrast_first]
+                      for d in draws])
     assert flags.min(0).max() == 0 and flags.max(0).min() == 1
 
 
@@ -540,43 +490,54 @@ def test_photometric_draws_are_the_distortions_and_the_device_applies_them():
   import jax
   from protoseg_jax import ops
   image = np.random.default_rng(5).uniform(0, 255, (2, 16, 20, 3)).astype(np.float32)
-  draws = np.array([[1, 20., 1, 1.3, 1, 0.6, 1, -12., 1], [1, -25., 1, 0.7, 1, 1.4, 1, 17., 0]],
-                   np.float32)
+  on = np.array([True, True])
+  draws = ops.PhotometricDraws(
+      brightness=on, delta=np.float32([20., -25.]), contrast=on, alpha=np.float32([1.3, 0.7]),
+      saturation=on, factor=np.float32([0.6, 1.4]), hue=on, hue_shift=np.float32([-12., 17.]),
+      contrast_first=np.array([True, False]))
   got = np.asarray(jax.jit(ops.photometric_distortion)(image, draws))
   for b in range(2):
-    x = tf.clip_by_value(tf.constant(image[b]) + draws[b, 1], 0., 255.)
-    contrast = lambda y: tf.clip_by_value(y * draws[b, 3], 0., 255.)
-    x = contrast(x) if draws[b, 8] else x
-    x = tf.image.adjust_hue(augment.scale_saturation(x, draws[b, 5]), draws[b, 7] / 180.)
-    x = x if draws[b, 8] else contrast(x)
+    d = ops.PhotometricDraws(*(v[b] for v in draws))
+    x = tf.clip_by_value(tf.constant(image[b]) + d.delta, 0., 255.)
+    contrast = lambda y: tf.clip_by_value(y * d.alpha, 0., 255.)
+    x = contrast(x) if d.contrast_first else x
+    x = tf.image.adjust_hue(reference.scale_saturation_tf(x, d.factor), d.hue_shift / 180.)
+    x = x if d.contrast_first else contrast(x)
     np.testing.assert_allclose(got[b], x.numpy(), rtol=0, atol=1e-3)
   for s in range(20):
-    d = augment.photometric_draws(tf.constant([s, 2], tf.int64)).numpy()
-    assert set(d[[0, 2, 4, 6, 8]]) <= {0., 1.} and -32 <= d[1] <= 32 and d[7] == int(d[7])
-    assert 0.5 <= d[3] <= 1.5 and 0.5 <= d[5] <= 1.5 and -18 <= d[7] < 18
+    d = jax.tree.map(np.asarray, augment.photometric_draws(tf.constant([s, 2], tf.int64)))
+    assert all(v.dtype == bool for v in (d.brightness, d.contrast, d.saturation, d.hue,
+                                         d.contrast_first))
+    assert -32 <= d.delta <= 32 and d.hue_shift == int(d.hue_shift)
+    assert 0.5 <= d.alpha <= 1.5 and 0.5 <= d.factor <= 1.5 and -18 <= d.hue_shift < 18
 
 
 def test_openseg_one_clip_with_moved_bounds_is_clip_then_brightness_then_clip():
-  """openseg's cv2 uint8 resize output (clip to 0..255), + d, clip again, done as
-  one clip of round(resized) + d to [max(d, 0), min(255 + d, 255)]: the same
-  bits, here on 0/255 blocks whose bicubic overshoots both ends."""
+  """openseg's cv2 uint8 resize output (clip to 0..255), + d, clip again, done
+  by `ops.openseg_resize_crop` as one clip of round(resized) + d to
+  [max(d, 0), min(255 + d, 255)]: the same values, here on 0/255 blocks
+  whose bicubic overshoots both ends (its resample is `ops.resize_bicubic`'s)."""
   board = np.indices((6, 9)).sum(0) % 2 * 255
   image = np.kron(board, np.ones((4, 4))).astype(np.uint8)[..., None].repeat(3, -1)
   label = np.zeros((24, 36), np.uint8)
   seen = set()
   for shift in (10, 255):
     opts = _openseg_opts(crop_size=(30, 40), ratio_range=(1.2, 1.7), brightness_shift=shift)
-    stages = augment.transform_stages(opts)
-    names = [name for name, _ in stages]
-    k = names.index("clip to 0..255, brightness")
     for i in range(12):
-      ex = augment.run_stages(stages[:k], tf.constant(image), tf.constant(label), _seed(i))
-      rounded = ex["image"].numpy()
+      raw = augment.raw_transform(tf.constant(image), tf.constant(label), _seed(i), opts)
+      p = ops.ResizeParams(*(v.numpy() for v in raw["resize"]))
+      top, left, h, w = raw["image_box"].numpy().tolist()
+      got = np.asarray(ops.openseg_resize_crop(
+          raw["image"].numpy()[None], ops.ResizeParams(*(np.asarray(v)[None] for v in p)),
+          raw["image_box"].numpy()[None], opts.crop_size))[0, top:top + h, left:left + w]
+      resized = np.asarray(ops.resize_bicubic(image, (p.out_h, p.out_w), (p.top, p.left), (h, w)))
+      resized = resized[:, ::-1] if p.flip else resized
+      rounded = np.round(resized)
       assert rounded.min() < 0 and rounded.max() > 255      # the resize overshoots
-      d = float(augment._randint(ex["seeds"][5], -shift, shift).numpy())
+      d = float(p.brightness)
       seen.add(np.sign(d))
       want = np.clip(np.clip(rounded, 0., 255.) + d, 0., 255.)
-      np.testing.assert_array_equal(stages[k][1](ex)["image"].numpy(), want)
+      np.testing.assert_array_equal(got, want)
   assert seen >= {-1., 1.}
 
 
@@ -655,10 +616,9 @@ def test_label_window_is_numpy_fancy_indexing_and_labels_ship_in_their_dtype():
     got = augment.label_window(tf.constant(label), tf.constant(rows), tf.constant(cols)).numpy()
     assert got.dtype == dtype
     np.testing.assert_array_equal(got, label[rows][:, cols])
-  pick = lambda dtype, ignore, finish: augment._padded_label_dtype(
-      dtype, _opts(ignore_index=ignore), finish)
-  assert pick(tf.uint8, 255, False) == tf.uint8 and pick(tf.uint16, 65535, False) == tf.uint16
-  assert pick(tf.uint8, 300, False) == tf.int32 and pick(tf.uint8, 255, True) == tf.int32
+  pick = lambda dtype, ignore: augment._padded_label_dtype(dtype, _opts(ignore_index=ignore))
+  assert pick(tf.uint8, 255) == tf.uint8 and pick(tf.uint16, 65535) == tf.uint16
+  assert pick(tf.uint8, 300) == tf.int32
   image = np.zeros((20, 30, 3), np.uint8)
   label = rng.integers(0, 9, (20, 30)).astype(np.uint16)
   raw = augment.raw_transform(tf.constant(image), tf.constant(label), _seed(1),
@@ -668,19 +628,21 @@ def test_label_window_is_numpy_fancy_indexing_and_labels_ship_in_their_dtype():
 
 
 @pytest.mark.parametrize("order,hw", [("rgb", (37, 53)), ("bgr", (37, 53)), ("rgb", (120, 160))])
-def test_openseg_resize_on_the_device_is_the_hosts(order, hw):
-  """config.dataset.resize_on_device: the host ships the source rows and
+def test_openseg_resize_on_the_device_is_the_reference(order, hw):
+  """openseg's image on the device: the host ships the source rows and
   columns of the window's bicubic taps (`source_canvas`) and the resize's
   integers; the step's `finish_batch` (`ops.openseg_resize_crop`, then the
-  normalisation) gives the host transform's example: the same labels, 0 in
-  the padding, the same integers but where a value within float rounding of
-  a half rounds the other way (at most 1 level, on under 0.1% of the
-  values), over scales 0.5-2 (down and up), aspect jitter, flips, brightness
-  and random padding; the image whole in the canvas (37 x 53) or only the
-  rows and columns the taps reach (120 x 160, larger than the canvas)."""
+  normalisation) gives the float64 Keys bicubic (tests/reference.py) of the
+  whole image, cropped, flipped, rounded, brightness-shifted, clipped and
+  normalised: 0 in the padding, the same integers but where a value within
+  float rounding of a half rounds the other way (at most 1 level, on under
+  0.1% of the values), over scales 0.5-2 (down and up), aspect jitter,
+  flips, brightness and random padding; the image whole in the canvas
+  (37 x 53) or only the rows and columns the taps reach (120 x 160, larger
+  than the canvas)."""
   import jax
   import ml_collections
-  from protoseg_jax import ops, train
+  from protoseg_jax import train
   rng = np.random.default_rng(11)
   image = rng.integers(0, 256, (*hw, 3)).astype(np.uint8)
   image[5:20, 10:30] = 255       # flat blocks whose bicubic overshoots 0..255
@@ -689,29 +651,37 @@ def test_openseg_resize_on_the_device_is_the_hosts(order, hw):
   std = (1., 1., 1.) if order == "rgb" else (58.395, 57.12, 57.375)
   mean = (0., 0., 0.) if order == "rgb" else (123.675, 116.28, 103.53)
   opts = _openseg_opts(crop_size=(40, 48), ratio_range=(0.5, 2.0), aspect_range=(0.9, 1.1),
-                       mean=mean, std=std, input_order=order, resize_on_device=True)
+                       mean=mean, std=std, input_order=order)
   config = ml_collections.ConfigDict({"dataset": {"mean": mean, "std": std, "input_order": order}})
   finish = jax.jit(lambda b: train.finish_batch(b, config))
   off, total, flips, scales, region = 0, 0, set(), [], 0
   for i in range(24):
-    want_image, want_label = augment.transform(tf.constant(image), tf.constant(label), _seed(i),
-                                               opts)
     raw = augment.raw_transform(tf.constant(image), tf.constant(label), _seed(i), opts)
     assert sorted(raw) == ["image", "image_box", "label", "resize"]
     assert raw["image"].dtype == tf.uint8
     assert tuple(raw["image"].shape) == (*augment.source_canvas(opts), 3)
-    np.testing.assert_array_equal(raw["label"].numpy(), want_label.numpy())
-    p = dict(zip(ops.RESIZE_PARAMS, raw["resize"].numpy().tolist()))
+    p = jax.tree.map(lambda v: v.numpy().item(), raw["resize"])
+    assert isinstance(p, ops.ResizeParams)
     if hw == (37, 53):        # the whole image fits the canvas
-      assert p["source_top"] == p["source_left"] == 0
-    region += p["source_top"] + p["source_left"] > 0
-    flips.add(p["flip"])
-    scales.append(p["out_h"] / p["in_h"])
-    got = finish({k: v.numpy()[None] for k, v in raw.items()})
+      assert p.source_top == p.source_left == 0
+    region += p.source_top + p.source_left > 0
+    flips.add(p.flip)
+    scales.append(p.out_h / p.in_h)
+    got = finish(jax.tree.map(lambda v: v.numpy()[None], raw))
     assert sorted(got) == ["image", "label"]
-    got, want = np.asarray(got["image"])[0], want_image.numpy()
-    pad = np.all(want == 0, axis=-1)
-    np.testing.assert_array_equal(got[pad], 0.0)
+    np.testing.assert_array_equal(got["label"][0], raw["label"].numpy())
+    got = np.asarray(got["image"])[0]
+    top, left, h, w = raw["image_box"].numpy().tolist()
+    window = reference.keys_cubic_resize(image, p.out_h, p.out_w)[
+        p.top:p.top + h, p.left:p.left + w]
+    window = window[:, ::-1] if p.flip else window
+    d = p.brightness
+    window = np.clip(np.clip(np.round(window), 0, 255) + d, 0, 255)
+    want = np.zeros_like(got)
+    want[top:top + h, left:left + w] = reference.normalize_reference(window, mean, std, order)
+    inside = np.zeros(got.shape[:2], bool)
+    inside[top:top + h, left:left + w] = True
+    np.testing.assert_array_equal(got[~inside], 0.0)
     levels = np.abs(got - want) * np.asarray(std)[::-1 if order == "bgr" else 1]
     assert levels.max() <= 1 + 1e-3, (i, levels.max())
     off += int((levels > 1e-3).sum())
@@ -725,8 +695,7 @@ def test_openseg_source_canvas_holds_every_window():
   """The source canvas bounds the rows and columns any crop window's taps
   reach, for image sizes around and far above the crop / scale; a window
   that would not fit is an error naming config.dataset.resize_on_device."""
-  opts = _openseg_opts(crop_size=(16, 24), ratio_range=(0.5, 2.0), aspect_range=(0.9, 1.1),
-                       resize_on_device=True)
+  opts = _openseg_opts(crop_size=(16, 24), ratio_range=(0.5, 2.0), aspect_range=(0.9, 1.1))
   sh, sw = augment.source_canvas(opts)
   for h, w in [(8, 8), (30, 50), (34, 52), (36, 54), (40, 60), (200, 300)]:
     image = np.zeros((h, w, 3), np.uint8)
@@ -738,7 +707,7 @@ def test_openseg_source_canvas_holds_every_window():
   # start at 1: too few rows and columns.
   half = dataclasses.replace(opts, ratio_range=(0.5, 0.5))
   small = dataclasses.replace(opts, ratio_range=(1.0, 2.0))
-  stages = augment.openseg_stages(half, finish=False)[:2] + augment.openseg_stages(small, False)[2:3]
+  stages = augment.openseg_stages(half)[:2] + augment.openseg_stages(small)[2:3]
   with pytest.raises(tf.errors.InvalidArgumentError, match="resize_on_device"):
     augment.run_stages(stages, tf.constant(np.zeros((200, 300, 3), np.uint8)),
                        tf.constant(np.zeros((200, 300), np.uint8)), _seed(0))

@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from timm.models.hrnet import HighResolutionModule
 
-from protoseg_jax import convert, sharding, train
-from protoseg_jax.trainer import augment, checkpoints, cli
+from protoseg_jax import convert, ops, sharding, train
+from protoseg_jax.trainer import checkpoints, cli
 from protoseg_jax.convert import cli as convert_cli
 from protoseg_jax.convert import hrnet as hrnet_convert
 from protoseg_jax.models import get_backbone, hrnet
@@ -201,10 +201,10 @@ def test_protoseg_checkpoint_matches_official_forward(official, converted):
   assert err < TOL, err
   # ... which is what the input pipeline makes under the bgr compat overrides
   over = convert.protoseg_compat_overrides(bgr, arch=ARCH, input_order="bgr")
-  pipeline_x = augment.normalize_input(rgb.astype(np.float32), over["dataset.mean"],
-                                       over["dataset.std"], over["dataset.input_order"])
+  pipeline_x = ops.normalize_pixels(rgb.astype(np.float32), over["dataset.mean"],
+                                    over["dataset.std"], over["dataset.input_order"])
   err = rel_err(run_logits(compat, bgr, jnp.asarray(pipeline_x)), ref)
-  print(f"  input_order='bgr' through augment.normalize_input: rel err {err:.3g}")
+  print(f"  input_order='bgr' through ops.normalize_pixels: rel err {err:.3g}")
   assert err < TOL, err
   # and the channel order matters: RGB input to the stored weights is clearly off
   diff = rel_err(run_logits(compat, bgr, x), ref)

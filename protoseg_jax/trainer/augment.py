@@ -1,28 +1,37 @@
 """Training augmentation on one example (tf, per example): mmsegmentation's recipe.
 
 In mmseg's order: keep-ratio rescale with a ratio drawn in `ratio_range` of
-`scale` (bilinear, rounded to uint8 like cv2's resize of a uint8 image) -> random crop of `crop_size` (retried up to 10 times so that no class
-fills more than `cat_max_ratio` of the labelled crop pixels) -> horizontal
-flip -> PhotoMetricDistortion -> normalise -> pad to `crop_size` (0 image,
-the dataset's ignore index label). Labels are always resized with nearest
+`scale` (bilinear, rounded to uint8 like cv2's resize of a uint8 image) ->
+random crop of `crop_size` (retried up to 10 times so that no class fills
+more than `cat_max_ratio` of the labelled crop pixels) -> horizontal flip ->
+PhotoMetricDistortion -> normalise -> pad to `crop_size` (0 image, the
+dataset's ignore index label). Labels are always resized with nearest
 neighbour. Every random choice comes from a stateless seed, so an example's
 augmentation is a function of (image, label, seed).
 
-`openseg_transform` is the official ProtoSeg / openseg.pytorch recipe
+`openseg_stages` is the official ProtoSeg / openseg.pytorch recipe
 (config.dataset.augmentation = "openseg"); `TrainOptions.input_order` = "bgr"
 reverses the channels before normalising, like openseg's `input_mode: BGR`.
+
+The input pipeline runs `raw_transform` (this module: the draws, crops and
+label steps); the train step finishes the batch (`ops.finish_crops`: the
+photometric distortion, openseg's bicubic resize and the normalisation, each
+written once, in protoseg_jax/ops.py). `transform` composes the two for one
+example.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
+import jax
 import numpy as np
 import tensorflow as tf
 
-from protoseg_jax.ops import CUBIC_A  # OpenCV INTER_CUBIC (tf.image.resize 'bicubic' uses -0.5)
-from protoseg_jax.ops import PHOTOMETRIC_DRAWS, cubic_weight_terms, normalization_constants
-from protoseg_jax.validate import AUGMENTATIONS, INPUT_ORDERS
+from protoseg_jax import ops
+from protoseg_jax.ops import PhotometricDraws, ResizeParams, cubic_floor
+# INPUT_ORDERS is this module's vocabulary too (TrainOptions.input_order).
+from protoseg_jax.validate import AUGMENTATIONS, INPUT_ORDERS  # noqa: F401
 
 
 def rescale_size(hw, scale, ratio=1.0):
@@ -178,70 +187,22 @@ def resize_window_bilinear(image, out_hw, top_left, win_hw):
   return tf.cond(area(out_hw) <= WHOLE_RESIZE_MAX_AREA * area(win_hw), whole, window)
 
 
-def scale_saturation(image, factor):
-  """HSV saturation times `factor` (clipped to 1), hue and value kept, in RGB.
-
-  With V = max(r, g, b) and m = min(r, g, b), S = (V - m) / V; scaling S by
-  a and keeping H and V maps each channel c to V - a (V - c). Clipping S at
-  1 caps a at V / (V - m). Same result as converting to HSV and back
-  (tf.image.adjust_saturation) at a third of the cost.
-
-  Args:
-    image: float32 [..., 3] >= 0.
-    factor: float scalar >= 0.
-  """
-  v = tf.reduce_max(image, axis=-1, keepdims=True)
-  m = tf.reduce_min(image, axis=-1, keepdims=True)
-  a = tf.minimum(factor, v / tf.maximum(v - m, 1e-6))
-  return tf.clip_by_value(v - a * (v - image), 0., 255.)
-
-
-def photometric_draws(seed):
-  """The random draws of `photometric_distortion`: float32 [9] laid out as
-  `ops.PHOTOMETRIC_DRAWS`: brightness?, delta ~ U(-32, 32), contrast?,
-  alpha ~ U(0.5, 1.5), saturation?, factor ~ U(0.5, 1.5), hue?, hue_shift =
-  randint [-18, 18) (OpenCV units, 180 per turn), contrast first?; the flags
-  are 0/1, each 1 with probability 0.5. Draw k uses the k-th of 9 seeds
-  split from `seed`."""
-  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, len(PHOTOMETRIC_DRAWS)))
-  coin = lambda s: tf.cast(tf.random.stateless_uniform([], s) < 0.5, tf.float32)
+def photometric_draws(seed) -> PhotometricDraws:
+  """mmseg PhotoMetricDistortion's random draws for one example
+  (`ops.PhotometricDraws`; `ops.photometric_distortion` applies them):
+  each flag True with probability 0.5, delta ~ U(-32, 32), alpha and factor
+  ~ U(0.5, 1.5), hue_shift = randint [-18, 18) (OpenCV units, 180 per
+  turn). Draw k (in the fields' order) uses the k-th of 9 seeds split from
+  `seed`."""
+  coin = lambda s: tf.random.stateless_uniform([], s) < 0.5
   uni = lambda lo, hi: lambda s: tf.random.stateless_uniform([], s, lo, hi)
   randint = lambda s: tf.cast(tf.random.stateless_uniform([], s, -18, 18, dtype=tf.int32),
                               tf.float32)
-  draw = {"brightness": coin, "delta": uni(-32., 32.), "contrast": coin, "alpha": uni(0.5, 1.5),
-          "saturation": coin, "factor": uni(0.5, 1.5), "hue": coin, "hue_shift": randint,
-          "contrast_first": coin}
-  return tf.stack([draw[name](s) for name, s in zip(PHOTOMETRIC_DRAWS, seeds)])
-
-
-def photometric_distortion(image, seed):
-  """mmseg PhotoMetricDistortion on float32 [H, W, 3] RGB in 0..255.
-
-  Brightness +U(-32, 32), contrast xU(0.5, 1.5), saturation xU(0.5, 1.5),
-  hue + randint(-18, 18) (OpenCV hue units, 180 per turn), each with
-  probability 0.5; contrast before or after the HSV steps with probability
-  0.5. Values are clipped to 0..255 after each step (mmseg also truncates to
-  uint8 between steps, which is not reproduced). Skipped steps cost nothing.
-  The draws are `photometric_draws(seed)`; `ops.photometric_distortion`
-  applies the same draws to a batch on the device.
-  """
-  d = dict(zip(PHOTOMETRIC_DRAWS, tf.unstack(photometric_draws(seed))))
-  on = lambda name: d[name] > 0.5
-
-  def maybe(pred, fn, img):
-    return tf.cond(pred, lambda: fn(img), lambda: img)
-
-  def contrast(img):
-    return tf.clip_by_value(img * d["alpha"], 0., 255.)
-
-  first = on("contrast_first")
-  image = maybe(on("brightness"), lambda img: tf.clip_by_value(img + d["delta"], 0., 255.), image)
-  image = maybe(tf.logical_and(first, on("contrast")), contrast, image)
-  image = maybe(on("saturation"), lambda img: scale_saturation(img, d["factor"]), image)
-  # AdjustHue is homogeneous in the RGB scale: no need to map to [0, 1].
-  image = maybe(on("hue"), lambda img: tf.image.adjust_hue(img, d["hue_shift"] / 180.), image)
-  image = maybe(tf.logical_and(tf.logical_not(first), on("contrast")), contrast, image)
-  return image
+  draw = PhotometricDraws(brightness=coin, delta=uni(-32., 32.), contrast=coin,
+                          alpha=uni(0.5, 1.5), saturation=coin, factor=uni(0.5, 1.5), hue=coin,
+                          hue_shift=randint, contrast_first=coin)
+  seeds = tf.unstack(tf.random.experimental.stateless_split(seed, len(draw)))
+  return PhotometricDraws(*(fn(s) for fn, s in zip(draw, seeds)))
 
 
 def random_flip(image, label, seed, prob: float):
@@ -251,16 +212,11 @@ def random_flip(image, label, seed, prob: float):
                  lambda: (image, label))
 
 
-def normalize(image, mean, std):
-  """(image - mean) / std per channel (float32 [..., 3]; mean/std in the image's
-  units), as image * scale - offset (`ops.normalization_constants`)."""
-  scale, offset = normalization_constants(mean, std)
-  return image * scale - offset
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainOptions:
-  """The settings of `train_transform` (config.dataset's, plus the dataset's ignore index)."""
+  """The settings of `transform_stages`: config.dataset's (configs/default.py
+  holds their defaults; `input_pipeline.train_options` reads them), plus the
+  dataset's ignore index and class count. No defaults of their own."""
   crop_size: tuple[int, int]
   scale: tuple[int, int]
   ratio_range: tuple[float, float]
@@ -270,41 +226,21 @@ class TrainOptions:
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
   ignore_index: int
-  input_order: str = "rgb"              # INPUT_ORDERS: "bgr" reverses the channels before normalise
-  augmentation: str = "mmseg"           # AUGMENTATIONS: train_transform | openseg_transform
-  aspect_range: tuple[float, float] = (0.9, 1.1)   # openseg only
-  brightness_shift: int = 10                       # openseg only
-  num_classes: int = 256                           # the crop retries count ids below max(256, this)
-  resize_on_device: bool = False                   # openseg, unfinished: the bicubic on the device
-
-
-
-
-def to_input_order(image, input_order: str):
-  """RGB image [..., 3] -> the network's channel order ("rgb": as is, "bgr": reversed)."""
-  if input_order == "rgb":
-    return image
-  if input_order == "bgr":
-    return tf.reverse(image, [-1])
-  raise ValueError(f"input_order must be one of {INPUT_ORDERS}, got {input_order!r}")
-
-
-def normalize_input(image, mean, std, input_order: str):
-  """Channel order, then `normalize`: channel i of the (possibly BGR) image uses mean[i], std[i].
-
-  With input_order="bgr" and RGB-listed statistics this is exactly openseg's
-  `input_mode: BGR` normalisation (B with R's mean/std and R with B's).
-  """
-  return normalize(to_input_order(image, input_order), mean, std)
+  input_order: str                      # INPUT_ORDERS: "bgr" reverses the channels before normalise
+  augmentation: str                     # AUGMENTATIONS: mmseg_stages | openseg_stages
+  aspect_range: tuple[float, float]     # openseg only
+  brightness_shift: int                 # openseg only
+  num_classes: int                      # the crop retries count ids below max(256, this)
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalOptions:
-  """The eval preprocessing (config.dataset: eval_scale, mean, std, input_order)."""
+  """The eval preprocessing (config.dataset: eval_scale, mean, std, input_order;
+  `input_pipeline.eval_options`). No defaults of their own."""
   scale: tuple[int, int] | None        # keep-ratio test scale (long, short); None: as is
   mean: tuple[float, float, float]
   std: tuple[float, float, float]
-  input_order: str = "rgb"
+  input_order: str
 
 
 def eval_transform(image, opts: EvalOptions):
@@ -313,7 +249,7 @@ def eval_transform(image, opts: EvalOptions):
 
   Keep-ratio `rescale_size` to opts.scale with a bilinear resize (no
   antialiasing, as mmseg's cv2 resize), then channel order and
-  normalisation (`normalize_input`).
+  normalisation (`ops.normalize_pixels`, the train step's expression).
 
   Args:
     image: uint8 [H, W, 3] RGB (a tf tensor or array).
@@ -327,7 +263,7 @@ def eval_transform(image, opts: EvalOptions):
   else:
     new_hw = rescale_size(tf.shape(image)[:2], opts.scale)
     image = tf.image.resize(image, new_hw, method="bilinear", antialias=False)
-  return normalize_input(image, opts.mean, opts.std, opts.input_order), new_hw
+  return ops.normalize_pixels(image, opts.mean, opts.std, opts.input_order), new_hw
 
 
 def preprocess_image(image: np.ndarray, opts: EvalOptions) -> np.ndarray:
@@ -338,24 +274,21 @@ def preprocess_image(image: np.ndarray, opts: EvalOptions) -> np.ndarray:
   return eval_transform(image, opts)[0].numpy().astype(np.float32)
 
 
-def transform_stages(opts: TrainOptions, finish: bool = True) -> list[tuple[str, "Stage"]]:
-  """The named steps of `transform` in their order, as opts.augmentation says.
+def transform_stages(opts: TrainOptions) -> list[tuple[str, "Stage"]]:
+  """The named steps of `raw_transform` in their order, as opts.augmentation says.
 
   Each step maps an example dict {"image", "label", "seed", ...} to the next
   one (its extra entries carry the random draws and the crop window between
-  steps). `transform` runs them all; `bench.bench_input_pipeline --profile`
-  times each by running longer and longer prefixes.
-
-  finish=False leaves the last steps to the device (`raw_transform`): the
-  photometric distortion (only its draws are made), channel order and
-  normalisation, and with openseg's opts.resize_on_device the bicubic
-  rescale, crop, flip and brightness too (the host ships the source rows
-  and columns); the last step pads the crop (or only the label) as it is then.
+  steps). `raw_transform` runs them all; `bench.bench_input_pipeline
+  --profile` times each by running longer and longer prefixes. The last
+  steps of the augmentation (mmseg's photometric distortion, openseg's
+  bicubic resize, the channel order and the normalisation) are the train
+  step's (`ops.finish_crops`): the stages make their draws only.
   """
   if opts.augmentation == "mmseg":
-    return mmseg_stages(opts, finish)
+    return mmseg_stages(opts)
   if opts.augmentation == "openseg":
-    return openseg_stages(opts, finish)
+    return openseg_stages(opts)
   raise ValueError(f"augmentation must be one of {AUGMENTATIONS}, got {opts.augmentation!r}")
 
 
@@ -367,87 +300,81 @@ def run_stages(stages, image, label, seed) -> dict:
   return example
 
 
-def _image_and_label(example):
-  return example["image"], example["label"]
-
-
-def transform(image, label, seed, opts: TrainOptions):
-  """`train_transform` or `openseg_transform`, as opts.augmentation says."""
-  return _image_and_label(run_stages(transform_stages(opts), image, label, seed))
-
-
 def raw_transform(image, label, seed, opts: TrainOptions) -> dict:
-  """`transform` without its last steps, for the device to finish
-  (config.dataset.finish_on_device; `protoseg_jax.train.finish_batch`).
+  """One training example as the input pipeline ships it (tf, in tf.data),
+  for the train step to finish (`ops.finish_crops`).
 
   Returns a dict:
     image: the padded crop before the photometric distortion and the
-      normalisation, uint8 [ch, cw, 3] RGB (both recipes' resized values are
-      rounded to integers), 0 in the padding;
+      normalisation, uint8 [ch, cw, 3] RGB (mmseg's resized values are
+      rounded to integers), 0 in the padding; or, for openseg, the source
+      rows and columns the crop window's bicubic taps reach, uint8
+      [*source_canvas(opts), 3] padded with 0 (the device resizes);
     image_box: int32 [4] (top, left, height, width) of the crop inside it;
-    label: [ch, cw], `transform`'s values in the stored label dtype (uint8,
+    label: [ch, cw], the augmented label in the stored label dtype (uint8,
       or uint16 for 16-bit labels) when the ignore index fits in it, else
       int32;
-    photometric: float32 [9], `photometric_draws` (only with mmseg's
-      opts.photometric);
-    resize: int32 [len(ops.RESIZE_PARAMS)] (openseg with
-      opts.resize_on_device): the rescale, crop, flip and brightness for
-      `ops.openseg_resize_crop`; 'image' is then the source rows and columns
-      that window's bicubic taps reach, uint8 [*source_canvas(opts), 3]
-      padded with 0, and the device does the bicubic resize.
-  `ops.photometric_distortion` (with the draws) and `ops.normalize_image`
-  (with the box) then give `transform`'s image within float rounding
-  (tests/test_augment, tests/test_input_pipeline).
+    photometric: `ops.PhotometricDraws` of scalars, `photometric_draws`
+      (only with mmseg's opts.photometric);
+    resize: `ops.ResizeParams` of int32 scalars (openseg): the rescale,
+      crop, flip and brightness for `ops.openseg_resize_crop`.
   """
-  ex = run_stages(transform_stages(opts, finish=False), image, label, seed)
+  ex = run_stages(transform_stages(opts), image, label, seed)
   keys = ("image", "image_box", "label", "photometric", "resize")
   return {key: ex[key] for key in keys if key in ex}
 
 
-def train_transform(image, label, seed, opts: TrainOptions):
-  """One training example.
+def transform(image, label, seed, opts: TrainOptions):
+  """One finished training example, eagerly (tests and tools; not in tf.data):
+  `raw_transform`, then the train step's `ops.finish_crops` (jitted) on a
+  batch of one.
 
   Args:
-    image: uint8 [H, W, 3]; label: uint8 [H, W]; seed: int [2] stateless seed.
+    image: uint8 [H, W, 3] RGB; label: [H, W]; seed: int [2] stateless seed.
   Returns:
-    image float32 [ch, cw, 3] normalised, label int32 [ch, cw]
-    (opts.ignore_index = ignore/padding).
+    image float32 [ch, cw, 3] normalised (0 in the padding), label int32
+    [ch, cw] (opts.ignore_index = ignore / padding), as tf tensors.
   """
-  return _image_and_label(run_stages(mmseg_stages(opts), image, label, seed))
+  raw = raw_transform(image, label, seed, opts)
+  batch = tf.nest.map_structure(lambda v: v.numpy()[None], raw)
+  done = _finish_crops(batch, mean=tuple(opts.mean), std=tuple(opts.std),
+                       input_order=opts.input_order)
+  return tf.constant(np.asarray(done["image"][0])), tf.constant(np.asarray(done["label"][0]))
 
 
-def _normalise_stage(opts):
-  def normalise(ex):
-    image = tf.cast(ex["image"], tf.float32)
-    return dict(ex, image=normalize_input(image, opts.mean, opts.std, opts.input_order))
-  return normalise
+# The train step's finish, compiled as in the step (the same bits).
+_finish_crops = jax.jit(ops.finish_crops, static_argnames=("mean", "std", "input_order"))
 
 
-def _finish_stages(opts, finish: bool, pad):
-  """The last steps: normalise (when `finish`), then `pad`."""
-  return ([("normalise", _normalise_stage(opts))] if finish else []) + [("pad", pad)]
+def train_transform(image, label, seed, opts: TrainOptions):
+  """`transform` with mmseg's augmentation (`mmseg_stages`)."""
+  return transform(image, label, seed, dataclasses.replace(opts, augmentation="mmseg"))
 
 
-def _padded_label_dtype(label_dtype, opts, finish: bool):
-  """int32 for a finished example; else the label's own dtype (uint8 / uint16:
-  a quarter or half of the bytes to batch and send; the device casts it,
-  `protoseg_jax.train.finish_batch`) when the ignore index fits in it."""
-  if finish or not 0 <= opts.ignore_index <= label_dtype.max:
+def openseg_transform(image, label, seed, opts: TrainOptions):
+  """`transform` with openseg's augmentation (`openseg_stages`)."""
+  return transform(image, label, seed, dataclasses.replace(opts, augmentation="openseg"))
+
+
+def _padded_label_dtype(label_dtype, opts):
+  """The label's own dtype (uint8 / uint16: a quarter or half of the bytes
+  to batch and send; the train step casts it, `ops.finish_crops`) when the
+  ignore index fits in it, else int32."""
+  if not 0 <= opts.ignore_index <= label_dtype.max:
     return tf.int32
   return label_dtype
 
 
-def _pad_example(ex, paddings, opts, finish: bool = True, pad_image: bool = True):
+def _pad_example(ex, paddings, opts, pad_image: bool = True):
   """Image padded with 0 (unless not `pad_image`) and label with the ignore
   index to opts.crop_size by `paddings` ([[top, bottom], [left, right]]), the
-  label as int32 (or, not `finish`ed, `_padded_label_dtype`); image_box:
-  where the crop is."""
+  label as `_padded_label_dtype`; image_box: where the crop is."""
   ch, cw = opts.crop_size
   image = ex["image"]
   if pad_image:
     image = tf.pad(image, paddings + [[0, 0]], constant_values=0)
     image.set_shape([ch, cw, 3])
-  label_dtype = _padded_label_dtype(ex["label"].dtype, opts, finish)
+  label_dtype = _padded_label_dtype(ex["label"].dtype, opts)
   label = tf.pad(tf.cast(ex["label"], label_dtype), paddings, constant_values=opts.ignore_index)
   label.set_shape([ch, cw])
   box = tf.cast(tf.stack([paddings[0][0], paddings[1][0], tf.shape(ex["label"])[0],
@@ -455,8 +382,10 @@ def _pad_example(ex, paddings, opts, finish: bool = True, pad_image: bool = True
   return dict(ex, image=image, label=label, image_box=box)
 
 
-def mmseg_stages(opts: TrainOptions, finish: bool = True):
-  """`train_transform`'s steps (see `transform_stages`)."""
+def mmseg_stages(opts: TrainOptions):
+  """mmsegmentation's augmentation (see the module docstring) as
+  `transform_stages`: the photometric distortion, channel order and
+  normalisation are left to the train step, with the distortion's draws."""
   crop = tf.constant(opts.crop_size, tf.int32)
 
   def draw(ex):
@@ -496,118 +425,30 @@ def mmseg_stages(opts: TrainOptions, finish: bool = True):
     return dict(ex, image=image, label=label)
 
   def photometric(ex):
-    # 4. Photometric distortion (in float32).
-    image = tf.cast(ex["image"], tf.float32)
-    return dict(ex, image=photometric_distortion(image, ex["seeds"][3]))
-
-  def photometric_draws_only(ex):
-    # 4. Its draws, for the device (`ops.photometric_distortion`).
+    # 4. The photometric distortion's draws (the device applies them,
+    # `ops.photometric_distortion`).
     return dict(ex, photometric=photometric_draws(ex["seeds"][3]))
 
   def pad(ex):
     # 6. Pad to the crop size (image 0, label the ignore index).
     ch, cw = opts.crop_size
     hw = tf.shape(ex["label"])
-    return _pad_example(ex, [[0, ch - hw[0]], [0, cw - hw[1]]], opts, finish)
+    return _pad_example(ex, [[0, ch - hw[0]], [0, cw - hw[1]]], opts)
 
   stages = [("rescale: draw the size", draw), ("crop: label window (cat_max_ratio)", crop_label),
             ("rescale+crop: image window (bilinear)", rescale_crop_image), ("flip", flip)]
   if opts.photometric:
-    stages.append(("photometric distortion", photometric) if finish else
-                  ("photometric distortion: draws only", photometric_draws_only))
-  return stages + _finish_stages(opts, finish, pad)
+    stages.append(("photometric distortion: draws", photometric))
+  return stages + [("pad", pad)]
 
 
 # ---------------------------------------------------------------------------
 # openseg.pytorch (the official ProtoSeg recipe).
 
 
-
-def cubic_weights(t, a: float = CUBIC_A):
-  """Keys cubic convolution weights of the 4 taps at offsets -1, 0, 1, 2 of a fraction t.
-
-  Args:
-    t: float [...] in [0, 1): the sample's distance past its floor tap.
-  Returns:
-    float [..., 4] (`ops.cubic_weight_terms`, the device's expressions).
-  """
-  return tf.stack(cubic_weight_terms(t, a), axis=-1)
-
-
-def cubic_taps(n_in, n_out, start, count):
-  """Source taps of output pixels start .. start + count - 1 of a cubic resize n_in -> n_out.
-
-  Half-pixel centres (src = (i + 0.5) * n_in / n_out - 0.5, not clamped),
-  taps floor(src) - 1 .. floor(src) + 2 clamped to [0, n_in - 1] (border
-  replicated), no antialiasing: OpenCV's INTER_CUBIC and PyTorch's bicubic
-  with align_corners=False.
-
-  Returns:
-    int32 [count, 4] indices, float32 [count, 4] weights.
-  """
-  scale = tf.cast(n_in, tf.float64) / tf.cast(n_out, tf.float64)
-  dst = tf.cast(tf.range(count) + start, tf.float64)
-  src = (dst + 0.5) * scale - 0.5
-  lo = tf.floor(src)
-  frac = tf.cast(src - lo, tf.float32)
-  idx = tf.cast(lo, tf.int32)[:, None] + tf.range(-1, 3)[None, :]
-  return tf.clip_by_value(idx, 0, n_in - 1), cubic_weights(frac)
-
-
 def _mirrored(index, flip):
   """index [n, ...] in reverse order along its first axis when `flip` (a bool tensor)."""
   return tf.cond(flip, lambda: tf.reverse(index, [0]), lambda: index)
-
-
-def resize_window_bicubic(image, out_hw, top_left, win_hw, flip=None):
-  """A window of the bicubic (a = -0.75) resize of `image` to `out_hw`, without the full resize.
-
-  Separable: 4 source rows per output row, then 4 source columns per output
-  column, in float32. OpenCV rounds its uint8 INTER_CUBIC result from
-  fixed-point arithmetic; this returns the unrounded float values (callers
-  round and clip to emulate the uint8 output; then within 1 of OpenCV).
-
-  Args:
-    image: [H, W, C] uint8 or float.
-    out_hw: int32 [2] size of the virtual full resize.
-    top_left: int32 [2] window offset in the resized image.
-    win_hw: int32 [2] window size.
-    flip: optional bool tensor: the window mirrored left-right (its columns
-      in reverse order), computed as such.
-  Returns:
-    float32 [win_h, win_w, C].
-  """
-  in_hw = tf.shape(image)[:2]
-  ri, rw = cubic_taps(in_hw[0], out_hw[0], top_left[0], win_hw[0])
-  ci, cw = cubic_taps(in_hw[1], out_hw[1], top_left[1], win_hw[1])
-  # Only the source rows and columns the taps reach (they grow along the
-  # window), gathered in the image's dtype and converted tap by tap. Each
-  # pass sums its 4 taps in order, t0 + t1 + t2 + t3, which is what the sum
-  # over a tap axis gave (tested bit for bit); the second pass works on the
-  # transposed rows so that both gather whole rows.
-  r0, c0 = ri[0, 0], ci[0, 0]
-  source = image[r0:ri[-1, -1] + 1, c0:ci[-1, -1] + 1]
-  ri, ci = ri - r0, ci - c0
-  if flip is not None:
-    ci, cw = _mirrored(ci, flip), _mirrored(cw, flip)
-
-  def pass_over_rows(x, index, weights, convert):
-    out = None
-    for k in range(4):
-      tap = tf.gather(x, index[:, k])
-      tap = (tf.cast(tap, tf.float32) if convert else tap) * weights[:, k, None, None]
-      out = tap if out is None else out + tap
-    return out
-
-  rows = pass_over_rows(source, ri, rw, True)                            # [wh, ws, C]
-  cols = pass_over_rows(tf.transpose(rows, [1, 0, 2]), ci, cw, False)    # [ww, wh, C]
-  return tf.transpose(cols, [1, 0, 2])
-
-
-def resize_bicubic(image, out_hw):
-  """Whole-image bicubic (a = -0.75, OpenCV INTER_CUBIC semantics) resize: float32."""
-  out_hw = tf.convert_to_tensor(out_hw, tf.int32)
-  return resize_window_bicubic(image, out_hw, tf.zeros([2], tf.int32), out_hw)
 
 
 def openseg_resize_size(hw, scale, aspect):
@@ -630,34 +471,6 @@ def _randint(seed, lo, hi):
   return tf.random.stateless_uniform([], seed, minval=lo, maxval=hi + 1, dtype=tf.int32)
 
 
-def openseg_transform(image, label, seed, opts: TrainOptions):
-  """One training example with openseg.pytorch's cv2 transforms (official ProtoSeg).
-
-  The official trans_seq [random_resize, random_crop, random_hflip,
-  random_brightness] (each with ratio 1.0 except the flip's 0.5), then
-  ToTensor + Normalize and the collate's pad:
-    1. rescale by scale ~ U(ratio_range) with aspect ~ U(aspect_range):
-       w * scale * sqrt(aspect), h * scale / sqrt(aspect), truncated to int;
-       image bicubic (a = -0.75, OpenCV INTER_CUBIC) rounded to uint8, label
-       nearest (OpenCV INTER_NEAREST);
-    2. crop min(crop, size) per side at an offset uniform in
-       [0, size - crop] (no class-ratio retries; offset 0 when smaller);
-    3. horizontal flip with probability flip_prob;
-    4. brightness: + an integer uniform in [-shift, shift], clipped to 0..255
-       (always applied);
-    5. channel order, normalise;
-    6. pad to crop_size at a random offset (uniform in [0, pad] per side):
-       image 0 (after normalisation: the mean colour), label ignore_index.
-  Only the crop window of the rescaled image is computed.
-
-  Args:
-    image: uint8 [H, W, 3] RGB; label: uint8 [H, W]; seed: int [2].
-  Returns:
-    image float32 [ch, cw, 3] normalised, label int32 [ch, cw].
-  """
-  return _image_and_label(run_stages(openseg_stages(opts), image, label, seed))
-
-
 # Rows and columns of slack in `source_canvas` (the floor in the resized size
 # and the 4 taps need fewer than 8).
 SOURCE_CANVAS_MARGIN = 8
@@ -676,13 +489,28 @@ def source_canvas(opts: TrainOptions) -> tuple[int, int]:
   return rows, cols
 
 
-def openseg_stages(opts: TrainOptions, finish: bool = True):
-  """`openseg_transform`'s steps (see `transform_stages`).
+def openseg_stages(opts: TrainOptions):
+  """openseg.pytorch's cv2 transforms (official ProtoSeg) as `transform_stages`.
 
-  The flip is done by the crops: mirrored column indices give the mirrored
-  window directly (each output column is computed on its own, so the bits
-  are those of flipping afterwards; tests/test_augment checks it). Without
-  `finish` the image leaves as uint8 (its values are integers 0..255).
+  The official trans_seq [random_resize, random_crop, random_hflip,
+  random_brightness] (each with ratio 1.0 except the flip's 0.5), then
+  ToTensor + Normalize and the collate's pad:
+    1. rescale by scale ~ U(ratio_range) with aspect ~ U(aspect_range):
+       w * scale * sqrt(aspect), h * scale / sqrt(aspect), truncated to int;
+       image bicubic (a = -0.75, OpenCV INTER_CUBIC) rounded to uint8, label
+       nearest (OpenCV INTER_NEAREST);
+    2. crop min(crop, size) per side at an offset uniform in
+       [0, size - crop] (no class-ratio retries; offset 0 when smaller);
+    3. horizontal flip with probability flip_prob;
+    4. brightness: + an integer uniform in [-shift, shift], clipped to 0..255
+       (always applied);
+    5. channel order, normalise;
+    6. pad to crop_size at a random offset (uniform in [0, pad] per side):
+       image 0 (after normalisation: the mean colour), label ignore_index.
+  The host draws everything and crops (and flips) the label; the image's
+  steps 1-5 are the train step's (`ops.openseg_resize_crop`, from the
+  source rows and columns of the crop window's taps that the host ships on
+  a `source_canvas`, and `ops.normalize_image`).
   """
   crop = tf.constant(opts.crop_size, tf.int32)
 
@@ -709,70 +537,48 @@ def openseg_stages(opts: TrainOptions, finish: bool = True):
     cols = _mirrored(_nearest_index(in_hw[1], new_hw[1])[left:left + win[1]], ex["flip"])
     return dict(ex, label=label_window(label, rows, cols))
 
-  def rescale_crop_image(ex):
-    image = resize_window_bicubic(ex["image"], ex["new_hw"], ex["top_left"], ex["win"],
-                                  flip=ex["flip"])
-    return dict(ex, image=tf.round(image))   # cv2's uint8 output once clipped (next step)
-
   def brightness(ex):
     # 4. The brightness shift d, an integer in [-shift, shift] (int32).
     if not opts.brightness_shift:
       return tf.constant(0, tf.int32)
     return _randint(ex["seeds"][5], -opts.brightness_shift, opts.brightness_shift)
 
-  def clip_brightness(ex):
-    # cv2's uint8 output, clip(y, 0, 255), then 4. brightness + d, clipped
-    # again: for an integer d that is one clip of y + d to [max(d, 0),
-    # min(255 + d, 255)] (integers in float32: exact; tested).
-    d = tf.cast(brightness(ex), tf.float32)
-    image = tf.clip_by_value(ex["image"] + d, tf.maximum(d, 0.), tf.minimum(255. + d, 255.))
-    return dict(ex, image=image)
-
-  def to_uint8(ex):
-    return dict(ex, image=tf.cast(ex["image"], tf.uint8))   # integers in 0..255: exact
-
   def pad(ex):
-    # 6. Pad at a random offset (with the resize on the device only the
-    # label: the box tells the device where the window goes).
+    # 6. Pad at a random offset: only the label (the box tells the device
+    # where the image's window goes).
     pad = crop - ex["win"]
     up = _randint(ex["seeds"][6], 0, pad[0])
     lft = _randint(ex["seeds"][7], 0, pad[1])
-    return _pad_example(ex, [[up, pad[0] - up], [lft, pad[1] - lft]], opts, finish,
-                        pad_image="resize" not in ex)
+    return _pad_example(ex, [[up, pad[0] - up], [lft, pad[1] - lft]], opts, pad_image=False)
 
   def source_window(ex):
-    # The bicubic left to the device (`ops.openseg_resize_crop`): the source
-    # rows and columns the window's taps reach (all of them when the image
-    # fits), on a fixed canvas, and the integers that say what to resize.
-    image, new_hw, win, (top, left) = ex["image"], ex["new_hw"], ex["win"], tf.unstack(ex["top_left"])
+    # 1-5 of the image on the device (`ops.openseg_resize_crop`): the source
+    # rows and columns the window's bicubic taps reach (all of them when the
+    # image fits), on a fixed canvas, and the integers that say what to do.
+    image, new_hw, win, top_left = ex["image"], ex["new_hw"], ex["win"], ex["top_left"]
     in_hw = tf.shape(image)[:2]
-    ri, _ = cubic_taps(in_hw[0], new_hw[0], top, win[0])
-    ci, _ = cubic_taps(in_hw[1], new_hw[1], left, win[1])
+    # The window's first and last taps, floor(src) - 1 and floor(src) + 2 of
+    # its first and last pixels (`ops.cubic_floor`, the device's own rule).
+    first = tf.maximum(cubic_floor(in_hw, new_hw, top_left) - 1, 0)
+    last = tf.minimum(cubic_floor(in_hw, new_hw, top_left + win - 1) + 2, in_hw - 1)
     canvas = source_canvas(opts)
     # An image that fits the canvas goes whole (its slice is then no copy).
     whole = tf.reduce_all(in_hw <= tf.constant(canvas, tf.int32))
-    r0 = tf.where(whole, 0, ri[0, 0])
-    c0 = tf.where(whole, 0, ci[0, 0])
-    size = tf.where(whole, in_hw, tf.stack([ri[-1, -1] + 1 - r0, ci[-1, -1] + 1 - c0]))
+    r0, c0 = tf.unstack(tf.where(whole, 0, first))
+    size = tf.where(whole, in_hw, last + 1 - first)
     fits = tf.debugging.assert_less_equal(
         size, tf.constant(canvas, tf.int32),
         message=f"openseg resize on the device: a crop window's source rows/columns exceed the "
-                f"canvas {canvas} (config.dataset.resize_on_device; set it False)")
+                f"canvas {canvas} (augment.source_canvas, config.dataset.resize_on_device)")
     with tf.control_dependencies([fits]):
       region = image[r0:r0 + size[0], c0:c0 + size[1]]
     source = tf.pad(region, [[0, canvas[0] - size[0]], [0, canvas[1] - size[1]], [0, 0]])
     source.set_shape([*canvas, 3])
-    params = tf.stack([in_hw[0], in_hw[1], new_hw[0], new_hw[1], top, left, r0, c0,
-                       tf.cast(ex["flip"], tf.int32), brightness(ex)])
+    params = ResizeParams(in_h=in_hw[0], in_w=in_hw[1], out_h=new_hw[0], out_w=new_hw[1],
+                          top=top_left[0], left=top_left[1], source_top=r0, source_left=c0,
+                          flip=ex["flip"], brightness=brightness(ex))
     return dict(ex, image=source, resize=params)
 
-  stages = [("rescale: draw the size, offset and flip", draw),
-            ("crop+flip: label window", crop_label)]
-  if not finish and opts.resize_on_device:
-    return stages + [("image: source rows/columns for the device's bicubic", source_window),
-                     ("pad", pad)]
-  stages += [("rescale+crop+flip: image window (bicubic)", rescale_crop_image),
-             ("clip to 0..255, brightness", clip_brightness)]
-  if not finish:
-    stages.append(("to uint8", to_uint8))
-  return stages + _finish_stages(opts, finish, pad)
+  return [("rescale: draw the size, offset and flip", draw),
+          ("crop+flip: label window", crop_label),
+          ("image: source rows/columns for the device's bicubic", source_window), ("pad", pad)]

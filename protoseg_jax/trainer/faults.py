@@ -84,8 +84,8 @@ def nan_images(batch: dict) -> dict:
   The fault enters like bad data: the loss, every gradient, the BatchNorm
   statistics and the prototype update of that step are non-finite. Done
   here, not in the jitted step, so the switch leaves the compiled step as
-  it is (empty or not). A uint8 batch (config.dataset.finish_on_device)
-  becomes float32: the loop gives every step of such a run float32 images
+  it is (empty or not). A uint8 batch (the input pipeline's, which the
+  step finishes) becomes float32: the loop gives every step of such a run float32 images
   (`float_images`), so that one program serves both.
   """
   return {**batch, "image": batch["image"] * jnp.nan}

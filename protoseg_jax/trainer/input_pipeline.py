@@ -27,12 +27,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 
+from absl import logging
 import jax
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from protoseg_jax import held_out
+from protoseg_jax import held_out, validate
 from protoseg_jax.trainer import augment
 from protoseg_jax.trainer.datasets import builder_meta, check_prepared, config_value, split_size
 
@@ -86,9 +87,10 @@ def eval_canvases(config) -> tuple[tuple[int, int], tuple[int, int]]:
           _pair(_ds(config, "eval_label_canvas"), "eval_label_canvas"))
 
 
-def train_options(config, ignore_index: int, num_classes: int = 256) -> augment.TrainOptions:
+def train_options(config, ignore_index: int, num_classes: int) -> augment.TrainOptions:
   """config.dataset's train transform settings (their values are checked by
-  validate.validate_config, which the trainer runs first)."""
+  validate.validate_config, which the trainer runs first; their defaults are
+  configs/default.py's, the options have none)."""
   mean, std = _mean_std(config)
   return augment.TrainOptions(
       crop_size=_pair(_ds(config, "crop_size"), "crop_size"),
@@ -105,7 +107,6 @@ def train_options(config, ignore_index: int, num_classes: int = 256) -> augment.
       aspect_range=tuple(float(a) for a in _ds(config, "aspect_range")),
       brightness_shift=int(_ds(config, "brightness_shift")),
       num_classes=int(num_classes),
-      resize_on_device=bool(_ds(config, "resize_on_device")),
   )
 
 
@@ -227,12 +228,6 @@ def _local_batch(config, key: str, process_count: int) -> int:
   return batch_size // process_count
 
 
-def finishes_on_device(config) -> bool:
-  """config.dataset.finish_on_device: the train batches leave the photometric
-  distortion, channel order and normalisation to the train step."""
-  return bool(_ds(config, "finish_on_device"))
-
-
 def make_train_dataset(config, *, process_index: int, process_count: int,
                        start_step: int = 0) -> tf.data.Dataset:
   """Endless dataset of this process's local training batches.
@@ -246,17 +241,25 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
   the global batches of P processes are those of one process. (TFDS shuffles
   the examples when preparing, so the slices are random subsets.)
 
+  Config.dataset.finish_on_device / resize_on_device False (the host path,
+  removed) stop a new run (start_step 0) with a ConfigError; a resumed run
+  (an old workdir's config) is warned and goes on with these batches.
+
   Returns:
-    tf.data.Dataset of {'image': float32 [b, ch, cw, 3], 'label': int32
-    [b, ch, cw]} with b = config.batch_size // process_count. With
-    config.dataset.finish_on_device (the default) the examples are
-    `augment.raw_transform`'s: 'image' uint8 RGB before the photometric
-    distortion and the normalisation, 'label' in the stored dtype (uint8, or
-    uint16 for 16-bit labels),
-    'image_box' int32 [b, 4] (where the crop lies in the padding) and, with
-    the photometric distortion, its draws 'photometric' float32 [b, 9];
-    `train.train_step` finishes them (`train.finish_batch`).
+    tf.data.Dataset of `augment.raw_transform`'s examples, b =
+    config.batch_size // process_count of them a batch: 'image' uint8 RGB
+    before the photometric distortion and the normalisation (openseg: the
+    source rows and columns of its bicubic resize, with 'resize',
+    `ops.ResizeParams` of [b] arrays), 'label' in the stored dtype (uint8,
+    or uint16 for 16-bit labels), 'image_box' int32 [b, 4] (where the crop
+    lies in the padding) and, with the photometric distortion, its draws
+    'photometric' (`ops.PhotometricDraws` of [b] arrays); `train.train_step`
+    finishes them (`train.finish_batch`).
   """
+  ignored = validate.check_device_finish(config, new_run=int(start_step) == 0)
+  if ignored:
+    logging.warning("config.%s=False (a run from before issue 22): ignored, the train step "
+                    "finishes the batches (the host path was removed)", ", config.".join(ignored))
   global_batch = int(config_value(config, "batch_size"))
   local_batch = _local_batch(config, "batch_size", process_count)
   seed = int(config_value(config, "seed"))
@@ -292,16 +295,12 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
       [row_stream(r) for r in rows], tf.data.Dataset.range(local_batch).repeat())
 
   decode_example = train_decoder(config, builder)
-  on_device = finishes_on_device(config)
 
   def decode(e, i, image_bytes, label_bytes):
     return (e, i, *decode_example(image_bytes, label_bytes))
 
   def transform(e, i, image, label):
-    if on_device:
-      return augment.raw_transform(image, label, example_seed(seed, e, i), opts)
-    image, label = augment.transform(image, label, example_seed(seed, e, i), opts)
-    return {"image": image, "label": label}
+    return augment.raw_transform(image, label, example_seed(seed, e, i), opts)
 
   parallel = _num_parallel(config)
   # A record that fails to decode is dropped, and the next example takes its
@@ -418,9 +417,11 @@ def scan_eval_sizes(config) -> dict[str, tuple[int, int]]:
 
 
 def _to_global(batch: dict[str, np.ndarray], sharding) -> dict[str, jax.Array]:
+  """Each array of the batch (its named draws, `ops.PhotometricDraws` /
+  `ops.ResizeParams`, are entries of arrays too) laid out as `sharding`."""
   def put(key, value):
     s = sharding[key] if isinstance(sharding, Mapping) else sharding
-    return jax.make_array_from_process_local_data(s, value)
+    return jax.tree.map(lambda v: jax.make_array_from_process_local_data(s, v), value)
   return {k: put(k, v) for k, v in batch.items()}
 
 
@@ -466,10 +467,7 @@ def create_train_iterator(config, sharding, *, start_step: int = 0
       NamedSharding(mesh, P('data'))), or a dict of them keyed like the batch.
     start_step: the step to resume at.
   Returns:
-    An iterator of {'image': float32 [B, ch, cw, 3] normalised, 'label':
-    int32 [B, ch, cw]} (with config.dataset.finish_on_device: 'image' uint8
-    not finished, 'label' in the stored dtype, 'image_box' and
-    'photometric', as `make_train_dataset`), B =
+    An iterator of `make_train_dataset`'s batches, B =
     config.batch_size (global); this process
     supplies its rows. Configuration and data errors (dataset not prepared)
     are raised by this call, not at the first next().
