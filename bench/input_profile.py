@@ -32,7 +32,7 @@ def profile_train_steps(config, seed: int = 0) -> list[tuple[str, tf.data.Datase
   meta = datasets.builder_meta(builder)
   opts = ip.train_options(config, meta.ignore_index, meta.num_classes)
   decode_example = ip.train_decoder(config, builder)
-  split = datasets.config_value(config, "dataset.train_split")
+  split = config.dataset.train_split
   records = ip.read_split(builder, split).repeat().enumerate()
 
   def fingerprint(*tensors):   # the named draws (`ops.PhotometricDraws`) entry by entry

@@ -73,7 +73,6 @@ from protoseg_jax.classes import ClassMap
 from protoseg_jax.models.segmentor import build_model
 from protoseg_jax.trainer import augment, input_pipeline, paths, run as runs
 from protoseg_jax.trainer.cli import ArgumentError
-from protoseg_jax.trainer.datasets import config_value
 from protoseg_jax.trainer.images import READ_ERRORS, error_reason, open_image, to_rgb_uint8
 
 BUCKET = 32
@@ -436,7 +435,7 @@ class Predictor:
     self.num_classes = self.classes.num_ids
     self.eval_options = input_pipeline.eval_options(config)
     self.canvas, self.label_canvas = input_pipeline.eval_canvases(config)
-    self.max_pixels = int(config_value(config, "predict.max_pixels"))
+    self.max_pixels = int(config.predict.max_pixels)
     self.inference_options = inference.inference_options(config)
     self._class_ids = jnp.asarray(self.classes.class_ids, jnp.int32)
     self._steps = {}

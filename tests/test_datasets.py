@@ -625,17 +625,6 @@ def test_missing_dataset_says_what_to_download(tmp_path):
     datasets.check_prepared(config)
 
 
-def test_config_value_names_the_missing_key():
-  config = ml_collections.ConfigDict({"dataset": {"name": "demo", "data_dir": None}})
-  assert datasets.config_value(config, "dataset.name") == "demo"
-  assert datasets.config_value(config, "dataset.data_dir") is None  # None is a value
-  with pytest.raises(KeyError, match=r"config\.dataset\.builder_config is missing; it is set "
-                                     r"in configs/default\.py"):
-    datasets.config_value(config, "dataset.builder_config")
-  with pytest.raises(KeyError, match=r"config\.eval_batch_size is missing"):
-    datasets.config_value(config, "eval_batch_size")
-
-
 def test_an_empty_data_dir_is_tfds_default_not_the_current_directory(tmp_path, monkeypatch):
   """--config.dataset.data_dir= (empty) means TFDS's default directory, as
   unset does: the builder and the prepared path agree, nothing relative to

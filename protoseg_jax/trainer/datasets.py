@@ -9,7 +9,6 @@
   catalog(run=None)                    every known dataset's description, for
                                        `validate.validate_config`
   split_size(builder, split)           examples of a split (or a sub-split spec)
-  config_value(config, "a.b")          a config key, with no fallback of its own
 
 The TFDS builders live in `data/` beside the package (a checkout): they
 prepare datasets and know where a config's dataset is. Reading always goes
@@ -72,21 +71,6 @@ class PreparedDataset:
   def from_json(cls, d: Mapping) -> PreparedDataset:
     return cls(tfds_name=str(d["tfds_name"]), builder_config=d.get("builder_config"),
                version=str(d["version"]))
-
-
-def config_value(config, key: str):
-  """config.<key> for a dotted `key` ('dataset.crop_size'); no default of its own.
-
-  Raises:
-    KeyError: naming the key, when it (or a parent) is absent.
-  """
-  node = config
-  for part in key.split("."):
-    try:
-      node = node[part]
-    except (KeyError, TypeError, AttributeError):
-      raise KeyError(f"config.{key} is missing; it is set in configs/default.py") from None
-  return node
 
 
 def builders():

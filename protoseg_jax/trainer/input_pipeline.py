@@ -35,7 +35,7 @@ import tensorflow_datasets as tfds
 
 from protoseg_jax import held_out, validate
 from protoseg_jax.trainer import augment
-from protoseg_jax.trainer.datasets import builder_meta, check_prepared, config_value, split_size
+from protoseg_jax.trainer.datasets import builder_meta, check_prepared, split_size
 
 _MAX_EPOCHS = 1 << 40
 
@@ -53,24 +53,19 @@ def _pair(value, what: str) -> tuple[int, int]:
   return value
 
 
-def _ds(config, key: str):
-  """config.dataset.<key>."""
-  return config_value(config, f"dataset.{key}")
-
-
 def _eval_scale(config):
   """config.dataset.eval_scale as a pair, or None (original size)."""
-  scale = _ds(config, "eval_scale")
+  scale = config.dataset.eval_scale
   return _pair(scale, "eval_scale") if scale is not None else None
 
 
 def _mean_std(config):
-  return (tuple(float(v) for v in _ds(config, "mean")),
-          tuple(float(v) for v in _ds(config, "std")))
+  return (tuple(float(v) for v in config.dataset.mean),
+          tuple(float(v) for v in config.dataset.std))
 
 
 def _num_parallel(config):
-  value = _ds(config, "num_parallel_calls")
+  value = config.dataset.num_parallel_calls
   return tf.data.AUTOTUNE if value in (-1, None) else int(value)
 
 
@@ -78,13 +73,13 @@ def eval_options(config) -> augment.EvalOptions:
   """The eval preprocessing of config.dataset (`augment.eval_transform`)."""
   mean, std = _mean_std(config)
   return augment.EvalOptions(scale=_eval_scale(config), mean=mean, std=std,
-                             input_order=_ds(config, "input_order"))
+                             input_order=config.dataset.input_order)
 
 
 def eval_canvases(config) -> tuple[tuple[int, int], tuple[int, int]]:
   """(config.dataset.eval_canvas, eval_label_canvas): the padded image and label sizes."""
-  return (_pair(_ds(config, "eval_canvas"), "eval_canvas"),
-          _pair(_ds(config, "eval_label_canvas"), "eval_label_canvas"))
+  return (_pair(config.dataset.eval_canvas, "eval_canvas"),
+          _pair(config.dataset.eval_label_canvas, "eval_label_canvas"))
 
 
 def train_options(config, ignore_index: int, num_classes: int) -> augment.TrainOptions:
@@ -93,19 +88,19 @@ def train_options(config, ignore_index: int, num_classes: int) -> augment.TrainO
   configs/default.py's, the options have none)."""
   mean, std = _mean_std(config)
   return augment.TrainOptions(
-      crop_size=_pair(_ds(config, "crop_size"), "crop_size"),
-      scale=_pair(_ds(config, "scale"), "scale"),
-      ratio_range=tuple(float(r) for r in _ds(config, "ratio_range")),
-      cat_max_ratio=float(_ds(config, "cat_max_ratio")),
-      flip_prob=float(_ds(config, "flip_prob")),
-      photometric=bool(_ds(config, "photometric")),
+      crop_size=_pair(config.dataset.crop_size, "crop_size"),
+      scale=_pair(config.dataset.scale, "scale"),
+      ratio_range=tuple(float(r) for r in config.dataset.ratio_range),
+      cat_max_ratio=float(config.dataset.cat_max_ratio),
+      flip_prob=float(config.dataset.flip_prob),
+      photometric=bool(config.dataset.photometric),
       mean=mean,
       std=std,
       ignore_index=int(ignore_index),
-      input_order=_ds(config, "input_order"),
-      augmentation=_ds(config, "augmentation"),
-      aspect_range=tuple(float(a) for a in _ds(config, "aspect_range")),
-      brightness_shift=int(_ds(config, "brightness_shift")),
+      input_order=config.dataset.input_order,
+      augmentation=config.dataset.augmentation,
+      aspect_range=tuple(float(a) for a in config.dataset.aspect_range),
+      brightness_shift=int(config.dataset.brightness_shift),
       num_classes=int(num_classes),
   )
 
@@ -221,7 +216,7 @@ def has_appearance(builder) -> bool:
 
 def _local_batch(config, key: str, process_count: int) -> int:
   """config.<key> (a global batch size) divided over the processes."""
-  batch_size = int(config_value(config, key))
+  batch_size = int(config[key])
   if batch_size % process_count:
     raise ValueError(f"config.{key}={batch_size} is not divisible by the "
                      f"{process_count} processes.")
@@ -260,13 +255,13 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
   if ignored:
     logging.warning("config.%s=False (a run from before issue 22): ignored, the train step "
                     "finishes the batches (the host path was removed)", ", config.".join(ignored))
-  global_batch = int(config_value(config, "batch_size"))
+  global_batch = int(config.batch_size)
   local_batch = _local_batch(config, "batch_size", process_count)
-  seed = int(config_value(config, "seed"))
+  seed = int(config.seed)
   builder = check_prepared(config)
   meta = builder_meta(builder)
   opts = train_options(config, meta.ignore_index, meta.num_classes)
-  split = _ds(config, "train_split")
+  split = config.dataset.train_split
   n_total = split_size(builder, split)
   per_row = n_total // global_batch
   if per_row == 0:
@@ -275,7 +270,7 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
   # config.dataset.shuffle_buffer is the total over the global batch's row
   # streams (each buffers encoded records of its own slice; per row it must
   # not depend on the process count).
-  buffer = max(1, min(int(_ds(config, "shuffle_buffer")) // global_batch, per_row))
+  buffer = max(1, min(int(config.dataset.shuffle_buffer) // global_batch, per_row))
   start_epoch, offset = divmod(int(start_step), per_row)
 
   def row_stream(row: int) -> tf.data.Dataset:
@@ -311,7 +306,7 @@ def make_train_dataset(config, *, process_index: int, process_count: int,
   ds = _skip_bad_records(ds.map(decode, num_parallel_calls=parallel, deterministic=True))
   ds = ds.map(transform, num_parallel_calls=parallel, deterministic=True)
   ds = ds.batch(local_batch, drop_remainder=True)
-  return ds.prefetch(int(_ds(config, "prefetch")))
+  return ds.prefetch(int(config.dataset.prefetch))
 
 
 def make_eval_dataset(config, *, process_index: int, process_count: int,
@@ -331,7 +326,7 @@ def make_eval_dataset(config, *, process_index: int, process_count: int,
   builder = check_prepared(config, run)
   ignore_index = builder_meta(builder).ignore_index
   label_dtype = _label_dtype(builder)
-  split = _ds(config, "eval_split")
+  split = config.dataset.eval_split
   n_total = split_size(builder, split)
   subsplit = tfds.split_for_jax_process(split, process_index=process_index,
                                         process_count=process_count, drop_remainder=False)
@@ -386,7 +381,7 @@ def make_eval_dataset(config, *, process_index: int, process_count: int,
   ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat())
   ds = ds.take(num_batches * local_batch)  # the slice's rows (fewer if some were dropped) + padding
   ds = ds.batch(local_batch, drop_remainder=True)
-  return ds.prefetch(int(_ds(config, "prefetch")))
+  return ds.prefetch(int(config.dataset.prefetch))
 
 
 def scan_eval_sizes(config) -> dict[str, tuple[int, int]]:
@@ -406,7 +401,7 @@ def scan_eval_sizes(config) -> dict[str, tuple[int, int]]:
     hw = tf.shape(tf.io.decode_png(label_bytes, channels=1))[:2]
     return tf.concat([hw, augment.rescale_size(hw, scale) if scale is not None else hw], 0)
 
-  ds = read_split(builder, _ds(config, "eval_split"))
+  ds = read_split(builder, config.dataset.eval_split)
   ds = _skip_bad_records(ds.map(sizes, num_parallel_calls=_num_parallel(config)))
   most = ds.reduce(tf.zeros([4], tf.int32), tf.maximum).numpy().tolist()
   return {"eval_canvas": tuple(most[2:]), "eval_label_canvas": tuple(most[:2])}
