@@ -374,30 +374,33 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals,
   run = set_up_training(config, workdir)
   logging.info("%s", start_summary("train", config, workdir, run.info, run.model,
                                    run.state.params))
-  runs.describe(workdir, config, run.facts)
-  writers = _Writers(workdir)
   state, mngr = _resume(config, workdir, run.state)
-  start = int(jax.device_get(state.step))
-  total = int(config.num_train_steps)
-  step_fn = train.make_train_step(run.model, run.tx, run.schedule, config, run.mesh,
-                                  run.classes.ignore_index,
-                                  state_shardings=train.state_sharding(state))
-  batches = faults.with_nan_steps(
-      input_pipeline.create_train_iterator(config, run.evaluation.data_sharding,
-                                           start_step=start),
-      config.debug.nan_steps, start)
-  progress = Progress(total, int(config.eval_every_steps),
-                      writers.writer if jax.process_index() == 0 else None)
-  pending = []
-  skipped, stopping, step = faults.SkippedSteps(config.max_consecutive_nonfinite), False, start
-  waits = InputWait()
-  # Saves in flight are waited for and the writers closed however the loop
-  # ends, except when the store itself failed or a second signal asked to
-  # stop at once: waiting would only hang (the command line exits then).
+  writers = _Writers(workdir)
+  # From here on, saves in flight are waited for and the writers closed
+  # however the run ends, except when the store itself failed or a second
+  # signal asked to stop at once: waiting would only hang (the command line
+  # exits then).
   wait_for_saves = True
-  t0 = time.time()
-  stop.install()
   try:
+    start = int(jax.device_get(state.step))
+    total = int(config.num_train_steps)
+    step_fn = train.make_train_step(run.model, run.tx, run.schedule, config, run.mesh,
+                                    run.classes.ignore_index,
+                                    state_shardings=train.state_sharding(state))
+    batches = faults.with_nan_steps(
+        input_pipeline.create_train_iterator(config, run.evaluation.data_sharding,
+                                             start_step=start),
+        config.debug.nan_steps, start)
+    # Written once the input pipeline took the config (it refuses a new run
+    # that asks for the removed host path): a refused run leaves no config.json.
+    runs.describe(workdir, config, run.facts)
+    progress = Progress(total, int(config.eval_every_steps),
+                        writers.writer if jax.process_index() == 0 else None)
+    pending = []
+    skipped, stopping, step = faults.SkippedSteps(config.max_consecutive_nonfinite), False, start
+    waits = InputWait()
+    t0 = time.time()
+    stop.install()
     for step in range(start + 1, total + 1):
       with jax.profiler.StepTraceAnnotation("train", step_num=step):
         with waits:
