@@ -78,7 +78,9 @@ def make_variants(num_classes: int, num_prototypes: int, embed_dim: int, dtype, 
     def loss(params, x):
       out, upd = proto.apply({**v, "params": params}, x, y, train=True, mutable=["prototypes"],
                              rngs={heads.PROTOTYPE_RNG: key})
-      total, _ = losses.protoseg_loss(out.logits, y, out.proto_logits, out.proto_targets,
+      total, _ = losses.protoseg_loss(out.logits, y, proto_targets=out.proto_targets,
+                                      proto_lse=out.proto_lse,
+                                      proto_target_logits=out.proto_target_logits,
                                       align_corners=align_corners)
       return total, upd["prototypes"]
     (val, protos), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(v["params"], x)

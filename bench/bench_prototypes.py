@@ -107,9 +107,6 @@ def measure(n: int, c: int, m: int = 10, d: int = 720, repeats: int = 5, *,
 
   rows = []
   for mode in ("argmax", "gumbel"):
-    # proto_logits is the caller's own similarity passed through; returning it
-    # from a standalone jit would time a 400 MB copy that never happens inside
-    # the head's program, so the benchmark returns everything else.
     def run(p, e, lg, y, s, k, mode=mode):
       r = learn_prototypes(p, e, lg, y, assignment=mode, rng=k, similarity=s)
       return r.prototypes, r.proto_targets, r.assignments, r.counts

@@ -59,9 +59,9 @@ import jax.numpy as jnp
 from bench import harness
 from protoseg_jax import heads, losses
 from protoseg_jax.ops import l2_normalize
-from protoseg_jax.prototypes import (chunked_retrieval, learn_prototypes, max_over_prototypes,
-                                     prototype_similarity, resolve_class_chunk,
-                                     target_similarity)
+from protoseg_jax.prototypes import (chunked_retrieval, contrast_terms, learn_prototypes,
+                                     max_over_prototypes, prototype_similarity,
+                                     resolve_class_chunk, target_similarity)
 
 
 def layer_norm(x, scale, bias, eps=1e-5):
@@ -83,7 +83,7 @@ def cross_entropy_gather(logits, labels):
 
 
 def ppd_gather(proto_logits, proto_targets):
-  """losses.ppd_loss before 2026-11-28: s[target] by take_along_axis."""
+  """The library's PPD before 2026-11-28: s[target] by take_along_axis."""
   k = proto_logits.shape[-1]
   valid = (proto_targets >= 0) & (proto_targets < k)
   s = jnp.take_along_axis(proto_logits.astype(jnp.float32),
@@ -92,14 +92,26 @@ def ppd_gather(proto_logits, proto_targets):
   return jnp.sum(sq) / jnp.maximum(jnp.sum(valid), 1)
 
 
-# (CE, PPC, PPD, max over M): the library's (protoseg_jax.losses: logsumexp -
+def ppc_ppd_library(similarity, proto_targets):
+  """(PPC, PPD) as the head and the losses compute them: the similarity's
+  per-pixel terms (`prototypes.contrast_terms`), then `ppc_ppd_from_target`."""
+  lse, target = contrast_terms(similarity, proto_targets)
+  return losses.ppc_ppd_from_target(lse, target, proto_targets)
+
+
+def ppc_ppd_gather(similarity, proto_targets):
+  """PPC and PPD in their forms before 2026-11-28 (CE and s[target] by gather)."""
+  return (cross_entropy_gather(similarity, proto_targets),
+          ppd_gather(similarity, proto_targets))
+
+
+# (CE, (PPC, PPD), max over M): the library's (protoseg_jax.losses: logsumexp -
 # masked pick; prototypes.max_over_prototypes: select at the argmax) and the
 # forms it used before ("gather": log_softmax + take_along_axis, jnp.max).
 LOSSES = {
     "library": (lambda lg, y: losses.cross_entropy(lg, y, ignore_index=-1),
-                losses.ppc_loss, losses.ppd_loss, max_over_prototypes),
-    "gather": (cross_entropy_gather, cross_entropy_gather, ppd_gather,
-               lambda x: jnp.max(x, axis=-1)),
+                ppc_ppd_library, max_over_prototypes),
+    "gather": (cross_entropy_gather, ppc_ppd_gather, lambda x: jnp.max(x, axis=-1)),
 }
 
 
@@ -107,7 +119,7 @@ def protoseg_step(emb, protos, scale, bias, labels, rng, loss_impl="library", cl
   """class_chunk: None = all classes at once (today's head); 0 = the head's
   automatic rule (`prototypes.resolve_class_chunk`); k = chunks of k classes."""
   c, m, _ = protos.shape
-  ce_fn, ppc_fn, ppd_fn, max_m = LOSSES[loss_impl]
+  ce_fn, ppc_ppd_fn, max_m = LOSSES[loss_impl]
   chunk = c if class_chunk is None else resolve_class_chunk(class_chunk, emb.shape[0], c, m)
   if chunk < c:
     if loss_impl != "library":
@@ -132,8 +144,7 @@ def protoseg_step(emb, protos, scale, bias, labels, rng, loss_impl="library", cl
     res = learn_prototypes(protos, emb, scores, labels, rng=rng, similarity=sim,
                            ignore_index=-1)
     ce = ce_fn(scores, labels)
-    ppc = ppc_fn(sim, res.proto_targets)
-    ppd = ppd_fn(sim, res.proto_targets)
+    ppc, ppd = ppc_ppd_fn(sim, res.proto_targets)
     return ce + 0.01 * ppc + 0.001 * ppd, res.prototypes
 
   (loss, new_protos), grads = jax.value_and_grad(loss_fn, argnums=(0, 1, 2), has_aux=True)(

@@ -10,7 +10,8 @@ ProtoSegHead keeps its C x M prototypes in the non-trainable variable
 collection "prototypes" (variable "prototypes", [C, M, D]). Called with
 labels and with that collection mutable (`apply(..., mutable=["prototypes",
 ...])`), it runs one prototype-learning step (Sinkhorn clustering + momentum
-update) and returns `proto_logits` / `proto_targets` for the PPC/PPD losses.
+update) and returns `proto_targets`, `proto_lse` and `proto_target_logits`
+for the PPC/PPD losses (`losses.protoseg_loss`).
 Called without labels, or with the collection immutable, it changes nothing.
 """
 
@@ -25,7 +26,7 @@ import jax.numpy as jnp
 
 from protoseg_jax.ops import l2_normalize, resize_nearest
 from protoseg_jax.prototypes import (ASSIGNMENTS, PROTOTYPE_UPDATES, chunked_retrieval,
-                                     learn_prototypes, learn_prototypes_per_device,
+                                     contrast_terms, learn_prototypes, learn_prototypes_per_device,
                                      max_over_prototypes, prototype_similarity,
                                      resolve_class_chunk, target_similarity)
 
@@ -41,16 +42,15 @@ PROTO_INITS = ("trunc_normal_2std", "timm_trunc_normal")
 @flax.struct.dataclass
 class HeadOutput:
   """logits [B, h, w, C]; for ProtoSegHead also embeddings [B, h, w, D] and,
-  when prototypes were learned this call, proto_targets [B*h*w] (in [0, C*M);
-  -1 for ignored pixels, never the label ignore_index, which is a real
-  prototype when C*M > 255) and what PPC / PPD need: all classes at once,
-  proto_logits [B*h*w, C*M] (the cosine similarities); with class chunks,
-  instead, proto_lse [B*h*w] (log-sum-exp over the C*M of similarity /
+  when prototypes were learned this call, what PPC / PPD need, one value per
+  pixel whether the similarity was computed at once or a chunk of classes at
+  a time: proto_targets [B*h*w] (in [0, C*M); -1 for ignored pixels, never
+  the label ignore_index, which is a real prototype when C*M > 255),
+  proto_lse [B*h*w] (log-sum-exp over the C*M of similarity /
   ppc_temperature) and proto_target_logits [B*h*w] (the cosine to the
-  target prototype), which `losses.protoseg_loss` takes the same way."""
+  target prototype); `losses.protoseg_loss` takes them."""
   logits: jnp.ndarray
   embeddings: Optional[jnp.ndarray] = None
-  proto_logits: Optional[jnp.ndarray] = None
   proto_targets: Optional[jnp.ndarray] = None
   proto_lse: Optional[jnp.ndarray] = None
   proto_target_logits: Optional[jnp.ndarray] = None
@@ -122,11 +122,11 @@ class ProtoSegHead(nn.Module):
       once, k = chunks of k classes. With chunks neither pass holds more than
       one chunk's similarity [N, k*M] (`prototypes.chunked_retrieval`: the
       scores' max over M and PPC's log-sum-exp per chunk, the backward pass
-      recomputing each chunk), and the output carries proto_lse /
-      proto_target_logits instead of proto_logits. Equal up to float rounding.
+      recomputing each chunk). The output is the same either way, equal up
+      to float rounding.
     ppc_temperature: the PPC logits are similarity / ppc_temperature (1.0:
-      the official code, no temperature; 0.1: the paper); used here for the
-      chunked log-sum-exp, and by `losses.protoseg_loss` (give it the same).
+      the official code, no temperature; 0.1: the paper); used here for
+      proto_lse, and by `losses.protoseg_loss` (give it the same).
     dtype: compute dtype of the projection convs; the embedding, similarity
       and prototype maths always run in float32.
   """
@@ -232,12 +232,13 @@ class ProtoSegHead(nn.Module):
       res = learn_prototypes(old, emb, scores, y, **kw)
     if self.update_prototype:
       protos.value = jnp.where(update, res.prototypes, protos.value)
-    out = out.replace(proto_targets=res.proto_targets)
     if chunk >= c:
-      return out.replace(proto_logits=res.proto_logits)
-    return out.replace(proto_lse=retrieval.lse,
-                       proto_target_logits=target_similarity(emb, old, res.proto_targets,
-                                                             train_prototypes))
+      lse, target = contrast_terms(sim, res.proto_targets, self.ppc_temperature)
+    else:
+      lse = retrieval.lse
+      target = target_similarity(emb, old, res.proto_targets, train_prototypes)
+    return out.replace(proto_targets=res.proto_targets, proto_lse=lse,
+                       proto_target_logits=target)
 
 
 class LinearHead(nn.Module):

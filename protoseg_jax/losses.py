@@ -13,15 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from protoseg_jax.chunking import auto_chunk_size
-from protoseg_jax.ops import interp_matrix, resize_bilinear
-
-
-def _pick(x: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
-  """x[..., index[...]] as a masked sum over the last axis. Its gradient is an
-  elementwise select that fuses into its neighbours; `take_along_axis`'s is a
-  scatter-add into a zero buffer the size of x."""
-  hit = jnp.arange(x.shape[-1], dtype=jnp.int32) == index[..., None]
-  return jnp.sum(jnp.where(hit, x, 0.0), axis=-1)
+from protoseg_jax.ops import interp_matrix, pick, resize_bilinear
 
 
 def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, *, ignore_index: int = 255,
@@ -42,7 +34,7 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, *, ignore_index: int
   # logsumexp(x) - x[label]: no [..., K] log-softmax is stored, and the
   # gradient is one fused softmax(x) - onehot (bench/bench_vocab.py).
   x = logits.astype(jnp.float32)
-  nll = jax.nn.logsumexp(x, axis=-1) - _pick(x, safe)
+  nll = jax.nn.logsumexp(x, axis=-1) - pick(x, safe)
   if class_weights is None:
     w = valid.astype(jnp.float32)
   else:
@@ -53,36 +45,21 @@ def cross_entropy(logits: jnp.ndarray, labels: jnp.ndarray, *, ignore_index: int
   return jnp.sum(w * nll) / jnp.maximum(jnp.sum(w), 1e-12)
 
 
-def ppc_loss(proto_logits: jnp.ndarray, proto_targets: jnp.ndarray) -> jnp.ndarray:
-  """Pixel-prototype contrast: CE of [N, C*M] proto_logits against [N] targets.
-
-  Every target in [0, C*M) counts (255 too: a real prototype when C*M > 255);
-  negative targets (-1, prototypes.PROTO_IGNORE) are ignored pixels.
-  """
-  return cross_entropy(proto_logits, proto_targets, ignore_index=-1)
-
-
-def ppd_loss(proto_logits: jnp.ndarray, proto_targets: jnp.ndarray) -> jnp.ndarray:
-  """Pixel-prototype distance: mean over labelled pixels of (1 - s[n, target_n])^2.
-
-  Targets as in `ppc_loss`: [0, C*M) count, negative ones are ignored.
-  """
-  k = proto_logits.shape[-1]
-  t = proto_targets.astype(jnp.int32)
-  valid = (t >= 0) & (t < k)
-  s = _pick(proto_logits.astype(jnp.float32), jnp.where(valid, t, 0))
-  sq = jnp.where(valid, jnp.square(1.0 - s), 0.0)
-  return jnp.sum(sq) / jnp.maximum(jnp.sum(valid), 1)
-
-
 def ppc_ppd_from_target(proto_lse: jnp.ndarray, proto_target_logits: jnp.ndarray,
                         proto_targets: jnp.ndarray, ppc_temperature: float = 1.0
                         ) -> tuple[jnp.ndarray, jnp.ndarray]:
-  """(PPC, PPD) without the [N, C*M] prototype logits: from each pixel's
-  log-sum-exp over all C*M of similarity / temperature (proto_lse [N]) and
-  its cosine to the target prototype (proto_target_logits [N]); targets as
-  in `ppc_loss` (negative: ignored). Equal to `ppc_loss(proto_logits / t)`
-  and `ppd_loss(proto_logits)` up to float rounding."""
+  """(PPC, PPD) from what the ProtoSeg head gives per pixel, whether it
+  computed its similarity at once or a chunk of classes at a time:
+
+    proto_lse [N]            log-sum-exp over all C*M of similarity / ppc_temperature
+    proto_target_logits [N]  the cosine to the target prototype
+    proto_targets [N]        targets in [0, C*M) (255 too: a real prototype
+                             when C*M > 255); negative (-1): ignored pixels
+
+  PPC (pixel-prototype contrast) is the mean over counted pixels of the CE
+  lse - s_target / t, i.e. `F.cross_entropy(proto_logits / t, targets)`;
+  PPD (pixel-prototype distance) the mean of (1 - s_target)^2 (PROTOSEG.md).
+  ppc_temperature must be the one the head computed proto_lse with."""
   valid = proto_targets.astype(jnp.int32) >= 0
   count = jnp.maximum(jnp.sum(valid), 1)
   s = proto_target_logits.astype(jnp.float32)
@@ -155,7 +132,7 @@ def _blockwise_cross_entropy(logits, labels, rows: int, *, ignore_index, class_w
     x = jnp.einsum("pw,bowc->bopc", ww, x)                             # [B, rows, W, C]
     valid = (y_r != ignore_index) & (y_r >= 0) & (y_r < c)
     safe = jnp.where(valid, y_r, 0)
-    nll = jax.nn.logsumexp(x, axis=-1) - _pick(x, safe)
+    nll = jax.nn.logsumexp(x, axis=-1) - pick(x, safe)
     wts = valid.astype(jnp.float32) if cw is None else jnp.where(valid, cw[safe], 0.0)
     total, weight = carry
     return (total + jnp.sum(wts * nll), weight + jnp.sum(wts)), None
@@ -165,9 +142,8 @@ def _blockwise_cross_entropy(logits, labels, rows: int, *, ignore_index, class_w
   return total / jnp.maximum(weight, 1e-12)
 
 
-def protoseg_loss(seg_logits: jnp.ndarray, labels: jnp.ndarray,
-                  proto_logits: Optional[jnp.ndarray] = None,
-                  proto_targets: Optional[jnp.ndarray] = None, *,
+def protoseg_loss(seg_logits: jnp.ndarray, labels: jnp.ndarray, *,
+                  proto_targets: Optional[jnp.ndarray] = None,
                   proto_lse: Optional[jnp.ndarray] = None,
                   proto_target_logits: Optional[jnp.ndarray] = None,
                   lambda_ppc: float = 0.01, lambda_ppd: float = 0.001,
@@ -180,15 +156,12 @@ def protoseg_loss(seg_logits: jnp.ndarray, labels: jnp.ndarray,
   Args:
     seg_logits: [B, h, w, C] class logits at feature resolution.
     labels: [B, H, W] int at label resolution.
-    proto_logits, proto_targets: [N, C*M] and [N] from the prototype head
-      (feature resolution; targets in [0, C*M), -1 for ignored pixels; the
-      label `ignore_index` does not apply to them); when neither proto_logits
-      nor proto_lse is given (linear head) the loss is CE only.
-    proto_lse, proto_target_logits: [N] each, what a head with class chunks
-      gives instead of proto_logits (`ppc_ppd_from_target`).
-    ppc_temperature: PPC on proto_logits / ppc_temperature (1.0: the
-      official code; the chunked head computed proto_lse with its own, the
-      same value).
+    proto_targets, proto_lse, proto_target_logits: [N] each, the ProtoSeg
+      head's output when it learned prototypes (`heads.HeadOutput`; feature
+      resolution; `ppc_ppd_from_target`); None (a linear head, or a head
+      called without labels): the loss is the CE alone.
+    ppc_temperature: the head's (`ProtoSegHead.ppc_temperature`: proto_lse
+      was computed with it). 1.0: the official code; 0.1: the paper.
     label_rows: the CE's label rows per block (`segmentation_loss`).
 
   Returns:
@@ -197,15 +170,16 @@ def protoseg_loss(seg_logits: jnp.ndarray, labels: jnp.ndarray,
   ce = segmentation_loss(seg_logits, labels, ignore_index=ignore_index,
                          class_weights=class_weights, align_corners=align_corners,
                          label_rows=label_rows)
-  if proto_logits is None and proto_lse is None:
+  terms = (proto_targets, proto_lse, proto_target_logits)
+  if all(t is None for t in terms):
     zero = jnp.zeros((), jnp.float32)
     return ce, {"loss_ce": ce, "loss_ppc": zero, "loss_ppd": zero}
-  if proto_logits is not None:
-    logits = proto_logits if float(ppc_temperature) == 1.0 else proto_logits / ppc_temperature
-    ppc = ppc_loss(logits, proto_targets)
-    ppd = ppd_loss(proto_logits, proto_targets)
-  else:
-    ppc, ppd = ppc_ppd_from_target(proto_lse, proto_target_logits, proto_targets,
-                                   ppc_temperature)
+  if any(t is None for t in terms):
+    raise ValueError("protoseg_loss needs proto_targets, proto_lse and proto_target_logits "
+                     "together (the ProtoSeg head's output), got None for "
+                     + ", ".join(n for n, t in zip(("proto_targets", "proto_lse",
+                                                     "proto_target_logits"), terms) if t is None))
+  ppc, ppd = ppc_ppd_from_target(proto_lse, proto_target_logits, proto_targets,
+                                 ppc_temperature)
   total = ce + lambda_ppc * ppc + lambda_ppd * ppd
   return total, {"loss_ce": ce, "loss_ppc": ppc, "loss_ppd": ppd}

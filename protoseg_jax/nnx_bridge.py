@@ -107,7 +107,7 @@ class ProtoSegHead(nnx.Module):
     """`heads.ProtoSegHead.__call__`: features [B, h, w, in_features]; labels
     [B, H, W] with train=True learn the prototypes (written into
     `self.prototypes`). Returns the head's output (.logits [B, h, w, C],
-    .proto_logits, .proto_targets, ...)."""
+    .proto_targets, .proto_lse, .proto_target_logits, ...)."""
     variables = self.linen_variables()
     if labels is not None and train:
       out, updates = self.linen.apply(variables, features, labels, train=True, update=update,

@@ -84,6 +84,16 @@ def l2_normalize(x: jnp.ndarray, axis: int = -1, eps: float = 1e-12) -> jnp.ndar
   return x / norm
 
 
+def pick(x: jnp.ndarray, index: jnp.ndarray) -> jnp.ndarray:
+  """x[..., index[...]] as a masked sum over the last axis (index in range).
+
+  Its gradient is an elementwise select that fuses into its neighbours;
+  `take_along_axis`'s is a scatter-add into a zero buffer the size of x
+  (bench/bench_vocab.py). The value is exact: one term, the rest zeros."""
+  hit = jnp.arange(x.shape[-1], dtype=jnp.int32) == index[..., None]
+  return jnp.sum(jnp.where(hit, x, 0.0), axis=-1)
+
+
 def normalization_constants(mean, std) -> tuple[np.ndarray, np.ndarray]:
   """(scale, offset), float32 [3]: a normalised pixel is x * scale - offset with
   scale = 1 / std and offset = mean * scale (`normalize_pixels`)."""

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from protoseg_jax.chunking import auto_chunk_size
-from protoseg_jax.ops import l2_normalize
+from protoseg_jax.ops import l2_normalize, pick
 from protoseg_jax.sinkhorn import sinkhorn_knopp
 
 ASSIGNMENTS = ("gumbel", "argmax")
@@ -37,9 +37,6 @@ class PrototypeUpdate:
   """Result of one prototype-learning step.
 
   prototypes:    [C, M, D] updated prototypes, unit norm.
-  proto_logits:  [N, C*M] cosine similarity to the OLD prototypes (gradients
-                 flow into the embeddings only); None when learning from
-                 own-class similarities (`own_similarity`, chunked classes).
   proto_targets: [N] int32 c*M + index (Sinkhorn argmax) in [0, C*M);
                  PROTO_IGNORE (-1) for ignored pixels.
   assignments:   [N] int32 prototype (0..M-1) each pixel was assigned to for
@@ -48,7 +45,6 @@ class PrototypeUpdate:
                  updated each prototype.
   """
   prototypes: jnp.ndarray
-  proto_logits: jnp.ndarray
   proto_targets: jnp.ndarray
   assignments: jnp.ndarray
   counts: jnp.ndarray
@@ -284,6 +280,20 @@ def target_similarity(embeddings: jnp.ndarray, prototypes: jnp.ndarray,
   return jnp.where(valid, jnp.sum(embeddings * picked, axis=-1), 0.0)
 
 
+def contrast_terms(similarity: jnp.ndarray, proto_targets: jnp.ndarray,
+                   ppc_temperature: float = 1.0) -> tuple[jnp.ndarray, jnp.ndarray]:
+  """(proto_lse [N], proto_target_logits [N]) of the whole similarity [N, C*M]:
+  the log-sum-exp over C*M of similarity / ppc_temperature and the cosine to
+  the target prototype (`proto_targets`; negative: 0). What
+  `chunked_retrieval(with_lse=True)` and `target_similarity` give a chunk of
+  classes at a time; `losses.ppc_ppd_from_target` takes either."""
+  t = proto_targets.astype(jnp.int32)
+  valid = t >= 0
+  x = similarity if float(ppc_temperature) == 1.0 else similarity / ppc_temperature
+  target = jnp.where(valid, pick(similarity, jnp.where(valid, t, 0)), 0.0)
+  return jax.nn.logsumexp(x, axis=-1), target
+
+
 def _argmax_equals(logits: jnp.ndarray, idx: jnp.ndarray) -> jnp.ndarray:
   """argmax(logits, 1) == idx, the first maximum winning as torch.max does.
 
@@ -347,11 +357,12 @@ def learn_prototypes(prototypes: jnp.ndarray, embeddings: jnp.ndarray, logits: j
       prototypes)` if the caller already has it.
     own_similarity: optional [N, M] similarity of each pixel to its own
       class's M prototypes (`chunked_retrieval(..., labels=)` computes it a
-      chunk of classes at a time): then no [N, C*M] similarity is formed and
-      `proto_logits` is None (the losses use `target_similarity`).
+      chunk of classes at a time): then no [N, C*M] similarity is formed.
 
   Returns:
-    PrototypeUpdate (prototypes, proto_logits, proto_targets, assignments, counts).
+    PrototypeUpdate (prototypes, proto_targets, assignments, counts). The
+    PPC / PPD terms of the targets: `contrast_terms` of the similarity, or
+    `target_similarity` with `chunked_retrieval`'s log-sum-exp.
   """
   if assignment not in ASSIGNMENTS:
     raise ValueError(f"assignment must be one of {ASSIGNMENTS}, got {assignment!r}")
@@ -410,7 +421,6 @@ def learn_prototypes(prototypes: jnp.ndarray, embeddings: jnp.ndarray, logits: j
   targets = jnp.where(valid, cls * m + index, PROTO_IGNORE).astype(jnp.int32)
   return PrototypeUpdate(
       prototypes=new.reshape(c, m, d).astype(prototypes.dtype),
-      proto_logits=similarity,
       proto_targets=targets,
       assignments=jnp.where(valid, assign, -1),
       counts=counts.reshape(c, m),
@@ -433,7 +443,7 @@ def learn_prototypes_per_device(mesh, axis_name: str, prototypes: jnp.ndarray,
   axis). Every device runs Sinkhorn and the momentum update on its local
   pixels alone, then the updated (unit-norm) prototypes are averaged over the
   devices (pmean, not re-normalised: the official all_reduce / world_size;
-  the next use normalises). Targets and proto_logits are the local ones;
+  the next use normalises). Targets and assignments are the local ones;
   `counts` are summed over devices. The Gumbel draw of device i uses
   fold_in(rng, i). kwargs: as `learn_prototypes` (gamma, num_iters, epsilon,
   assignment, ignore_index).
@@ -443,21 +453,26 @@ def learn_prototypes_per_device(mesh, axis_name: str, prototypes: jnp.ndarray,
   size = mesh.shape[axis_name]
   if n % size:
     raise ValueError(f"{n} pixels do not split over {size} devices of mesh axis {axis_name!r}")
-  if similarity is None:
-    similarity = prototype_similarity(embeddings, prototypes)
+  # Each device's rows of what the caller has: its own-class similarities
+  # (class chunks: no [N, C*M] similarity is ever formed) or the similarity.
+  if own_similarity is not None:
+    rows, name = own_similarity, "own_similarity"
+  else:
+    rows = prototype_similarity(embeddings, prototypes) if similarity is None else similarity
+    name = "similarity"
   use_rng = rng is not None
   key = rng if use_rng else jax.random.key(0)
 
   def local(p, e, lg, y, s, k):
     if use_rng:
       k = jax.random.fold_in(k, jax.lax.axis_index(axis_name))
-    r = learn_prototypes(p, e, lg, y, rng=k if use_rng else None, similarity=s, **kwargs)
+    r = learn_prototypes(p, e, lg, y, rng=k if use_rng else None, **{name: s}, **kwargs)
     return r.replace(prototypes=jax.lax.pmean(r.prototypes, axis_name),
                      counts=jax.lax.psum(r.counts, axis_name))
 
   row, rep = P(axis_name), P()
-  out_specs = PrototypeUpdate(prototypes=rep, proto_logits=row, proto_targets=row,
+  out_specs = PrototypeUpdate(prototypes=rep, proto_targets=row,
                               assignments=row, counts=rep)
   fn = jax.shard_map(local, mesh=mesh, in_specs=(rep, row, row, row, row, rep),
                      out_specs=out_specs)
-  return fn(prototypes, embeddings, logits, labels, similarity, key)
+  return fn(prototypes, embeddings, logits, labels, rows, key)

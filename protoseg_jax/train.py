@@ -197,8 +197,8 @@ def train_loss(params, prototypes, state: TrainState, batch: dict, *, model: Seg
   scale = jnp.asarray(learn).astype(jnp.float32)
   label_rows = int(config.loss.label_rows)
   total, parts = losses.protoseg_loss(
-      out.logits, batch["label"], out.proto_logits, out.proto_targets,
-      proto_lse=out.proto_lse, proto_target_logits=out.proto_target_logits,
+      out.logits, batch["label"], proto_targets=out.proto_targets, proto_lse=out.proto_lse,
+      proto_target_logits=out.proto_target_logits,
       lambda_ppc=p.lambda_ppc * scale, lambda_ppd=p.lambda_ppd * scale,
       ppc_temperature=float(p.ppc_temperature), ignore_index=ignore_index,
       class_weights=class_weights, align_corners=m.align_corners, label_rows=label_rows)

@@ -137,7 +137,7 @@ def test_bf16_computes_in_bf16_and_scores_in_f32(steps):
     return res, state["intermediates"]
 
   res, inter = jax.eval_shape(head_outputs, variables)
-  for name in ("logits", "proto_logits"):
+  for name in ("logits", "proto_lse", "proto_target_logits"):
     assert getattr(res, name).dtype == jnp.float32, name
   (head_out,) = inter["head"]["__call__"]
   assert head_out.embeddings.dtype == jnp.float32
@@ -147,7 +147,8 @@ def test_bf16_computes_in_bf16_and_scores_in_f32(steps):
   eqns = _eqns(jax.make_jaxpr(head_outputs)(variables).jaxpr)
   convs = [e for e in eqns if e.primitive.name == "conv_general_dilated"]
   assert convs and all(e.outvars[0].aval.dtype == jnp.bfloat16 for e in convs)
-  n, cm = res.proto_logits.shape
+  c, m, _ = variables["prototypes"]["head"]["prototypes"].shape
+  n, cm = res.proto_targets.shape[0], c * m
   sims = [e for e in eqns if e.primitive.name == "dot_general"
           and e.outvars[0].aval.shape == (n, cm)]
   assert sims and all(v.aval.dtype == jnp.float32 for e in sims for v in e.invars)

@@ -38,7 +38,7 @@ def _head_step(chunk, feats, labels, *, variables=None, rng=None, train_prototyp
                           mutable=["prototypes"], rngs={"prototypes": rng or jax.random.key(5)},
                           train_prototypes=train_prototypes)
     total, parts = losses.protoseg_loss(
-        out.logits, labels, out.proto_logits, out.proto_targets, proto_lse=out.proto_lse,
+        out.logits, labels, proto_targets=out.proto_targets, proto_lse=out.proto_lse,
         proto_target_logits=out.proto_target_logits, ppc_temperature=temperature)
     return total, (parts, upd["prototypes"], out.proto_targets, out)
 
@@ -64,7 +64,7 @@ def test_chunked_head_equals_all_at_once(chunk, assignment):
   feats, labels = _data()
   ref = _head_step(C, feats, labels, assignment=assignment)
   got = _head_step(chunk, feats, labels, assignment=assignment)
-  assert ref[6].proto_logits is not None and got[6].proto_logits is None
+  assert ref[6].proto_lse.shape == ref[6].proto_target_logits.shape == (2 * 6 * 5,)
   assert got[6].proto_lse.shape == got[6].proto_target_logits.shape == (2 * 6 * 5,)
   _assert_same(ref, got)
   np.testing.assert_allclose(got[6].logits, ref[6].logits, atol=TOL)
@@ -96,6 +96,11 @@ def test_chunked_per_device_mean_update_equals_all_at_once():
     step = lambda chunk: jax.jit(functools.partial(
         _head_step, chunk, prototype_update="per_device_mean"))(feats, labels)
     ref, got = step(C), step(3)
+    # The shard_map takes each device's own-class similarities, not the whole one.
+    n = 4 * 6 * 5
+    per_device = lambda chunk: _shapes(jax.make_jaxpr(lambda f: _head_step(
+        chunk, f, labels, prototype_update="per_device_mean")[:6])(feats).jaxpr)
+    assert (n, C * M) in per_device(C) and (n, C * M) not in per_device(3)
   _assert_same(ref, got)
 
 

@@ -50,7 +50,7 @@ def test_forward_matches_official_head(axis):
       lambda path, a: a + 0.3 * jax.random.normal(jax.random.key(len(str(path))), a.shape)
       if "norm" in str(path) else a, v)
   out = head.apply(v, x)
-  assert out.logits.shape == (B, H, W, C) and out.proto_logits is None
+  assert out.logits.shape == (B, H, W, C) and out.proto_lse is None
   np.testing.assert_allclose(np.asarray(out.logits), _official_head_forward(v, x, axis == "width"),
                              atol=2e-5)
 
@@ -94,14 +94,24 @@ def test_learning_only_with_labels_and_mutable_collection():
   v = head.init(jax.random.key(0), x)
   # Immutable prototypes or no labels: pure inference.
   out = head.apply(v, x, y, train=True)
-  assert out.proto_logits is None
+  assert out.proto_targets is None and out.proto_lse is None and out.proto_target_logits is None
   out, mut = head.apply(v, x, train=True, mutable=["prototypes"])
   np.testing.assert_array_equal(np.asarray(mut["prototypes"]["prototypes"]),
                                 np.asarray(v["prototypes"]["prototypes"]))
   # Labels + mutable: one learning step.
   out, mut = head.apply(v, x, y, train=True, mutable=["prototypes"])
-  assert out.proto_logits.shape == (B * H * W, C * M)
-  assert out.proto_targets.shape == (B * H * W,)
+  assert out.proto_targets.shape == out.proto_lse.shape == (B * H * W,)
+  # PPC / PPD's terms against the cosines to the OLD prototypes, in float64.
+  old = np.asarray(v["prototypes"]["prototypes"], np.float64).reshape(C * M, -1)
+  old /= np.linalg.norm(old, axis=-1, keepdims=True)
+  sim = np.asarray(out.embeddings, np.float64).reshape(B * H * W, -1) @ old.T
+  top = sim.max(axis=1)
+  np.testing.assert_allclose(out.proto_lse, top + np.log(np.exp(sim - top[:, None]).sum(1)),
+                             rtol=1e-5)
+  t = np.asarray(out.proto_targets)
+  want = np.where(t >= 0, sim[np.arange(len(t)), np.maximum(t, 0)], 0.0)
+  np.testing.assert_allclose(out.proto_target_logits, want, atol=1e-5)
+  assert (t >= 0).any() and (t < 0).any()
   new = np.asarray(mut["prototypes"]["prototypes"])
   assert np.abs(new - np.asarray(v["prototypes"]["prototypes"])).max() > 1e-3
   np.testing.assert_allclose(np.linalg.norm(new, axis=-1), 1.0, atol=1e-6)
@@ -143,9 +153,8 @@ def test_no_gradient_to_prototypes_and_gradient_to_params():
   def loss(params, protos):
     out, _ = head.apply({"params": params, "prototypes": protos}, x, y, train=True,
                         mutable=["prototypes"])
-    valid = out.proto_targets >= 0
-    picked = jnp.take_along_axis(out.proto_logits, jnp.where(valid, out.proto_targets, 0)[:, None], 1)
-    return jnp.sum(out.logits) * 0 + jnp.sum(jnp.where(valid[:, None], picked, 0))
+    return (jnp.sum(out.logits) * 0 + jnp.sum(out.proto_target_logits)
+            + jnp.sum(out.proto_lse))
 
   gp, gproto = jax.grad(loss, argnums=(0, 1))(v["params"], v["prototypes"])
   assert np.all(np.asarray(gproto["prototypes"]) == 0)
@@ -158,7 +167,7 @@ def test_linear_head_same_interface():
   v = head.init(jax.random.key(0), x)
   out = head.apply(v, x, _labels(), train=True)
   assert isinstance(out, HeadOutput) and out.logits.shape == (B, H, W, C)
-  assert out.proto_logits is None
+  assert out.proto_targets is None and out.proto_lse is None
 
 
 def test_prototype_init_modes():

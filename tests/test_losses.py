@@ -1,9 +1,11 @@
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from protoseg_jax import losses
+from protoseg_jax.prototypes import contrast_terms
 
 
 def _seg_inputs(seed):
@@ -37,6 +39,20 @@ def test_segmentation_loss_upsamples_like_official():
   np.testing.assert_allclose(float(got), float(ref), rtol=1e-5)
 
 
+def _ppc_ppd(proto_logits, targets, temperature=1.0):
+  """(PPC, PPD) of [N, K] similarities the way the head and the loss compute
+  them: the per-pixel terms, then `ppc_ppd_from_target`."""
+  pl, pt = jnp.asarray(proto_logits, jnp.float32), jnp.asarray(targets)
+  return losses.ppc_ppd_from_target(*contrast_terms(pl, pt, temperature), pt, temperature)
+
+
+def _terms(proto_logits, targets):
+  """protoseg_loss's keyword arguments for [N, K] similarities."""
+  pl, pt = jnp.asarray(proto_logits, jnp.float32), jnp.asarray(targets)
+  lse, target = contrast_terms(pl, pt)
+  return dict(proto_targets=pt, proto_lse=lse, proto_target_logits=target)
+
+
 def test_ppc_ppd_match_official_formulas():
   rng = np.random.RandomState(2)
   proto_logits = np.tanh(rng.randn(40, 12)).astype(np.float32)
@@ -46,10 +62,14 @@ def test_ppc_ppd_match_official_formulas():
   ref_ppc = F.cross_entropy(tl, tt, ignore_index=-1)
   keep = tt != -1
   ref_ppd = (1 - torch.gather(tl[keep], 1, tt[keep][:, None])).pow(2).mean()
-  np.testing.assert_allclose(float(losses.ppc_loss(jnp.asarray(proto_logits), jnp.asarray(targets))),
-                             float(ref_ppc), rtol=1e-5)
-  np.testing.assert_allclose(float(losses.ppd_loss(jnp.asarray(proto_logits), jnp.asarray(targets))),
-                             float(ref_ppd), rtol=1e-5)
+  ppc, ppd = _ppc_ppd(proto_logits, targets)
+  np.testing.assert_allclose(float(ppc), float(ref_ppc), rtol=1e-5)
+  np.testing.assert_allclose(float(ppd), float(ref_ppd), rtol=1e-5)
+  # The paper's temperature: CE of similarity / 0.1; PPD unchanged.
+  ppc, ppd = _ppc_ppd(proto_logits, targets, 0.1)
+  np.testing.assert_allclose(float(ppc), float(F.cross_entropy(tl / 0.1, tt, ignore_index=-1)),
+                             rtol=1e-5)
+  np.testing.assert_allclose(float(ppd), float(ref_ppd), rtol=1e-5)
 
 
 def test_protoseg_loss_combines_with_lambdas_and_handles_empty_batches():
@@ -57,16 +77,19 @@ def test_protoseg_loss_combines_with_lambdas_and_handles_empty_batches():
   rng = np.random.RandomState(3)
   pl = jnp.asarray(np.tanh(rng.randn(60, 8)).astype(np.float32))
   pt = jnp.asarray(rng.randint(0, 8, 60))
-  total, parts = losses.protoseg_loss(jnp.asarray(logits), jnp.asarray(labels), pl, pt,
-                                      lambda_ppc=0.01, lambda_ppd=0.001)
+  total, parts = losses.protoseg_loss(jnp.asarray(logits), jnp.asarray(labels),
+                                      **_terms(pl, pt), lambda_ppc=0.01, lambda_ppd=0.001)
   expect = parts["loss_ce"] + 0.01 * parts["loss_ppc"] + 0.001 * parts["loss_ppd"]
   np.testing.assert_allclose(float(total), float(expect), rtol=1e-6)
   assert float(parts["loss_ppc"]) > 0 and float(parts["loss_ppd"]) > 0
   ce_only, parts = losses.protoseg_loss(jnp.asarray(logits), jnp.asarray(labels))
   assert float(parts["loss_ppc"]) == 0.0 and float(ce_only) == float(parts["loss_ce"])
   empty = jnp.full(labels.shape, 255)
-  total, parts = losses.protoseg_loss(jnp.asarray(logits), empty, pl, jnp.full((60,), -1))
+  total, parts = losses.protoseg_loss(jnp.asarray(logits), empty,
+                                      **_terms(pl, jnp.full((60,), -1)))
   assert float(total) == 0.0
+  with pytest.raises(ValueError, match="proto_lse, proto_target_logits"):
+    losses.protoseg_loss(jnp.asarray(logits), jnp.asarray(labels), proto_targets=pt)
 
 
 def test_ppc_ppd_count_target_255_of_a_large_vocabulary():
@@ -85,24 +108,22 @@ def test_ppc_ppd_count_target_255_of_a_large_vocabulary():
   logp = logp - np.log(np.exp(logp).sum(1, keepdims=True))
   ce = -logp[np.arange(len(t)), t]
   sq = (1.0 - z[np.arange(len(t)), t]) ** 2
-  pl, pt = jnp.asarray(proto_logits, jnp.float32), jnp.asarray(targets)
-  np.testing.assert_allclose(float(losses.ppc_loss(pl, pt)), ce.mean(), rtol=1e-5)
-  np.testing.assert_allclose(float(losses.ppd_loss(pl, pt)), sq.mean(), rtol=1e-5)
+  ppc, ppd = _ppc_ppd(proto_logits, targets)
+  np.testing.assert_allclose(float(ppc), ce.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(ppd), sq.mean(), rtol=1e-5)
   # Pixels with target 255 contribute exactly their CE and squared distance;
   # ignored pixels (-1) contribute nothing, whatever their logits.
   only255 = np.where(targets == 255, 255, -1)
-  np.testing.assert_allclose(float(losses.ppc_loss(pl, jnp.asarray(only255))),
-                             ce[t == 255].mean(), rtol=1e-5)
-  np.testing.assert_allclose(float(losses.ppd_loss(pl, jnp.asarray(only255))),
-                             sq[t == 255].mean(), rtol=1e-5)
+  ppc, ppd = _ppc_ppd(proto_logits, only255)
+  np.testing.assert_allclose(float(ppc), ce[t == 255].mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(ppd), sq[t == 255].mean(), rtol=1e-5)
   noisy = proto_logits.copy()
   noisy[10:16] = rng.randn(6, k) * 5
-  noisy = jnp.asarray(noisy, jnp.float32)
-  np.testing.assert_allclose(float(losses.ppc_loss(noisy, pt)), float(losses.ppc_loss(pl, pt)), rtol=1e-6)
-  np.testing.assert_allclose(float(losses.ppd_loss(noisy, pt)), float(losses.ppd_loss(pl, pt)), rtol=1e-6)
+  np.testing.assert_allclose(_ppc_ppd(noisy, targets), _ppc_ppd(proto_logits, targets),
+                             rtol=1e-6)
   # Through the total as well: labels' ignore_index 255 does not apply to targets.
   seg = jnp.zeros((1, 2, 2, 30))
   lab = jnp.zeros((1, 2, 2), jnp.int32)
-  _, parts = losses.protoseg_loss(seg, lab, pl, pt)
+  _, parts = losses.protoseg_loss(seg, lab, **_terms(proto_logits, targets))
   np.testing.assert_allclose(float(parts["loss_ppc"]), ce.mean(), rtol=1e-5)
   np.testing.assert_allclose(float(parts["loss_ppd"]), sq.mean(), rtol=1e-5)

@@ -81,7 +81,9 @@ def test_the_documented_nnx_model_trains_as_the_same_model_in_linen():
       out, upd = linen_head.apply({"params": p["head"], "prototypes": {"prototypes": prototypes}},
                                   f, labels, train=True, mutable=["prototypes"],
                                   rngs={"prototypes": key})
-      loss, _ = losses.protoseg_loss(out.logits, labels, out.proto_logits, out.proto_targets)
+      loss, _ = losses.protoseg_loss(out.logits, labels, proto_targets=out.proto_targets,
+                                     proto_lse=out.proto_lse,
+                                     proto_target_logits=out.proto_target_logits)
       return loss, upd["prototypes"]["prototypes"]
     (loss, prototypes), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = tx.update(grads, opt_state, params)

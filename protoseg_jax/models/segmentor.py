@@ -6,10 +6,9 @@
                       rngs={"dropout": k1, "prototypes": k2})
     out.logits         # [B, h, w, C] at decoder resolution
     out.aux_logits     # [B, h', w', C] or None
-    out.proto_logits   # [N, C*M] or None (ProtoSeg head learning this call)
-    out.proto_targets  # [N] in [0, C*M), -1 = ignored pixel; or None
-    out.proto_lse, out.proto_target_logits   # [N] each, instead of proto_logits with
-                                             # class chunks (heads.ProtoSegHead.class_chunk)
+    out.proto_targets  # [N] in [0, C*M), -1 = ignored pixel; None unless the
+                       # ProtoSeg head learned prototypes this call
+    out.proto_lse, out.proto_target_logits   # [N] each, PPC / PPD's terms (heads.HeadOutput)
 
 Variables: params and batch_stats under "backbone", "decoder", "head",
 "aux_decoder", "aux_head"; prototypes under {"prototypes": {"head": ...}}.
@@ -52,7 +51,6 @@ def get_decoder_class(name: str):
 class SegmentorOutput:
   logits: jnp.ndarray
   aux_logits: Optional[jnp.ndarray] = None
-  proto_logits: Optional[jnp.ndarray] = None
   proto_targets: Optional[jnp.ndarray] = None
   proto_lse: Optional[jnp.ndarray] = None
   proto_target_logits: Optional[jnp.ndarray] = None
@@ -98,8 +96,8 @@ class Segmentor(nn.Module):
       a = fcn(in_index=2, channels=self.aux_channels, num_convs=1, concat_input=False,
               dtype=self.dtype, name="aux_decoder")(feats, train=train)
       aux = heads.LinearHead(self.num_classes, dtype=self.dtype, name="aux_head")(a).logits
-    return SegmentorOutput(logits=out.logits, aux_logits=aux, proto_logits=out.proto_logits,
-                           proto_targets=out.proto_targets, proto_lse=out.proto_lse,
+    return SegmentorOutput(logits=out.logits, aux_logits=aux, proto_targets=out.proto_targets,
+                           proto_lse=out.proto_lse,
                            proto_target_logits=out.proto_target_logits)
 
 
