@@ -433,7 +433,6 @@ def predict_scores(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray],
     num_classes: if given, checked against the logits' last dimension.
   """
   ctx = _context(logits_fn, batch, options, num_classes)
-  label_hw, merge = ctx.label_hw, options.merge
 
   def infer(x):
     if options.resize == "bicubic":
@@ -443,19 +442,33 @@ def predict_scores(logits_fn: LogitsFn, batch: Mapping[str, jnp.ndarray],
                              stride=options.stride, align_corners=ctx.up_align)
     return whole_inference(logits_fn, x, align_corners=ctx.up_align)
 
+  def pass_scores(p):
+    ratio, flipped = ctx.passes[p]
+    return _to_label(ctx, infer(_pass_input(ctx, ratio, flipped)))   # [B, Hl, Wl, C]
+
+  return _merge_passes(ctx, pass_scores, lambda p, s: jax.nn.softmax(s, axis=-1))
+
+
+def _merge_passes(ctx: "_Context", pass_scores, probabilities) -> jnp.ndarray:
+  """The passes' label-resolution scores merged (`predict_scores`; for a
+  slice of the classes in `_predict_chunked`): pass_scores(p) -> [B, Hl, Wl,
+  k] of pass p; probabilities(p, scores) -> its softmax, called for
+  mean_softmax over several passes. Flipped passes are flipped back; over
+  several passes the mean (mean_softmax) or sum (sum_logits), 0 outside
+  label_hw."""
   passes = ctx.passes
+  multi = len(passes) > 1
+  mean_softmax = multi and ctx.options.merge == "mean_softmax"
   total = None
-  for ratio, flipped in passes:
-    x = _pass_input(ctx, ratio, flipped)
-    logits = infer(x)                                          # [B, Hs, Ws, C] (bicubic: h', w')
-    scores = _to_label(ctx, logits)
-    if len(passes) > 1 and merge == "mean_softmax":
-      scores = jax.nn.softmax(scores, axis=-1)
+  for p, (_, flipped) in enumerate(passes):
+    scores = pass_scores(p)
+    if mean_softmax:
+      scores = probabilities(p, scores)
     if flipped:
-      scores = flip_valid(scores, label_hw[:, 1])
+      scores = flip_valid(scores, ctx.label_hw[:, 1])
     total = scores if total is None else total + scores
-  if len(passes) > 1:
-    if merge == "mean_softmax":
+  if multi:
+    if mean_softmax:
       total = total / len(passes)
     total = jnp.where(_inside(ctx)[..., None], total, 0.0)
   return total
@@ -667,24 +680,14 @@ def _predict_chunked(logits_fn: LogitsFn, ctx: _Context, chunk: int,
 
     init = tuple((neg_inf, jnp.broadcast_to(zero, pixels)) for _ in passes)
     stats, _ = jax.lax.scan(lse_step, init, chunk_ids)
-  inside = _inside(ctx)[..., None] if multi else None
+
+  def probabilities(p, s):
+    m, z = stats[p]
+    return jnp.exp(s - m[..., None]) / z[..., None]
 
   def argmax_step(carry, j):
     best, best_id = carry
-    total = None
-    for p, (_, _, _, flipped) in enumerate(records):
-      s = pass_scores(j, p)
-      if softmax:
-        m, z = stats[p]
-        s = jnp.exp(s - m[..., None]) / z[..., None]
-      if flipped:
-        s = flip_valid(s, label_hw[:, 1])
-      total = s if total is None else total + s
-    if softmax:
-      total = total / len(passes)
-    if multi:
-      total = jnp.where(inside, total, 0.0)
-    total = real(j, total)
+    total = real(j, _merge_passes(ctx, lambda p: pass_scores(j, p), probabilities))
     top = jnp.max(total, axis=-1)
     top_id = jnp.argmax(total, axis=-1).astype(jnp.int32) + j * chunk
     # jnp.argmax: the first maximum wins, a NaN counts as the maximum.
