@@ -63,7 +63,7 @@ def agreement(q: np.ndarray, rng: jax.Array, draws: int) -> dict:
 def pixels(run, max_batches: int):
   """(unit embeddings [N, D], labels [N]) of the validation pixels."""
   batches = input_pipeline.create_eval_iterator(run.config, sharding.batch_sharding(run.mesh),
-                                                run=run.facts)
+                                                run=run.classes)
   lut = run.classes.label_lut()
   embed = jax.jit(lambda v, x: proto_head_output(run.model, v, x).embeddings)
   embs, labels = [], []

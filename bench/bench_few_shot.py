@@ -85,7 +85,7 @@ def write_support(config, class_id: int, shots: int, min_pixels: int, out_dir: s
                    f"{class_id}")
 
 
-def evaluate(config, model, variables, classes, mesh, held: int, facts=None) -> dict:
+def evaluate(config, model, variables, classes, mesh, held: int) -> dict:
   """Metrics of `variables` on the eval split, each output scored as its
   class id (`classes`: a `classes.ClassMap`; the confusion matrix is
   classes.num_ids square)."""
@@ -97,7 +97,8 @@ def evaluate(config, model, variables, classes, mesh, held: int, facts=None) -> 
                               class_ids=classes.class_ids)
   evaluator = evaluation.Evaluator(step, num_classes=classes.num_ids, class_names=classes.names,
                                    log_every=0)
-  batches = input_pipeline.create_eval_iterator(config, sharding.batch_sharding(mesh), run=facts)
+  batches = input_pipeline.create_eval_iterator(config, sharding.batch_sharding(mesh),
+                                                run=classes)
   m = evaluator.evaluate(jax.device_put(variables, sharding.replicated(mesh)), batches)
   iou = np.asarray(m["IoU"], np.float64)
   others = np.delete(iou, held)
@@ -188,12 +189,13 @@ def main(argv=None):
     sys.stderr.write(run.stdout[-2000:] + run.stderr[-4000:])
     raise SystemExit(f"add_class failed (exit {run.returncode}): {' '.join(cmd[1:])}")
   added = loaded["added"] = runs.load_run(added_dir, held_cfg, devices=jax.devices()[:1])
-  if added.facts is None:
-    raise SystemExit(f"{added_dir} has no run.json: add_class wrote no run description")
+  if not added.classes.added:
+    raise SystemExit(f"{added_dir} has no run.json recording the class: add_class wrote no "
+                     "run description")
   # The added model's classes, from OUT/run.json (the fields classes.json had).
   classes = {"num_classes": added.classes.num_outputs,
              "class_names": list(added.classes.output_names),
-             "added": dict(added.facts.added[-1]) if added.facts.added else None,
+             "added": dict(added.classes.added[-1]),
              "dataset_class_ids": list(added.classes.class_ids),
              "num_ids": added.classes.num_ids}
   print(json.dumps({"add_class": " ".join(cmd[1:]), "stdout": run.stdout.strip(),
@@ -201,14 +203,14 @@ def main(argv=None):
 
   for name in ("full", "held_out"):
     r = loaded[name]
-    results[name] = evaluate(r.config, r.model, r.variables, r.classes, r.mesh, k, r.facts)
+    results[name] = evaluate(r.config, r.model, r.variables, r.classes, r.mesh, k)
     results[name]["logged_mIoU"] = round(float(_last_val(
         args.full_workdir if name == "full" else args.held_out_workdir)["val/mIoU"]), 2)
     print(json.dumps({"model": name, **results[name]}), flush=True)
   ids = tuple(added.classes.class_ids)
   assert ids == held_out.model_class_ids(classes_full.num_dataset_classes, k, added=True), ids
   results["added"] = evaluate(added.config, added.model, added.variables, added.classes,
-                              added.mesh, k, added.facts)
+                              added.mesh, k)
   results["added"]["held_out_model_unchanged"] = _same_bits_except_new_class(
       jax.device_get(loaded["held_out"].variables), jax.device_get(added.variables))
   print(json.dumps({"model": "added", **results["added"]}), flush=True)
@@ -220,8 +222,7 @@ def main(argv=None):
   readded, n = add_class.add_class_from_support(
       held_cfg, build_model(held_cfg, classes_full.num_outputs - 1, classes_full.ignore_index),
       dropped, add_class.list_support(support))
-  results["readded"] = evaluate(held_cfg, added.model, readded, added.classes, added.mesh, k,
-                                added.facts)
+  results["readded"] = evaluate(held_cfg, added.model, readded, added.classes, added.mesh, k)
   results["readded"]["support_pixels"] = int(n)
   print(json.dumps({"model": "readded", **results["readded"]}), flush=True)
   print(json.dumps({

@@ -232,7 +232,7 @@ def class_pixels(run, max_batches: Optional[int], variables=None) -> dict[str, n
   the run's model with `variables` (default: the run's)."""
   variables = run.variables if variables is None else variables
   batches = input_pipeline.create_eval_iterator(run.config, sharding.batch_sharding(run.mesh),
-                                                run=run.facts)
+                                                run=run.classes)
   forward = jax.jit(lambda v, x: head_input_and_embeddings(run.model, v, x))
   norm = (np.asarray(run.config.dataset.mean, np.float32),
           np.asarray(run.config.dataset.std, np.float32))

@@ -143,9 +143,9 @@ def main(argv):
   output = cli.expand(FLAGS.output, "--output")
   config = cli.run_config(workdir)          # every config problem first
   pairs = list_support(cli.expand(FLAGS.support, "--support"))
-  facts = runs.read_facts(workdir)
-  if facts is not None:                     # the run's classes, known before any weights load
-    new_class(facts.classes, FLAGS.name)
+  recorded = runs.read_classes(workdir)
+  if recorded is not None:                  # the run's classes, known before any weights load
+    new_class(recorded, FLAGS.name)
   run = cli.load_tool_run(workdir, config=config, checkpoint_step=FLAGS.checkpoint_step,
                           needs_prototypes=True)
   name, classes = new_class(run.classes, FLAGS.name)
@@ -154,11 +154,9 @@ def main(argv):
   new, n = add_class_from_support(run.config, run.model, variables, pairs)
   paths.resolve(output).mkdir(parents=True, exist_ok=True)
   checkpoints.save_variables(new, output)
-  facts = run.facts or runs.facts_of_config(run.config)
   added = {"name": name, "class_id": classes.class_ids[-1], "support_images": len(pairs),
            "support_pixels": int(n), "from": run.source}
-  runs.describe(output, run.config, dataclasses.replace(facts, classes=classes,
-                                                         added=facts.added + (added,)))
+  runs.describe(output, run.config, dataclasses.replace(classes, added=classes.added + (added,)))
   print(f"added class {classes.num_outputs - 1} {name!r} (class id {classes.class_ids[-1]}) "
         f"from {len(pairs)} images ({n} embedding pixels); wrote {output}/variables, "
         f"config.json and run.json: use it as --workdir={output}")

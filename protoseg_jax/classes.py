@@ -1,17 +1,19 @@
-"""The classes of a dataset and of a run's model, as plain data.
+"""The two descriptions: of a dataset and of a run, as plain data.
 
-  DatasetMeta   the one description of a dataset: its class facts (names, palette,
-                ignore index and, where the release numbers its classes otherwise,
-                their release ids), its splits and, once prepared, their sizes
-  ClassMap      a run's classes: the class id of each model output (held-out and
-                added classes), the names and palette of every class id
+  DatasetMeta   a dataset: its class facts (names, palette, ignore index and, where
+                the release numbers its classes otherwise, their release ids), its
+                splits and, once known, where it is prepared and its split sizes
+  ClassMap      a run: the class id of each model output (held-out and added
+                classes), the names and palette of every class id, its dataset's
+                DatasetMeta; what DIR/run.json holds
 
 A dataset's builder (data/) owns its DatasetMeta; the trainer writes the
 run's ClassMap into the workdir (run.json), so that the tools that load a
 run (evaluation, predict, diagnostics, visualize, add_class, export) know
-which class each output is without the dataset's code or the config's
-held-out override. Class ids 0..C-1 are the dataset's train ids; ids from C
-on are classes the dataset lacks, added by `protoseg_jax.add_class`.
+which class each output is, and where its data is, without the dataset's
+code or the config's held-out override. Class ids 0..C-1 are the dataset's
+train ids; ids from C on are classes the dataset lacks, added by
+`protoseg_jax.add_class`.
 
 Pure Python and NumPy: part of the library.
 """
@@ -23,13 +25,19 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+import protoseg_jax
 from protoseg_jax import held_out
 
 IGNORE_INDEX = 255
+RUN_FORMAT = 1      # of ClassMap.to_json (run.json)
 
 
 def _palette(colours) -> tuple[tuple[int, int, int], ...]:
   return tuple(tuple(int(v) for v in c) for c in colours)
+
+
+def _text(x) -> Optional[str]:
+  return None if x is None else str(x)
 
 
 def generated_colour(i: int) -> tuple[int, int, int]:
@@ -48,6 +56,11 @@ class DatasetMeta:
   split specs against); () where unknown (checks skipped).
   split_sizes: ((split spec, examples), ...) of a prepared dataset, for
   the split specs a run reads (`examples`); () before preparing.
+  tfds_name, builder_config, version: where the dataset is prepared,
+  data_dir/<tfds_name>/<builder_config>/<version>
+  (`trainer.datasets.prepared_dir`): what a run records so that it can be
+  evaluated without the builders' code; None where not known (a builder's
+  own description: the place depends on the config).
   """
   class_names: tuple[str, ...]
   palette: tuple[tuple[int, int, int], ...]
@@ -55,6 +68,9 @@ class DatasetMeta:
   release_ids: Optional[tuple[int, ...]] = None
   splits: tuple[str, ...] = ()
   split_sizes: tuple[tuple[str, int], ...] = ()
+  tfds_name: Optional[str] = None
+  builder_config: Optional[str] = None
+  version: Optional[str] = None
 
   def __post_init__(self):
     if len(self.palette) != len(self.class_names):
@@ -85,19 +101,27 @@ class DatasetMeta:
       out["splits"] = list(self.splits)
     if self.split_sizes:
       out["split_sizes"] = {k: int(n) for k, n in self.split_sizes}
+    if self.tfds_name is not None:
+      out["prepared"] = {"tfds_name": self.tfds_name, "builder_config": self.builder_config,
+                         "version": self.version}
     return out
 
   @classmethod
   def from_metadata(cls, metadata: Mapping) -> DatasetMeta:
     """The inverse of `metadata()` (e.g. of a prepared `builder.info.metadata`;
-    one prepared before splits were recorded has none)."""
+    one prepared before splits were recorded has none; a builder's has no
+    "prepared")."""
     release = metadata.get("release_ids")
+    where = metadata.get("prepared") or {}
     meta = cls(class_names=tuple(metadata["class_names"]), palette=_palette(metadata["palette"]),
                ignore_index=int(metadata["ignore_index"]),
                release_ids=None if release is None else tuple(int(i) for i in release),
                splits=tuple(str(x) for x in metadata.get("splits", ())),
                split_sizes=tuple((str(k), int(n))
-                                 for k, n in dict(metadata.get("split_sizes", {})).items()))
+                                 for k, n in dict(metadata.get("split_sizes", {})).items()),
+               tfds_name=_text(where.get("tfds_name")),
+               builder_config=_text(where.get("builder_config")),
+               version=_text(where.get("version")))
     if int(metadata["num_classes"]) != meta.num_classes:
       raise ValueError(f"metadata says {metadata['num_classes']} classes but names "
                        f"{meta.num_classes}.")
@@ -106,33 +130,33 @@ class DatasetMeta:
 
 @dataclasses.dataclass(frozen=True)
 class ClassMap:
-  """Which class each output of a run's model is.
+  """A run: which class each output of its model is, and its dataset.
 
   Attributes:
     dataset: the dataset's name (config.dataset.name).
+    meta: the dataset's description: its C classes (names, palette, ignore
+      index, release ids), its splits and where it is prepared.
     class_ids: the class id of each model output, in output order.
-    names, palette: of every class id 0..K-1 (the dataset's C classes, then
-      the classes added that the dataset lacks).
-    num_dataset_classes: C, the dataset's classes (ids >= C never occur in
-      its labels).
-    ignore_index: the dataset's ignored label.
-    release_ids: the dataset's release id of each of its C classes, or None
-      (`DatasetMeta.release_ids`).
+    new_names, new_palette: of the classes added that the dataset lacks
+      (class ids C, C+1, ...).
+    held_out_class: the dataset's class the run was trained without
+      (config.dataset.held_out_class), or held_out.NONE.
+    added: what `add_class` recorded of each class it added ({"name",
+      "class_id", "support_images", "support_pixels", "from"}).
   """
   dataset: str
+  meta: DatasetMeta
   class_ids: tuple[int, ...]
-  names: tuple[str, ...]
-  palette: tuple[tuple[int, int, int], ...]
-  num_dataset_classes: int
-  ignore_index: int = IGNORE_INDEX
-  release_ids: Optional[tuple[int, ...]] = None
+  new_names: tuple[str, ...] = ()
+  new_palette: tuple[tuple[int, int, int], ...] = ()
+  held_out_class: int = held_out.NONE
+  added: tuple[dict, ...] = ()
 
   def __post_init__(self):
-    k = len(self.names)
-    if len(self.palette) != k:
-      raise ValueError(f"{len(self.palette)} palette colours for {k} class names")
-    if not 1 <= self.num_dataset_classes <= k:
-      raise ValueError(f"num_dataset_classes={self.num_dataset_classes} must lie in 1..{k}")
+    if len(self.new_palette) != len(self.new_names):
+      raise ValueError(f"{len(self.new_palette)} palette colours for {len(self.new_names)} "
+                       "added classes")
+    k = self.num_ids
     if len(set(self.class_ids)) != len(self.class_ids) or any(
         not 0 <= i < k for i in self.class_ids):
       raise ValueError(f"class_ids {self.class_ids} must be distinct ids in 0..{k - 1}")
@@ -141,10 +165,31 @@ class ClassMap:
   def of_dataset(cls, name: str, meta: DatasetMeta, held_out_class: int = held_out.NONE
                  ) -> ClassMap:
     """A model trained on dataset `name`, without `held_out_class` if one is given."""
-    return cls(dataset=name, class_ids=held_out.model_class_ids(meta.num_classes, held_out_class),
-               names=meta.class_names, palette=meta.palette,
-               num_dataset_classes=meta.num_classes, ignore_index=meta.ignore_index,
-               release_ids=meta.release_ids)
+    return cls(dataset=name, meta=meta,
+               class_ids=held_out.model_class_ids(meta.num_classes, held_out_class),
+               held_out_class=held_out_class)
+
+  @property
+  def names(self) -> tuple[str, ...]:
+    """Of every class id 0..K-1: the dataset's C classes, then the added ones."""
+    return self.meta.class_names + self.new_names
+
+  @property
+  def palette(self) -> tuple[tuple[int, int, int], ...]:
+    return self.meta.palette + self.new_palette
+
+  @property
+  def num_dataset_classes(self) -> int:
+    """C (ids >= C never occur in the dataset's labels)."""
+    return self.meta.num_classes
+
+  @property
+  def ignore_index(self) -> int:
+    return self.meta.ignore_index
+
+  @property
+  def release_ids(self) -> Optional[tuple[int, ...]]:
+    return self.meta.release_ids
 
   @property
   def num_outputs(self) -> int:
@@ -153,7 +198,7 @@ class ClassMap:
   @property
   def num_ids(self) -> int:
     """K: the dataset's classes and the added ones (the size of a confusion matrix)."""
-    return len(self.names)
+    return self.num_dataset_classes + len(self.new_names)
 
   @property
   def output_names(self) -> tuple[str, ...]:
@@ -184,26 +229,42 @@ class ClassMap:
       raise ValueError(f"class {name!r} (id {self.names.index(name)}) is not missing from the "
                        "model and cannot be added again")
     k = self.num_ids
-    return dataclasses.replace(self, class_ids=self.class_ids + (k,), names=self.names + (name,),
-                               palette=self.palette + (generated_colour(k),))
+    return dataclasses.replace(self, class_ids=self.class_ids + (k,),
+                               new_names=self.new_names + (name,),
+                               new_palette=self.new_palette + (generated_colour(k),))
 
   def to_json(self) -> dict:
-    out = {"dataset": self.dataset, "class_ids": [int(i) for i in self.class_ids],
-           "names": list(self.names), "palette": [list(c) for c in self.palette],
-           "num_dataset_classes": int(self.num_dataset_classes),
-           "ignore_index": int(self.ignore_index)}
-    if self.release_ids is not None:
-      out["release_ids"] = [int(i) for i in self.release_ids]
-    return out
+    """run.json: the layout every version has written (RUN_FORMAT); its
+    "classes" is also export.json's."""
+    meta = self.meta.metadata()
+    classes = {"dataset": self.dataset, "class_ids": [int(i) for i in self.class_ids],
+               "names": list(self.names), "palette": [list(c) for c in self.palette],
+               "num_dataset_classes": meta["num_classes"], "ignore_index": meta["ignore_index"]}
+    if "release_ids" in meta:
+      classes["release_ids"] = meta["release_ids"]
+    return {"format": RUN_FORMAT, "package_version": protoseg_jax.__version__,
+            "classes": classes, "splits": meta.get("splits", []),
+            "prepared": meta.get("prepared"), "held_out_class": int(self.held_out_class),
+            "added": [dict(a) for a in self.added]}
 
   @classmethod
   def from_json(cls, d: Mapping) -> ClassMap:
-    release = d.get("release_ids")
-    return cls(dataset=str(d["dataset"]), class_ids=tuple(int(i) for i in d["class_ids"]),
-               names=tuple(str(n) for n in d["names"]), palette=_palette(d["palette"]),
-               num_dataset_classes=int(d["num_dataset_classes"]),
-               ignore_index=int(d["ignore_index"]),
-               release_ids=None if release is None else tuple(int(i) for i in release))
+    """The inverse of `to_json` (of any version's run.json: the splits, the
+    prepared place, held_out_class and added may be missing)."""
+    c = d["classes"]
+    n = int(c["num_dataset_classes"])
+    names, palette = tuple(str(x) for x in c["names"]), _palette(c["palette"])
+    if not 1 <= n <= len(names):
+      raise ValueError(f"num_dataset_classes={n} must lie in 1..{len(names)}")
+    meta = DatasetMeta.from_metadata({
+        "num_classes": n, "class_names": names[:n], "palette": palette[:n],
+        "ignore_index": c["ignore_index"], "release_ids": c.get("release_ids"),
+        "splits": d.get("splits", ()), "prepared": d.get("prepared")})
+    return cls(dataset=str(c["dataset"]), meta=meta,
+               class_ids=tuple(int(i) for i in c["class_ids"]),
+               new_names=names[n:], new_palette=palette[n:],
+               held_out_class=int(d.get("held_out_class", held_out.NONE)),
+               added=tuple(dict(a) for a in d.get("added", ())))
 
 
 def output_ids(class_map: ClassMap, outputs: np.ndarray) -> np.ndarray:

@@ -43,7 +43,7 @@ def main(argv):
   if FLAGS.num_batches > 0:
     try:
       batches = input_pipeline.create_eval_iterator(
-          run.config, sharding.batch_sharding(run.mesh), run=run.facts)
+          run.config, sharding.batch_sharding(run.mesh), run=run.classes)
     except datasets.DatasetNotPreparedError as e:
       print(f"dataset not prepared ({str(e).splitlines()[0]}): prototype-only statistics")
     else:

@@ -419,7 +419,7 @@ def describe(config, classes: ClassMap, size, formats: Sequence[str], *, source:
                     "compute_dtype": str(config.model.dtype),
                     "platforms": {"jax": list(JAX_PLATFORMS),
                                   "saved_model": list(SAVED_MODEL_PLATFORMS)}},
-      "classes": dict(classes.to_json(), output_names=list(classes.output_names),
+      "classes": dict(classes.to_json()["classes"], output_names=list(classes.output_names),
                       num_outputs=c),
       "source": {"workdir": workdir, "weights": source, "checkpoint_step": step},
       "config": json.loads(runs.config_to_json(config)),

@@ -636,4 +636,5 @@ def test_an_empty_data_dir_is_tfds_default_not_the_current_directory(tmp_path, m
   config.dataset.data_dir = ""
   got = datasets._builder(config, "demo").data_dir
   assert got == want and os.path.isabs(got)
-  assert datasets.prepared(config).path("") == datasets.prepared(config).path(None)
+  meta = datasets.prepared(config)
+  assert datasets.prepared_dir(meta, "") == datasets.prepared_dir(meta, None)

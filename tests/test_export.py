@@ -457,7 +457,7 @@ def _checkpointed_workdir(workdir, config, variables, step=2):
   """A workdir as the trainer leaves it (config.json, run.json, a train-state
   checkpoint), holding `variables`."""
   save_train_state(workdir, config, variables, step)
-  runs.describe(str(workdir), config, runs.facts_of_config(config))
+  runs.describe(str(workdir), config, runs.classes_of_config(config))
 
 
 @pytest.mark.slow       # main.py in subprocesses; the fast set covers every format and family

@@ -72,15 +72,15 @@ def workdir(tmp_path_factory):
   from protoseg_jax.trainer import checkpoints, run as runs
   tmp = tmp_path_factory.mktemp("readme")
   config = make_tiny_config(tmp / "tfds")           # the dataset is never read
-  facts = runs.facts_of_config(config)
-  model = build_model(config, facts.classes.num_outputs, facts.classes.ignore_index)
+  classes = runs.classes_of_config(config)
+  model = build_model(config, classes.num_outputs, classes.ignore_index)
   abstract = jax.eval_shape(model.init, {"params": jax.random.key(0),
                                          "prototypes": jax.random.key(1)},
                             jnp.zeros((1, 64, 64, 3)))
   rng = np.random.default_rng(0)
   wd = tmp / "run"
   checkpoints.save_variables(random_variables(abstract), str(wd))
-  runs.describe(str(wd), config, facts)
+  runs.describe(str(wd), config, classes)
   support = tmp / "support"
   support.mkdir()
   for i in range(2):

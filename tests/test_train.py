@@ -53,15 +53,15 @@ def test_train_and_evaluate_end_to_end(trained_run, tmp_path):
   written = runs.read_config(workdir)
   assert written.to_json_best_effort(sort_keys=True) == config.to_json_best_effort(sort_keys=True)
   assert written.dataset.held_out_class == 3 and written.dataset.crop_size == (64, 64)
-  facts = runs.read_facts(workdir)
-  assert facts.classes.class_ids == (0, 1, 2, 4, 5) and facts.held_out_class == 3
-  assert facts.classes.output_names == ("background", "disc", "box", "bar", "ring")
+  classes = runs.read_classes(workdir)
+  assert classes.class_ids == (0, 1, 2, 4, 5) and classes.held_out_class == 3
+  assert classes.output_names == ("background", "disc", "box", "bar", "ring")
   # Prototype usage by the eval pixels, against the model's classes.
   val, m = val_recs[-1], config.protoseg.num_prototypes
   assert val["val/proto_images"] == 10 and 0 < val["val/proto_used_frac"] <= 1
   for key in ("val/proto_mean_cosine", "val/proto_max_cosine", "val/proto_distinct_frac"):
     assert np.isfinite(val[key]), key
-  names = list(facts.classes.output_names)
+  names = list(classes.output_names)
   assert list(val["val/proto_used"]) == list(val["val/proto_usage"]) == names
   # Reference counts: embeddings of the final state, labels of every eval image
   # at the embeddings' size (12x12 for the plumbing model's output stride 8:

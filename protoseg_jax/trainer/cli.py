@@ -349,10 +349,10 @@ def run_config(workdir: Optional[str] = None, *, required_config: bool = False,
              f"and {paths.resolve(workdir) / runs.CONFIG_FILE} does not exist")
       raise ArgumentError(f"--config is required here ({why}): e.g. "
                           "--config=configs/demo.py")
-  facts = runs.read_facts(workdir) if workdir else None
+  recorded = runs.read_classes(workdir) if workdir else None
   problems = list(_Parsed.override_problems)
   try:
-    validate.validate_config(config, datasets=datasets.catalog(facts), **counts)
+    validate.validate_config(config, datasets=datasets.catalog(recorded), **counts)
   except validate.ConfigError as e:
     problems += list(e.problems)
   if problems:

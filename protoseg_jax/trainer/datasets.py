@@ -4,6 +4,8 @@
                                        from its directory (the demo generates itself)
   dataset_meta(config, run=None)       its description (`classes.DatasetMeta`: class
                                        facts and splits)
+  prepared(config, run=None)           the same, with where it is prepared (what a
+                                       run records); prepared_dir(meta, data_dir)
   get_dataset_info(config, run=None)   the same, prepared: with the sizes of the
                                        config's train and eval splits
   catalog(run=None)                    every known dataset's description, for
@@ -15,7 +17,8 @@ prepare datasets and know where a config's dataset is. Reading always goes
 through the prepared directory (`tfds.builder_from_directory`), so a
 workdir's evaluation also works where only the installed package is: the
 trainer records the dataset's facts and its prepared directory in the
-workdir (run.json, `protoseg_jax.trainer.run`), and `run` passes them here.
+workdir (run.json: the run's `classes.ClassMap`, `protoseg_jax.trainer.run`),
+and `run` passes them here.
 Preparing a dataset, or training on one, needs the checkout.
 
 Importing this module keeps TensorFlow (TFDS, tf.data) off the accelerators.
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from typing import Mapping, Optional
+from typing import Optional
 
 import jax
 import tensorflow as tf
@@ -47,30 +50,13 @@ class DatasetNotPreparedError(FileNotFoundError):
   """A dataset has not been prepared in the TFDS data_dir (or cannot be found)."""
 
 
-@dataclasses.dataclass(frozen=True)
-class PreparedDataset:
-  """Where a prepared dataset is: data_dir/<tfds name>/<builder config>/<version>.
-
-  What a workdir records (run.json "dataset.prepared") so that a run can be
-  evaluated without the builders' code.
-  """
-  tfds_name: str
-  builder_config: Optional[str]
-  version: str
-
-  def path(self, data_dir: Optional[str]) -> str:
-    path = paths.resolve(data_dir or tfds.core.constants.DATA_DIR) / self.tfds_name
-    if self.builder_config:
-      path = path / self.builder_config
-    return str(path / self.version)
-
-  def to_json(self) -> dict:
-    return dataclasses.asdict(self)
-
-  @classmethod
-  def from_json(cls, d: Mapping) -> PreparedDataset:
-    return cls(tfds_name=str(d["tfds_name"]), builder_config=d.get("builder_config"),
-               version=str(d["version"]))
+def prepared_dir(meta: DatasetMeta, data_dir: Optional[str]) -> str:
+  """Where the dataset `meta` locates (`DatasetMeta.tfds_name`...) is in
+  `data_dir`: data_dir/<tfds name>/<builder config>/<version>."""
+  path = paths.resolve(data_dir or tfds.core.constants.DATA_DIR) / meta.tfds_name
+  if meta.builder_config:
+    path = path / meta.builder_config
+  return str(path / meta.version)
 
 
 def builders():
@@ -86,7 +72,7 @@ def builders():
 
 def catalog(run=None) -> Optional[dict[str, DatasetMeta]]:
   """{dataset name: DatasetMeta} of the checkout's builders; without them, of
-  the workdir's dataset (`run`: a `trainer.run.RunFacts`); None if neither."""
+  the workdir's dataset (`run`: its `classes.ClassMap`); None if neither."""
   data = builders()
   if data is not None:
     return {name: data.dataset_meta(name) for name in data.DATASETS}
@@ -120,15 +106,17 @@ def _builder(config, name: str):
                           config=config.dataset.builder_config)
 
 
-def prepared(config) -> PreparedDataset:
-  """Where config.dataset is (prepared or not), from its builder (needs the checkout)."""
-  name = config.dataset.name
+def prepared(config, run=None) -> DatasetMeta:
+  """`dataset_meta` of config.dataset with where it is prepared (or would be):
+  from its builder; without the builders, what the workdir's run.json (`run`)
+  recorded."""
+  meta = dataset_meta(config, run)
   if builders() is None:
-    raise DatasetNotPreparedError(f"dataset {name!r}: {CHECKOUT_NOTE}")
-  builder = _builder(config, name)
-  return PreparedDataset(tfds_name=builder.name,
-                         builder_config=builder.builder_config.name if builder.builder_config
-                         else None, version=str(builder.version))
+    return meta
+  builder = _builder(config, config.dataset.name)
+  return dataclasses.replace(
+      meta, tfds_name=builder.name, version=str(builder.version),
+      builder_config=builder.builder_config.name if builder.builder_config else None)
 
 
 def check_prepared(config, run=None):
@@ -146,9 +134,9 @@ def check_prepared(config, run=None):
   name = config.dataset.name
   data_dir = _data_dir(config)
   if builders() is None:
-    if run is None or run.prepared is None or run.dataset != name:
+    if run is None or run.meta.tfds_name is None or run.dataset != name:
       raise DatasetNotPreparedError(f"dataset {name!r}: {CHECKOUT_NOTE}")
-    path = run.prepared.path(data_dir)
+    path = prepared_dir(run.meta, data_dir)
     if not (paths.resolve(path) / "dataset_info.json").is_file():
       raise DatasetNotPreparedError(
           f"dataset {name!r} is not prepared: nothing at {path} (config.dataset.data_dir="

@@ -316,8 +316,8 @@ def make_eval_dataset(config, *, process_index: int, process_count: int,
   Every process yields the same number of batches, ceil(ceil(N / P) / b)
   with b = config.eval_batch_size // P; rows past the slice have mask False.
   Images (`augment.eval_transform`, the one eval preprocessing) and labels
-  are padded with 0 and the dataset's ignore index. run: the workdir's
-  RunFacts, where the dataset is found without the builders
+  are padded with 0 and the dataset's ignore index. run: the run's
+  `classes.ClassMap` (its run.json), where the dataset is found without the builders
   (`datasets.check_prepared`).
   """
   local_batch = _local_batch(config, "eval_batch_size", process_count)

@@ -60,9 +60,10 @@ def eval_scalars(metrics: dict, class_names) -> tuple[dict, dict]:
   return {**record, "val/IoU": per_class}, tb
 
 
-def validate_run_config(config, facts: Optional[runs.RunFacts] = None, **counts):
-  """`validate.validate_config` with the datasets the trainer knows of."""
-  validate.validate_config(config, datasets=datasets.catalog(facts), **counts)
+def validate_run_config(config, recorded: Optional[ClassMap] = None, **counts):
+  """`validate.validate_config` with the datasets the trainer knows of (and
+  the workdir's run.json `recorded`)."""
+  validate.validate_config(config, datasets=datasets.catalog(recorded), **counts)
 
 
 class Evaluation:
@@ -70,8 +71,8 @@ class Evaluation:
   metrics (`evaluate.Evaluator`) and the val/proto_* usage pass, each step
   jitted once, for as many evaluations as the run makes."""
 
-  def __init__(self, config, model, classes: ClassMap, mesh, facts=None):
-    self.config, self.model, self.classes, self.facts = config, model, classes, facts
+  def __init__(self, config, model, classes: ClassMap, mesh):
+    self.config, self.model, self.classes = config, model, classes
     self.data_sharding = sharding.batch_sharding(mesh)
     self.evaluator = evaluation.Evaluator(
         train.make_eval_step(model, config, mesh, classes.num_ids, classes.ignore_index,
@@ -83,7 +84,7 @@ class Evaluation:
                        if config.model.head == "proto" else None)
 
   def batches(self):
-    return input_pipeline.create_eval_iterator(self.config, self.data_sharding, run=self.facts)
+    return input_pipeline.create_eval_iterator(self.config, self.data_sharding, run=self.classes)
 
   def evaluate(self, variables) -> dict:
     n = self.config.max_eval_batches
@@ -149,11 +150,11 @@ def start_summary(mode: str, config, workdir: str, info, model=None, params=None
   return "\n  ".join(lines)
 
 
-def prepare(config, workdir: str, facts: Optional[runs.RunFacts] = None):
+def prepare(config, workdir: str, recorded: Optional[ClassMap] = None):
   """What every run of a config does first, before data or compilation: every
   invalid config value at once (`validate_run_config`), then the persistent
   compilation cache of its workdir."""
-  validate_run_config(config, facts)
+  validate_run_config(config, recorded)
   compile_cache.enable_compilation_cache(config, workdir)
 
 
@@ -162,16 +163,12 @@ class TrainSetup:
   """What training builds from its config before the first step (`set_up_training`)."""
   mesh: Any
   info: DatasetMeta              # with the sizes of the train and eval splits
-  facts: runs.RunFacts
+  classes: ClassMap
   model: Any
   state: train.TrainState
   tx: Any
   schedule: Any
   evaluation: Evaluation
-
-  @property
-  def classes(self) -> ClassMap:
-    return self.facts.classes
 
 
 def set_up_training(config, workdir: str) -> TrainSetup:
@@ -181,13 +178,12 @@ def set_up_training(config, workdir: str) -> TrainSetup:
   prepare(config, workdir)
   mesh = sharding.create_mesh()
   info = datasets.get_dataset_info(config)
-  facts = runs.facts_of_config(config)
-  model = build_model(config, facts.classes.num_outputs, facts.classes.ignore_index)
+  classes = runs.classes_of_config(config)
+  model = build_model(config, classes.num_outputs, classes.ignore_index)
   state, tx, schedule = train.create_train_state(
       config, model, mesh, load_weights=lambda v: checkpoints.init_from(config, v))
-  return TrainSetup(mesh=mesh, info=info, facts=facts, model=model, state=state, tx=tx,
-                    schedule=schedule,
-                    evaluation=Evaluation(config, model, facts.classes, mesh, facts))
+  return TrainSetup(mesh=mesh, info=info, classes=classes, model=model, state=state, tx=tx,
+                    schedule=schedule, evaluation=Evaluation(config, model, classes, mesh))
 
 
 # Keys of the train records that are timings, not results (they differ between
@@ -393,7 +389,7 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals,
         config.debug.nan_steps, start)
     # Written once the input pipeline took the config (it refuses a new run
     # that asks for the removed host path): a refused run leaves no config.json.
-    runs.describe(workdir, config, run.facts)
+    runs.describe(workdir, config, run.classes)
     progress = Progress(total, int(config.eval_every_steps),
                         writers.writer if jax.process_index() == 0 else None)
     pending = []
@@ -462,11 +458,11 @@ def evaluate_checkpoint(config, workdir: str, step: Optional[int] = None) -> dic
   appends the results to DIR/metrics.jsonl (at the checkpoint's step, 0 for
   weights without one). config None: the workdir's config.json. The same
   first steps (`prepare`), `Evaluation` and writers as training."""
-  facts = runs.read_facts(workdir)
+  recorded = runs.read_classes(workdir)
   config = runs.load_config(workdir, config)
-  prepare(config, workdir, facts)
+  prepare(config, workdir, recorded)
   loaded = runs.load_run(workdir, config, checkpoint_step=step)
-  metrics = Evaluation(config, loaded.model, loaded.classes, loaded.mesh, facts).evaluate(
+  metrics = Evaluation(config, loaded.model, loaded.classes, loaded.mesh).evaluate(
       loaded.variables)
   writers = _Writers(workdir)
   try:

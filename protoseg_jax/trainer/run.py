@@ -3,10 +3,10 @@
 The trainer writes, at the start of a run (process 0):
 
   DIR/config.json   the run config (`read_config` gives it back as a ConfigDict)
-  DIR/run.json      the run's facts (`RunFacts`): its classes (`classes.ClassMap`:
-                    the class id, name and colour of each model output, the dataset's
-                    ignore index; held-out and added classes included), the dataset's
-                    splits and where it is prepared, the package version
+  DIR/run.json      the run's description (`classes.ClassMap.to_json`): the class
+                    id, name and colour of each model output, held-out and added
+                    classes included; its dataset's description (`DatasetMeta`:
+                    ignore index, splits, where it is prepared); the package version
 
 so that a tool given only `--workdir=DIR` knows the model, its classes and
 its data, without the config file it was trained from (nor the checkout's
@@ -31,15 +31,13 @@ import jax
 import ml_collections
 import numpy as np
 
-import protoseg_jax
 from protoseg_jax import held_out, sharding, train, trees
-from protoseg_jax.classes import ClassMap, DatasetMeta
+from protoseg_jax.classes import ClassMap
 from protoseg_jax.models.segmentor import Segmentor, build_model
 from protoseg_jax.trainer import checkpoints, datasets, paths
 
 CONFIG_FILE = "config.json"
 RUN_FILE = "run.json"
-FORMAT = 1
 
 
 class RunNotFound(FileNotFoundError):
@@ -115,45 +113,7 @@ def read_config(workdir: str) -> Optional[ml_collections.ConfigDict]:
 
 # --- run.json ------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class RunFacts:
-  """What DIR/run.json says of a run."""
-  classes: ClassMap
-  splits: tuple[str, ...] = ()
-  prepared: Optional[datasets.PreparedDataset] = None
-  held_out_class: int = held_out.NONE
-  added: tuple[dict, ...] = ()          # {"name", "support_images", "support_pixels"} per class
-
-  @property
-  def dataset(self) -> str:
-    return self.classes.dataset
-
-  @property
-  def meta(self) -> DatasetMeta:
-    """The dataset's class facts (its C classes)."""
-    c = self.classes
-    n = c.num_dataset_classes
-    return DatasetMeta(class_names=c.names[:n], palette=c.palette[:n],
-                       ignore_index=c.ignore_index, release_ids=c.release_ids,
-                       splits=self.splits)
-
-  def to_json(self) -> dict:
-    return {"format": FORMAT, "package_version": protoseg_jax.__version__,
-            "classes": self.classes.to_json(), "splits": list(self.splits),
-            "prepared": None if self.prepared is None else self.prepared.to_json(),
-            "held_out_class": int(self.held_out_class), "added": list(self.added)}
-
-  @classmethod
-  def from_json(cls, d: Mapping) -> RunFacts:
-    prepared = d.get("prepared")
-    return cls(classes=ClassMap.from_json(d["classes"]), splits=tuple(d.get("splits", ())),
-               prepared=None if prepared is None else
-               datasets.PreparedDataset.from_json(prepared),
-               held_out_class=int(d.get("held_out_class", held_out.NONE)),
-               added=tuple(d.get("added", ())))
-
-
-def read_facts(workdir: Optional[str]) -> Optional[RunFacts]:
+def read_classes(workdir: Optional[str]) -> Optional[ClassMap]:
   """DIR/run.json, or None (no workdir, or one written before run.json existed)."""
   if not workdir:
     return None
@@ -161,33 +121,39 @@ def read_facts(workdir: Optional[str]) -> Optional[RunFacts]:
   if not path.is_file():
     return None
   try:
-    return RunFacts.from_json(json.loads(path.read_text()))
+    return ClassMap.from_json(json.loads(path.read_text()))
   except (ValueError, KeyError, TypeError) as e:
     raise RunNotFound(f"{path} is not a run description this version reads ({e})") from e
 
 
-def describe(workdir: str, config, facts: RunFacts):
+def describe(workdir: str, config, classes: ClassMap):
   """Writes DIR/config.json and DIR/run.json (process 0; each appears whole:
-  `paths.write_text`)."""
+  `paths.write_text`). run.json says where the dataset is prepared: as
+  `classes` says, else (a new run, converted weights) as its builder does."""
   if jax.process_index() != 0:
     return
+  if classes.meta.tfds_name is None and datasets.builders() is not None:
+    classes = dataclasses.replace(classes, meta=datasets.prepared(config, classes))
   root = paths.resolve(workdir)
   root.mkdir(parents=True, exist_ok=True)
   paths.write_text(root / CONFIG_FILE, config_to_json(config))
-  paths.write_text(root / RUN_FILE, json.dumps(facts.to_json(), indent=1) + "\n")
+  paths.write_text(root / RUN_FILE, json.dumps(classes.to_json(), indent=1) + "\n")
 
 
-def facts_of_config(config, run: Optional[RunFacts] = None) -> RunFacts:
-  """The facts of a new run of `config` (its dataset's classes minus
-  config.dataset.held_out_class; the dataset's splits and prepared place)."""
+def classes_of_config(config, num_outputs: Optional[int] = None,
+                      run: Optional[ClassMap] = None) -> ClassMap:
+  """The classes of a model of config.dataset when no run.json says: a new
+  run, converted weights, an older workdir. `num_outputs` None: the
+  config's, its held_out_class left out; else C - 1 outputs with a held-out
+  class are the dataset's minus it, C outputs are all of them (the held-out
+  class last when one is set: added back)."""
   meta = datasets.dataset_meta(config, run)
   k = held_out.held_out_class(config, meta.num_classes)
-  name = str(config.dataset.name)
-  splits = meta.splits
-  prepared = datasets.prepared(config) if datasets.builders() is not None else (
-      run.prepared if run is not None else None)
-  return RunFacts(classes=ClassMap.of_dataset(name, meta, k), splits=splits, prepared=prepared,
-                  held_out_class=k)
+  classes = ClassMap.of_dataset(str(config.dataset.name), meta, k)
+  if num_outputs is None:
+    return classes
+  return dataclasses.replace(
+      classes, class_ids=held_out.class_ids_for_model(config, meta.num_classes, num_outputs))
 
 
 # --- load_run ------------------------------------------------------------------
@@ -199,8 +165,9 @@ class LoadedRun:
   config: the run config (the one given, else the workdir's config.json).
   model: the Segmentor with one output per class of `classes`.
   variables: {"params", "batch_stats"?, "prototypes"?} laid out over `mesh`.
-  classes: `classes.ClassMap` (the class id of each output, names, palette).
-  facts: the workdir's RunFacts (None for converted weights or an old workdir).
+  classes: `classes.ClassMap` (the class id of each output, names, palette,
+    the dataset): the workdir's run.json, else of the config (converted
+    weights, an old workdir: `classes_of_config`).
   step: the checkpoint's step (None for converted weights / init_from).
   source: where the variables came from, for logs and artefacts.
   """
@@ -208,7 +175,6 @@ class LoadedRun:
   model: Segmentor
   variables: dict
   classes: ClassMap
-  facts: Optional[RunFacts]
   step: Optional[int]
   source: str
   mesh: Any
@@ -223,22 +189,6 @@ def _num_outputs(variables: Mapping) -> Optional[int]:
   head = (variables.get("params") or {}).get("head", {})
   kernel = (head.get("classifier") or {}).get("kernel")
   return None if kernel is None else int(np.shape(kernel)[-1])
-
-
-def classes_of_config(config, num_outputs: Optional[int] = None,
-                      run: Optional[RunFacts] = None) -> ClassMap:
-  """The classes of a model of config.dataset with `num_outputs` outputs
-  (default: the config's, its held_out_class left out) when no run.json
-  says (converted weights, an older workdir): C - 1 outputs with a
-  held-out class are the dataset's minus it, C outputs are all of them (the
-  held-out class last when one is set: added back)."""
-  meta = datasets.dataset_meta(config, run)
-  name = str(config.dataset.name)
-  k = held_out.held_out_class(config, meta.num_classes)
-  if num_outputs is None:
-    return ClassMap.of_dataset(name, meta, k)
-  ids = held_out.class_ids_for_model(config, meta.num_classes, num_outputs)
-  return dataclasses.replace(ClassMap.of_dataset(name, meta), class_ids=ids)
 
 
 def _put(tree, shardings):
@@ -317,14 +267,14 @@ def load_run(workdir: Optional[str] = None, config=None, *,
   workdir = paths.text(workdir) if workdir else None
   config = load_config(workdir, config)
   source = weights_source(workdir, config, variables_dir)
-  facts = read_facts(workdir)
+  recorded = read_classes(workdir)
   mesh = sharding.create_mesh(devices)
   loaded, step = None, None
   if source in ("variables", "workdir_variables"):
     path = paths.text(variables_dir) if source == "variables" else workdir
     loaded = checkpoints.load_variables(path)
     where = f"variables {path}"
-  classes = facts.classes if facts is not None else classes_of_config(
+  classes = recorded if recorded is not None else classes_of_config(
       config, None if loaded is None else _num_outputs(loaded))
   model = build_model(config, classes.num_outputs, classes.ignore_index)
   abstract = train.abstract_variables(config, model)
@@ -359,5 +309,5 @@ def load_run(workdir: Optional[str] = None, config=None, *,
                      shardings)
   logging.info("Loaded %s: %d classes (%s)", where, classes.num_outputs,
                ", ".join(classes.output_names[:8]) + (", ..." if classes.num_outputs > 8 else ""))
-  return LoadedRun(config=config, model=model, variables=variables, classes=classes, facts=facts,
+  return LoadedRun(config=config, model=model, variables=variables, classes=classes,
                    step=step, source=where, mesh=mesh)
