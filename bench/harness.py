@@ -42,10 +42,10 @@ that problem:
   available, hence the CPU lowering). It counts every op, elementwise
   included. It is computed on the unoptimised HLO on purpose: after CPU
   optimisation the kernel gradient of a depthwise convolution is rewritten
-  into a form the analysis over-counts ~250x (docs/benchmarks.md, MiT);
+  into a form the analysis over-counts ~250x (docs/benchmarks_history.md, MiT);
   before it, it is counted right.
 
-Both are checked against each other in docs/benchmarks.md.
+Both are checked against each other in docs/benchmarks_history.md (the accelerator suite).
 
 jax is imported inside the functions that need it: the suite's parent
 process imports this module without starting jax.

@@ -206,7 +206,7 @@ def choose_one(variants: set, options, default: str, what: str) -> str:
 
 
 def set_distinct_prototypes(config):
-  """The prototype setting of the demo study (docs/benchmarks.md, issue 20)
+  """The prototype setting of the demo study (docs/benchmarks_history.md, issue 20)
   under which a class's M prototypes stay distinct and take its looks apart:
   the momentum update assigns each pixel to its Sinkhorn argmax (instead of
   the official Gumbel draw from softmax(Q), which picks near uniformly) and

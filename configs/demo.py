@@ -35,7 +35,7 @@ def get_config(arg=None):
   p.num_prototypes = 4
   p.embed_dim = 64
   p.gamma = 0.99             # 400 steps instead of 80k: prototypes must move faster
-  # Distinct prototypes (issue 20's study, docs/benchmarks.md): argmax
+  # Distinct prototypes (issue 20's study, docs/benchmarks_history.md): argmax
   # assignment and the paper's PPC temperature 0.1 instead of the official
   # Gumbel draw and no temperature, whose prototypes collapse into copies.
   default.set_distinct_prototypes(config)

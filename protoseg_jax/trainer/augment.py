@@ -148,7 +148,7 @@ def random_crop(window_fn, hw, crop_hw, seed, cat_max_ratio: float, ignore_index
 # `resize_window_bilinear` resizes the whole image (ResizeBilinear, ~5-11 ns
 # a pixel on one core) when the virtual resize is at most this many times the
 # window's area, else only the window (ScaleAndTranslate, 35-45 ns a window
-# pixel); measured with a one-off script, docs/benchmarks.md ("uint8 batches").
+# pixel); measured with a one-off script, docs/benchmarks_history.md ("uint8 batches").
 WHOLE_RESIZE_MAX_AREA = 4
 
 
