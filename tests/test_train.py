@@ -517,6 +517,17 @@ def test_progress_line_eta_counts_the_evaluations_still_to_come():
   now[0] = 69.9
   assert progress.line(400) == ("step 400/400 (100%): 10.0 steps/s, ETA 30s "
                                 "(1 evaluation included)")   # the last step's evaluation
+  # A later evaluation's time replaces the first's, which compiled the eval step.
+  progress = loop.Progress(total=300, eval_every=100, clock=lambda: now[0])
+  now[0] = 0.0
+  progress.started(1)
+  for step, seconds in ((100, 30.0), (200, 10.0)):
+    now[0] += 9.9 if step == 100 else 10.0              # 10 steps/s
+    progress.line(step)
+    progress.evaluated(seconds)
+  now[0] += 5.0
+  assert progress.line(250) == ("step 250/300 (83%): 10.0 steps/s, ETA 15s "
+                                "(1 evaluation included)")   # 5 s of steps + 10 s
   # No periodic evaluation: only the last step's.
   now[0] = 0.0
   progress = loop.Progress(total=100, eval_every=0, clock=lambda: now[0])

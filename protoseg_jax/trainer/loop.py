@@ -245,7 +245,8 @@ class Progress:
   The train speed is measured on train time alone (from the first step's
   end, evaluations excluded), each evaluation's time separately; the ETA is
   the remaining steps at that speed plus the remaining evaluations at their
-  mean time (before the first one: said as a count). Also writes
+  mean time, leaving out the first evaluation once there are later ones (it
+  compiles the eval step); before the first one, said as a count. Also writes
   `steps_per_sec` (TensorBoard) as clu's ReportProgress did.
   """
 
@@ -286,7 +287,8 @@ class Progress:
     evals = self._evals_left(step)
     eta = (self.total - step) / rate
     if self.eval_s:
-      eta += evals * sum(self.eval_s) / len(self.eval_s)
+      timed = self.eval_s[1:] or self.eval_s
+      eta += evals * sum(timed) / len(timed)
       more = f" ({evals} evaluation{'s' * (evals != 1)} included)" if evals else ""
     else:
       more = f" + {evals} evaluation{'s' * (evals != 1)}" if evals else ""
