@@ -170,15 +170,15 @@ def protoseg_loss(seg_logits: jnp.ndarray, labels: jnp.ndarray, *,
   ce = segmentation_loss(seg_logits, labels, ignore_index=ignore_index,
                          class_weights=class_weights, align_corners=align_corners,
                          label_rows=label_rows)
-  terms = (proto_targets, proto_lse, proto_target_logits)
-  if all(t is None for t in terms):
+  terms = {"proto_targets": proto_targets, "proto_lse": proto_lse,
+           "proto_target_logits": proto_target_logits}
+  missing = [name for name, value in terms.items() if value is None]
+  if len(missing) == len(terms):
     zero = jnp.zeros((), jnp.float32)
     return ce, {"loss_ce": ce, "loss_ppc": zero, "loss_ppd": zero}
-  if any(t is None for t in terms):
+  if missing:
     raise ValueError("protoseg_loss needs proto_targets, proto_lse and proto_target_logits "
-                     "together (the ProtoSeg head's output), got None for "
-                     + ", ".join(n for n, t in zip(("proto_targets", "proto_lse",
-                                                     "proto_target_logits"), terms) if t is None))
+                     f"together (the ProtoSeg head's output), got None for {', '.join(missing)}")
   ppc, ppd = ppc_ppd_from_target(proto_lse, proto_target_logits, proto_targets,
                                  ppc_temperature)
   total = ce + lambda_ppc * ppc + lambda_ppd * ppd
