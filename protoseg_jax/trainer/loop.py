@@ -25,7 +25,7 @@ import numpy as np
 
 from protoseg_jax import evaluate as evaluation
 from protoseg_jax import prototype_stats, sharding, train, validate
-from protoseg_jax.classes import ClassMap, DatasetMeta
+from protoseg_jax.classes import ClassMap
 from protoseg_jax.models.segmentor import build_model
 from protoseg_jax.trainer import (checkpoints, compile_cache, datasets, faults, input_pipeline,
                                   paths, run as runs)
@@ -162,8 +162,7 @@ def prepare(config, workdir: str, recorded: Optional[ClassMap] = None):
 class TrainSetup:
   """What training builds from its config before the first step (`set_up_training`)."""
   mesh: Any
-  info: DatasetMeta              # with the sizes of the train and eval splits
-  classes: ClassMap
+  classes: ClassMap              # its meta with the sizes of the train and eval splits
   model: Any
   state: train.TrainState
   tx: Any
@@ -177,12 +176,11 @@ def set_up_training(config, workdir: str) -> TrainSetup:
   nothing in the workdir."""
   prepare(config, workdir)
   mesh = sharding.create_mesh()
-  info = datasets.get_dataset_info(config)
-  classes = runs.classes_of_config(config)
+  classes = runs.classes_of_config(config, meta=datasets.get_dataset_info(config))
   model = build_model(config, classes.num_outputs, classes.ignore_index)
   state, tx, schedule = train.create_train_state(
       config, model, mesh, load_weights=lambda v: checkpoints.init_from(config, v))
-  return TrainSetup(mesh=mesh, info=info, classes=classes, model=model, state=state, tx=tx,
+  return TrainSetup(mesh=mesh, classes=classes, model=model, state=state, tx=tx,
                     schedule=schedule, evaluation=Evaluation(config, model, classes, mesh))
 
 
@@ -370,7 +368,7 @@ def _train_and_evaluate(config, workdir: str, stop: faults.StopSignals,
                         lock: Optional[faults.WorkdirLock] = None) -> train.TrainState:
   t_start = time.time()
   run = set_up_training(config, workdir)
-  logging.info("%s", start_summary("train", config, workdir, run.info, run.model,
+  logging.info("%s", start_summary("train", config, workdir, run.classes.meta, run.model,
                                    run.state.params))
   state, mngr = _resume(config, workdir, run.state)
   writers = _Writers(workdir)

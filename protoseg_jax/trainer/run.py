@@ -32,7 +32,7 @@ import ml_collections
 import numpy as np
 
 from protoseg_jax import held_out, sharding, train, trees
-from protoseg_jax.classes import ClassMap
+from protoseg_jax.classes import ClassMap, DatasetMeta
 from protoseg_jax.models.segmentor import Segmentor, build_model
 from protoseg_jax.trainer import checkpoints, datasets, paths
 
@@ -141,13 +141,15 @@ def describe(workdir: str, config, classes: ClassMap):
 
 
 def classes_of_config(config, num_outputs: Optional[int] = None,
-                      run: Optional[ClassMap] = None) -> ClassMap:
+                      run: Optional[ClassMap] = None,
+                      meta: Optional[DatasetMeta] = None) -> ClassMap:
   """The classes of a model of config.dataset when no run.json says: a new
   run, converted weights, an older workdir. `num_outputs` None: the
   config's, its held_out_class left out; else C - 1 outputs with a held-out
   class are the dataset's minus it, C outputs are all of them (the held-out
-  class last when one is set: added back)."""
-  meta = datasets.dataset_meta(config, run)
+  class last when one is set: added back). `meta`: config.dataset's
+  description when the caller has read it already (`datasets.dataset_meta`)."""
+  meta = meta if meta is not None else datasets.dataset_meta(config, run)
   k = held_out.held_out_class(config, meta.num_classes)
   classes = ClassMap.of_dataset(str(config.dataset.name), meta, k)
   if num_outputs is None:
